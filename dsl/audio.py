@@ -1,0 +1,94 @@
+"""Audio loading: any rate, mono or stereo, wav or flac -> float32 mono at the target rate.
+
+Every problem is collected per file so that a corpus with several bad files is reported in one
+error (`BadAudioError`) instead of one file per run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import soundfile as sf
+
+
+class BadAudioError(ValueError):
+    """One or more audio files are unusable; `.problems` maps each path to what is wrong."""
+
+    def __init__(self, problems: dict[str, str]):
+        self.problems = dict(problems)
+        lines = "\n  ".join(f"{p}: {why}" for p, why in self.problems.items())
+        super().__init__(f"{len(self.problems)} bad audio file(s):\n  {lines}")
+
+
+@dataclass(frozen=True)
+class AudioCheck:
+    """What `inspect_audio` found: `problem` is None for a usable file, `warning` flags odd but usable ones."""
+
+    path: str
+    problem: str | None = None
+    warning: str | None = None
+    sample_rate: int = 0
+    channels: int = 0
+    frames: int = 0
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read a file as float32 (frames, channels) and its rate; raises ValueError naming the file."""
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+        raise ValueError(f"unreadable audio ({exc.__class__.__name__}: {exc})") from None
+    return data, int(rate)
+
+
+def to_mono_resampled(data: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    """Average channels, then resample with librosa (soxr) when the rate differs."""
+    mono = data.mean(axis=1) if data.ndim == 2 else data
+    mono = np.ascontiguousarray(mono, dtype=np.float32)
+    if rate != target_rate:
+        import librosa
+
+        mono = librosa.resample(mono, orig_sr=rate, target_sr=target_rate).astype(np.float32)
+    return mono
+
+
+def check_signal(data: np.ndarray, rate: int, min_seconds: float) -> tuple[str | None, str | None]:
+    """(problem, warning) for a decoded signal."""
+    if data.size == 0 or data.shape[0] == 0:
+        return "empty audio (0 samples)", None
+    if not np.all(np.isfinite(data)):
+        return "contains NaN or Inf samples", None
+    seconds = data.shape[0] / float(rate)
+    if seconds < min_seconds:
+        return f"too short: {seconds * 1000:.1f} ms < {min_seconds * 1000:.0f} ms (one analysis window)", None
+    if float(np.max(np.abs(data))) == 0.0:
+        return None, "silence only (all samples are zero)"
+    return None, None
+
+
+def load_audio(path: str | Path, target_rate: int = 16000, min_seconds: float = 0.025) -> np.ndarray:
+    """Load one file as mono float32 at `target_rate`; raises BadAudioError naming the file."""
+    try:
+        data, rate = read_audio(path)
+    except ValueError as exc:
+        raise BadAudioError({str(path): str(exc)}) from None
+    problem, _ = check_signal(data, rate, min_seconds)
+    if problem:
+        raise BadAudioError({str(path): problem})
+    return to_mono_resampled(data, rate, target_rate)
+
+
+def inspect_audio(path: str | Path, min_seconds: float = 0.025) -> AudioCheck:
+    """Decode one file fully and report whether it is usable (no resampling)."""
+    try:
+        data, rate = read_audio(path)
+    except ValueError as exc:
+        return AudioCheck(str(path), problem=str(exc))
+    problem, warning = check_signal(data, rate, min_seconds)
+    return AudioCheck(str(path), problem, warning, rate, data.shape[1] if data.ndim == 2 else 1, data.shape[0])
+
+
+def inspect_many(paths: Iterable[str | Path], min_seconds: float = 0.025) -> list[AudioCheck]:
+    return [inspect_audio(p, min_seconds) for p in paths]

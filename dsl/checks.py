@@ -1,0 +1,80 @@
+"""Config and corpus checks that run before any work starts, with the allowed values in each message."""
+from __future__ import annotations
+
+import numpy as np
+
+from .backbones import BACKBONES
+from .config import ChainConfig, ConfigError
+from .corpora import CORPUS_FORMATS
+from .protocols import PROTOCOLS
+from .rules import RULES, get_rule
+from .schedules import SCHEDULES
+
+
+def config_problems(cfg: ChainConfig) -> list[str]:
+    """Every problem with `cfg` that can be seen without the data."""
+    p: list[str] = []
+    if cfg.corpus != "csv" and cfg.corpus not in CORPUS_FORMATS:
+        p.append(f"corpus {cfg.corpus!r} is unknown; allowed: {', '.join(sorted([*CORPUS_FORMATS, 'csv']))}")
+    if cfg.backbone not in BACKBONES:
+        p.append(f"backbone {cfg.backbone!r} is unknown; allowed: {', '.join(sorted(BACKBONES))}")
+    lab = cfg.labels
+    if lab.rule not in RULES:
+        p.append(f"labels.rule {lab.rule!r} is unknown; allowed: {', '.join(sorted(RULES))}")
+    if lab.schedule not in SCHEDULES:
+        p.append(f"labels.schedule {lab.schedule!r} is unknown; allowed: {', '.join(sorted(SCHEDULES))}")
+    for name in ("alpha", "alpha_end", "epsilon"):
+        v = getattr(lab, name)
+        if not 0.0 <= v <= 1.0:
+            p.append(f"labels.{name} = {v} is outside [0, 1]")
+    if lab.rule in RULES and not get_rule(lab.rule).uses_alpha:
+        defaults = type(lab)()
+        if (lab.alpha, lab.schedule) != (defaults.alpha, defaults.schedule):
+            p.append(f"labels.alpha/schedule given with rule {lab.rule!r}; alpha applies only to: "
+                     f"{', '.join(n for n, r in RULES.items() if r.uses_alpha)}")
+    if cfg.iterations < 0:
+        p.append(f"iterations = {cfg.iterations}; must be >= 0")
+    pr = cfg.protocol
+    if pr.name not in PROTOCOLS:
+        p.append(f"protocol.name {pr.name!r} is unknown; allowed: {', '.join(sorted(PROTOCOLS))}")
+    for name in ("folds", "eval_folds", *(("inner_folds",) if pr.name == "nested" else ())):
+        if getattr(pr, name) < 2:
+            p.append(f"protocol.{name} = {getattr(pr, name)}; must be >= 2")
+    t = cfg.train
+    if t.epochs < 1 or t.batch_size < 2 or t.lr <= 0 or t.patience < 1:
+        p.append(f"train: epochs >= 1, batch_size >= 2, lr > 0, patience >= 1 required; got {t}")
+    if not 0.0 <= t.val_fraction < 0.5:
+        p.append(f"train.val_fraction = {t.val_fraction}; must be in [0, 0.5)")
+    if cfg.segments.length < 1 or cfg.segments.hop < 1:
+        p.append(f"segments.length and segments.hop must be >= 1; got {cfg.segments}")
+    if cfg.bad_files not in ("fail", "skip"):
+        p.append(f"bad_files = {cfg.bad_files!r}; allowed: fail, skip")
+    return p
+
+
+def data_problems(cfg: ChainConfig, labels: np.ndarray, speakers: np.ndarray, label_names: tuple[str, ...]) -> list[str]:
+    """Problems of this config on this corpus: classes smaller than the folds, too few speakers."""
+    p: list[str] = []
+    counts = np.bincount(labels, minlength=len(label_names))
+    need = cfg.protocol.folds
+    small = [f"{n} ({c})" for n, c in zip(label_names, counts) if c < max(need, cfg.protocol.eval_folds)]
+    if small:
+        p.append(f"class(es) with fewer utterances than folds ({need} folds, {cfg.protocol.eval_folds} "
+                 f"evaluation folds): {', '.join(small)}")
+    if cfg.protocol.name == "speaker":
+        n_spk = len(np.unique(speakers))
+        if need > n_spk:
+            p.append(f"protocol.folds = {need} but the corpus has only {n_spk} speakers (speaker protocol)")
+    return p
+
+
+def check_config(cfg: ChainConfig) -> None:
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def check_data(cfg: ChainConfig, labels: np.ndarray, speakers: np.ndarray, label_names: tuple[str, ...]) -> None:
+    problems = data_problems(cfg, labels, speakers, label_names)
+    if problems:
+        raise ConfigError("config does not fit the corpus:\n  " + "\n  ".join(problems))

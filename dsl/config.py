@@ -1,0 +1,227 @@
+"""Typed configuration of one DSL chain, with presets and YAML/flag loading.
+
+One `ChainConfig` fully determines a run (together with the data): it is what a sweep trial
+receives, what `best.yaml` holds, and what `dsl-sweep run` accepts.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the allowed values."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Log-Mel front end (paper: 16 kHz, 25 ms Hann, 10 ms hop, 512 FFT, 64 HTK mels, 125-7500 Hz)."""
+
+    sample_rate: int = 16000
+    n_fft: int = 512
+    win_length: int = 400
+    hop_length: int = 160
+    n_mels: int = 64
+    fmin: float = 125.0
+    fmax: float = 7500.0
+    log_eps: float = 1e-10
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """Segments of `length` frames every `hop` frames (paper: 32 frames; hop 1 (EmoDB) or 3 (CASIA))."""
+
+    length: int = 32
+    hop: int = 1
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """The paper's recipe: Adam 1e-3, x0.8 every 2 epochs, batch 128, patience 3."""
+
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_decay: float = 0.8
+    lr_decay_every: int = 2
+    patience: int = 3
+    val_fraction: float = 0.1
+    eval_batch_size: int = 2048
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision on CUDA only
+    num_threads: int = 0  # 0: leave torch's setting (Ray sets OMP_NUM_THREADS per trial)
+    channels_last: bool = False
+    workers: int = 1  # folds trained in parallel processes by the local runner (each with num_threads)
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """Label-update rule and its alpha schedule over iterations 1..T."""
+
+    rule: str = "wdsl"
+    alpha: float = 0.2  # WDSL weight of the original label (constant schedule / schedule start)
+    schedule: str = "constant"  # constant | step | linear | cosine | exponential
+    alpha_end: float = 0.1  # annealing target
+    alpha_step: float = 0.2  # decrement of the step schedule (paper: 0.9 -> 0.7 -> ... -> 0.1)
+    epsilon: float = 0.1  # label smoothing
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """Fold plan: `stratified` (paper), `speaker` (speaker-grouped) or `nested` (test labels never used)."""
+
+    name: str = "stratified"
+    folds: int = 5
+    inner_folds: int = 3  # nested only
+    eval_folds: int = 10  # random-forest CV over utterances
+
+
+@dataclass(frozen=True)
+class ChainConfig:
+    """Everything one DSL chain needs besides the audio."""
+
+    corpus: str = "emodb"
+    data: str = ""
+    backbone: str = "small_cnn"
+    iterations: int = 1
+    seed: int = 0
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+    segments: SegmentSpec = field(default_factory=SegmentSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    labels: LabelSpec = field(default_factory=LabelSpec)
+    protocol: ProtocolSpec = field(default_factory=ProtocolSpec)
+    cache_dir: str = ""  # "" -> $DSL_CACHE_DIR or ~/.cache/dsl-sweeps
+    bad_files: str = "fail"  # fail | skip: what to do with audio that fails validation
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **overrides: Any) -> "ChainConfig":
+        """Dotted overrides: `cfg.replace(**{"train.epochs": 3, "seed": 1})`."""
+        return from_dict(merge(self.to_dict(), unflatten(overrides)))
+
+
+# Paper epochs per corpus (Sec. IV): CASIA 20, EmoDB 12, SAVEE 8.
+PAPER_EPOCHS = {"casia": 20, "emodb": 12, "savee": 8}
+PAPER_SEGMENT_HOP = {"casia": 3, "emodb": 1, "savee": 1}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's setting: EfficientNet-B0, 10 folds, 10 ms segment hop, paper epochs. Days on a CPU.
+    "paper": {
+        "backbone": "efficientnet_b0",
+        "protocol": {"name": "stratified", "folds": 10, "eval_folds": 10},
+        "segments": {"hop": 1},
+        "train": {"epochs": 12},
+    },
+    # Laptop setting: small CNN, 5 folds, 80 ms segment hop, 6 epochs. Minutes on 2 cores.
+    "cpu": {
+        "backbone": "small_cnn",
+        "protocol": {"name": "stratified", "folds": 5, "eval_folds": 10},
+        "segments": {"hop": 8},
+        "train": {"epochs": 6, "patience": 3, "workers": 2, "num_threads": 1, "channels_last": True},
+    },
+}
+
+
+def preset(name: str, corpus: str = "emodb") -> dict[str, Any]:
+    """Preset overrides; `paper` takes its epochs and segment hop from the corpus."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    out = merge({}, PRESETS[name])
+    if name == "paper":
+        out = merge(out, {"train": {"epochs": PAPER_EPOCHS.get(corpus, 12)},
+                          "segments": {"hop": PAPER_SEGMENT_HOP.get(corpus, 1)}})
+    return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """`{"train.epochs": 3}` -> `{"train": {"epochs": 3}}`."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        f = known[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if is_dataclass(default):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}.{name}: expected a mapping, got {value!r}")
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        else:
+            kwargs[name] = _coerce(value, default, f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    try:
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, str):
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}") from None
+    return value
+
+
+def from_dict(data: Mapping[str, Any]) -> ChainConfig:
+    return _build(ChainConfig, data, "config")
+
+
+def load_config(path: str | Path | None = None, preset_name: str | None = None,
+                overrides: Mapping[str, Any] | None = None) -> ChainConfig:
+    """Preset, then YAML file, then dotted overrides (later wins)."""
+    data: dict[str, Any] = {}
+    file_data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            file_data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+        if not isinstance(file_data, Mapping):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    flat = unflatten(overrides or {})
+    corpus = flat.get("corpus") or file_data.get("corpus") or "emodb"
+    if preset_name:
+        data = merge(data, preset(preset_name, corpus))
+    data = merge(data, file_data)
+    data = merge(data, flat)
+    return from_dict(data)

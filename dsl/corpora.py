@@ -1,0 +1,327 @@
+"""Corpora: a typed `Corpus` and a registry of parsers for published naming schemes.
+
+A parser turns a directory (or a CSV manifest) into a `Corpus`. Each registered format knows its
+label names and how to read (label, speaker) from one file's path, so parsers are tested on file
+names alone, without audio.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+class CorpusError(ValueError):
+    """A corpus could not be parsed; the message lists every offending file at once."""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Utterance paths with integer labels, the label names and the speaker of each utterance."""
+
+    name: str
+    paths: tuple[Path, ...]
+    labels: np.ndarray  # int64, shape (n,)
+    label_names: tuple[str, ...]
+    speakers: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.paths)
+        if len(self.labels) != n or len(self.speakers) != n:
+            raise CorpusError(
+                f"corpus {self.name!r}: {n} paths, {len(self.labels)} labels, {len(self.speakers)} speakers"
+            )
+        object.__setattr__(self, "labels", np.asarray(self.labels, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.label_names)
+
+    def speaker_ids(self) -> np.ndarray:
+        """Integer speaker index per utterance (for grouped splits)."""
+        _, inverse = np.unique(np.asarray(self.speakers, dtype=object).astype(str), return_inverse=True)
+        return inverse.astype(np.int64)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "Corpus":
+        idx = np.asarray(indices, dtype=np.int64)
+        return Corpus(
+            name=self.name,
+            paths=tuple(self.paths[i] for i in idx),
+            labels=self.labels[idx],
+            label_names=self.label_names,
+            speakers=tuple(self.speakers[i] for i in idx),
+        )
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=self.n_classes)
+        return {name: int(c) for name, c in zip(self.label_names, counts)}
+
+
+@dataclass(frozen=True)
+class CorpusFormat:
+    """A published naming scheme: label names in a fixed order and a path -> (label, speaker) parser.
+
+    `parse` returns None for files that belong to the corpus directory but are not utterances of
+    interest (e.g. RAVDESS song files); it raises `ValueError` for names that look like utterances
+    but carry an unknown code, so the loader can report them all at once.
+    """
+
+    name: str
+    label_names: tuple[str, ...]
+    parse: Callable[[Path], tuple[str, str] | None]
+    description: str = ""
+
+
+CORPUS_FORMATS: dict[str, CorpusFormat] = {}
+
+
+def register_corpus(fmt: CorpusFormat) -> CorpusFormat:
+    if fmt.name in CORPUS_FORMATS:
+        raise ValueError(f"corpus format {fmt.name!r} is already registered")
+    CORPUS_FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def list_corpora() -> list[str]:
+    return sorted([*CORPUS_FORMATS, "csv"])
+
+
+def audio_files(root: Path) -> list[Path]:
+    """All wav/flac files below `root`, sorted for a stable order."""
+    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+
+
+def corpus_from_files(fmt: CorpusFormat, files: Iterable[Path]) -> Corpus:
+    """Parse every file with `fmt`; collect all unknown codes before raising."""
+    paths: list[Path] = []
+    labels: list[int] = []
+    speakers: list[str] = []
+    problems: list[str] = []
+    index = {name: i for i, name in enumerate(fmt.label_names)}
+    for path in files:
+        try:
+            parsed = fmt.parse(Path(path))
+        except ValueError as exc:
+            problems.append(f"{path}: {exc}")
+            continue
+        if parsed is None:
+            continue
+        label, speaker = parsed
+        if label not in index:
+            problems.append(f"{path}: unknown label {label!r} (known: {', '.join(fmt.label_names)})")
+            continue
+        paths.append(Path(path))
+        labels.append(index[label])
+        speakers.append(speaker)
+    if problems:
+        raise CorpusError(f"{fmt.name}: {len(problems)} file(s) could not be labelled:\n  " + "\n  ".join(problems))
+    return Corpus(fmt.name, tuple(paths), np.asarray(labels, dtype=np.int64), fmt.label_names, tuple(speakers))
+
+
+def load_corpus(name: str, root: str | Path) -> Corpus:
+    """Load a registered corpus from a directory, or a CSV manifest (`name='csv'`, root = the .csv)."""
+    root = Path(root)
+    if name == "csv":
+        return load_manifest(root)
+    if name not in CORPUS_FORMATS:
+        raise CorpusError(f"unknown corpus {name!r}; known: {', '.join(list_corpora())}")
+    if not root.exists():
+        raise CorpusError(f"{root}: data path does not exist")
+    files = audio_files(root)
+    if not files:
+        raise CorpusError(f"{root}: no .wav or .flac files found for corpus {name!r}")
+    corpus = corpus_from_files(CORPUS_FORMATS[name], files)
+    if len(corpus) == 0:
+        raise CorpusError(f"{root}: none of {len(files)} audio files matches the {name!r} naming scheme")
+    return corpus
+
+
+def load_manifest(path: Path) -> Corpus:
+    """Generic manifest: CSV with header `path,label,speaker`; relative paths are resolved against its folder.
+
+    `speaker` is optional ("unknown" when absent or empty); label names are the sorted unique labels.
+    Every bad row (missing file, empty label) is reported at once, by its line number in the CSV.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"{path}: manifest does not exist")
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in ("path", "label") if c not in columns]
+        if missing:
+            raise CorpusError(f"{path}: missing column(s) {', '.join(missing)}; header must be path,label[,speaker]")
+        reader.fieldnames = columns
+        rows: list[tuple[Path, str, str]] = []
+        problems: list[str] = []
+        for row in reader:
+            line = reader.line_num
+            rel = (row.get("path") or "").strip()
+            label = (row.get("label") or "").strip()
+            speaker = (row.get("speaker") or "").strip() or "unknown"
+            file = path.parent / rel if rel else None
+            if file is None:
+                problems.append(f"row {line}: empty path")
+            elif not file.is_file():
+                problems.append(f"row {line}: file not found: {file}")
+            if not label:
+                problems.append(f"row {line}: empty label")
+            if file is not None and label:
+                rows.append((file, label, speaker))
+    if problems:
+        raise CorpusError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems))
+    if not rows:
+        raise CorpusError(f"{path}: manifest has no rows")
+    names = tuple(sorted({label for _, label, _ in rows}))
+    index = {name: i for i, name in enumerate(names)}
+    return Corpus(
+        "csv",
+        tuple(f for f, _, _ in rows),
+        np.asarray([index[label] for _, label, _ in rows], dtype=np.int64),
+        names,
+        tuple(s for _, _, s in rows),
+    )
+
+
+# --------------------------------------------------------------------------- published naming schemes
+
+
+def _lookup(codes: dict[str, str], code: str, what: str = "emotion") -> str:
+    """Map a code to its label, or raise `ValueError` naming the unknown code."""
+    if code not in codes:
+        raise ValueError(f"unknown {what} code {code!r} (known: {', '.join(codes)})")
+    return codes[code]
+
+
+def _match(pattern: re.Pattern[str], path: Path, scheme: str) -> re.Match[str]:
+    """Match the file stem against the scheme's shape, or raise `ValueError`."""
+    m = pattern.fullmatch(path.stem)
+    if m is None:
+        raise ValueError(f"name {path.name!r} does not match {scheme}")
+    return m
+
+
+_EMODB = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness", "T": "sadness", "N": "neutral"}
+_EMODB_RE = re.compile(r"(\d{2})([a-z]\d{2})([A-Za-z])([a-z])")
+
+
+def parse_emodb(path: Path) -> tuple[str, str]:
+    """EmoDB `SSTTTEV.wav`: speaker, text code, emotion letter, version."""
+    speaker, _, code, _ = _match(_EMODB_RE, path, "SSTTTEV").groups()
+    return _lookup(_EMODB, code), speaker
+
+
+_SAVEE = {"a": "anger", "d": "disgust", "f": "fear", "h": "happiness", "n": "neutral", "sa": "sadness", "su": "surprise"}
+_SAVEE_SPEAKERS = ("DC", "JE", "JK", "KL")
+_SAVEE_RE = re.compile(r"(?:([A-Za-z]{2})_)?([A-Za-z]+)(\d{2})")
+
+
+def parse_savee(path: Path) -> tuple[str, str]:
+    """SAVEE `DC/a01.wav` or flattened `DC_a01.wav`; a two-letter code (sa, su) precedes the digits."""
+    prefix, code, _ = _match(_SAVEE_RE, path, "<speaker>/<code><nn> or <speaker>_<code><nn>").groups()
+    speaker = (prefix or path.parent.name).upper()
+    label = _lookup(_SAVEE, code.lower())
+    if speaker not in _SAVEE_SPEAKERS:
+        raise ValueError(f"unknown speaker {speaker!r} (known: {', '.join(_SAVEE_SPEAKERS)})")
+    return label, speaker
+
+
+_CASIA = ("angry", "fear", "happy", "neutral", "sad", "surprise")
+
+
+def parse_casia(path: Path) -> tuple[str, str]:
+    """CASIA `<speaker>/<emotion>/<file>.wav`: emotion is the parent folder, speaker the grandparent."""
+    if len(path.parts) < 3:
+        raise ValueError(f"path {str(path)!r} does not match <speaker>/<emotion>/<file>")
+    return _lookup({e: e for e in _CASIA}, path.parent.name.lower()), path.parent.parent.name
+
+
+_RAVDESS = {
+    "01": "neutral", "02": "calm", "03": "happy", "04": "sad",
+    "05": "angry", "06": "fearful", "07": "disgust", "08": "surprised",
+}
+_RAVDESS_RE = re.compile(r"(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})-(\d{2})")
+
+
+def parse_ravdess(path: Path) -> tuple[str, str] | None:
+    """RAVDESS `MM-VV-EE-II-SS-RR-AA.wav`; song files (vocal channel 02) are skipped."""
+    _, channel, code, _, _, _, actor = _match(_RAVDESS_RE, path, "MM-VV-EE-II-SS-RR-AA").groups()
+    if channel == "02":
+        return None
+    _lookup({"01": "speech"}, channel, "vocal channel")
+    return _lookup(_RAVDESS, code), f"Actor_{actor}"
+
+
+_TESS = {
+    "angry": "angry", "disgust": "disgust", "fear": "fear", "happy": "happy",
+    "neutral": "neutral", "ps": "pleasant_surprise", "sad": "sad",
+}
+_TESS_SPEAKERS = ("OAF", "YAF")
+_TESS_RE = re.compile(r"([A-Za-z]+)_(.+)_([A-Za-z]+)")
+
+
+def parse_tess(path: Path) -> tuple[str, str]:
+    """TESS `OAF_back_angry.wav`: speaker (OAF/YAF), word, emotion; case-insensitive."""
+    speaker, _, code = _match(_TESS_RE, path, "<speaker>_<word>_<emotion>").groups()
+    label = _lookup(_TESS, code.lower())
+    speaker = speaker.upper()
+    if speaker not in _TESS_SPEAKERS:
+        raise ValueError(f"unknown speaker {speaker!r} (known: {', '.join(_TESS_SPEAKERS)})")
+    return label, speaker
+
+
+_CREMAD = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happiness", "NEU": "neutral", "SAD": "sadness"}
+_CREMAD_LEVELS = ("LO", "MD", "HI", "XX")
+_CREMAD_RE = re.compile(r"(\d{4})_([A-Za-z]{3})_([A-Za-z]{3})_([A-Za-z]{2})")
+
+
+def parse_cremad(path: Path) -> tuple[str, str]:
+    """CREMA-D `1001_DFA_ANG_XX.wav`: actor, sentence, emotion, level."""
+    actor, _, code, level = _match(_CREMAD_RE, path, "actor_sentence_emotion_level").groups()
+    label = _lookup(_CREMAD, code.upper())
+    _lookup({c: c for c in _CREMAD_LEVELS}, level.upper(), "level")
+    return label, actor
+
+
+_EMOVO = {"dis": "disgust", "gio": "joy", "neu": "neutral", "pau": "fear", "rab": "anger", "sor": "surprise", "tri": "sadness"}
+_EMOVO_SPEAKERS = ("f1", "f2", "f3", "m1", "m2", "m3")
+_EMOVO_RE = re.compile(r"([A-Za-z]{3})-([A-Za-z]\d)-([A-Za-z]+\d*)")
+
+
+def parse_emovo(path: Path) -> tuple[str, str]:
+    """EMOVO `dis-f1-b1.wav`: emotion, speaker, sentence."""
+    code, speaker, _ = _match(_EMOVO_RE, path, "emotion-speaker-sentence").groups()
+    label = _lookup(_EMOVO, code.lower())
+    speaker = speaker.lower()
+    if speaker not in _EMOVO_SPEAKERS:
+        raise ValueError(f"unknown speaker {speaker!r} (known: {', '.join(_EMOVO_SPEAKERS)})")
+    return label, speaker
+
+
+for _fmt in (
+    CorpusFormat("emodb", tuple(_EMODB.values()), parse_emodb,
+                 "EmoDB: SSTTTEV.wav = speaker(2 digits), text code (a01), emotion letter WLEAFTN, version"),
+    CorpusFormat("savee", tuple(_SAVEE.values()), parse_savee,
+                 "SAVEE: DC/a01.wav or DC_a01.wav = speaker DC/JE/JK/KL, code a d f h n sa su, 2 digits"),
+    CorpusFormat("casia", _CASIA, parse_casia,
+                 "CASIA: <speaker>/<emotion>/<file>.wav, emotion folder angry fear happy neutral sad surprise"),
+    CorpusFormat("ravdess", tuple(_RAVDESS.values()), parse_ravdess,
+                 "RAVDESS: MM-VV-EE-II-SS-RR-AA.wav = modality-channel(01 speech)-emotion-intensity-statement-rep-actor"),
+    CorpusFormat("tess", tuple(_TESS.values()), parse_tess,
+                 "TESS: OAF_back_angry.wav = speaker OAF/YAF _ word _ emotion (ps = pleasant surprise)"),
+    CorpusFormat("cremad", tuple(_CREMAD.values()), parse_cremad,
+                 "CREMA-D: 1001_DFA_ANG_XX.wav = actor_sentence_emotion(ANG DIS FEA HAP NEU SAD)_level"),
+    CorpusFormat("emovo", tuple(_EMOVO.values()), parse_emovo,
+                 "EMOVO: dis-f1-b1.wav = emotion(dis gio neu pau rab sor tri)-speaker(f1..m3)-sentence"),
+):
+    register_corpus(_fmt)
+del _fmt

@@ -1,0 +1,64 @@
+"""Corpus + cached features in the one picklable, zero-copy-friendly bundle a chain consumes."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .audio import BadAudioError
+from .cache import extract_corpus
+from .config import ChainConfig
+from .corpora import Corpus, load_corpus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CorpusData:
+    """Frames of all utterances plus per-utterance labels and speakers.
+
+    `frames` may be a read-only memmap or a Ray object-store view: nothing here writes to it.
+    """
+
+    frames: np.ndarray  # float32 (total_frames + 1, n_mels); last row pads short utterances
+    frame_offsets: np.ndarray  # int64 (n_utterances + 1,)
+    labels: np.ndarray  # int64 (n_utterances,)
+    speakers: np.ndarray  # str (n_utterances,)
+    label_names: tuple[str, ...]
+    paths: tuple[str, ...]
+    skipped: dict[str, str] = field(default_factory=dict)  # bad files left out under bad_files=skip
+
+    @property
+    def n_utterances(self) -> int:
+        return len(self.labels)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.label_names)
+
+    def speaker_ids(self) -> np.ndarray:
+        return np.unique(self.speakers, return_inverse=True)[1]
+
+
+def prepare_data(cfg: ChainConfig, corpus: Corpus | None = None, show_progress: bool = True) -> CorpusData:
+    """Parse the corpus and load (or extract once) its log-Mel frames, honouring `cfg.bad_files`."""
+    if corpus is None:
+        corpus = load_corpus(cfg.corpus, Path(cfg.data))
+    skipped: dict[str, str] = {}
+    try:
+        store = extract_corpus(corpus.paths, cfg.features, cfg.cache_dir or None, show_progress)
+    except BadAudioError as exc:
+        if cfg.bad_files != "skip":
+            raise
+        skipped = exc.problems
+        keep = [i for i, p in enumerate(corpus.paths) if str(p) not in skipped]
+        log.warning("skipping %d bad file(s):\n  %s", len(skipped),
+                    "\n  ".join(f"{p}: {why}" for p, why in skipped.items()))
+        corpus = corpus.subset(keep)
+        store = extract_corpus(corpus.paths, cfg.features, cfg.cache_dir or None, show_progress)
+    return CorpusData(
+        frames=store.frames, frame_offsets=store.offsets, labels=corpus.labels,
+        speakers=np.asarray(corpus.speakers, dtype=str), label_names=corpus.label_names,
+        paths=tuple(str(p) for p in corpus.paths), skipped=skipped)

@@ -1,0 +1,103 @@
+"""Label-update rules: pure functions from the previous model's posteriors to new soft targets.
+
+A rule takes `q` (n_segments, K) out-of-sample posteriors, `y` (n_segments, K) one-hot utterance
+labels, `utt` (n_segments,) utterance ids and its parameters, and returns targets whose rows sum to 1.
+Register a new rule with `@register_rule(...)`: one function.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+RuleFn = Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """`uses_alpha`: the rule is WDSL-like and takes the scheduled alpha; `static`: ignores `q`."""
+
+    name: str
+    fn: RuleFn
+    uses_alpha: bool = False
+    uses_epsilon: bool = False
+    static: bool = False
+    description: str = ""
+
+    def __call__(self, q: np.ndarray, y: np.ndarray, utt: np.ndarray, *, alpha: float = 0.0,
+                 epsilon: float = 0.0) -> np.ndarray:
+        kwargs = {}
+        if self.uses_alpha:
+            kwargs["alpha"] = alpha
+        if self.uses_epsilon:
+            kwargs["epsilon"] = epsilon
+        return self.fn(np.asarray(q, dtype=np.float32), np.asarray(y, dtype=np.float32), np.asarray(utt), **kwargs)
+
+
+RULES: dict[str, LabelRule] = {}
+
+
+def register_rule(name: str, *, uses_alpha: bool = False, uses_epsilon: bool = False, static: bool = False,
+                  description: str = "") -> Callable[[RuleFn], RuleFn]:
+    def wrap(fn: RuleFn) -> RuleFn:
+        if name in RULES:
+            raise ValueError(f"rule {name!r} is already registered")
+        RULES[name] = LabelRule(name, fn, uses_alpha, uses_epsilon, static, description or (fn.__doc__ or "").strip())
+        return fn
+    return wrap
+
+
+def get_rule(name: str) -> LabelRule:
+    if name not in RULES:
+        raise KeyError(f"unknown rule {name!r}; known: {', '.join(sorted(RULES))}")
+    return RULES[name]
+
+
+def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    out = np.zeros((len(labels), n_classes), dtype=np.float32)
+    out[np.arange(len(labels)), labels] = 1.0
+    return out
+
+
+def _normalise(t: np.ndarray) -> np.ndarray:
+    return (t / t.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@register_rule("baseline", static=True)
+def baseline(q: np.ndarray, y: np.ndarray, utt: np.ndarray) -> np.ndarray:
+    """Original (noisy) utterance labels: every segment keeps its utterance's one-hot label."""
+    return y.copy()
+
+
+@register_rule("bdsl")
+def bdsl(q: np.ndarray, y: np.ndarray, utt: np.ndarray) -> np.ndarray:
+    """Basic DSL: the previous posterior is the new target, g = q."""
+    return _normalise(q)
+
+
+@register_rule("wdsl", uses_alpha=True)
+def wdsl(q: np.ndarray, y: np.ndarray, utt: np.ndarray, alpha: float) -> np.ndarray:
+    """Weighted DSL: g = (1 - alpha) q + alpha y."""
+    return _normalise((1.0 - alpha) * q + alpha * y)
+
+
+@register_rule("gsl")
+def gsl(q: np.ndarray, y: np.ndarray, utt: np.ndarray) -> np.ndarray:
+    """Global self-learning: g = mean of q over the segment's utterance."""
+    _, inverse, counts = np.unique(utt, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(counts), q.shape[1]), dtype=np.float64)
+    np.add.at(sums, inverse, q)
+    return _normalise((sums / counts[:, None])[inverse])
+
+
+@register_rule("hdl")
+def hdl(q: np.ndarray, y: np.ndarray, utt: np.ndarray) -> np.ndarray:
+    """Hard-decision labels: g = one-hot argmax q."""
+    return one_hot(np.argmax(q, axis=1), q.shape[1])
+
+
+@register_rule("label_smoothing", uses_epsilon=True, static=True)
+def label_smoothing(q: np.ndarray, y: np.ndarray, utt: np.ndarray, epsilon: float) -> np.ndarray:
+    """Static soft labels: g = (1 - eps) y + eps / K."""
+    return _normalise((1.0 - epsilon) * y + epsilon / y.shape[1])

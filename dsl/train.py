@@ -1,0 +1,130 @@
+"""Training one freshly initialised network on soft segment targets, and batched inference.
+
+The whole fold stays in memory as tensors (frames + segment row indices), batches are gathered by
+indexing, and nothing runs per sample in Python. Loss is the soft-target cross-entropy of Eq. 5.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import create_backbone
+from .config import TrainSpec
+
+
+@dataclass(frozen=True)
+class FitStats:
+    epochs: int
+    best_epoch: int
+    best_val_loss: float
+    seconds: float
+    segments_per_second: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Eq. 5: -sum_k g_k log p_k, averaged over the batch."""
+    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+class SegmentBatcher:
+    """Gathers (batch, 1, n_mels, length) inputs from frame rows without copying the corpus."""
+
+    def __init__(self, frames: torch.Tensor, channels_last: bool = False):
+        self.frames = frames
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        x = self.frames[rows]  # (b, length, n_mels)
+        return x.transpose(1, 2).unsqueeze(1).contiguous(memory_format=self.memory_format)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, batcher: SegmentBatcher, rows: torch.Tensor, spec: TrainSpec) -> np.ndarray:
+    """Softmax posteriors (n, K) in large batches."""
+    model.eval()
+    device = batcher.frames.device
+    out = []
+    for i in range(0, len(rows), spec.eval_batch_size):
+        with _autocast(device, spec.amp):
+            logits = model(batcher(rows[i:i + spec.eval_batch_size]))
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def _mean_loss(model: nn.Module, batcher: SegmentBatcher, rows: torch.Tensor, targets: torch.Tensor,
+               spec: TrainSpec) -> float:
+    model.eval()
+    total = 0.0
+    for i in range(0, len(rows), spec.eval_batch_size):
+        with _autocast(batcher.frames.device, spec.amp):
+            logits = model(batcher(rows[i:i + spec.eval_batch_size]))
+        total += float(soft_cross_entropy(logits, targets[i:i + spec.eval_batch_size])) * len(logits)
+    return total / max(len(rows), 1)
+
+
+def fit(backbone: str, n_classes: int, batcher: SegmentBatcher, rows: torch.Tensor, targets: torch.Tensor,
+        val_rows: torch.Tensor, val_targets: torch.Tensor, spec: TrainSpec, seed: int) -> tuple[nn.Module, FitStats]:
+    """Train a fresh network: Adam, step decay, early stopping on validation loss (best weights kept)."""
+    device = batcher.frames.device
+    torch.manual_seed(seed)
+    model = create_backbone(backbone, n_classes).to(device)
+    if spec.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=spec.lr_decay_every, gamma=spec.lr_decay)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(rows)
+    best_loss, best_epoch, best_state, bad = float("inf"), -1, None, 0
+    seen, start, epoch = 0, time.perf_counter(), 0
+    for epoch in range(1, spec.epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(device)
+        for i in range(0, n, spec.batch_size):
+            idx = perm[i:i + spec.batch_size]
+            if len(idx) < 2:  # BatchNorm cannot train on one sample
+                continue
+            with _autocast(device, spec.amp):
+                logits = model(batcher(rows[idx]))
+            loss = soft_cross_entropy(logits, targets[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(idx)
+        sched.step()
+        if len(val_rows) == 0:
+            best_epoch, best_state = epoch, None
+            continue
+        val_loss = _mean_loss(model, batcher, val_rows, val_targets, spec)
+        if val_loss < best_loss - 1e-6:
+            best_loss, best_epoch, bad = val_loss, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+            if bad >= spec.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    seconds = time.perf_counter() - start
+    return model, FitStats(epoch, best_epoch, best_loss, seconds, seen / max(seconds, 1e-9))

@@ -1,0 +1,1 @@
+"""Sweep definitions (YAML), the Optuna search space, the launcher and best-config selection."""

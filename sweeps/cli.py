@@ -1,0 +1,157 @@
+"""`dsl-sweep`: run one chain, validate a corpus, run a sweep, pick the best config, predict.
+
+Heavy imports (torch, Ray, MLflow) happen inside each command so `dsl-sweep --help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+# Flag name -> dotted config key (None: same name). Only flags the user gave override the config.
+RUN_FLAGS: dict[str, tuple[str, type, str]] = {
+    "corpus": ("corpus", str, "corpus format (emodb, savee, casia, ravdess, tess, cremad, emovo, csv)"),
+    "data": ("data", str, "corpus directory (or CSV manifest for --corpus csv)"),
+    "backbone": ("backbone", str, "backbone (small_cnn, efficientnet_b0, mobilenetv2_100, vgg19, densenet22)"),
+    "rule": ("labels.rule", str, "label rule (baseline, bdsl, wdsl, gsl, hdl, label_smoothing)"),
+    "alpha": ("labels.alpha", float, "WDSL alpha (start value for annealing schedules)"),
+    "schedule": ("labels.schedule", str, "alpha schedule (constant, step, linear, cosine, exponential)"),
+    "alpha-end": ("labels.alpha_end", float, "final alpha of an annealing schedule"),
+    "epsilon": ("labels.epsilon", float, "label-smoothing epsilon"),
+    "iterations": ("iterations", int, "number of label updates after iteration 0"),
+    "protocol": ("protocol.name", str, "fold plan (stratified, speaker, nested)"),
+    "folds": ("protocol.folds", int, "folds for out-of-sample posteriors (outer folds for nested)"),
+    "inner-folds": ("protocol.inner_folds", int, "inner folds of the nested protocol"),
+    "eval-folds": ("protocol.eval_folds", int, "random-forest CV folds"),
+    "epochs": ("train.epochs", int, "maximum epochs per training"),
+    "lr": ("train.lr", float, "Adam learning rate"),
+    "batch-size": ("train.batch_size", int, "training batch size"),
+    "segment-hop": ("segments.hop", int, "segment hop in frames (1 frame = 10 ms)"),
+    "device": ("train.device", str, "auto, cpu, cuda or cuda:N"),
+    "threads": ("train.num_threads", int, "torch threads (0: torch default)"),
+    "seed": ("seed", int, "random seed (folds, initialisation, forest)"),
+    "cache-dir": ("cache_dir", str, "feature cache directory (default $DSL_CACHE_DIR or ~/.cache/dsl-sweeps)"),
+    "bad-files": ("bad_files", str, "fail or skip: what to do with unusable audio files"),
+}
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    for flag, (_, typ, help_) in RUN_FLAGS.items():
+        p.add_argument(f"--{flag}", type=typ, default=None, help=help_)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field by dotted name, e.g. --set train.patience=5")
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for flag, (key, _, _) in RUN_FLAGS.items():
+        value = getattr(args, flag.replace("-", "_"), None)
+        if value is not None:
+            out[key] = value
+    for item in getattr(args, "set", []):
+        if "=" not in item:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        import yaml
+
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dsl.runner import run_from_cli
+
+    return run_from_cli(args.config, args.preset, overrides_from(args), args.out, quiet=args.quiet)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from dsl.validate import validate_from_cli
+
+    return validate_from_cli(args.data, args.corpus, args.report, args.folds)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from sweeps.launcher import sweep_from_cli
+
+    return sweep_from_cli(args)
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from sweeps.best import best_from_cli
+
+    return best_from_cli(args)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from sweeps.predict import predict_from_cli
+
+    return predict_from_cli(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dsl-sweep", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one DSL chain and print a per-iteration table")
+    run.add_argument("config", nargs="?", help="YAML config (e.g. a best.yaml); flags override it")
+    run.add_argument("--preset", choices=["cpu", "paper"], help="cpu: small CNN, 5 folds, 80 ms hop (minutes); "
+                     "paper: EfficientNet-B0, 10 folds, 10 ms hop, paper epochs (days on a CPU)")
+    run.add_argument("--out", default="results/run.json", help="where to write the JSON result")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_run_flags(run)
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser("validate", help="check a corpus for bad audio and labels, report all problems at once")
+    val.add_argument("data", help="corpus directory or CSV manifest")
+    val.add_argument("--corpus", default="emodb", help="corpus format")
+    val.add_argument("--folds", type=int, default=0, help="also check every class has at least this many utterances")
+    val.add_argument("--report", help="write the report as JSON here")
+    val.set_defaults(func=cmd_validate)
+
+    sw = sub.add_parser("sweep", help="run a hyperparameter sweep from a YAML file (Ray Tune + Optuna + MLflow)")
+    sw.add_argument("file", help="sweep definition YAML")
+    sw.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    sw.add_argument("--storage-path", help="where trial checkpoints live (shared FS or s3://... on a cluster)")
+    sw.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    sw.add_argument("--data", help="override the corpus path of the sweep file")
+    sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep with the same Optuna study")
+    sw.add_argument("--trials", type=int, help="override the number of trials")
+    sw.set_defaults(func=cmd_sweep)
+
+    best = sub.add_parser("best", help="pick the best (trial, iteration) of a sweep and write best.yaml")
+    best.add_argument("sweep", help="sweep name (MLflow experiment) or sweep YAML file")
+    best.add_argument("--tracking-uri", help="MLflow tracking URI")
+    best.add_argument("--out", default="best.yaml", help="where to write the best config")
+    best.add_argument("--register", action="store_true", help="train the final model on all data and register it")
+    best.add_argument("--model-name", help="registered model name (default: the sweep name)")
+    best.set_defaults(func=cmd_best)
+
+    pred = sub.add_parser("predict", help="predict the emotion of utterances with a trained model")
+    pred.add_argument("model", help="model directory or MLflow model URI (models:/NAME/VERSION)")
+    pred.add_argument("wav", nargs="+", help="audio files")
+    pred.add_argument("--tracking-uri", help="MLflow tracking URI")
+    pred.add_argument("--contour", help="save the segment-posterior contour plot(s) to this folder")
+    pred.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from dsl.config import ConfigError
+    from dsl.audio import BadAudioError
+    from dsl.corpora import CorpusError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, BadAudioError, CorpusError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
