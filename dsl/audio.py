@@ -34,12 +34,47 @@ class AudioCheck:
     frames: int = 0
 
 
-def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read a file as float32 (frames, channels) and its rate; raises ValueError naming the file."""
+def wav_truncation(path: str | Path) -> str | None:
+    """For RIFF/WAVE files: the problem if the data chunk declares more bytes than the file holds.
+
+    libsndfile silently reads what is there, so a file cut short by a failed copy would pass.
+    """
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            size = Path(path).stat().st_size
+            pos = 12
+            while pos + 8 <= size:
+                fh.seek(pos)
+                chunk = fh.read(8)
+                declared = int.from_bytes(chunk[4:8], "little")
+                if chunk[:4] == b"data":
+                    available = size - pos - 8
+                    if declared > available and declared != 0xFFFFFFFF:
+                        return f"truncated: data chunk declares {declared} bytes, file holds {available}"
+                    return None
+                pos += 8 + declared + (declared & 1)
+    except OSError:
+        return None
+    return None
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read a file as float32 (frames, channels) and its rate; raises ValueError saying what is wrong."""
+    try:
+        with sf.SoundFile(str(path)) as fh:
+            declared = fh.frames
+            data = fh.read(dtype="float32", always_2d=True)
+            rate = fh.samplerate
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         raise ValueError(f"unreadable audio ({exc.__class__.__name__}: {exc})") from None
+    if declared > 0 and data.shape[0] < declared:
+        raise ValueError(f"truncated: header declares {declared} frames, only {data.shape[0]} could be read")
+    truncated = wav_truncation(path)
+    if truncated:
+        raise ValueError(truncated)
     return data, int(rate)
 
 
@@ -64,8 +99,11 @@ def check_signal(data: np.ndarray, rate: int, min_seconds: float) -> tuple[str |
     if seconds < min_seconds:
         return f"too short: {seconds * 1000:.1f} ms < {min_seconds * 1000:.0f} ms (one analysis window)", None
     if float(np.max(np.abs(data))) == 0.0:
-        return None, "silence only (all samples are zero)"
-    return None, None
+        return "silence only (all samples are zero)", None
+    notes = []
+    if data.ndim == 2 and data.shape[1] > 1:
+        notes.append(f"{data.shape[1]} channels (averaged to mono)")
+    return None, "; ".join(notes) or None
 
 
 def load_audio(path: str | Path, target_rate: int = 16000, min_seconds: float = 0.025) -> np.ndarray:

@@ -18,7 +18,16 @@ AUDIO_SUFFIXES = (".wav", ".flac")
 
 
 class CorpusError(ValueError):
-    """A corpus could not be parsed; the message lists every offending file at once."""
+    """A corpus could not be parsed; the message lists every offending file at once.
+
+    `problems` maps each offending file (or manifest row) to what is wrong; `partial` is the corpus
+    of the files that were fine, so a caller may skip the bad ones and report them.
+    """
+
+    def __init__(self, message: str, problems: dict[str, str] | None = None, partial: "Corpus | None" = None):
+        super().__init__(message)
+        self.problems = dict(problems or {})
+        self.partial = partial
 
 
 @dataclass(frozen=True)
@@ -105,26 +114,28 @@ def corpus_from_files(fmt: CorpusFormat, files: Iterable[Path]) -> Corpus:
     paths: list[Path] = []
     labels: list[int] = []
     speakers: list[str] = []
-    problems: list[str] = []
+    problems: dict[str, str] = {}
     index = {name: i for i, name in enumerate(fmt.label_names)}
     for path in files:
         try:
             parsed = fmt.parse(Path(path))
         except ValueError as exc:
-            problems.append(f"{path}: {exc}")
+            problems[str(path)] = str(exc)
             continue
         if parsed is None:
             continue
         label, speaker = parsed
         if label not in index:
-            problems.append(f"{path}: unknown label {label!r} (known: {', '.join(fmt.label_names)})")
+            problems[str(path)] = f"unknown label {label!r} (known: {', '.join(fmt.label_names)})"
             continue
         paths.append(Path(path))
         labels.append(index[label])
         speakers.append(speaker)
+    corpus = Corpus(fmt.name, tuple(paths), np.asarray(labels, dtype=np.int64), fmt.label_names, tuple(speakers))
     if problems:
-        raise CorpusError(f"{fmt.name}: {len(problems)} file(s) could not be labelled:\n  " + "\n  ".join(problems))
-    return Corpus(fmt.name, tuple(paths), np.asarray(labels, dtype=np.int64), fmt.label_names, tuple(speakers))
+        lines = "\n  ".join(f"{p}: {why}" for p, why in problems.items())
+        raise CorpusError(f"{fmt.name}: {len(problems)} file(s) could not be labelled:\n  {lines}", problems, corpus)
+    return corpus
 
 
 def load_corpus(name: str, root: str | Path) -> Corpus:
@@ -162,34 +173,43 @@ def load_manifest(path: Path) -> Corpus:
             raise CorpusError(f"{path}: missing column(s) {', '.join(missing)}; header must be path,label[,speaker]")
         reader.fieldnames = columns
         rows: list[tuple[Path, str, str]] = []
-        problems: list[str] = []
+        problems: dict[str, str] = {}
+        seen: dict[Path, int] = {}
         for row in reader:
             line = reader.line_num
             rel = (row.get("path") or "").strip()
             label = (row.get("label") or "").strip()
             speaker = (row.get("speaker") or "").strip() or "unknown"
             file = path.parent / rel if rel else None
+            why = []
             if file is None:
-                problems.append(f"row {line}: empty path")
+                why.append("empty path")
             elif not file.is_file():
-                problems.append(f"row {line}: file not found: {file}")
+                why.append(f"file not found: {file}")
+            elif file.resolve() in seen:
+                why.append(f"duplicate path {file} (first on row {seen[file.resolve()]})")
             if not label:
-                problems.append(f"row {line}: empty label")
-            if file is not None and label:
-                rows.append((file, label, speaker))
-    if problems:
-        raise CorpusError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems))
-    if not rows:
+                why.append("empty label")
+            if why:
+                problems[f"{file or path} (row {line})"] = "; ".join(why)
+                continue
+            seen[file.resolve()] = line
+            rows.append((file, label, speaker))
+    if not rows and not problems:
         raise CorpusError(f"{path}: manifest has no rows")
     names = tuple(sorted({label for _, label, _ in rows}))
     index = {name: i for i, name in enumerate(names)}
-    return Corpus(
+    corpus = Corpus(
         "csv",
         tuple(f for f, _, _ in rows),
         np.asarray([index[label] for _, label, _ in rows], dtype=np.int64),
         names,
         tuple(s for _, _, s in rows),
     )
+    if problems:
+        lines = "\n  ".join(f"row {k.rsplit('(row ', 1)[1][:-1]}: {k.rsplit(' (row', 1)[0]}: {v}" for k, v in problems.items())
+        raise CorpusError(f"{path}: {len(problems)} bad row(s):\n  {lines}", problems, corpus)
+    return corpus
 
 
 # --------------------------------------------------------------------------- published naming schemes

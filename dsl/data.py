@@ -10,7 +10,7 @@ import numpy as np
 from .audio import BadAudioError
 from .cache import extract_corpus
 from .config import ChainConfig
-from .corpora import Corpus, load_corpus
+from .corpora import Corpus, CorpusError, load_corpus
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +42,41 @@ class CorpusData:
         return np.unique(self.speakers, return_inverse=True)[1]
 
 
-def prepare_data(cfg: ChainConfig, corpus: Corpus | None = None, show_progress: bool = True) -> CorpusData:
-    """Parse the corpus and load (or extract once) its log-Mel frames, honouring `cfg.bad_files`."""
+def load_corpus_for(cfg: ChainConfig) -> tuple[Corpus, dict[str, str]]:
+    """The config's corpus; under `bad_files: skip`, unlabelled or missing files are left out and returned."""
+    try:
+        return load_corpus(cfg.corpus, Path(cfg.data)), {}
+    except CorpusError as exc:
+        if cfg.bad_files != "skip" or exc.partial is None or len(exc.partial) == 0:
+            raise
+        _log_skipped(exc.problems)
+        return exc.partial, exc.problems
+
+
+def _log_skipped(problems: dict[str, str]) -> None:
+    log.warning("skipping %d bad file(s):\n  %s", len(problems),
+                "\n  ".join(f"{p}: {why}" for p, why in problems.items()))
+
+
+def prepare_data(cfg: ChainConfig, corpus: Corpus | None = None, show_progress: bool = True,
+                 skipped: dict[str, str] | None = None) -> CorpusData:
+    """Parse the corpus and load (or extract once) its log-Mel frames, honouring `cfg.bad_files`.
+
+    Under `skip`, files whose audio is unusable are dropped and listed in `CorpusData.skipped`
+    (with any `skipped` already found while parsing); the good files' features stay cached.
+    """
+    skipped = dict(skipped or {})
     if corpus is None:
-        corpus = load_corpus(cfg.corpus, Path(cfg.data))
-    skipped: dict[str, str] = {}
+        corpus, parse_skipped = load_corpus_for(cfg)
+        skipped.update(parse_skipped)
     try:
         store = extract_corpus(corpus.paths, cfg.features, cfg.cache_dir or None, show_progress)
     except BadAudioError as exc:
         if cfg.bad_files != "skip":
             raise
-        skipped = exc.problems
-        keep = [i for i, p in enumerate(corpus.paths) if str(p) not in skipped]
-        log.warning("skipping %d bad file(s):\n  %s", len(skipped),
-                    "\n  ".join(f"{p}: {why}" for p, why in skipped.items()))
-        corpus = corpus.subset(keep)
+        _log_skipped(exc.problems)
+        skipped.update(exc.problems)
+        corpus = corpus.subset([i for i, p in enumerate(corpus.paths) if str(p) not in exc.problems])
         store = extract_corpus(corpus.paths, cfg.features, cfg.cache_dir or None, show_progress)
     return CorpusData(
         frames=store.frames, frame_offsets=store.offsets, labels=corpus.labels,

@@ -7,11 +7,12 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from .chain import ChainResult, IterationResult, run_chain
 from .checks import check_config, check_data
 from .config import ChainConfig, load_config
-from .corpora import load_corpus
-from .data import prepare_data
+from .data import load_corpus_for, prepare_data
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,10 @@ def format_row(r: IterationResult) -> str:
 def run(cfg: ChainConfig, show_progress: bool = True, on_iteration=None) -> ChainResult:
     """Check the config, load the corpus and features, run the chain: the one-call Python API."""
     check_config(cfg)
-    corpus = load_corpus(cfg.corpus, Path(cfg.data))
-    check_data(cfg, corpus.labels, corpus.speakers_array() if hasattr(corpus, "speakers_array") else
-               __import__("numpy").asarray(corpus.speakers), corpus.label_names)
-    data = prepare_data(cfg, corpus, show_progress)
+    corpus, skipped = load_corpus_for(cfg)
+    check_data(cfg, corpus.labels, np.asarray(corpus.speakers), corpus.label_names)
+    data = prepare_data(cfg, corpus, show_progress, skipped)
+    check_data(cfg, data.labels, data.speakers, data.label_names)  # skipped audio may shrink a class
     return run_chain(cfg, data, show_progress=show_progress, on_iteration=on_iteration)
 
 

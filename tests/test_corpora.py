@@ -183,9 +183,9 @@ def test_manifest_without_speaker_column(tmp_path: Path) -> None:
 
 
 def test_manifest_bad_rows_listed_together(tmp_path: Path) -> None:
-    touch(tmp_path, "a.wav")
+    touch(tmp_path, "a.wav", "b.wav")
     csv_path = tmp_path / "m.csv"
-    csv_path.write_text("path,label,speaker\na.wav,x,s\nmissing1.wav,x,s\na.wav,,s\nmissing2.wav,y,s\n")
+    csv_path.write_text("path,label,speaker\na.wav,x,s\nmissing1.wav,x,s\nb.wav,,s\nmissing2.wav,y,s\n")
     with pytest.raises(CorpusError) as err:
         load_corpus("csv", csv_path)
     msg = str(err.value)
@@ -212,3 +212,12 @@ def test_real_emodb(emodb_path: Path) -> None:
     assert c.n_classes == 7
     letters = {"anger": 127, "boredom": 81, "disgust": 46, "fear": 69, "happiness": 71, "sadness": 62, "neutral": 79}
     assert c.class_counts() == letters
+
+
+def test_manifest_duplicate_paths_named_and_partial_corpus_kept(tmp_path: Path) -> None:
+    touch(tmp_path, "a.wav", "b.wav")
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("path,label\na.wav,x\nb.wav,y\n./a.wav,y\n")
+    with pytest.raises(CorpusError, match=r"row 4: .*a.wav: duplicate path .*first on row 2") as err:
+        load_corpus("csv", csv_path)
+    assert err.value.partial is not None and len(err.value.partial) == 2

@@ -1,0 +1,105 @@
+"""`dsl-sweep validate`: every problem of a corpus (labels, paths, audio, class sizes) in one report."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .audio import inspect_audio
+from .corpora import Corpus, CorpusError, load_corpus
+from .progress import progress
+
+
+@dataclass
+class ValidationReport:
+    data: str
+    corpus: str
+    files: int = 0
+    usable: int = 0
+    problems: dict[str, str] = field(default_factory=dict)  # file -> why it cannot be used
+    notes: dict[str, str] = field(default_factory=dict)  # file -> usable, but converted (stereo, ...)
+    corpus_problems: list[str] = field(default_factory=list)  # e.g. a class smaller than the folds
+    sample_rates: dict[int, int] = field(default_factory=dict)
+    class_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.corpus_problems
+
+    def format(self) -> str:
+        lines = [f"{self.data} ({self.corpus}): {self.files} file(s), {self.usable} usable, "
+                 f"{len(self.problems)} with problems"]
+        if self.sample_rates:
+            lines.append("sample rates: " + ", ".join(f"{r} Hz x{n}" for r, n in sorted(self.sample_rates.items())))
+        if self.class_counts:
+            lines.append("classes: " + ", ".join(f"{k} {v}" for k, v in self.class_counts.items()))
+        for path, why in self.problems.items():
+            lines.append(f"  ERROR {path}: {why}")
+        for msg in self.corpus_problems:
+            lines.append(f"  ERROR {msg}")
+        for path, why in self.notes.items():
+            lines.append(f"  note  {path}: {why}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+def parse_corpus_collecting(name: str, data: str | Path) -> tuple[Corpus | None, dict[str, str], list[str]]:
+    """(corpus of parseable files, per-file problems, corpus-level problems) without raising."""
+    try:
+        return load_corpus(name, Path(data)), {}, []
+    except CorpusError as exc:
+        if exc.partial is not None:
+            return exc.partial, exc.problems, []
+        return None, {}, [str(exc)]
+
+
+def validate_corpus(name: str, data: str | Path, folds: int = 0, min_seconds: float = 0.025,
+                    show_progress: bool = True) -> ValidationReport:
+    """Parse the corpus and decode every file; collect all problems instead of stopping at the first."""
+    report = ValidationReport(str(data), name)
+    corpus, problems, corpus_problems = parse_corpus_collecting(name, data)
+    report.problems.update(problems)
+    report.corpus_problems += corpus_problems
+    if corpus is None:
+        return report
+    report.files = len(corpus) + len(problems)
+    good: list[int] = []
+    rates: Counter[int] = Counter()
+    bar = progress(total=len(corpus), desc="validating audio", unit="file", disable=not show_progress)
+    for i, path in enumerate(corpus.paths):
+        check = inspect_audio(path, min_seconds)
+        if check.problem:
+            report.problems[str(path)] = check.problem
+        else:
+            good.append(i)
+            rates[check.sample_rate] += 1
+            if check.warning:
+                report.notes[str(path)] = check.warning
+        bar.update(1)
+    bar.close()
+    report.usable = len(good)
+    report.sample_rates = dict(rates)
+    if len(rates) > 1:
+        report.notes[str(data)] = f"mixed sample rates {sorted(rates)}; all are resampled to 16000 Hz"
+    counts = np.bincount(corpus.labels[good], minlength=corpus.n_classes) if good else np.zeros(corpus.n_classes, int)
+    report.class_counts = {n: int(c) for n, c in zip(corpus.label_names, counts)}
+    if folds:
+        small = [f"{n} ({c})" for n, c in report.class_counts.items() if c < folds]
+        if small:
+            report.corpus_problems.append(f"class(es) with fewer usable utterances than the {folds} folds: "
+                                          + ", ".join(small))
+    return report
+
+
+def validate_from_cli(data: str, corpus: str, report_path: str | None, folds: int) -> int:
+    report = validate_corpus(corpus, data, folds)
+    print(report.format())
+    if report_path:
+        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(report_path).write_text(json.dumps(report.to_dict(), indent=2))
+    return 0 if report.ok else 1
