@@ -1,0 +1,144 @@
+"""Markdown tables of a `bench.run` result, written between generated markers in bench/RESULTS.md."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _f(x, digits: int = 1) -> str:
+    try:
+        return f"{float(x):,.{digits}f}"
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def render(results: dict) -> str:
+    m = results["meta"]
+    s = results["sections"]
+    lines = [f"### {'Quick run' if m.get('quick') else 'Full run'} of {m['date']}", "",
+             f"- command: `{m['command']}`", f"- device: {m['device']}",
+             f"- python {m['python']}, torch {m['torch']} (default intra-op threads: {m['torch_default_threads']})",
+             f"- load average (1/5/15 min) at start {m.get('load_average_start')}, at end {m.get('load_average_end')}; "
+             f"{m['note']}", f"- total time: {_f(m.get('total_seconds', 0), 0)} s", ""]
+
+    def skipped(name: str) -> bool:
+        r = s.get(name)
+        if r is None:
+            return True
+        for key in ("skipped", "error"):
+            if key in r:
+                lines.extend([f"**{name}**: {key}: {r[key]}", ""])
+                return True
+        return False
+
+    if not skipped("features"):
+        r = s["features"]
+        e = r["equality"]
+        med = r["seconds_median"]
+        lines += ["#### 1. Log-Mel extraction", "",
+                  f"{r['files']} EmoDB files (22.05 kHz, resampled to 16 kHz), median of {r['repeats']} alternating repeats.", "",
+                  "| path | load s | features s | files/s (end to end) | files/s (features only) |",
+                  "| --- | ---: | ---: | ---: | ---: |",
+                  f"| plain: `librosa.load` + `librosa.feature.melspectrogram` per file | {_f(med['plain_load'], 2)} | "
+                  f"{_f(med['plain_feat'], 2)} | {_f(r['plain_files_per_s'])} | {_f(r['plain_feature_only_files_per_s'])} |",
+                  f"| project: `load_audio` + `logmel_batch` (32 files per call) | {_f(med['project_load'], 2)} | "
+                  f"{_f(med['project_feat'], 2)} | {_f(r['project_files_per_s'])} | {_f(r['project_feature_only_files_per_s'])} |",
+                  f"| **ratio** | | | **{_f(r['speedup_end_to_end'], 2)}x** | **{_f(r['speedup_feature_only'], 2)}x** |", "",
+                  f"Equality (both feature paths on the same signals): max |Δ log-Mel| = {e['max_abs_logmel_above_floor']:.2e} "
+                  f"on bins with power > {e['power_floor_relative_to_peak']:g} x the utterance peak "
+                  f"({100 * e['share_of_bins_above_floor']:.1f} % of bins; tolerance {e['log_tolerance']:g}), "
+                  f"{e['max_abs_logmel_all_bins']:.2e} over all bins; max |Δ power| / peak = "
+                  f"{e['max_power_diff_relative_to_peak']:.2e} (tolerance {e['power_tolerance']:g}) -> "
+                  f"{'within' if e['within_tolerance'] else 'OUTSIDE'} tolerance. `librosa.load` and `load_audio` "
+                  f"give signals differing by at most {r['max_abs_signal_diff_librosa_load_vs_load_audio']:.1e}.", ""]
+
+    if not skipped("throughput"):
+        r = s["throughput"]
+        lines += ["#### 2. Training throughput (segments/s, batch 128)", "",
+                  f"{r['n_segments']} EmoDB segments (32 frames, hop 8); plain = materialised (N,1,64,32) tensor "
+                  f"({_f(r['materialised_tensor_mib'])} MiB) + `DataLoader(shuffle=True)`, NCHW; project = `dsl.train.fit` "
+                  "+ `SegmentBatcher`, channels_last. Best of the interleaved rounds.", "",
+                  "| backbone | steps | plain, default threads | plain, 1 thread | project, 1 thread | project, 2 threads "
+                  "| project 1t / plain | project 2t / plain | project 1t / plain 1t |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for name, b in r["backbones"].items():
+            if "skipped" in b:
+                lines.append(f"| {name} | skipped ({b['skipped']}) | | | | | | | |")
+                continue
+            lines.append(f"| {name} | {b['steps']} x {b['rounds']} | {_f(b['plain_default_threads'])} | {_f(b['plain_1_thread'])} | "
+                         f"{_f(b['project_1_thread'])} | {_f(b['project_2_threads'])} | {_f(b['ratio_project_1t_vs_plain'], 2)}x | "
+                         f"{_f(b['ratio_project_2t_vs_plain'], 2)}x | {_f(b['ratio_project_1t_vs_plain_1t'], 2)}x |")
+        lines.append("")
+
+    if not skipped("chain"):
+        r = s["chain"]
+        c = r["config"]
+        lines += ["#### 3. Whole `cpu` preset chain (baseline + 1 WDSL iteration)", "",
+                  f"{c['backbone']}, {c['folds']} folds, segment hop {c['segment_hop']}, <= {c['epochs']} epochs "
+                  f"(patience {c['patience']}), seed {c['seed']}, {r['n_segments']} segments. Project: "
+                  f"`local_runner`, {c['workers']} processes x {c['num_threads']} thread, channels_last. "
+                  "Plain: `bench/plain_chain.py` runner, folds in series, default threads. Same folds, seeds, "
+                  "validation split, normalisation, rule and evaluation.", "",
+                  "| runner | wall s | UA it0 % | UA it1 % | WA it0 % | WA it1 % | mean epochs it0/it1 |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for name in ("project", "plain"):
+            it = r[name]
+            ua = [_f(100 * x["ua"], 2) for x in it] + ["-"] * (2 - len(it))
+            wa = [_f(100 * x["wa"], 2) for x in it] + ["-"] * (2 - len(it))
+            lines.append(f"| {name} | {_f(r[name + '_seconds'])} | {ua[0]} | {ua[1]} | {wa[0]} | {wa[1]} | "
+                         f"{' / '.join(_f(x['epochs']) for x in it)} |")
+        lines += ["", f"Speed-up: **{_f(r['speedup'], 2)}x** (requirement >= 3x at equal or better UA: "
+                      f"{'met' if r['meets_3x'] and min(r['ua_difference_project_minus_plain']) >= 0 else 'see notes'}); "
+                      f"UA difference project - plain: "
+                      f"{', '.join(f'{100 * d:+.2f} pt' for d in r['ua_difference_project_minus_plain'])}.", ""]
+        if "profile" in r:
+            for name, p in r["profile"].items():
+                lines += [f"Profile of one fold, {name} ({_f(p['seconds'])} s, {_f(p['segments_per_second'])} seg/s): "
+                          + "; ".join(f"`{t['function']}` {100 * t['share']:.0f} %" for t in p["top_tottime"][:6]), ""]
+
+    if not skipped("sweep"):
+        r = s["sweep"]
+        lines += ["#### 4. Ray Tune: overhead and shared-feature memory", "",
+                  f"Short chain: {r['short_chain']}. Ray start-up: {_f(r['ray_init_seconds'])} s (once per sweep).", ""]
+        t = r.get("project_trial", {})
+        if "skipped" in t:
+            lines += [f"Project trial: skipped ({t['skipped']}).", ""]
+        elif t:
+            lines += ["| what | s |", "| --- | ---: |",
+                      f"| same chain called directly (1 thread) | {_f(r['direct_chain_seconds'])} |",
+                      f"| one `trainables.chain_trainable.train_chain` trial, `Tuner.fit` wall | {_f(t['tuner_fit_seconds'])} |",
+                      f"| chain time reported inside the trial | {_f(t['chain_seconds_inside_trial'])} |",
+                      f"| overhead per trial (Tuner.fit - direct) | {_f(t['overhead_seconds'])} ({_f(t['overhead_ratio'], 2)}x) |",
+                      "", f"Frames zero-copy in the trial: {t['frames_zero_copy']}. UA direct "
+                      f"{_f(100 * r['direct_ua'], 2)} %, in the trial {_f(100 * t['ua'], 2)} %.", ""]
+        mem = r.get("memory")
+        if mem:
+            one, four = mem["one"], mem["four"]
+            lines += [f"Feature memory (frames {one['frames_mib']} MiB, shared via {one['shared_by']}; read-only "
+                      f"object-store view in every trial: {one['frames_read_only_view'] and four['frames_read_only_view']}):", "",
+                      "| concurrent trials | private (USS) growth per trial on touching all frames, MiB | "
+                      "same for a private copy (control), MiB | feature memory = store + private, MiB | "
+                      "if each trial copied, MiB | peak summed USS / PSS / RSS of Ray workers, MiB |",
+                      "| ---: | --- | --- | ---: | ---: | --- |"]
+            for x in (one, four):
+                lines.append(f"| {x['trials']} | {x['per_trial_touch_delta_uss_mib']} | {x['per_trial_copy_control_delta_uss_mib']} | "
+                             f"{x['feature_memory_mib']} | {x['feature_memory_if_copied_mib']} | "
+                             f"{x['peak_sum_uss_workers_mib']} / {x['peak_sum_pss_workers_mib']} / {x['peak_sum_rss_workers_mib']} |")
+            lines += ["", f"Feature memory, 4 vs 1 concurrent trials: **{_f(mem['feature_memory_ratio_4_vs_1'], 3)}x** "
+                          f"(requirement < 1.5x: {'met' if mem['requirement_below_1_5x'] else 'NOT met'}; a copy per trial "
+                          f"would give {_f(mem['feature_memory_ratio_4_vs_1_if_copied'], 2)}x). Whole-trial private memory "
+                          f"(torch, model, per-fold normalised frames) grows {_f(mem['whole_trial_peak_uss_ratio_4_vs_1'], 2)}x, "
+                          "as expected for 4 processes.", ""]
+    return "\n".join(lines)
+
+
+def update_markdown(path: Path, results: dict) -> None:
+    """Replace the generated block for this mode (full or quick) in `path`, keeping everything else."""
+    mode = "quick" if results["meta"].get("quick") else "full"
+    begin, end = f"<!-- bench:{mode}:begin -->", f"<!-- bench:{mode}:end -->"
+    block = f"{begin}\n{render(results)}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmarks (issue #5)\n\n"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)

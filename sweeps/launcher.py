@@ -1,0 +1,190 @@
+"""`dsl-sweep sweep FILE.yaml`: load the corpus once, then run the Optuna-driven Ray Tune sweep.
+
+Fresh sweep: a new Optuna study in `<storage>/<name>/optuna.journal`, a new MLflow parent run.
+`--resume`: `Tuner.restore(..., resume_errored=True)` with the same study and parent run; finished
+trials are not run again, interrupted and errored ones continue from their last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from dsl.checks import check_data
+from dsl.config import ConfigError
+from dsl.corpora import load_corpus
+from dsl.data import CorpusData, prepare_data
+from trainables.context import TrialContext, TrialResources
+from trainables.naming import describe
+from trainables.tracking import redact_uri
+
+from .report import TrialRow, best_row, format_table, rows_from_results
+from .session import check_resumable, init_ray, journal_path, quiet_ray, storage_root
+from .space import SearchSpace, enumerate_grid, sample_configs
+from .spec import SweepSpec, load_sweep
+from .tuner import build_tuner, num_trials
+
+log = logging.getLogger(__name__)
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep run leaves behind (for the CLI's exit code and for tests)."""
+
+    experiment_path: str
+    journal: str
+    experiment_id: str | None
+    parent_run_id: str | None
+    rows: list[TrialRow] = field(default_factory=list)
+    interrupted: bool = False
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def best(self) -> TrialRow | None:
+        return best_row(self.rows)
+
+
+def contour_index(data: CorpusData, which: int | str) -> int:
+    if isinstance(which, int):
+        return which % data.n_utterances
+    hits = [i for i, p in enumerate(data.paths) if str(which) in p]
+    if not hits:
+        raise ConfigError(f"plots.contour_utterance: no utterance path contains {which!r}")
+    return hits[0]
+
+
+def load_data(spec: SweepSpec) -> CorpusData:
+    """Parse the corpus, check every distinct sampled config fits it, extract/load features once."""
+    base = spec.base
+    corpus = load_corpus(base.corpus, Path(base.data))
+    check_data(base, corpus.labels, np.asarray(corpus.speakers), corpus.label_names)
+    for cfg in sample_configs(SearchSpace(spec.search, base.to_dict()), n=32):
+        check_data(cfg, corpus.labels, np.asarray(corpus.speakers), corpus.label_names)
+    return prepare_data(base, corpus, show_progress=os.environ.get("DSL_PROGRESS", "1") != "0")
+
+
+def sweep_params(spec: SweepSpec, n: int) -> dict[str, Any]:
+    return {"sweep": {"name": spec.name, "num_samples": n, "max_concurrent": spec.max_concurrent,
+                      "sampler": spec.sampler.type, "sampler_seed": spec.sampler.seed,
+                      "scheduler": spec.scheduler.type if spec.scheduler else "none",
+                      "max_failures": spec.max_failures, "resources": str(spec.resources),
+                      "search": ", ".join(p.key for p in spec.search)},
+            "base": spec.base.to_dict()}
+
+
+def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | None = None,
+              resume: bool = False, trials: int | None = None) -> SweepOutcome:
+    """Run (or resume) a sweep end to end; prints progress and the final table."""
+    import ray
+
+    from trainables.chain_trainable import train_chain
+    from trainables.fold_runner import placement
+    from trainables.shared_data import with_corpus
+
+    from . import tracking
+    from .callbacks import FinalizeRuns, ProgressPrinter
+
+    start = time.time()
+    root = storage_root(spec.storage_path)
+    exp_path = f"{root}/{spec.name}"
+    journal = journal_path(spec, root)
+    check_resumable(exp_path, journal, resume)
+    space = SearchSpace(spec.search, spec.base.to_dict())
+    grid = enumerate_grid(space) if spec.sampler.type == "grid" else None
+    n = num_trials(spec, grid, trials)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    print(f"sweep {spec.name}: {n} trials, {spec.max_concurrent} at a time, sampler {spec.sampler.type}"
+          f"{' (grid of ' + str(len(grid)) + ')' if grid is not None else ''}, scheduler "
+          f"{spec.scheduler.type if spec.scheduler else 'none'} | storage {exp_path} | MLflow {redact_uri(uri)}"
+          f"{' | resuming' if resume else ''}", flush=True)
+
+    data = load_data(spec)
+    print(f"corpus {spec.base.corpus}: {data.n_utterances} utterances, {data.frames.shape[0]} frames "
+          f"({data.frames.nbytes / 2**20:.0f} MiB, shared through the object store)", flush=True)
+    c = tracking.client(uri)
+    exp_id = tracking.ensure_experiment(c, spec.name)
+    parent = tracking.open_parent(c, exp_id, spec.name, exp_path, sweep_params(spec, n),
+                                  yaml.safe_dump(spec.raw, sort_keys=False), resume)
+    verbose = quiet_ray()
+    started = init_ray(address, verbose)
+    try:
+        res = spec.resources
+        ctx = TrialContext(spec.name, spec.base.to_dict(), uri, exp_id, parent,
+                           TrialResources(res.cpu, res.gpu, res.fold_workers, res.head_cpu),
+                           contour_index(data, spec.contour_utterance))
+        from ray import tune
+
+        trainable = tune.with_resources(with_corpus(train_chain, data, context=ctx), placement(ctx.resources))
+        callbacks = [ProgressPrinter(spec.base.to_dict(), n), FinalizeRuns(uri, exp_id, parent)]
+        tuner = build_tuner(spec, trainable, root, journal, n, grid, callbacks, resume, verbose)
+        results = tuner.fit()
+        rows = rows_from_results(results, spec.base.to_dict())
+    except BaseException:  # a broken sweep must not leave its parent run RUNNING
+        tracking.close_children(c, exp_id, parent, "KILLED")
+        tracking.call(c.set_terminated, parent, "FAILED")
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+    errors = sum(r.status == "error" for r in rows)
+    interrupted = any(r.status in ("interrupted", "pending") for r in rows) or len(rows) < n
+    outcome = SweepOutcome(exp_path, str(journal), exp_id, parent, rows, interrupted, errors, time.time() - start)
+    finish(outcome, spec, c)
+    return outcome
+
+
+def finish(outcome: SweepOutcome, spec: SweepSpec, c) -> None:
+    """Close the parent run, print the table, the study's trial states and the best config."""
+    import optuna
+
+    from . import tracking
+    from .searcher import journal_storage, study_counts
+
+    table = format_table(outcome.rows)
+    best = outcome.best
+    parent = outcome.parent_run_id
+    if outcome.interrupted:
+        tracking.close_children(c, outcome.experiment_id, parent, "KILLED")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "trials.txt").write_text(table + "\n")
+        tracking.call(c.log_artifact, parent, str(Path(tmp) / "trials.txt"))
+    if best is not None and best.best_mean_fold_ua is not None:
+        tracking.call(c.log_metric, parent, "best_mean_fold_ua", best.best_mean_fold_ua)
+        tracking.call(c.set_tag, parent, "dsl.best_trial_id", best.trial_id)
+    tracking.call(c.set_tag, parent, "dsl.trials_errored", str(outcome.errors))
+    tracking.call(c.set_terminated, parent, "KILLED" if outcome.interrupted else "FINISHED")
+    study = optuna.load_study(study_name=spec.name, storage=journal_storage(Path(outcome.journal)))
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(study_counts(study).items()))
+    print(f"\n{table}\n\nOptuna study {spec.name}: {len(study.trials)} trials ({counts}) | "
+          f"{outcome.seconds / 60:.1f} min", flush=True)
+    if best is not None and best.best_mean_fold_ua is not None:
+        overrides = {**{k: v for k, v in best.overrides.items()}, "iterations": best.best_iteration}
+        print(f"best: trial #{best.trial_id.split('_')[-1]} at iteration {best.best_iteration}: mean fold UA "
+              f"{100 * best.best_mean_fold_ua:.2f} %, UA {100 * (best.best_ua or 0):.2f} %, "
+              f"WA {100 * (best.best_wa or 0):.2f} % ({describe(best.config, best.overrides)})\n"
+              f"best config = base + {overrides}\n"
+              f"write it as a runnable config with: dsl-sweep best {spec.name} --out best.yaml", flush=True)
+    if outcome.interrupted:
+        print(f"sweep interrupted: continue it with --resume (state in {outcome.experiment_path})", flush=True)
+
+
+def sweep_from_cli(args: argparse.Namespace) -> int:
+    spec = load_sweep(args.file, data=args.data, trials=None if args.resume else args.trials,
+                      storage_path=args.storage_path)
+    if args.resume and args.trials:
+        print("note: --trials is ignored with --resume (the sweep keeps its number of trials)", flush=True)
+    outcome = run_sweep(spec, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume,
+                        trials=None if args.resume else args.trials)
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
+    return 1 if outcome.errors else 0

@@ -1,0 +1,72 @@
+"""The end-of-sweep table of trials and the best (trial, iteration)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from dsl.config import ChainConfig
+from trainables.naming import describe
+from trainables.trial_config import trial_config
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    trial_id: str
+    status: str  # done | stopped | error | interrupted | pending
+    config: ChainConfig
+    overrides: dict[str, Any]
+    iterations_done: int
+    best_mean_fold_ua: float | None
+    best_ua: float | None
+    best_wa: float | None
+    best_iteration: int | None
+
+    def rank(self) -> tuple[float, float, int]:
+        if self.best_mean_fold_ua is None:
+            return (-1.0, -1.0, 0)
+        return (self.best_mean_fold_ua, self.best_wa or 0.0, -(self.best_iteration or 0))
+
+
+def row(trial_id: str, status: str, overrides: Mapping[str, Any], m: Mapping[str, Any],
+        base: Mapping[str, Any]) -> TrialRow:
+    """One table row from a trial's Tune status, config and last result."""
+    if status == "ERROR":
+        label = "error"
+    elif status == "TERMINATED":
+        label = "stopped" if m.get("iteration", 0) < m.get("iterations_total", 0) else "done"
+    else:
+        label = "interrupted" if m else "pending"
+    return TrialRow(trial_id, label, trial_config(base, overrides), dict(overrides),
+                    int(m["iteration"]) + 1 if "iteration" in m else 0, m.get("best_mean_fold_ua"),
+                    m.get("best_ua"), m.get("best_wa"), m.get("best_iteration"))
+
+
+def rows_from_results(results, base: Mapping[str, Any]) -> list[TrialRow]:
+    """Rows of every trial of a Tune ResultGrid (from its trials when available), best first."""
+    analysis = getattr(results, "_experiment_analysis", None)
+    trials = list(getattr(analysis, "trials", None) or [])
+    if trials:
+        rows = [row(t.trial_id, t.status, t.config or {}, t.last_result or {}, base) for t in trials]
+    else:
+        rows = [row((r.metrics or {}).get("trial_id", "?"), "ERROR" if r.error else "TERMINATED", r.config or {},
+                    r.metrics or {}, base) for r in results]
+    return sorted(rows, key=lambda r: r.rank(), reverse=True)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def format_table(rows: Sequence[TrialRow]) -> str:
+    head = f"{'trial':<8} {'status':<11} {'fold-UA':>7} {'UA':>6} {'WA':>6} {'best it':>7} {'its':>4}  config"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"#{r.trial_id.split('_')[-1]:<7} {r.status:<11} {_pct(r.best_mean_fold_ua):>7} "
+                     f"{_pct(r.best_ua):>6} {_pct(r.best_wa):>6} {'-' if r.best_iteration is None else r.best_iteration:>7} "
+                     f"{r.iterations_done:>4}  {describe(r.config, r.overrides)}")
+    return "\n".join(lines)
+
+
+def best_row(rows: Sequence[TrialRow]) -> TrialRow | None:
+    scored = [r for r in rows if r.best_mean_fold_ua is not None]
+    return max(scored, key=TrialRow.rank) if scored else None

@@ -1,0 +1,326 @@
+"""Sweep definitions: the YAML schema, parsed into typed, validated dataclasses.
+
+A sweep file has `name`, `base` (a ChainConfig mapping, optionally `preset: cpu|paper` plus
+overrides), `search` (parameters to sample), `sampler`, `scheduler`, `num_samples`,
+`max_concurrent`, `resources`, `max_failures`, `storage_path` and `plots`. Every problem is
+reported at once in one `ConfigError`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from dsl.checks import check_config
+from dsl.config import ChainConfig, ConfigError, from_dict, load_config
+
+# Short names of the search parameters -> dotted ChainConfig keys (any dotted key works too).
+ALIASES: dict[str, str] = {
+    "backbone": "backbone",
+    "rule": "labels.rule",
+    "alpha": "labels.alpha",
+    "schedule": "labels.schedule",
+    "alpha_end": "labels.alpha_end",
+    "alpha_step": "labels.alpha_step",
+    "epsilon": "labels.epsilon",
+    "iterations": "iterations",
+    "lr": "train.lr",
+    "segment_hop": "segments.hop",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "seed": "seed",
+}
+TOP_KEYS = ("name", "base", "search", "sampler", "scheduler", "num_samples", "max_concurrent", "resources",
+            "max_failures", "storage_path", "plots")
+SAMPLERS = ("tpe", "random", "grid")
+SCHEDULERS = ("asha", "none")
+METRIC = "best_mean_fold_ua"  # what the searcher and the scheduler maximise
+MODE = "max"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One search parameter: categorical choices, an int/float range, or a constant."""
+
+    key: str  # dotted ChainConfig key
+    kind: str  # categorical | int | float | const
+    choices: tuple[Any, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+    step: float | None = None
+    log: bool = False
+    value: Any = None  # const only
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    type: str = "tpe"
+    seed: int | None = 0
+    options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the Optuna sampler
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """ASHA over chain iterations (`time_attr = iteration`)."""
+
+    type: str = "asha"
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    """Per trial: `cpu`/`gpu` (fractional GPUs allowed) for the trial itself, or, with `fold_workers` > 0,
+    per parallel fold task (the trial then holds one extra `head_cpu` bundle for label updates and the forest)."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+    fold_workers: int = 0
+    head_cpu: float = 1.0
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    base: ChainConfig
+    search: tuple[ParamSpec, ...]
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    scheduler: SchedulerSpec | None = None
+    num_samples: int = 8
+    max_concurrent: int = 2
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    max_failures: int = 1
+    storage_path: str = "ray_results"
+    contour_utterance: int | str = 0  # utterance index or a substring of its path
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def param(self, key: str) -> ParamSpec | None:
+        return next((p for p in self.search if p.key == key), None)
+
+    def max_iterations(self) -> int:
+        p = self.param("iterations")
+        if p is None:
+            return self.base.iterations
+        if p.kind == "categorical":
+            return int(max(p.choices))
+        return int(p.value if p.kind == "const" else p.high)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"epochs": 3}}` -> `{"train.epochs": 3}` (dotted keys pass through)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _field_default(key: str) -> Any:
+    node: Any = ChainConfig()
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+            raise KeyError(key)
+        node = getattr(node, part)
+    return node
+
+
+def _registry(key: str) -> dict | None:
+    from dsl.backbones import BACKBONES
+    from dsl.rules import RULES
+    from dsl.schedules import SCHEDULES
+
+    return {"backbone": BACKBONES, "labels.rule": RULES, "labels.schedule": SCHEDULES}.get(key)
+
+
+def _check_names(name: str, key: str, values: list[Any], problems: list[str]) -> None:
+    known = _registry(key)
+    bad = [v for v in values if known is not None and v not in known]
+    if bad:
+        problems.append(f"search.{name}: unknown {', '.join(map(str, bad))}; allowed: {', '.join(sorted(known))}")
+
+
+def parse_param(name: str, raw: Any, problems: list[str]) -> ParamSpec | None:
+    key = ALIASES.get(name, name)
+    try:
+        default = _field_default(key)
+    except KeyError:
+        problems.append(f"search.{name}: unknown parameter; use one of {', '.join(ALIASES)} or a dotted "
+                        f"config key such as train.batch_size")
+        return None
+    _check_names(name, key, raw if isinstance(raw, list) else [] if isinstance(raw, Mapping) else [raw], problems)
+    if isinstance(raw, list):
+        if not raw:
+            problems.append(f"search.{name}: empty list of choices")
+            return None
+        if len(raw) == 1:
+            return ParamSpec(key, "const", value=raw[0])
+        return ParamSpec(key, "categorical", choices=tuple(raw))
+    if isinstance(raw, Mapping):
+        unknown = set(raw) - {"low", "high", "step", "log"}
+        if unknown or "low" not in raw or "high" not in raw:
+            problems.append(f"search.{name}: a range needs low and high (optional step, log); got {dict(raw)}")
+            return None
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            problems.append(f"search.{name}: a range needs a numeric parameter; {key} is {type(default).__name__}")
+            return None
+        kind = "int" if isinstance(default, int) else "float"
+        low, high = raw["low"], raw["high"]
+        if not (isinstance(low, (int, float)) and isinstance(high, (int, float))) or low > high:
+            problems.append(f"search.{name}: need numbers low <= high; got low={low!r}, high={high!r}")
+            return None
+        if raw.get("log") and raw.get("step"):
+            problems.append(f"search.{name}: log and step cannot be combined")
+        if raw.get("log") and low <= 0:
+            problems.append(f"search.{name}: a log range needs low > 0")
+        return ParamSpec(key, kind, low=low, high=high, step=raw.get("step"), log=bool(raw.get("log", False)))
+    return ParamSpec(key, "const", value=raw)
+
+
+def _base_config(raw: Any, data: str | None, problems: list[str]) -> ChainConfig | None:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        problems.append("base: expected a mapping (a ChainConfig, optionally with `preset: cpu|paper`)")
+        return None
+    raw = dict(raw)
+    preset = raw.pop("preset", None)
+    flat = flatten(raw)
+    if data:
+        flat["data"] = data
+    try:
+        cfg = load_config(preset_name=preset, overrides=flat)
+    except ConfigError as exc:
+        problems.append(f"base: {exc}")
+        return None
+    if cfg.data and "://" not in cfg.data:
+        cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
+    return cfg
+
+
+def _sub(cls: type, raw: Any, where: str, problems: list[str], rename: Mapping[str, str] | None = None) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where}: expected a mapping")
+        return cls()
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs, extra = {}, {}
+    for k, v in raw.items():
+        k = (rename or {}).get(k, k)
+        (kwargs if k in names else extra)[k] = v
+    if extra and "options" in names:
+        kwargs["options"] = {**kwargs.get("options", {}), **extra}
+    elif extra:
+        problems.append(f"{where}: unknown key(s) {', '.join(sorted(extra))}; allowed: {', '.join(sorted(names))}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        problems.append(f"{where}: {exc}")
+        return cls()
+
+
+def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | None = None,
+                storage_path: str | None = None) -> SweepSpec:
+    """Validate a sweep mapping; `data`, `trials` and `storage_path` override the file."""
+    problems: list[str] = []
+    if not isinstance(raw, Mapping):
+        raise ConfigError("sweep file: expected a mapping at the top level")
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(TOP_KEYS)}")
+    name = str(raw.get("name") or "")
+    if not name or any(c in name for c in "/\\ "):
+        problems.append(f"name: a non-empty name without spaces or slashes is required, got {name!r}")
+    base = _base_config(raw.get("base"), data, problems)
+    search_raw = raw.get("search") or {}
+    params = []
+    if not isinstance(search_raw, Mapping):
+        problems.append("search: expected a mapping of parameter -> choices | range | constant")
+    else:
+        for pname, prange in search_raw.items():
+            p = parse_param(str(pname), prange, problems)
+            if p is not None:
+                params.append(p)
+        keys = [p.key for p in params]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            problems.append(f"search: parameter(s) given twice: {', '.join(dup)}")
+        if any(k.startswith("features.") or k in ("corpus", "data", "cache_dir") for k in keys):
+            problems.append("search: features, corpus, data and cache_dir are shared by all trials (one feature "
+                            "extraction per sweep); set them in base")
+    sampler = _sub(SamplerSpec, raw.get("sampler"), "sampler", problems)
+    if sampler.type not in SAMPLERS:
+        problems.append(f"sampler.type {sampler.type!r} is unknown; allowed: {', '.join(SAMPLERS)}")
+    sched_raw = raw.get("scheduler")
+    scheduler = None
+    if sched_raw not in (None, "none") and not (isinstance(sched_raw, Mapping) and sched_raw.get("type") == "none"):
+        scheduler = _sub(SchedulerSpec, sched_raw if isinstance(sched_raw, Mapping) else {"type": sched_raw},
+                         "scheduler", problems)
+        if scheduler.type not in SCHEDULERS:
+            problems.append(f"scheduler.type {scheduler.type!r} is unknown; allowed: {', '.join(SCHEDULERS)}")
+    resources = _sub(ResourceSpec, raw.get("resources"), "resources", problems)
+    if resources.cpu <= 0 or resources.gpu < 0 or resources.fold_workers < 0:
+        problems.append(f"resources: cpu > 0, gpu >= 0, fold_workers >= 0 required; got {resources}")
+    ints = {k: raw.get(k, d) for k, d in (("num_samples", 8), ("max_concurrent", 2), ("max_failures", 1))}
+    for k, v in ints.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "max_failures" else 1):
+            problems.append(f"{k}: expected an integer >= {0 if k == 'max_failures' else 1}, got {v!r}")
+    if trials is not None:
+        ints["num_samples"] = trials
+    plots = raw.get("plots") or {}
+    contour = plots.get("contour_utterance", 0) if isinstance(plots, Mapping) else 0
+    spec = None
+    if not problems and base is not None:
+        spec = SweepSpec(name=name, base=base, search=tuple(params), sampler=sampler, scheduler=scheduler,
+                         num_samples=ints["num_samples"], max_concurrent=ints["max_concurrent"],
+                         resources=resources, max_failures=ints["max_failures"],
+                         storage_path=str(storage_path or raw.get("storage_path") or "ray_results"),
+                         contour_utterance=contour, raw=dict(raw))
+        problems.extend(space_problems(spec))
+    if problems:
+        raise ConfigError("invalid sweep definition:\n  " + "\n  ".join(problems))
+    assert spec is not None
+    return spec
+
+
+def space_problems(spec: SweepSpec) -> list[str]:
+    """Check the base and a spread of sampled trial configs with `dsl.checks` (all problems, deduplicated)."""
+    from .space import SearchSpace, sample_configs
+
+    problems: list[str] = []
+    if not spec.base.data:
+        problems.append("base.data: no corpus path; give --data DIR or `data:` under base")
+    try:
+        check_config(spec.base)
+    except ConfigError as exc:
+        problems.append(f"base: {exc}")
+    if problems:
+        return problems
+    seen: set[str] = set()
+    for cfg in sample_configs(SearchSpace(spec.search, spec.base.to_dict()), n=64):
+        try:
+            check_config(cfg)
+        except ConfigError as exc:
+            if str(exc) not in seen:
+                seen.add(str(exc))
+                problems.append(f"search: a sampled trial config is invalid: {exc}")
+    return problems
+
+
+def load_sweep(path: str | Path, data: str | None = None, trials: int | None = None,
+               storage_path: str | None = None) -> SweepSpec:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read sweep file: {exc}") from exc
+    return parse_sweep(raw or {}, data, trials, storage_path)
+
+
+__all__ = ["ALIASES", "METRIC", "MODE", "ParamSpec", "ResourceSpec", "SamplerSpec", "SchedulerSpec", "SweepSpec",
+           "flatten", "from_dict", "load_sweep", "parse_sweep"]

@@ -1,0 +1,98 @@
+"""Driver-side MLflow: the sweep's experiment and parent run, and final statuses of child runs.
+
+One experiment per sweep name; one parent run per sweep (tag `dsl.sweep_path` = the Tune experiment
+path, so `--resume` finds and reuses it); one child run per trial, created by the trial itself
+(`trainables.tracking`). The default store is `sqlite:///<abs cwd>/mlflow.db`.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from trainables.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG, call, client, flat_params
+
+PATH_TAG = "dsl.sweep_path"
+
+
+def resolve_tracking_uri(arg: str | None = None) -> str:
+    """`--tracking-uri`, else $MLFLOW_TRACKING_URI, else an absolute SQLite file in the current directory."""
+    uri = arg or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative: pin to the cwd now
+        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    return uri
+
+
+def ensure_experiment(c, name: str) -> str:
+    exp = call(c.get_experiment_by_name, name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            call(c.restore_experiment, exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return call(c.create_experiment, name)
+    except Exception:  # created concurrently
+        return call(c.get_experiment_by_name, name).experiment_id
+
+
+def find_parent(c, experiment_id: str, sweep_path: str | None = None):
+    """The sweep's parent run (by experiment path), or the most recent parent run of the experiment."""
+    filt = f"tags.`{ROLE_TAG}` = 'parent'"
+    runs = call(c.search_runs, [experiment_id], filter_string=filt, order_by=["attributes.start_time DESC"],
+                max_results=200)
+    if sweep_path is not None:
+        runs = [r for r in runs if r.data.tags.get(PATH_TAG) == sweep_path]
+    return runs[0] if runs else None
+
+
+def open_parent(c, experiment_id: str, name: str, sweep_path: str, params: Mapping[str, Any], spec_yaml: str,
+                resume: bool) -> str:
+    """Create the parent run (fresh sweep) or reuse it (`--resume`); marks it RUNNING."""
+    run = find_parent(c, experiment_id, sweep_path) if resume else None
+    if run is None:
+        run = call(c.create_run, experiment_id, run_name=name,
+                   tags={ROLE_TAG: "parent", SWEEP_TAG: name, PATH_TAG: sweep_path})
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in flat_params(params).items()]
+        for i in range(0, len(items), 100):
+            call(c.log_batch, run.info.run_id, params=items[i:i + 100])
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "sweep.yaml").write_text(spec_yaml)
+            call(c.log_artifact, run.info.run_id, str(Path(tmp) / "sweep.yaml"))
+    else:
+        call(c.update_run, run.info.run_id, status="RUNNING")
+        call(c.set_tag, run.info.run_id, "dsl.resumed", "true")
+    return run.info.run_id
+
+
+def child_runs(c, experiment_id: str, parent_run_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = call(c.search_runs, [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                    max_results=1000, page_token=token)
+        runs.extend(r for r in page if r.data.tags.get(ROLE_TAG) == "trial")
+        token = page.token
+        if not token:
+            return runs
+
+
+def trial_run(c, experiment_id: str, parent_run_id: str, trial_id: str):
+    runs = call(c.search_runs, [experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{trial_id}'", max_results=50)
+    runs = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent_run_id]
+    return runs[0] if runs else None
+
+
+def close_children(c, experiment_id: str, parent_run_id: str, status: str) -> int:
+    """End child runs still RUNNING (e.g. KILLED when the sweep was interrupted); returns how many."""
+    n = 0
+    for r in child_runs(c, experiment_id, parent_run_id):
+        if r.info.status == "RUNNING":
+            call(c.set_terminated, r.info.run_id, status)
+            n += 1
+    return n
+
+
+__all__ = ["child_runs", "client", "close_children", "ensure_experiment", "find_parent", "open_parent",
+           "resolve_tracking_uri", "trial_run"]

@@ -1,0 +1,183 @@
+"""A small sweep against a real `mlflow server` (SQLite backend), one trial failing once mid-chain.
+
+Checks through the MLflow client: one parent run, one child per trial (the failed trial resumed from
+iteration 1 in the same run), per-fold metrics, artifacts, Optuna states vs. early stops, best.yaml
+equal to the best child's config, and the registered final model predicting through `models:/`.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import emodb_root
+
+pytestmark = pytest.mark.slow
+
+N_TRIALS = 4
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory):
+    root = emodb_root()
+    if root is None:
+        pytest.skip("EmoDB not found (../shared/data/emodb or $DSL_EMODB): the sweep integration tests need it")
+    from sweeps.best import best_from_cli
+    from sweeps.launcher import sweep_from_cli
+    from sweeps.testing import MlflowServer, tiny_emodb, tiny_sweep
+
+    base = tmp_path_factory.getbasetemp()
+    data = tiny_emodb(root, base / "tiny_emodb")
+    tmp = tmp_path_factory.mktemp("server_sweep")
+    raw = tiny_sweep("server_sweep", data, base / "dsl-cache", tmp / "ray_results", num_samples=N_TRIALS,
+                     scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2})
+    (tmp / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    marker = tmp / "failed-once"
+    with MlflowServer(tmp / "mlflow") as server, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DSL_PROGRESS", "0")
+        mp.setenv("DSL_SWEEP_FAIL_ONCE", str(marker))
+        mp.setenv("DSL_SWEEP_FAIL_AFTER", "0")
+        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        rc = sweep_from_cli(argparse.Namespace(file=str(tmp / "sweep.yaml"), address=None, storage_path=None,
+                                               tracking_uri=server.uri, data=None, resume=False, trials=None))
+        mp.delenv("DSL_SWEEP_FAIL_ONCE")
+        best_rc = best_from_cli(argparse.Namespace(sweep="server_sweep", tracking_uri=server.uri,
+                                                   out=str(tmp / "best.yaml"), register=False, model_name=None))
+        from mlflow import MlflowClient
+
+        c = MlflowClient(server.uri)
+        exp = c.get_experiment_by_name("server_sweep")
+        yield SimpleNamespace(server=server, rc=rc, best_rc=best_rc, client=c, exp=exp, tmp=tmp, marker=marker,
+                              runs=c.search_runs([exp.experiment_id], max_results=100))
+
+
+def _children(s) -> list:
+    return [r for r in s.runs if r.data.tags.get("dsl.role") == "trial"]
+
+
+def _steps(s, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in s.client.get_metric_history(run_id, key))
+
+
+def test_sweep_completes(sweep) -> None:
+    assert sweep.rc == 0 and sweep.best_rc == 0
+
+
+def test_one_parent_one_child_per_trial(sweep) -> None:
+    parents = [r for r in sweep.runs if r.data.tags.get("dsl.role") == "parent"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = _children(sweep)
+    assert len(children) == N_TRIALS
+    assert len({r.data.tags["ray_trial_id"] for r in children}) == N_TRIALS
+    for r in children:
+        assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["dsl.frames_zero_copy"] == "True"
+        assert r.data.params["backbone"] == "small_cnn" and "labels.rule" in r.data.params
+        assert r.data.params["labels.rule"] == "wdsl" or r.data.params["labels.alpha"] == "0.2"  # default alpha
+        steps = _steps(sweep, r.info.run_id, "ua")
+        assert steps == list(range(len(steps))) and steps  # no missing or duplicate step
+        for key in ("fold_ua/0", "fold_ua/1", "fold_wa/0", "fold_wa/1", "mean_fold_ua", "wa",
+                    "segment_accuracy", "changed_label_share"):
+            assert _steps(sweep, r.info.run_id, key) == steps, key
+
+
+def test_artifacts(sweep) -> None:
+    for r in _children(sweep):
+        top = {a.path for a in sweep.client.list_artifacts(r.info.run_id)}
+        plots = {a.path for a in sweep.client.list_artifacts(r.info.run_id, "plots")}
+        assert {"config.yaml", "result.json", "plots"} <= top
+        assert plots == {"plots/confusion_matrix.png", "plots/accuracy_per_iteration.png",
+                         "plots/segment_posteriors.png"}
+    parent = next(r for r in sweep.runs if r.data.tags.get("dsl.role") == "parent")
+    assert {"sweep.yaml", "trials.txt"} <= {a.path for a in sweep.client.list_artifacts(parent.info.run_id)}
+
+
+def test_failed_trial_resumed_in_its_own_run(sweep) -> None:
+    failed_id = sweep.marker.read_text()  # the trial that raised after iteration 0
+    runs = [r for r in _children(sweep) if r.data.tags["ray_trial_id"] == failed_id]
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["dsl.resumed_from"] == "1"
+    assert run.data.tags["dsl.attempts"] == "2"
+    assert run.info.status == "FINISHED"
+    steps = _steps(sweep, run.info.run_id, "mean_fold_ua")
+    assert steps == list(range(len(steps))) and len(steps) >= 2
+    others = [r for r in _children(sweep) if r.data.tags["ray_trial_id"] != failed_id]
+    assert all(r.data.tags["dsl.attempts"] == "1" for r in others)
+
+
+def test_optuna_study_matches_the_sweep(sweep) -> None:
+    import optuna
+
+    from sweeps.searcher import journal_storage
+
+    study = optuna.load_study(study_name="server_sweep",
+                              storage=journal_storage(sweep.tmp / "ray_results" / "server_sweep" / "optuna.journal"))
+    assert len(study.trials) == N_TRIALS
+    by_id = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    for r in _children(sweep):
+        t = by_id[r.data.tags["ray_trial_id"]]
+        stopped = r.data.tags.get("dsl.stopped_early") == "true"
+        assert t.state.name == ("PRUNED" if stopped else "COMPLETE")
+        assert "labels.alpha" not in t.params or t.params["labels.rule"] == "wdsl"
+
+
+def test_best_yaml_is_the_best_childs_config(sweep) -> None:
+    from dsl.config import from_dict, load_config
+
+    c = sweep.client
+    scored = []
+    for r in _children(sweep):
+        ua = {m.step: m.value for m in c.get_metric_history(r.info.run_id, "mean_fold_ua")}
+        wa = {m.step: m.value for m in c.get_metric_history(r.info.run_id, "wa")}
+        scored += [((v, wa[s], -s, -r.info.start_time), r, s) for s, v in ua.items()]  # ties: earlier trial
+    _, run, step = max(scored, key=lambda x: x[0])
+    logged = from_dict(yaml.safe_load(Path(c.download_artifacts(run.info.run_id, "config.yaml",
+                                                                 str(sweep.tmp))).read_text()))
+    best = load_config(sweep.tmp / "best.yaml")  # what `dsl-sweep run best.yaml` loads
+    assert best == logged.replace(iterations=step)
+    assert c.get_run(run.info.run_id).data.tags.get("dsl.best") == "true"
+
+
+def test_best_yaml_reproduces_the_trial(sweep) -> None:
+    from dsl.runner import run_from_cli
+
+    out = sweep.tmp / "rerun.json"
+    assert run_from_cli(str(sweep.tmp / "best.yaml"), None, {}, str(out), quiet=True) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    best = yaml.safe_load((sweep.tmp / "best.yaml").read_text())
+    run = next(r for r in _children(sweep) if r.data.tags.get("dsl.best") == "true")
+    logged = {m.step: m.value for m in sweep.client.get_metric_history(run.info.run_id, "mean_fold_ua")}
+    assert len(result["iterations"]) == best["iterations"] + 1
+    last = result["iterations"][-1]
+    assert np.mean(last["fold_ua"]) == pytest.approx(logged[best["iterations"]], abs=1e-9)
+
+
+def test_register_and_predict(sweep, capsys: pytest.CaptureFixture[str]) -> None:
+    from sweeps.best import best_from_cli
+    from sweeps.predict import predict_from_cli
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DSL_PROGRESS", "0")
+        assert best_from_cli(argparse.Namespace(sweep="server_sweep", tracking_uri=sweep.server.uri,
+                                                out=str(sweep.tmp / "best2.yaml"), register=True,
+                                                model_name="dsl-tiny")) == 0
+    versions = sweep.client.search_model_versions("name='dsl-tiny'")
+    assert len(versions) == 1
+    wavs = sorted(str(p) for p in Path(yaml.safe_load((sweep.tmp / "best.yaml").read_text())["data"]).iterdir())[:2]
+    capsys.readouterr()
+    assert predict_from_cli(argparse.Namespace(model="models:/dsl-tiny/1", wav=wavs, tracking_uri=sweep.server.uri,
+                                               contour=str(sweep.tmp / "contours"))) == 0
+    out = capsys.readouterr().out
+    labels = ("anger", "boredom", "disgust", "fear", "happiness", "sadness", "neutral")
+    for w in wavs:
+        line = next(ln for ln in out.splitlines() if ln.startswith(w))
+        assert line.split(": ", 1)[1].split()[0] in labels
+    assert len(list((sweep.tmp / "contours").glob("*.png"))) == 2

@@ -1,0 +1,115 @@
+"""Trainable building blocks without Ray: metrics, checkpoint, MLflow child-run bookkeeping, plots, faults."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dsl.chain import ChainState
+from dsl.config import ChainConfig
+from sweeps.best import at_iteration
+from trainables.checkpoint import TrialCheckpoint
+from trainables.fault import InjectedFailure, maybe_fail
+from trainables.metrics import best_so_far, iteration_metrics, report_metrics
+from trainables.plots import accuracy_plot, confusion_plot, contour_plot
+from trainables.tracking import TrialRun, redact_uri
+
+
+def _it(i: int, fold_ua: list[float], wa: float) -> dict:
+    return {"iteration": i, "alpha": None if i == 0 else 0.3, "wa": wa, "ua": wa - 0.01, "fold_wa": [wa, wa],
+            "fold_ua": fold_ua, "confusion": [[3, 1], [0, 4]], "segment_accuracy": 0.5,
+            "changed_label_share": 0.1 * i, "target_entropy": 0.2, "epochs": 3.0, "seconds": 1.0,
+            "segments_per_second": 100.0}
+
+
+def test_iteration_metrics_are_flat() -> None:
+    m = iteration_metrics(_it(1, [0.5, 0.7], 0.6))
+    assert m["mean_fold_ua"] == pytest.approx(0.6)
+    assert m["fold_ua/0"] == 0.5 and m["fold_ua/1"] == 0.7 and m["fold_wa/1"] == 0.6
+    assert "alpha" not in iteration_metrics(_it(0, [0.5, 0.5], 0.5))  # None is not a metric
+
+
+def test_best_so_far_ties_prefer_wa_then_fewer_iterations() -> None:
+    h = [_it(0, [0.5, 0.5], 0.6), _it(1, [0.6, 0.6], 0.6), _it(2, [0.6, 0.6], 0.7), _it(3, [0.6, 0.6], 0.7)]
+    assert best_so_far(h)["best_iteration"] == 2
+    r = report_metrics(h, 3, resumed_from=1)
+    assert (r["iteration"], r["iterations_total"], r["resumed_from"]) == (3, 3, 1)
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    state = ChainState(2, [np.eye(3, dtype=np.float32)], [_it(0, [0.5, 0.5], 0.5), _it(1, [0.6, 0.6], 0.6)])
+    TrialCheckpoint(state, "run123", {0: np.ones((4, 3)), 1: np.zeros((4, 3))}).save(tmp_path)
+    back = TrialCheckpoint.load(tmp_path)
+    assert back.state.next_iteration == 2 and back.mlflow_run_id == "run123"
+    assert back.state.history == state.history
+    np.testing.assert_array_equal(back.state.targets[0], state.targets[0])
+    assert sorted(back.contour) == [0, 1]
+
+
+def test_fault_hook_raises_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSL_SWEEP_FAIL_ONCE", str(tmp_path / "marker"))
+    maybe_fail(1, "t")  # not the configured iteration
+    with pytest.raises(InjectedFailure):
+        maybe_fail(0, "t")
+    maybe_fail(0, "t")  # only once
+    assert (tmp_path / "marker").read_text() == "t"
+
+
+def test_plots(tmp_path: Path) -> None:
+    names = ["anger", "neutral"]
+    h = [_it(0, [0.5, 0.5], 0.5), _it(1, [0.6, 0.6], 0.6)]
+    for p in (confusion_plot([[3, 1], [0, 4]], names, tmp_path / "c.png"),
+              accuracy_plot(h, tmp_path / "a.png"),
+              contour_plot({0: np.random.rand(9, 2), 1: np.random.rand(9, 2)}, names, tmp_path / "s.png"),
+              contour_plot({0: np.random.rand(1, 2)}, names, tmp_path / "one.png")):
+        assert p.stat().st_size > 1000
+
+
+def test_redact_uri() -> None:
+    assert redact_uri("https://user:secret@mlflow.example.com") == "https://***@mlflow.example.com"
+    assert redact_uri("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+def test_schedule_cut_at_best_iteration() -> None:
+    base = ChainConfig().replace(**{"iterations": 5, "labels.rule": "wdsl", "labels.alpha": 0.9,
+                                    "labels.alpha_end": 0.1})
+    from dsl.schedules import alpha_at
+
+    for schedule, exact in (("constant", True), ("step", True), ("linear", True), ("exponential", True),
+                            ("cosine", False)):
+        cfg = base.replace(**{"labels.schedule": schedule})
+        cut, is_exact = at_iteration(cfg, 3)
+        assert cut.iterations == 3 and is_exact == exact
+        want = [alpha_at(schedule, k, 5, 0.9, 0.1, cfg.labels.alpha_step) for k in (1, 2, 3)]
+        got = [alpha_at(schedule, k, 3, 0.9, cut.labels.alpha_end, cut.labels.alpha_step) for k in (1, 2, 3)]
+        assert (np.allclose(got, want, atol=1e-9)) == exact
+    assert at_iteration(base.replace(**{"labels.schedule": "linear"}), 1)[0].labels.alpha_end == 0.1
+
+
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def test_trial_run_is_found_again_and_logs_missing_steps_only(sqlite_uri: str, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    c = MlflowClient(sqlite_uri)
+    exp = c.create_experiment("units", artifact_location=str(tmp_path / "art"))
+    parent = c.create_run(exp, run_name="p", tags={"dsl.role": "parent"}).info.run_id
+    run = TrialRun.open(sqlite_uri, exp, parent, "units", "abc_00001", "name")
+    assert run.start({"a": "1"}, {"dsl.resumed_from": 0}) == 1
+    h = [_it(0, [0.5, 0.5], 0.5), _it(1, [0.6, 0.6], 0.6)]
+    assert run.log_iterations(h[:1]) == [0]
+    run.end("FAILED")
+    again = TrialRun.open(sqlite_uri, exp, parent, "units", "abc_00001", "name")  # a retry: same run
+    assert again.run_id == run.run_id
+    assert again.start({"a": "1", "b": "2"}, {"dsl.resumed_from": 1}) == 2
+    assert again.log_iterations(h) == [1]  # step 0 exists
+    assert again.log_iterations(h) == []
+    hist = c.get_metric_history(run.run_id, "fold_ua/1")
+    assert sorted(m.step for m in hist) == [0, 1]
+    assert c.get_run(run.run_id).info.status == "RUNNING"
+    other = TrialRun.open(sqlite_uri, exp, parent, "units", "abc_00002", "name")
+    assert other.run_id != run.run_id

@@ -1,0 +1,165 @@
+"""The Ray Tune function trainable: one full DSL chain per trial, resumable at its last finished iteration.
+
+After every iteration the trial logs that step to its MLflow child run (steps MLflow already has are
+skipped), refreshes its plots, then `tune.report`s the flat metrics with a checkpoint holding the
+ChainState, the MLflow run id and the contour utterance's posteriors. A retried or restored trial
+starts from `tune.get_checkpoint()`: it re-logs steps MLflow lacks from the checkpoint's history and
+continues at `next_iteration`; it never starts over.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from dsl.chain import ChainState, iterate_chain, local_runner
+from dsl.checks import check_config
+from dsl.config import ChainConfig
+from dsl.segments import build_segments
+
+from . import plots
+from .checkpoint import TrialCheckpoint
+from .context import TrialContext
+from .fault import maybe_fail
+from .fold_runner import ray_runner
+from .metrics import best_so_far, rank_key, report_metrics
+from .naming import run_name
+from .shared_data import CorpusMeta, attach, is_shared_view
+from .tracking import NoRun, TrialRun, flat_params
+from .trial_config import trial_config
+
+log = logging.getLogger(__name__)
+
+
+def runtime_config(cfg: ChainConfig, ctx: TrialContext) -> ChainConfig:
+    """Execution-only settings for inside a trial: Ray provides the parallelism, torch threads match it."""
+    return cfg.replace(**{"train.workers": 1, "train.num_threads": ctx.resources.threads})
+
+
+def _open_run(ctx: TrialContext, cfg: ChainConfig, overrides: Mapping[str, Any], trial_id: str,
+              known_run_id: str | None):
+    if not ctx.tracking_uri:
+        return NoRun()
+    assert ctx.experiment_id and ctx.parent_run_id
+    return TrialRun.open(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, ctx.sweep, trial_id,
+                         run_name(cfg, overrides, trial_id), known_run_id)
+
+
+def _artifacts(run, cfg: ChainConfig, history: list[dict], contour: dict[int, np.ndarray], label_names,
+               utt_title: str, trial_id: str, finished: bool) -> None:
+    """Result JSON and the three plots (re-logged each iteration, so a stopped trial has them too)."""
+    with tempfile.TemporaryDirectory(prefix="dsl-art-") as tmp:
+        t = Path(tmp)
+        best = max(history, key=rank_key)
+        result = {"trial_id": trial_id, "label_names": list(label_names), "finished": finished,
+                  "best": {**best_so_far(history)}, "config": cfg.to_dict(), "iterations": history}
+        (t / "result.json").write_text(json.dumps(result, indent=2))
+        run.log_files([str(t / "result.json")])
+        files = [
+            plots.confusion_plot(best["confusion"], label_names, t / "confusion_matrix.png",
+                                 f"iteration {best['iteration']} (best): UA {100 * best['ua']:.1f} %"),
+            plots.accuracy_plot(history, t / "accuracy_per_iteration.png"),
+            plots.contour_plot(contour, label_names, t / "segment_posteriors.png", title=utt_title),
+        ]
+        run.log_files([str(f) for f in files], "plots")
+
+
+def _restore() -> TrialCheckpoint | None:
+    from ray import tune
+
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        return TrialCheckpoint.load(d)
+
+
+def _node_id() -> str:
+    """The Ray node this attempt of the trial runs on (MLflow tag `dsl.node_id`, rewritten on each attempt)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+
+def _runner(ctx: TrialContext, meta: CorpusMeta, data, run_cfg: ChainConfig):
+    """Folds as Ray tasks in the trial's placement group, or in this process."""
+    if ctx.resources.fold_workers > 0:
+        return ray_runner(meta, run_cfg, ctx.resources)
+    return local_runner(data, run_cfg, False)
+
+
+def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, context: TrialContext) -> None:
+    """Function trainable: `config` holds the trial's dotted overrides of `context.base`."""
+    from ray import tune
+
+    ctx = context
+    trial_id = tune.get_context().get_trial_id() or "local"
+    cfg = trial_config(ctx.base, config)
+    check_config(cfg)
+    run_cfg = runtime_config(cfg, ctx)
+    data = attach(frames, meta)  # zero-copy view of the object-store frames
+    seg = build_segments(data.frame_offsets, cfg.segments, warn=False)
+    u = int(ctx.contour_utterance) % data.n_utterances
+    lo, hi = int(seg.offsets[u]), int(seg.offsets[u + 1])
+    utt_title = f"{Path(data.paths[u]).name} (label: {data.label_names[int(data.labels[u])]})"
+
+    saved = _restore()
+    state: ChainState | None = saved.state if saved else None
+    resumed_from = state.next_iteration if state else 0
+    contour = dict(saved.contour) if saved else {}
+    extra = {"frames_zero_copy": float(is_shared_view(frames))}
+    run = _open_run(ctx, cfg, config, trial_id, saved.mlflow_run_id if saved else None)
+    try:
+        run.start({**flat_params(cfg.to_dict()), "ray_trial_id": trial_id},
+                  {"dsl.resumed_from": resumed_from, "dsl.frames_zero_copy": is_shared_view(frames),
+                   "dsl.node_id": _node_id()})
+        if resumed_from == 0:
+            with tempfile.TemporaryDirectory(prefix="dsl-cfg-") as tmp:
+                (Path(tmp) / "config.yaml").write_text(cfg.to_yaml())
+                run.log_files([str(Path(tmp) / "config.yaml")])
+        logged = run.logged_steps()
+        if state is not None:  # steps MLflow lacks: the checkpoint's history is the truth
+            logged.update(run.log_iterations(state.history, skip=logged))
+        if state is not None and state.next_iteration > cfg.iterations:  # finished before a restore
+            tune.report({**report_metrics(state.history, cfg.iterations, resumed_from), **extra})
+            run.end("FINISHED")
+            return
+        runner = _runner(ctx, meta, data, run_cfg)
+        try:
+            for result, state in iterate_chain(run_cfg, data, state, runner, show_progress=False,
+                                               rf_jobs=ctx.resources.head_threads):
+                assert result.posteriors is not None
+                contour[result.iteration] = np.asarray(result.posteriors[lo:hi], dtype=np.float32)
+                history = state.history
+                # MLflow first (a step logged before a crash is skipped on retry), then report + checkpoint
+                logged.update(run.log_iterations(history[-1:], skip=logged))
+                _artifacts(run, cfg, history, contour, data.label_names, utt_title, trial_id,
+                           finished=state.next_iteration > cfg.iterations)
+                with tempfile.TemporaryDirectory(prefix="dsl-ckpt-") as tmp:
+                    TrialCheckpoint(state, run.run_id, contour).save(tmp)
+                    tune.report({**report_metrics(history, cfg.iterations, resumed_from), **extra},
+                                checkpoint=tune.Checkpoint.from_directory(tmp))
+                maybe_fail(result.iteration, trial_id)
+        finally:
+            getattr(runner, "close", lambda: None)()
+        run.end("FINISHED")
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            _mark_failed(run, exc, trial_id)
+        raise  # code 0: Tune stopped the trial inside tune.report (scheduler or end of sweep): the driver ends the run
+    except BaseException as exc:
+        _mark_failed(run, exc, trial_id)
+        raise
+
+
+def _mark_failed(run, exc: BaseException, trial_id: str) -> None:
+    log.exception("trial %s failed", trial_id)
+    try:
+        run.set_tags({"dsl.error": f"{type(exc).__name__}: {exc}"[:5000]})
+        run.end("FAILED")
+    except Exception:  # tracking must not hide the original error
+        log.exception("could not mark the MLflow run FAILED")

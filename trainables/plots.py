@@ -1,0 +1,84 @@
+"""Trial plots (matplotlib, Agg backend): confusion matrix, WA/UA per iteration, segment-posterior contour."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_plot(confusion: Sequence[Sequence[int]], label_names: Sequence[str], path: str | Path,
+                   title: str = "") -> Path:
+    plt = _plt()
+    m = np.asarray(confusion, dtype=float)
+    rows = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5.5, 4.8))
+    im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(label_names)), label_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(label_names)), label_names)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="recall share")
+    return _save(fig, path)
+
+
+def accuracy_plot(history: Sequence[Mapping], path: str | Path, title: str = "") -> Path:
+    plt = _plt()
+    its = [int(d["iteration"]) for d in history]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(its, [100 * d["wa"] for d in history], "o-", label="WA")
+    ax.plot(its, [100 * d["ua"] for d in history], "s-", label="UA")
+    ax.plot(its, [100 * float(np.mean(d["fold_ua"])) for d in history], "^--", label="mean fold UA")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xticks(its)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "accuracy per iteration")
+    return _save(fig, path)
+
+
+def contour_plot(panels: Mapping[int, np.ndarray], label_names: Sequence[str], path: str | Path,
+                 title: str = "", panel_title: str = "iteration {key}") -> Path:
+    """Fig. 1 style: one panel per key (iteration); x = segment index, y = class, colour = posterior."""
+    plt = _plt()
+    keys = sorted(panels)
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 1.0 + 1.6 * len(keys)), sharex=True, squeeze=False)
+    im = None
+    for ax, key in zip(axes[:, 0], keys):
+        p = np.asarray(panels[key], dtype=float)  # (segments, K)
+        x = np.arange(p.shape[0])
+        if p.shape[0] > 1:
+            im = ax.contourf(x, np.arange(p.shape[1]), p.T, levels=np.linspace(0, 1, 11), cmap="viridis")
+        else:
+            im = ax.imshow(p.T, aspect="auto", vmin=0, vmax=1, cmap="viridis", origin="lower")
+        ax.set_yticks(range(len(label_names)), label_names, fontsize=7)
+        ax.set_title(panel_title.format(key=key), fontsize=9)
+    axes[-1, 0].set_xlabel("segment index")
+    if im is not None:
+        fig.colorbar(im, ax=axes[:, 0].tolist(), label="posterior")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    _plt().close(fig)
+    return path
