@@ -44,6 +44,21 @@ def write_result(result: ChainResult, out: str | Path) -> Path:
     return out
 
 
+def write_plots(result: ChainResult, json_path: Path) -> list[Path]:
+    """WA/UA per iteration and the best iteration's confusion matrix, next to the JSON result."""
+    from . import plots
+
+    history = [r.to_dict() for r in result.iterations]
+    best = result.best()
+    stem = json_path.with_suffix("")
+    return [
+        plots.accuracy_plot(history, f"{stem}_accuracy.png",
+                            f"{result.config.protocol.name}, {result.config.labels.rule}, seed {result.config.seed}"),
+        plots.confusion_plot(best.confusion, result.label_names, f"{stem}_confusion.png",
+                             f"iteration {best.iteration}: UA {100 * best.ua:.1f} %"),
+    ]
+
+
 def run_from_cli(config_path: str | None, preset: str | None, overrides: Mapping[str, Any], out: str,
                  quiet: bool = False) -> int:
     cfg = load_config(config_path, preset, overrides)
@@ -65,8 +80,10 @@ def run_from_cli(config_path: str | None, preset: str | None, overrides: Mapping
 
     result = run(cfg, show_progress=not quiet, on_iteration=show)
     path = write_result(result, out)
+    figures = write_plots(result, path)
     best = result.best()
     print(f"best iteration {best.iteration}: WA {100 * best.wa:.2f} %, UA {100 * best.ua:.2f} % "
           f"| {result.n_utterances} utterances, {result.n_segments} segments | {time.perf_counter() - start:.0f} s "
           f"| result: {path}", flush=True)
+    print("plots: " + ", ".join(str(f) for f in figures), flush=True)
     return 0

@@ -23,7 +23,7 @@ def resolve_model(model: str, tracking_uri: str | None, tmp: str) -> Path:
 
 def predict_from_cli(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from trainables.plots import contour_plot
+    from dsl.plots import contour_plot
 
     with tempfile.TemporaryDirectory() as tmp:
         model = EmotionModel.load(resolve_model(args.model, args.tracking_uri, tmp))

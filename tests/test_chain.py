@@ -90,6 +90,7 @@ def test_real_speech_chain_via_cli(emodb_subset, feature_cache, tmp_path, capsys
     assert code == 0
     printed = capsys.readouterr().out
     assert "iter" in printed and "UA %" in printed and "best iteration" in printed
+    assert (tmp_path / "run_accuracy.png").stat().st_size > 0 and (tmp_path / "run_confusion.png").exists()
     result = json.loads(out.read_text())
     assert [r["iteration"] for r in result["iterations"]] == [0, 1]
     assert result["n_utterances"] == 42 and result["label_names"][0] == "anger"

@@ -12,7 +12,7 @@ from sweeps.best import at_iteration
 from trainables.checkpoint import TrialCheckpoint
 from trainables.fault import InjectedFailure, maybe_fail
 from trainables.metrics import best_so_far, iteration_metrics, report_metrics
-from trainables.plots import accuracy_plot, confusion_plot, contour_plot
+from dsl.plots import accuracy_plot, confusion_plot, contour_plot
 from trainables.tracking import TrialRun, redact_uri
 
 

@@ -21,7 +21,7 @@ from dsl.checks import check_config
 from dsl.config import ChainConfig
 from dsl.segments import build_segments
 
-from . import plots
+from dsl import plots
 from .checkpoint import TrialCheckpoint
 from .context import TrialContext
 from .fault import maybe_fail

@@ -1,0 +1,222 @@
+"""A sweep against an MLflow server with basic auth (`mlflow server --app-name basic-auth`).
+
+Credentials reach the sweep, its trials and `dsl-sweep best` only through MLFLOW_TRACKING_USERNAME /
+MLFLOW_TRACKING_PASSWORD in the environment. Without them (or with a wrong password) the command stops
+before loading the corpus or starting Ray, with one clear `error:` line. The password never appears
+in the sweep's storage path, the server's artifacts or tracking database, run params/tags, the Ray
+session logs, best.yaml, or anything the commands print.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from conftest import emodb_root
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+USER = "sweeper"  # the admin user the auth app creates at its first start
+CRED_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+class AuthServer:
+    """`mlflow server --app-name basic-auth` on 127.0.0.1: SQLite backend, proxied artifacts, its own auth DB."""
+
+    def __init__(self, root: Path, password: str):
+        from sweeps.testing import free_port
+
+        self.root, self.password, self.port = root, password, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.artifacts = root / "artifacts"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "AuthServer":
+        self.root.mkdir(parents=True, exist_ok=True)
+        ini = self.root / "basic_auth.ini"  # keys as in mlflow/server/auth/basic_auth.ini
+        ini.write_text("[mlflow]\n"
+                       "default_permission = READ\n"
+                       f"database_uri = sqlite:///{self.root / 'basic_auth.db'}\n"
+                       f"admin_username = {USER}\n"
+                       f"admin_password = {self.password}\n"
+                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        env = {k: v for k, v in os.environ.items() if k not in CRED_VARS}
+        env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_AUTH_CONFIG_PATH=str(ini),
+                   MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
+        cmd = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
+               "--port", str(self.port), "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+               "--artifacts-destination", str(self.artifacts), "--workers", "1"]
+        self.log = open(self.root / "server.log", "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=5) as r:  # /health needs no login
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        self.__exit__()
+        raise RuntimeError("mlflow server (basic auth) did not become healthy in 180 s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the server's own process group only
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if getattr(self, "log", None):
+            self.log.close()
+
+
+def cli(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """`dsl-sweep ARGS` as a subprocess, stdout and stderr captured separately."""
+    try:
+        return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], cwd=REPO, env=env, text=True,
+                              capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"dsl-sweep {' '.join(args)} ran past {timeout} s:\n{exc.stdout}\n{exc.stderr}") from None
+
+
+def files_containing(root: Path, needles: list[bytes]) -> list[str]:
+    hits = []
+    for f in Path(root).rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            try:
+                blob = f.read_bytes()
+            except OSError:
+                continue
+            hits += [f"{f} ({n!r})" for n in needles if n in blob]
+    return hits
+
+
+@pytest.fixture(scope="module")
+def auth(tmp_path_factory: pytest.TempPathFactory):
+    root = emodb_root()
+    if root is None:
+        pytest.skip("EmoDB not found (../shared/data/emodb or $DSL_EMODB): the MLflow auth sweep test needs it")
+    from sweeps.testing import tiny_emodb, tiny_sweep
+
+    base = tmp_path_factory.getbasetemp()
+    data = tiny_emodb(root, base / "tiny_emodb")
+    tmp = tmp_path_factory.mktemp("mlflow_auth")
+    password = "pw-" + secrets.token_hex(16)
+    sweeps = {}
+    for name in ("auth_sweep", "auth_denied"):
+        raw = tiny_sweep(name, data, base / "dsl-cache", tmp / "ray_results", num_samples=2, max_concurrent=2,
+                         search={"rule": ["bdsl", "hdl"], "iterations": 1}, sampler={"type": "grid"})
+        sweeps[name] = tmp / f"{name}.yaml"
+        sweeps[name].write_text(yaml.safe_dump(raw, sort_keys=False))
+    ray_tmp = tempfile.mkdtemp(prefix="ra", dir="/tmp")  # short: Ray's socket paths live under it
+    env = {k: v for k, v in os.environ.items() if k not in CRED_VARS and k != "RAY_ADDRESS"}
+    env.update(DSL_PROGRESS="0", RAY_AUTH_MODE="disabled", RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1",
+               MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
+    for k in ("DSL_SWEEP_FAIL_ONCE", "DSL_SWEEP_FAIL_AFTER", "DSL_SWEEP_VERBOSE"):
+        env.pop(k, None)
+    try:
+        with AuthServer(tmp / "mlflow", password) as server:
+            env["MLFLOW_TRACKING_URI"] = server.uri
+            yield SimpleNamespace(server=server, password=password, tmp=tmp, sweeps=sweeps, ray_tmp=Path(ray_tmp),
+                                  env=env, creds={**env, "MLFLOW_TRACKING_USERNAME": USER,
+                                                  "MLFLOW_TRACKING_PASSWORD": password})
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def finished(auth):
+    """The sweep and `dsl-sweep best`, credentials only in the environment."""
+    sweep = cli(["sweep", str(auth.sweeps["auth_sweep"])], auth.creds)
+    best = cli(["best", "auth_sweep", "--out", str(auth.tmp / "best.yaml")], auth.creds, timeout=300)
+    return SimpleNamespace(sweep=sweep, best=best)
+
+
+def _client(auth):
+    from mlflow import MlflowClient
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", USER)
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", auth.password)
+        c = MlflowClient(auth.server.uri)
+        exp = c.get_experiment_by_name("auth_sweep")
+        runs = c.search_runs([exp.experiment_id], max_results=100)
+        return c, exp, runs
+
+
+def test_sweep_and_best_with_env_credentials(auth, finished) -> None:
+    assert finished.sweep.returncode == 0, finished.sweep.stdout[-3000:] + finished.sweep.stderr[-3000:]
+    assert finished.best.returncode == 0, finished.best.stdout[-3000:] + finished.best.stderr[-3000:]
+    best = yaml.safe_load((auth.tmp / "best.yaml").read_text())
+    assert best["labels"]["rule"] in ("bdsl", "hdl") and best["iterations"] in (0, 1)
+    _, _, runs = _client(auth)
+    trials = [r for r in runs if r.data.tags.get("dsl.role") == "trial"]
+    parents = [r for r in runs if r.data.tags.get("dsl.role") == "parent"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
+    assert all(r.data.tags.get("mlflow.user") != auth.password for r in runs)
+    assert sum(r.data.tags.get("dsl.best") == "true" for r in trials) == 1
+
+
+def test_password_never_stored_or_printed(auth, finished) -> None:
+    assert finished.sweep.returncode == 0 and finished.best.returncode == 0
+    pw = auth.password
+    header = base64.b64encode(f"{USER}:{pw}".encode())  # what an Authorization header would carry
+    needles = [pw.encode(), header]
+    for proc in (finished.sweep, finished.best):
+        for stream in (proc.stdout, proc.stderr):
+            assert pw not in stream and header.decode() not in stream
+    c, exp, runs = _client(auth)
+    for r in runs:
+        for k, v in {**r.data.params, **r.data.tags}.items():
+            assert pw not in k and pw not in v, (r.info.run_id, k)
+    assert all(pw not in v for v in exp.tags.values())
+    for where in (auth.tmp / "ray_results",  # Tune state, checkpoints, Optuna journal
+                  auth.server.artifacts,  # everything logged as an artifact (config, sweep.yaml, plots)
+                  auth.tmp / "mlflow" / "mlflow.db",  # params, tags, metrics, run names as stored
+                  auth.ray_tmp,  # the Ray session the sweep started: its logs
+                  auth.tmp / "best.yaml"):
+        hits = files_containing(where, needles) if where.is_dir() else \
+            ([str(where)] if any(n in where.read_bytes() for n in needles) else [])
+        assert not hits, f"the password leaked into {hits}"
+    assert list((auth.tmp / "ray_results" / "auth_sweep").glob("*/checkpoint_*"))  # the scan saw real output
+
+
+def test_without_credentials_fails_early(auth, finished) -> None:
+    proc = cli(["sweep", str(auth.sweeps["auth_denied"])], auth.env, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    err = proc.stderr.strip().splitlines()
+    assert err and err[-1].startswith("error: ") and "MLFLOW_TRACKING_USERNAME" in err[-1], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    # stopped before the corpus was loaded and before Ray or any trial started
+    assert "corpus emodb" not in proc.stdout and " start " not in proc.stdout, proc.stdout
+    assert not (auth.tmp / "ray_results" / "auth_denied").exists()
+    proc = cli(["best", "auth_sweep", "--out", str(auth.tmp / "denied.yaml")], auth.env, timeout=300)
+    assert proc.returncode == 2 and "MLFLOW_TRACKING_USERNAME" in proc.stderr, proc.stderr[-3000:]
+    assert not (auth.tmp / "denied.yaml").exists()
+
+
+def test_wrong_password_fails_clearly_without_echoing_it(auth, finished) -> None:
+    wrong = "wrong-" + secrets.token_hex(12)
+    env = {**auth.env, "MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": wrong}
+    proc = cli(["best", "auth_sweep", "--out", str(auth.tmp / "wrong.yaml")], env, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and USER in proc.stderr.splitlines()[-1], proc.stderr[-3000:]
+    assert wrong not in proc.stdout + proc.stderr and auth.password not in proc.stdout + proc.stderr
+    assert not (auth.tmp / "wrong.yaml").exists()
