@@ -118,6 +118,7 @@ def best_from_cli(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     name = sweep_name(args.sweep)
+    tracking.check_access(uri)
     c = client(uri)
     exp = call(c.get_experiment_by_name, name)
     if exp is None:

@@ -108,6 +108,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
           f"{spec.scheduler.type if spec.scheduler else 'none'} | storage {exp_path} | MLflow {redact_uri(uri)}"
           f"{' | resuming' if resume else ''}", flush=True)
 
+    tracking.check_access(uri)  # a server that refuses us fails here, before data, Ray and training
     data = load_data(spec)
     print(f"corpus {spec.base.corpus}: {data.n_utterances} utterances, {data.frames.shape[0]} frames "
           f"({data.frames.nbytes / 2**20:.0f} MiB, shared through the object store)", flush=True)

@@ -94,5 +94,34 @@ def close_children(c, experiment_id: str, parent_run_id: str, status: str) -> in
     return n
 
 
+def check_access(uri: str) -> None:
+    """Fail fast with one clear line when a tracking server refuses us (before loading data or starting Ray).
+
+    Only for http(s) servers. Credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD in the environment;
+    neither they nor a `user:password@` in the URI are ever printed.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    from mlflow.exceptions import MlflowException
+
+    from dsl.config import ConfigError
+    from trainables.tracking import redact_uri
+
+    try:
+        call(client(uri).search_experiments, max_results=1)
+    except MlflowException as exc:
+        code = str(getattr(exc, "error_code", "") or "")
+        if code not in ("UNAUTHENTICATED", "PERMISSION_DENIED") and not any(f" {n} " in str(exc) for n in (401, 403)):
+            raise
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if not user:
+            why = "it needs credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment"
+        else:
+            why = (f"it rejected user {user!r}: check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                   "in the environment")
+        raise ConfigError(f"MLflow tracking server {redact_uri(uri)} refused access ({code or 'HTTP 401/403'}): {why} "
+                          "(of the driver and of every Ray node; never in the sweep file or the URI)") from None
+
+
 __all__ = ["child_runs", "client", "close_children", "ensure_experiment", "find_parent", "open_parent",
            "resolve_tracking_uri", "trial_run"]
