@@ -108,6 +108,8 @@ def render(results: dict) -> str:
                       f"| one `trainables.chain_trainable.train_chain` trial, `Tuner.fit` wall | {_f(t['tuner_fit_seconds'])} |",
                       f"| chain time reported inside the trial | {_f(t['chain_seconds_inside_trial'])} |",
                       f"| overhead per trial (Tuner.fit - direct) | {_f(t['overhead_seconds'])} ({_f(t['overhead_ratio'], 2)}x) |",
+                      f"| fixed cost per trial (Tuner.fit - chain inside the trial) | "
+                      f"{_f(t['tuner_fit_seconds'] - t['chain_seconds_inside_trial'])} |",
                       "", f"Frames zero-copy in the trial: {t['frames_zero_copy']}. UA direct "
                       f"{_f(100 * r['direct_ua'], 2)} %, in the trial {_f(100 * t['ua'], 2)} %.", ""]
         mem = r.get("memory")
