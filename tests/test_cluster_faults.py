@@ -150,7 +150,7 @@ def test_worker_node_dies_trials_continue_elsewhere(cluster, tmp_path_factory: p
     data, cache = tiny_data(tmp_path_factory)
     from mlflow import MlflowClient
 
-    name, iterations = "node_fault", 4
+    name, iterations = "node_fault", 3
     tmp = tmp_path_factory.mktemp(name)
     sweep = write_sweep(tmp, name, data, cache, num_samples=2, max_concurrent=2, max_failures=3,
                         search={"rule": ["bdsl", "hdl"], "iterations": iterations}, sampler={"type": "grid"})
@@ -209,7 +209,7 @@ def test_driver_killed_then_resumed(cluster, tmp_path_factory: pytest.TempPathFa
     from mlflow import MlflowClient
 
     name = "driver_kill"
-    grid = [1, 5, 2]  # iterations: a short trial, a long one beside it, then one that starts after the short one
+    grid = [1, 4, 2]  # iterations: a short trial, a long one beside it, then one that starts after the short one
     tmp = tmp_path_factory.mktemp(name)
     sweep = write_sweep(tmp, name, data, cache, num_samples=len(grid), max_concurrent=2,
                         search={"rule": "bdsl", "iterations": grid}, sampler={"type": "grid"})
@@ -268,7 +268,8 @@ def test_driver_killed_then_resumed(cluster, tmp_path_factory: pytest.TempPathFa
             assert history(c, r.info.run_id) == hist, f"metrics of finished trial {t} changed"
             assert checkpoint_files(exp_dir, t) == files, f"checkpoints of finished trial {t} changed"
         else:  # interrupted by the kill: continued, from the snapshot's checkpoint when it had one
-            assert int(r.data.tags["dsl.attempts"]) >= 2
+            prior = int(before[t].data.tags.get("dsl.attempts", "0")) if t in before else 0
+            assert int(r.data.tags["dsl.attempts"]) >= prior + 1  # its run (if it had one) was reopened
             known = snap[t]["last_result"].get("iteration")
             if known is not None:
                 assert int(r.data.tags["dsl.resumed_from"]) >= int(known), (t, r.data.tags, known)
