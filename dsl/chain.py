@@ -8,149 +8,28 @@ may run the folds of one iteration in parallel (e.g. as Ray tasks); the default 
 from __future__ import annotations
 
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import numpy as np
-import torch
-from sklearn.model_selection import train_test_split
 
 from .config import ChainConfig
 from .data import CorpusData
 from .evaluate import evaluate_utterances, utterance_features
+from .fold_job import (FoldJob, FoldOutput, TrainedFold, derive_seed, normalisation_stats, run_fold_job,
+                       split_validation, train_fold)
 from .progress import progress
 from .protocols import FoldPlan, make_plan
-from .rules import get_rule, one_hot
+from .rules import LabelRule, get_rule, one_hot
+from .runners import LocalRunner, Runner, local_runner, submitter
 from .schedules import alpha_at
 from .segments import SegmentIndex, build_segments
-from .train import SegmentBatcher, fit, predict_proba, resolve_device
 
-
-def derive_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] % (2**31 - 1))
-
-
-@dataclass(frozen=True)
-class FoldJob:
-    """One training of a fresh network and its predictions."""
-
-    iteration: int
-    scope: int
-    fold: int
-    train_utterances: np.ndarray  # training utterances (the validation split is carved from them)
-    predict_utterances: np.ndarray  # held-out fold, then the scope's test utterances
-    targets: np.ndarray  # (n_segments, K) targets; only rows of training segments are read
-    seed: int
-
-
-@dataclass(frozen=True)
-class FoldOutput:
-    posteriors: np.ndarray  # (segments of predict_utterances, K)
-    epochs: int
-    best_epoch: int
-    seconds: float
-    segments_per_second: float
-
-
-Runner = Callable[[Sequence[FoldJob]], list[FoldOutput]]
-
-
-def normalisation_stats(frames: np.ndarray, offsets: np.ndarray, utterances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-mel-bin mean and std over the frames of `utterances` (the training folds only)."""
-    n = 0
-    s = np.zeros(frames.shape[1], dtype=np.float64)
-    ss = np.zeros(frames.shape[1], dtype=np.float64)
-    for u in utterances:
-        block = np.asarray(frames[offsets[u]:offsets[u + 1]], dtype=np.float64)
-        n += len(block)
-        s += block.sum(axis=0)
-        ss += np.square(block).sum(axis=0)
-    mean = s / max(n, 1)
-    std = np.sqrt(np.maximum(ss / max(n, 1) - mean**2, 1e-12))
-    return mean.astype(np.float32), std.astype(np.float32)
-
-
-def split_validation(utterances: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Carve a stratified validation split (for early stopping) out of the training utterances."""
-    if fraction <= 0 or len(utterances) < 10:
-        return utterances, utterances[:0]
-    y = labels[utterances]
-    stratify = y if np.bincount(y).max() > 1 and np.min(np.bincount(y)[np.bincount(y) > 0]) >= 2 else None
-    try:
-        tr, va = train_test_split(utterances, test_size=fraction, random_state=seed, stratify=stratify)
-    except ValueError:
-        tr, va = train_test_split(utterances, test_size=fraction, random_state=seed)
-    return np.sort(tr), np.sort(va)
-
-
-def run_fold_job(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: SegmentIndex | None = None) -> FoldOutput:
-    """Train one fresh network on the job's training utterances and predict its held-out ones."""
-    if cfg.train.num_threads > 0:
-        torch.set_num_threads(cfg.train.num_threads)
-    seg = segments if segments is not None else build_segments(data.frame_offsets, cfg.segments, warn=False)
-    device = resolve_device(cfg.train.device)
-    train_utts, val_utts = split_validation(job.train_utterances, data.labels, cfg.train.val_fraction, job.seed)
-    mean, std = normalisation_stats(data.frames, data.frame_offsets, job.train_utterances)
-    frames = torch.from_numpy((np.asarray(data.frames) - mean) / std).to(device)
-    batcher = SegmentBatcher(frames, cfg.train.channels_last)
-    tr_seg, va_seg = seg.of_utterances(train_utts), seg.of_utterances(val_utts)
-    pr_seg = seg.of_utterances(job.predict_utterances)
-    rows = torch.from_numpy(seg.rows.astype(np.int64)).to(device)
-    targets = torch.from_numpy(np.ascontiguousarray(job.targets, dtype=np.float32))
-    tr_t, va_t = torch.from_numpy(tr_seg).to(device), torch.from_numpy(va_seg).to(device)
-    model, stats = fit(cfg.backbone, data.n_classes, batcher, rows[tr_t], targets[tr_seg].to(device),
-                       rows[va_t], targets[va_seg].to(device), cfg.train, job.seed)
-    post = predict_proba(model, batcher, rows[torch.from_numpy(pr_seg).to(device)], cfg.train)
-    return FoldOutput(post, stats.epochs, stats.best_epoch, stats.seconds, stats.segments_per_second)
-
-
-_WORKER: dict = {}
-
-
-def _init_worker(data: CorpusData, cfg: ChainConfig) -> None:
-    _WORKER["data"], _WORKER["cfg"] = data, cfg
-    _WORKER["seg"] = build_segments(data.frame_offsets, cfg.segments, warn=False)
-
-
-def _run_in_worker(job: FoldJob) -> FoldOutput:
-    return run_fold_job(job, _WORKER["data"], _WORKER["cfg"], _WORKER["seg"])
-
-
-def local_runner(data: CorpusData, cfg: ChainConfig, show_progress: bool = True) -> Runner:
-    """Run fold jobs in this process, or in `cfg.train.workers` spawned processes (one fold each).
-
-    On a 2-core CPU two single-threaded folds side by side train ~1.6x faster than one fold on two
-    threads. Results do not depend on the number of workers: every job carries its own seed.
-    """
-    seg = build_segments(data.frame_offsets, cfg.segments, warn=False)
-    workers = max(1, cfg.train.workers)
-    pool = None
-
-    def run(jobs: Sequence[FoldJob]) -> list[FoldOutput]:
-        nonlocal pool
-        bar = progress(total=len(jobs), desc=f"iteration {jobs[0].iteration}" if jobs else "", unit="fold",
-                       disable=not show_progress, leave=False)
-        out: list[FoldOutput | None] = [None] * len(jobs)
-        if workers == 1 or len(jobs) == 1:
-            for i, job in enumerate(jobs):
-                out[i] = run_fold_job(job, data, cfg, seg)
-                bar.update(1)
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            if pool is None:  # kept for the whole chain: workers import torch once
-                pool = ProcessPoolExecutor(min(workers, len(jobs)), mp.get_context("spawn"), _init_worker, (data, cfg))
-            futures = {pool.submit(_run_in_worker, job): i for i, job in enumerate(jobs)}
-            for fut in as_completed(futures):
-                out[futures[fut]] = fut.result()
-                bar.update(1)
-        bar.close()
-        return out  # type: ignore[return-value]
-
-    run.close = lambda: pool.shutdown(cancel_futures=True) if pool is not None else None  # type: ignore[attr-defined]
-    return run
+__all__ = ["ChainResult", "ChainState", "FoldJob", "FoldOutput", "IterationResult", "LocalRunner", "Runner",
+           "TrainedFold", "derive_seed", "iterate_chain", "local_runner", "normalisation_stats", "run_chain",
+           "run_fold_job", "split_validation", "train_fold"]
 
 
 @dataclass
@@ -218,67 +97,151 @@ def _label_stats(targets: list[np.ndarray], plan: FoldPlan, seg: SegmentIndex, s
     return float(np.mean(changed)), float(np.mean(entropy))
 
 
+@dataclass
+class _Iteration:
+    """One iteration while its folds run: the outputs so far and the next iteration's targets, fold by fold."""
+
+    it: int
+    alpha: float | None
+    next_alpha: float
+    next_targets: list[np.ndarray]  # filled fold by fold as outputs arrive
+    outputs: dict[tuple[int, int], FoldOutput] = field(default_factory=dict)
+    submitted: set[tuple[int, int]] = field(default_factory=set)
+    label_stats: tuple[float, float] | None = None  # of the targets this iteration trains on
+
+
+def _done_future(value: FoldOutput) -> Future:
+    fut: Future = Future()
+    fut.set_result(value)
+    return fut
+
+
 def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None = None,
                   runner: Runner | None = None, show_progress: bool = True,
                   rf_jobs: int | None = None) -> Iterator[tuple[IterationResult, ChainState]]:
-    """Run iterations `state.next_iteration .. cfg.iterations`, yielding each result and the state after it."""
+    """Run iterations `state.next_iteration .. cfg.iterations`, yielding each result and the state after it.
+
+    With a runner that can `submit` single jobs and a label rule that is local to an utterance (every
+    built-in rule), fold f of iteration t+1 starts as soon as the other folds of iteration t are done:
+    its training segments lie in those folds, so their new targets are already known. Results equal
+    the iteration-by-iteration schedule exactly (each job carries its seed and reads only its training
+    rows); 5 folds on 2 workers then keep both busy instead of leaving one idle for a sixth of every
+    iteration. `IterationResult.seconds` is the wall time since the previous iteration finished.
+    """
     seg = build_segments(data.frame_offsets, cfg.segments, warn=state is None)
     seg_labels = data.labels[seg.utt]
     plan = make_plan(data.labels, data.speakers, cfg.protocol, cfg.seed)
     rule = get_rule(cfg.labels.rule)
-    runner = runner or local_runner(data, cfg, show_progress)
+    own = runner is None
+    runner = runner or local_runner(data, cfg)
     state = state or initial_state(data, plan, seg_labels)
+    if state.next_iteration > cfg.iterations:
+        return
     y = one_hot(seg_labels, data.n_classes)
     groups = data.speaker_ids() if plan.speaker_grouped else None
-    for it in range(state.next_iteration, cfg.iterations + 1):
-        start = time.perf_counter()
-        alpha = None
-        if it > 0 and rule.uses_alpha:
-            alpha = alpha_at(cfg.labels.schedule, it, cfg.iterations, cfg.labels.alpha, cfg.labels.alpha_end,
-                             cfg.labels.alpha_step)
-        changed, entropy = _label_stats(state.targets, plan, seg, seg_labels)
-        jobs = [FoldJob(it, s, f, np.setdiff1d(scope.train, fold), np.concatenate([fold, scope.test]),
-                        state.targets[s], derive_seed(cfg.seed, it, s, f))
-                for s, scope in enumerate(plan.scopes) for f, fold in enumerate(scope.folds)]
-        outputs = runner(jobs)
+    fold_segments = [[seg.of_utterances(fold) for fold in scope.folds] for scope in plan.scopes]
+    submit = submitter(runner)
+    pipelined = submit is not None and rule.local and cfg.iterations > state.next_iteration
+    first, last = state.next_iteration, cfg.iterations
+    n_jobs = sum(len(scope.folds) for scope in plan.scopes)
+    bar = progress(total=n_jobs * (last - first + 1), desc="fold trainings", unit="fold", disable=not show_progress)
+    pending: dict[Future, tuple[int, int, int]] = {}
 
+    def alpha_for(it: int) -> float | None:
+        if not rule.uses_alpha:
+            return None
+        return alpha_at(cfg.labels.schedule, it, cfg.iterations, cfg.labels.alpha, cfg.labels.alpha_end,
+                        cfg.labels.alpha_step)
+
+    def new_book(it: int, targets: list[np.ndarray]) -> _Iteration:
+        return _Iteration(it, alpha_for(it) if it > 0 else None, alpha_for(it + 1) or 0.0, [t.copy() for t in targets])
+
+    def job(it: int, s: int, f: int, targets: np.ndarray) -> FoldJob:
+        scope = plan.scopes[s]
+        return FoldJob(it, s, f, np.setdiff1d(scope.train, scope.folds[f]),
+                       np.concatenate([scope.folds[f], scope.test]), targets, derive_seed(cfg.seed, it, s, f))
+
+    def start_iteration(book: _Iteration, targets: list[np.ndarray]) -> None:
+        """Submit the iteration's jobs that are not running yet (all of them unless pipelined)."""
+        todo = [(s, f) for s, scope in enumerate(plan.scopes) for f in range(len(scope.folds))
+                if (s, f) not in book.submitted]
+        jobs = [job(book.it, s, f, targets[s]) for s, f in todo]
+        futures = [submit(j) for j in jobs] if submit is not None else [_done_future(o) for o in runner(jobs)]
+        for (s, f), fut in zip(todo, futures):
+            book.submitted.add((s, f))
+            pending[fut] = (book.it, s, f)
+
+    def record(book: _Iteration, s: int, f: int, out: FoldOutput) -> None:
+        """Keep the output; the fold's segments get their targets for the next iteration right away."""
+        book.outputs[(s, f)] = out
+        idx = fold_segments[s][f]
+        q = out.posteriors[:len(idx)]
+        book.next_targets[s][idx] = rule(q, y[idx], seg.utt[idx], alpha=book.next_alpha, epsilon=cfg.labels.epsilon)
+        if not pipelined or book.it >= last:
+            return
+        nxt = books.setdefault(book.it + 1, new_book(book.it + 1, book.next_targets))
+        for g in range(len(plan.scopes[s].folds)):
+            if (s, g) not in nxt.submitted and all((s, h) in book.outputs for h in range(len(plan.scopes[s].folds))
+                                                   if h != g):
+                # Rows of fold g are not read by its job; the other folds' rows are final.
+                fut = submit(job(book.it + 1, s, g, book.next_targets[s].copy()))
+                nxt.submitted.add((s, g))
+                pending[fut] = (book.it + 1, s, g)
+
+    def finish(book: _Iteration, since: float) -> tuple[IterationResult, ChainState]:
         scope_oos = [np.zeros((seg.n_segments, data.n_classes), dtype=np.float32) for _ in plan.scopes]
         eval_post = np.zeros((seg.n_segments, data.n_classes), dtype=np.float32)
-        for job, out in zip(jobs, outputs):
-            scope = plan.scopes[job.scope]
-            fold_seg = seg.of_utterances(scope.folds[job.fold])
-            scope_oos[job.scope][fold_seg] = out.posteriors[:len(fold_seg)]
-            if len(scope.test):
-                eval_post[seg.of_utterances(scope.test)] += out.posteriors[len(fold_seg):] / len(scope.folds)
-        for s, scope in enumerate(plan.scopes):
+        outputs = [book.outputs[(s, f)] for s, scope in enumerate(plan.scopes) for f in range(len(scope.folds))]
+        for s, scope in enumerate(plan.scopes):  # in fold order, so sums do not depend on completion order
+            for f in range(len(scope.folds)):
+                out, idx = book.outputs[(s, f)], fold_segments[s][f]
+                scope_oos[s][idx] = out.posteriors[:len(idx)]
+                if len(scope.test):
+                    eval_post[seg.of_utterances(scope.test)] += out.posteriors[len(idx):] / len(scope.folds)
             if not len(scope.test):
                 idx = seg.of_utterances(scope.train)
                 eval_post[idx] = scope_oos[s][idx]
-
         feats = utterance_features(eval_post, seg.offsets)
         scores = evaluate_utterances(feats, data.labels, data.n_classes, cfg.protocol.eval_folds, cfg.seed,
                                      groups, rf_jobs)
+        changed, entropy = book.label_stats  # type: ignore[misc]
         result = IterationResult(
-            iteration=it, alpha=alpha, wa=scores.wa, ua=scores.ua, fold_wa=scores.fold_wa, fold_ua=scores.fold_ua,
-            confusion=scores.confusion,
+            iteration=book.it, alpha=book.alpha, wa=scores.wa, ua=scores.ua, fold_wa=scores.fold_wa,
+            fold_ua=scores.fold_ua, confusion=scores.confusion,
             segment_accuracy=float(np.mean(np.argmax(eval_post, axis=1) == seg_labels)),
             changed_label_share=changed, target_entropy=entropy,
-            epochs=float(np.mean([o.epochs for o in outputs])), seconds=time.perf_counter() - start,
+            epochs=float(np.mean([o.epochs for o in outputs])), seconds=time.perf_counter() - since,
             segments_per_second=float(np.mean([o.segments_per_second for o in outputs])),
             posteriors=eval_post, utterance_predictions=scores.predictions)
+        return result, ChainState(book.it + 1, book.next_targets, [*state.history, result.to_dict()])
 
-        # Targets for the next iteration, per scope, from that scope's out-of-sample posteriors.
-        new_targets = []
-        next_alpha = alpha_at(cfg.labels.schedule, it + 1, cfg.iterations, cfg.labels.alpha, cfg.labels.alpha_end,
-                              cfg.labels.alpha_step) if rule.uses_alpha else 0.0
-        for s, scope in enumerate(plan.scopes):
-            t = state.targets[s].copy()
-            idx = seg.of_utterances(scope.train)
-            t[idx] = rule(scope_oos[s][idx], y[idx], seg.utt[idx], alpha=next_alpha, epsilon=cfg.labels.epsilon)
-            new_targets.append(t)
-        state = ChainState(it + 1, new_targets, [*state.history, result.to_dict()])
-        yield result, state
-
+    books = {first: new_book(first, state.targets)}
+    books[first].label_stats = _label_stats(state.targets, plan, seg, seg_labels)
+    since = time.perf_counter()
+    try:
+        start_iteration(books[first], state.targets)
+        current = first
+        while pending:
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda d: pending[d]):
+                it, s, f = pending.pop(fut)
+                record(books[it], s, f, fut.result())
+                bar.update(1)
+            while current in books and len(books[current].outputs) == n_jobs:
+                result, state = finish(books.pop(current), since)
+                since = time.perf_counter()
+                current += 1
+                if current <= last:
+                    book = books.setdefault(current, new_book(current, state.targets))
+                    book.label_stats = _label_stats(state.targets, plan, seg, seg_labels)
+                    start_iteration(book, state.targets)
+                yield result, state
+    finally:
+        for fut in pending:
+            fut.cancel()
+        bar.close()
+        if own:
+            runner.close()  # type: ignore[attr-defined]
 
 @dataclass
 class ChainResult:
@@ -305,7 +268,7 @@ def run_chain(cfg: ChainConfig, data: CorpusData, runner: Runner | None = None, 
     start = time.perf_counter()
     results = []
     own = runner is None
-    runner = runner or local_runner(data, cfg, show_progress)
+    runner = runner or local_runner(data, cfg)
     try:
         for result, _ in iterate_chain(cfg, data, runner=runner, show_progress=show_progress):
             results.append(result)

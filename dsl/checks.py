@@ -45,6 +45,8 @@ def config_problems(cfg: ChainConfig) -> list[str]:
         p.append(f"train: epochs >= 1, batch_size >= 2, lr > 0, patience >= 1 required; got {t}")
     if not 0.0 <= t.val_fraction < 0.5:
         p.append(f"train.val_fraction = {t.val_fraction}; must be in [0, 0.5)")
+    if not 0.0 < t.epoch_fraction <= 1.0:
+        p.append(f"train.epoch_fraction = {t.epoch_fraction}; must be in (0, 1]")
     if cfg.segments.length < 1 or cfg.segments.hop < 1:
         p.append(f"segments.length and segments.hop must be >= 1; got {cfg.segments}")
     if cfg.bad_files not in ("fail", "skip"):

@@ -50,6 +50,7 @@ class TrainSpec:
     lr_decay_every: int = 2
     patience: int = 3
     val_fraction: float = 0.1
+    epoch_fraction: float = 1.0  # share of the training segments drawn afresh each epoch (1: all of them)
     eval_batch_size: int = 2048
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA only

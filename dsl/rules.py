@@ -16,7 +16,10 @@ RuleFn = Callable[..., np.ndarray]
 
 @dataclass(frozen=True)
 class LabelRule:
-    """`uses_alpha`: the rule is WDSL-like and takes the scheduled alpha; `static`: ignores `q`."""
+    """`uses_alpha`: the rule is WDSL-like and takes the scheduled alpha; `static`: ignores `q`;
+    `local`: a segment's new target depends only on its own utterance's rows, so the chain may update
+    the targets fold by fold (and start the next iteration's folds early). Register a rule that needs
+    statistics over the whole corpus with `local=False`."""
 
     name: str
     fn: RuleFn
@@ -24,6 +27,7 @@ class LabelRule:
     uses_epsilon: bool = False
     static: bool = False
     description: str = ""
+    local: bool = True
 
     def __call__(self, q: np.ndarray, y: np.ndarray, utt: np.ndarray, *, alpha: float = 0.0,
                  epsilon: float = 0.0) -> np.ndarray:
@@ -39,11 +43,12 @@ RULES: dict[str, LabelRule] = {}
 
 
 def register_rule(name: str, *, uses_alpha: bool = False, uses_epsilon: bool = False, static: bool = False,
-                  description: str = "") -> Callable[[RuleFn], RuleFn]:
+                  description: str = "", local: bool = True) -> Callable[[RuleFn], RuleFn]:
     def wrap(fn: RuleFn) -> RuleFn:
         if name in RULES:
             raise ValueError(f"rule {name!r} is already registered")
-        RULES[name] = LabelRule(name, fn, uses_alpha, uses_epsilon, static, description or (fn.__doc__ or "").strip())
+        RULES[name] = LabelRule(name, fn, uses_alpha, uses_epsilon, static, description or (fn.__doc__ or "").strip(),
+                                local)
         return fn
     return wrap
 

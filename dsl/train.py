@@ -39,14 +39,23 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 
 class SegmentBatcher:
-    """Gathers (batch, 1, n_mels, length) inputs from frame rows without copying the corpus."""
+    """Gathers (batch, 1, n_mels, length) inputs from frame rows without copying the corpus.
 
-    def __init__(self, frames: torch.Tensor, channels_last: bool = False):
+    With `mean`/`std` (per mel bin) each batch is normalised as it is gathered: a few hundred
+    thousand values per batch, against a private normalised copy of the whole corpus per fold.
+    """
+
+    def __init__(self, frames: torch.Tensor, channels_last: bool = False, mean: np.ndarray | None = None,
+                 std: np.ndarray | None = None):
         self.frames = frames
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.mean = None if mean is None else torch.as_tensor(mean, dtype=frames.dtype, device=frames.device)
+        self.std = None if std is None else torch.as_tensor(std, dtype=frames.dtype, device=frames.device)
 
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
-        x = self.frames[rows]  # (b, length, n_mels)
+        x = self.frames[rows]  # (b, length, n_mels): a fresh tensor, safe to normalise in place
+        if self.mean is not None:
+            x.sub_(self.mean).div_(self.std)
         return x.transpose(1, 2).unsqueeze(1).contiguous(memory_format=self.memory_format)
 
 
@@ -96,12 +105,13 @@ def fit(backbone: str, n_classes: int, batcher: SegmentBatcher, rows: torch.Tens
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=spec.lr_decay_every, gamma=spec.lr_decay)
     gen = torch.Generator().manual_seed(seed)
     n = len(rows)
+    per_epoch = n if spec.epoch_fraction >= 1.0 else max(2, int(round(n * spec.epoch_fraction)))
     best_loss, best_epoch, best_state, bad = float("inf"), -1, None, 0
     seen, start, epoch = 0, time.perf_counter(), 0
     for epoch in range(1, spec.epochs + 1):
         model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
-        for i in range(0, n, spec.batch_size):
+        perm = torch.randperm(n, generator=gen)[:per_epoch].to(device)
+        for i in range(0, per_epoch, spec.batch_size):
             idx = perm[i:i + spec.batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on one sample
                 continue

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsl.chain import derive_seed, iterate_chain, normalisation_stats, split_validation
+from dsl.chain import FoldJob, derive_seed, iterate_chain, train_fold
 from dsl.checks import check_config
 from dsl.config import ChainConfig
 from dsl.data import CorpusData, prepare_data
@@ -42,25 +42,10 @@ def chain_to(cfg: ChainConfig, data: CorpusData, show_progress: bool = True):
 
 def fit_final(cfg: ChainConfig, data: CorpusData, targets: np.ndarray):
     """One network on all utterances (a validation split for early stopping, as in every fold)."""
-    import torch
-
-    from dsl.train import SegmentBatcher, fit, resolve_device
-
-    if cfg.train.num_threads > 0:
-        torch.set_num_threads(cfg.train.num_threads)
-    seed = derive_seed(cfg.seed, cfg.iterations, 10_000)
-    seg = build_segments(data.frame_offsets, cfg.segments, warn=False)
     utts = np.arange(data.n_utterances)
-    tr, va = split_validation(utts, data.labels, cfg.train.val_fraction, seed)
-    mean, std = normalisation_stats(data.frames, data.frame_offsets, utts)
-    device = resolve_device(cfg.train.device)
-    batcher = SegmentBatcher(torch.from_numpy((np.asarray(data.frames) - mean) / std).to(device),
-                             cfg.train.channels_last)
-    rows = torch.from_numpy(seg.rows.astype(np.int64)).to(device)
-    t = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32)).to(device)
-    tr_s, va_s = (torch.from_numpy(seg.of_utterances(u)).to(device) for u in (tr, va))
-    model, _ = fit(cfg.backbone, data.n_classes, batcher, rows[tr_s], t[tr_s], rows[va_s], t[va_s], cfg.train, seed)
-    return model.cpu(), mean, std
+    job = FoldJob(cfg.iterations, 0, -1, utts, utts[:0], targets, derive_seed(cfg.seed, cfg.iterations, 10_000))
+    fold = train_fold(job, data, cfg)
+    return fold.model.cpu(), fold.mean, fold.std
 
 
 def train_final(cfg: ChainConfig, out_dir: str | Path, info: dict | None = None, show_progress: bool = True) -> Path:

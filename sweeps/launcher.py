@@ -154,8 +154,9 @@ def finish(outcome: SweepOutcome, spec: SweepSpec, c) -> None:
     table = format_table(outcome.rows)
     best = outcome.best
     parent = outcome.parent_run_id
-    if outcome.interrupted:
-        tracking.close_children(c, outcome.experiment_id, parent, "KILLED")
+    # Every trial has ended its own run by now. A child still RUNNING is either from this interrupted
+    # sweep or an orphan of a driver killed earlier (its trial was rerun under a new id on --resume).
+    tracking.close_children(c, outcome.experiment_id, parent, "KILLED")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "trials.txt").write_text(table + "\n")
         tracking.call(c.log_artifact, parent, str(Path(tmp) / "trials.txt"))

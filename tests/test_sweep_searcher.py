@@ -70,3 +70,25 @@ def test_orphans_are_adopted_after_a_hard_stop(tmp_path: Path) -> None:
                                                              storage=journal_storage(tmp_path / "o.journal")).trials)
     assert states == ["COMPLETE", "COMPLETE"]
     assert restored.suggest("d") is not None and len(restored.study.trials) == 3  # no orphan left: a new trial
+
+
+def test_finish_ends_runs_orphaned_by_a_killed_driver(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A driver killed just after a trial started leaves that trial's MLflow run RUNNING; `--resume` runs
+    the trial again under a new id, so the finished sweep must end the orphan instead of leaving it RUNNING."""
+    from mlflow import MlflowClient
+
+    from sweeps.launcher import SweepOutcome, finish
+    from trainables.tracking import PARENT_TAG, ROLE_TAG
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = c.create_experiment("s")
+    parent = c.create_run(exp, tags={ROLE_TAG: "parent"}).info.run_id
+    orphan = c.create_run(exp, tags={PARENT_TAG: parent, ROLE_TAG: "trial", "ray_trial_id": "old"}).info.run_id
+    done = c.create_run(exp, tags={PARENT_TAG: parent, ROLE_TAG: "trial", "ray_trial_id": "new"}).info.run_id
+    c.set_terminated(done, "FINISHED")
+    optuna.create_study(study_name="s", storage=journal_storage(tmp_path / "o.journal"))
+    spec = parse_sweep({"name": "s", "base": {"preset": "cpu", "data": "/x"}, "search": {"rule": ["bdsl"]}})
+    finish(SweepOutcome(str(tmp_path), str(tmp_path / "o.journal"), exp, parent, [], False, 0, 1.0), spec, c)
+    assert c.get_run(orphan).info.status == "KILLED"
+    assert c.get_run(done).info.status == "FINISHED"
+    assert c.get_run(parent).info.status == "FINISHED"

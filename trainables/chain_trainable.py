@@ -89,7 +89,7 @@ def _runner(ctx: TrialContext, meta: CorpusMeta, data, run_cfg: ChainConfig):
     """Folds as Ray tasks in the trial's placement group, or in this process."""
     if ctx.resources.fold_workers > 0:
         return ray_runner(meta, run_cfg, ctx.resources)
-    return local_runner(data, run_cfg, False)
+    return local_runner(data, run_cfg)
 
 
 def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, context: TrialContext) -> None:

@@ -7,9 +7,10 @@ worker bundle. Frames reach the tasks by ObjectRef (zero-copy); results do not d
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Sequence
 
-from dsl.chain import FoldJob, FoldOutput, Runner, run_fold_job
+from dsl.chain import FoldJob, FoldOutput, run_fold_job
 from dsl.config import ChainConfig
 
 from .context import TrialResources
@@ -30,14 +31,37 @@ def _fold_task(job: FoldJob, frames, meta: CorpusMeta, cfg: ChainConfig) -> Fold
     return run_fold_job(job, attach(frames, meta), cfg)
 
 
-def ray_runner(meta: CorpusMeta, cfg: ChainConfig, res: TrialResources) -> Runner:
-    """A `dsl.chain` runner submitting each fold as a Ray task (frames passed by reference)."""
-    import ray
+class RayRunner:
+    """A `dsl.chain` runner submitting each fold as a Ray task (frames passed by reference).
 
-    task = ray.remote(_fold_task).options(num_cpus=res.cpu, num_gpus=res.gpu or 0, max_retries=1)
+    `submit` lets the chain start a fold of the next iteration while the last ones of this iteration run.
+    """
 
-    def run(jobs: Sequence[FoldJob]) -> list[FoldOutput]:
-        return ray.get([task.remote(job, meta.frames_ref, meta, cfg) for job in jobs])
+    def __init__(self, meta: CorpusMeta, cfg: ChainConfig, res: TrialResources):
+        import ray
 
-    run.close = lambda: None  # type: ignore[attr-defined]
-    return run
+        self.meta, self.cfg = meta, cfg
+        self._task = ray.remote(_fold_task).options(num_cpus=res.cpu, num_gpus=res.gpu or 0, max_retries=1)
+        self._refs: list = []
+
+    def submit(self, job: FoldJob) -> Future:
+        ref = self._task.remote(job, self.meta.frames_ref, self.meta, self.cfg)
+        self._refs.append(ref)
+        return ref.future()
+
+    def __call__(self, jobs: Sequence[FoldJob]) -> list[FoldOutput]:
+        return [f.result() for f in [self.submit(job) for job in jobs]]
+
+    def close(self) -> None:
+        """Cancel fold tasks still queued or running (a trial stopped early must not keep its bundles busy)."""
+        import ray
+
+        if self._refs:
+            _, unfinished = ray.wait(self._refs, num_returns=len(self._refs), timeout=0, fetch_local=False)
+            for ref in unfinished:
+                ray.cancel(ref, force=True)
+        self._refs.clear()
+
+
+def ray_runner(meta: CorpusMeta, cfg: ChainConfig, res: TrialResources) -> RayRunner:
+    return RayRunner(meta, cfg, res)

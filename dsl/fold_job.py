@@ -1,0 +1,122 @@
+"""One fold training: a fresh network on the job's training utterances, posteriors for its held-out ones.
+
+A `FoldJob` carries everything that decides its result (utterances, targets, seed), so runners may
+execute jobs in any order, process or machine and get the same numbers.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch import nn
+
+from .config import ChainConfig
+from .data import CorpusData
+from .segments import SegmentIndex, build_segments
+from .train import FitStats, SegmentBatcher, fit, predict_proba, resolve_device
+
+
+def derive_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] % (2**31 - 1))
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """One training of a fresh network and its predictions."""
+
+    iteration: int
+    scope: int
+    fold: int
+    train_utterances: np.ndarray  # training utterances (the validation split is carved from them)
+    predict_utterances: np.ndarray  # held-out fold, then the scope's test utterances
+    targets: np.ndarray  # (n_segments, K) targets; only rows of training segments are read
+    seed: int
+
+
+@dataclass(frozen=True)
+class FoldOutput:
+    posteriors: np.ndarray  # (segments of predict_utterances, K)
+    epochs: int
+    best_epoch: int
+    seconds: float
+    segments_per_second: float
+
+
+@dataclass
+class TrainedFold:
+    """A fold's network with what it needs to predict: the frame batcher (normalised per batch) and rows."""
+
+    model: nn.Module
+    stats: FitStats
+    batcher: SegmentBatcher
+    rows: torch.Tensor  # (n_segments, length) frame rows of every segment, on the training device
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def normalisation_stats(frames: np.ndarray, offsets: np.ndarray, utterances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-mel-bin mean and std over the frames of `utterances` (the training folds only)."""
+    n = 0
+    s = np.zeros(frames.shape[1], dtype=np.float64)
+    ss = np.zeros(frames.shape[1], dtype=np.float64)
+    for u in utterances:
+        block = np.asarray(frames[offsets[u]:offsets[u + 1]], dtype=np.float64)
+        n += len(block)
+        s += block.sum(axis=0)
+        ss += np.square(block).sum(axis=0)
+    mean = s / max(n, 1)
+    std = np.sqrt(np.maximum(ss / max(n, 1) - mean**2, 1e-12))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def split_validation(utterances: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Carve a stratified validation split (for early stopping) out of the training utterances."""
+    if fraction <= 0 or len(utterances) < 10:
+        return utterances, utterances[:0]
+    y = labels[utterances]
+    stratify = y if np.bincount(y).max() > 1 and np.min(np.bincount(y)[np.bincount(y) > 0]) >= 2 else None
+    try:
+        tr, va = train_test_split(utterances, test_size=fraction, random_state=seed, stratify=stratify)
+    except ValueError:
+        tr, va = train_test_split(utterances, test_size=fraction, random_state=seed)
+    return np.sort(tr), np.sort(va)
+
+
+def shared_frames(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The corpus frames as a tensor without a copy on the CPU (memory-mapped or object-store arrays
+    are read-only; nothing writes to them, so torch's non-writable warning does not apply)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(frames)).to(device)
+
+
+def train_fold(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: SegmentIndex | None = None) -> TrainedFold:
+    """Train one fresh network on the job's training utterances (frames are normalised per batch, so the
+    corpus stays shared between folds, processes and trials instead of being copied per fold)."""
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+    seg = segments if segments is not None else build_segments(data.frame_offsets, cfg.segments, warn=False)
+    device = resolve_device(cfg.train.device)
+    train_utts, val_utts = split_validation(job.train_utterances, data.labels, cfg.train.val_fraction, job.seed)
+    mean, std = normalisation_stats(data.frames, data.frame_offsets, job.train_utterances)
+    batcher = SegmentBatcher(shared_frames(data.frames, device), cfg.train.channels_last, mean, std)
+    tr_seg, va_seg = seg.of_utterances(train_utts), seg.of_utterances(val_utts)
+    rows = torch.from_numpy(seg.rows.astype(np.int64)).to(device)
+    targets = torch.from_numpy(np.ascontiguousarray(job.targets, dtype=np.float32))
+    tr_t, va_t = torch.from_numpy(tr_seg).to(device), torch.from_numpy(va_seg).to(device)
+    model, stats = fit(cfg.backbone, data.n_classes, batcher, rows[tr_t], targets[tr_seg].to(device),
+                       rows[va_t], targets[va_seg].to(device), cfg.train, job.seed)
+    return TrainedFold(model, stats, batcher, rows, mean, std)
+
+
+def run_fold_job(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: SegmentIndex | None = None) -> FoldOutput:
+    """Train one fresh network on the job's training utterances and predict its held-out ones."""
+    seg = segments if segments is not None else build_segments(data.frame_offsets, cfg.segments, warn=False)
+    fold = train_fold(job, data, cfg, seg)
+    pr_seg = torch.from_numpy(seg.of_utterances(job.predict_utterances)).to(fold.rows.device)
+    post = predict_proba(fold.model, fold.batcher, fold.rows[pr_seg], cfg.train)
+    s = fold.stats
+    return FoldOutput(post, s.epochs, s.best_epoch, s.seconds, s.segments_per_second)
