@@ -101,6 +101,7 @@ def fit(backbone: str, n_classes: int, batcher: SegmentBatcher, rows: torch.Tens
     model = create_backbone(backbone, n_classes).to(device)
     if spec.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if spec.compile else model  # shares the parameters of `model`
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=spec.lr_decay_every, gamma=spec.lr_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -116,7 +117,7 @@ def fit(backbone: str, n_classes: int, batcher: SegmentBatcher, rows: torch.Tens
             if len(idx) < 2:  # BatchNorm cannot train on one sample
                 continue
             with _autocast(device, spec.amp):
-                logits = model(batcher(rows[idx]))
+                logits = net(batcher(rows[idx]))
             loss = soft_cross_entropy(logits, targets[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -126,7 +127,7 @@ def fit(backbone: str, n_classes: int, batcher: SegmentBatcher, rows: torch.Tens
         if len(val_rows) == 0:
             best_epoch, best_state = epoch, None
             continue
-        val_loss = _mean_loss(model, batcher, val_rows, val_targets, spec)
+        val_loss = _mean_loss(net, batcher, val_rows, val_targets, spec)
         if val_loss < best_loss - 1e-6:
             best_loss, best_epoch, bad = val_loss, epoch, 0
             best_state = copy.deepcopy(model.state_dict())

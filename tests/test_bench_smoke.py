@@ -89,3 +89,25 @@ def test_plain_runner_gives_a_valid_chain_result(tone_manifest, tmp_path) -> Non
     assert result.iterations[0].changed_label_share == 0.0
     assert result.iterations[1].target_entropy > 0.0  # WDSL targets are soft
     assert max(r.segment_accuracy for r in result.iterations) > 0.5  # pitch classes are easy (chance 1/3)
+
+
+def test_chain_section_runs_both_sides_per_seed_and_renders(tone_manifest, tmp_path) -> None:
+    from bench.chain_bench import plain_config, run_chains
+    from bench.plain_chain import PLAIN_RECIPE
+
+    shrink = {"segments.hop": 4, "train.epochs": 2, "protocol.folds": 2, "protocol.eval_folds": 2, "iterations": 1,
+              "train.num_threads": 1, "train.workers": 1}
+    cfg = ChainConfig(corpus="csv", data=str(tone_manifest), cache_dir=str(tmp_path / "cache")).replace(
+        **{**shrink, "train.epoch_fraction": 0.5, "train.lr": 3e-3})
+    assert plain_config(cfg).train.epoch_fraction == 1.0 and plain_config(cfg).train.lr == PLAIN_RECIPE["train.lr"]
+    data = prepare_data(cfg, show_progress=False)
+    res = run_chains(data, cfg, seeds=(0, 1), log=lambda *a, **k: None, shrink=shrink)
+    assert [r["seed"] for r in res["runs"]] == [0, 1]
+    assert res["plain_config"]["epoch_fraction"] == 1.0 and res["config"]["epoch_fraction"] == 0.5
+    assert res["speedup"] == pytest.approx(res["plain_seconds"] / res["project_seconds"])
+    mean_ua = np.mean([r["project"][-1]["ua"] for r in res["runs"]])
+    assert res["project_mean_ua"][-1] == pytest.approx(mean_ua)
+    assert res["equal_or_better_ua"] == (res["project_mean_ua"][-1] >= res["plain_mean_ua"][-1])
+    text = render({"meta": {"date": "d", "command": "c", "device": "x", "python": "3", "torch": "t",
+                            "torch_default_threads": 1, "note": "n"}, "sections": {"chain": res}})
+    assert "| mean | **project** |" in text and "Speed-up (total plain / total project)" in text
