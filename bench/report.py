@@ -81,7 +81,9 @@ def render(results: dict) -> str:
                   "normalisation, label rule and evaluation on both sides.", "",
                   f"- project (`cpu` preset): `LocalRunner`, {c['workers']} processes x {c['num_threads']} thread, "
                   f"channels_last, next-iteration folds started early; <= {c['epochs']} epochs (patience "
-                  f"{c['patience']}), lr {c['lr']}, {c['epoch_fraction']:g} of the training segments per epoch.",
+                  f"{c['patience']}), lr {c['lr']}, "
+                  f"{'every training segment' if c['epoch_fraction'] >= 1 else format(c['epoch_fraction'], 'g') + ' of the training segments'}"
+                  " in every epoch.",
                   f"- plain: `bench/plain_chain.py`, DataLoader over materialised NCHW tensors, folds in series, "
                   f"torch's default threads; <= {pc['epochs']} epochs (patience {pc['patience']}), lr {pc['lr']}, "
                   "every training segment in every epoch.", "",
