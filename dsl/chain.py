@@ -24,7 +24,7 @@ from .progress import progress
 from .protocols import FoldPlan, make_plan
 from .rules import LabelRule, get_rule, one_hot
 from .runners import LocalRunner, Runner, local_runner, submitter
-from .schedules import alpha_at
+from .schedules import schedule_alpha
 from .segments import SegmentIndex, build_segments
 
 __all__ = ["ChainResult", "ChainState", "FoldJob", "FoldOutput", "IterationResult", "LocalRunner", "Runner",
@@ -150,8 +150,7 @@ def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None =
     def alpha_for(it: int) -> float | None:
         if not rule.uses_alpha:
             return None
-        return alpha_at(cfg.labels.schedule, it, cfg.iterations, cfg.labels.alpha, cfg.labels.alpha_end,
-                        cfg.labels.alpha_step)
+        return schedule_alpha(cfg.labels, it, cfg.iterations)
 
     def new_book(it: int, targets: list[np.ndarray]) -> _Iteration:
         return _Iteration(it, alpha_for(it) if it > 0 else None, alpha_for(it + 1) or 0.0, [t.copy() for t in targets])

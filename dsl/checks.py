@@ -32,6 +32,8 @@ def config_problems(cfg: ChainConfig) -> list[str]:
         if (lab.alpha, lab.schedule) != (defaults.alpha, defaults.schedule):
             p.append(f"labels.alpha/schedule given with rule {lab.rule!r}; alpha applies only to: "
                      f"{', '.join(n for n, r in RULES.items() if r.uses_alpha)}")
+    if lab.horizon < 0 or 0 < lab.horizon < cfg.iterations:
+        p.append(f"labels.horizon = {lab.horizon}; must be 0 (the chain's iterations) or >= iterations ({cfg.iterations})")
     if cfg.iterations < 0:
         p.append(f"iterations = {cfg.iterations}; must be >= 0")
     pr = cfg.protocol

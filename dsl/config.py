@@ -70,6 +70,7 @@ class LabelSpec:
     alpha_end: float = 0.1  # annealing target
     alpha_step: float = 0.2  # decrement of the step schedule (paper: 0.9 -> 0.7 -> ... -> 0.1)
     epsilon: float = 0.1  # label smoothing
+    horizon: int = 0  # iterations the alpha schedule spans (0: the chain's `iterations`); a cut chain keeps its alphas
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,11 @@ def exponential(t: int, total: int, start: float, end: float, step: float) -> fl
     return start * (lo / start) ** _progress(t, total) if start > 0 else 0.0
 
 
+def schedule_alpha(labels, t: int, iterations: int) -> float:
+    """Alpha of a `LabelSpec` at update iteration `t` of a chain with `iterations` updates (or its `horizon`)."""
+    return alpha_at(labels.schedule, t, labels.horizon or iterations, labels.alpha, labels.alpha_end, labels.alpha_step)
+
+
 def alpha_at(name: str, t: int, total: int, start: float, end: float = 0.1, step: float = 0.2) -> float:
     """Alpha for update iteration `t` of `total`."""
     if name not in SCHEDULES:

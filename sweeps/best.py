@@ -2,7 +2,7 @@
 
 Order: mean fold UA, then WA, then fewer iterations (then the earlier trial). `best.yaml` is the trial's resolved config with
 `iterations` set to the best iteration (an annealing schedule that depends on the total number of
-iterations is rewritten so iterations 1..t get the same alphas); `dsl-sweep run best.yaml` accepts it.
+iterations keeps the original total as `labels.horizon`, so iterations 1..t get the same alphas); `dsl-sweep run best.yaml` accepts it.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import yaml
 
 from dsl.config import ChainConfig, ConfigError, from_dict
 from dsl.rules import get_rule
-from dsl.schedules import alpha_at
+from dsl.schedules import schedule_alpha
 from trainables.tracking import ROLE_TAG, call, client, redact_uri
 
 from . import tracking
@@ -41,16 +41,14 @@ class BestPick:
 
 
 def _alphas(cfg: ChainConfig, upto: int) -> list[float]:
-    lab = cfg.labels
-    return [alpha_at(lab.schedule, k, cfg.iterations, lab.alpha, lab.alpha_end, lab.alpha_step)
-            for k in range(1, upto + 1)]
+    return [schedule_alpha(cfg.labels, k, cfg.iterations) for k in range(1, upto + 1)]
 
 
 def at_iteration(cfg: ChainConfig, t: int) -> tuple[ChainConfig, bool]:
     """`cfg` stopped after iteration `t`, and whether its alphas 1..t equal the original ones exactly.
 
-    Constant and step schedules do not depend on the total; linear and exponential ones do, and are
-    rewritten with `alpha_end` = alpha(t) (exact); a cosine schedule cannot be cut exactly (warned).
+    Constant and step schedules do not depend on the total; the others (linear, cosine, exponential)
+    keep the original total as `labels.horizon`, so iterations 1..t get the same alphas.
     """
     if t == cfg.iterations or not get_rule(cfg.labels.rule).uses_alpha or t <= 1:
         return cfg.replace(iterations=t), True
@@ -58,7 +56,7 @@ def at_iteration(cfg: ChainConfig, t: int) -> tuple[ChainConfig, bool]:
     plain = cfg.replace(iterations=t)
     if max(abs(a - b) for a, b in zip(_alphas(plain, t), want)) < 1e-9:
         return plain, True
-    cut = cfg.replace(**{"iterations": t, "labels.alpha_end": want[-1]})
+    cut = cfg.replace(**{"iterations": t, "labels.horizon": cfg.labels.horizon or cfg.iterations})
     return cut, max(abs(a - b) for a, b in zip(_alphas(cut, t), want)) < 1e-9
 
 

@@ -74,17 +74,22 @@ def test_redact_uri() -> None:
 def test_schedule_cut_at_best_iteration() -> None:
     base = ChainConfig().replace(**{"iterations": 5, "labels.rule": "wdsl", "labels.alpha": 0.9,
                                     "labels.alpha_end": 0.1})
-    from dsl.schedules import alpha_at
+    from dsl.checks import config_problems
+    from dsl.schedules import alpha_at, schedule_alpha
 
-    for schedule, exact in (("constant", True), ("step", True), ("linear", True), ("exponential", True),
-                            ("cosine", False)):
+    for schedule in ("constant", "step", "linear", "exponential", "cosine"):
         cfg = base.replace(**{"labels.schedule": schedule})
         cut, is_exact = at_iteration(cfg, 3)
-        assert cut.iterations == 3 and is_exact == exact
+        assert cut.iterations == 3 and is_exact and not config_problems(cut)
         want = [alpha_at(schedule, k, 5, 0.9, 0.1, cfg.labels.alpha_step) for k in (1, 2, 3)]
-        got = [alpha_at(schedule, k, 3, 0.9, cut.labels.alpha_end, cut.labels.alpha_step) for k in (1, 2, 3)]
-        assert (np.allclose(got, want, atol=1e-9)) == exact
-    assert at_iteration(base.replace(**{"labels.schedule": "linear"}), 1)[0].labels.alpha_end == 0.1
+        got = [schedule_alpha(cut.labels, k, cut.iterations) for k in (1, 2, 3)]
+        assert np.allclose(got, want, atol=1e-9), (schedule, got, want)
+        # the horizon is only written where the schedule depends on the total
+        assert cut.labels.horizon == (0 if schedule in ("constant", "step") else 5)
+        again, _ = at_iteration(cut, 2)  # cutting a cut chain keeps the first horizon
+        assert np.allclose([schedule_alpha(again.labels, k, 2) for k in (1, 2)], want[:2], atol=1e-9)
+    assert at_iteration(base.replace(**{"labels.schedule": "linear"}), 1)[0].labels.horizon == 0
+    assert config_problems(base.replace(**{"labels.horizon": 3}))  # shorter than the chain
 
 
 @pytest.fixture(scope="module")
