@@ -81,10 +81,13 @@ class LocalRunner:
         pool, self._pool = self._pool, None
         busy = [f for f in self._futures if not f.done()]
         procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
+        manager = getattr(pool, "_executor_manager_thread", None)
         pool.shutdown(wait=not busy, cancel_futures=True)
-        if busy:
+        if busy:  # SIGKILL: nothing to save in a fold that is cut short
             for proc in procs:
-                proc.terminate()
+                proc.kill()
+            if manager is not None:  # it notices the dead workers, fails their futures and reaps every worker
+                manager.join(timeout=30)
             for proc in procs:
                 proc.join(timeout=10)
         self._futures.clear()

@@ -145,12 +145,12 @@ def test_local_runner_close_kills_a_running_fold(tone_corpus, feature_cache) -> 
     while runner._pool is None or not runner._futures or not any(f.running() for f in runner._futures):
         assert time.time() < deadline, "no fold started"
         time.sleep(0.2)
-    procs = list(runner._pool._processes.values())
     time.sleep(2)  # inside fit by now
+    procs = list(runner._pool._processes.values())
     start = time.perf_counter()
     runner.close()
-    assert time.perf_counter() - start < 30
-    assert all(not p.is_alive() for p in procs)
+    assert time.perf_counter() - start < 60
+    assert all(p.exitcode is not None for p in procs), [(p.pid, p.exitcode) for p in procs]
     t.join(timeout=30)
     assert not t.is_alive() and errors and "BrokenProcessPool" in type(errors[0]).__name__
 
