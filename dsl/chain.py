@@ -22,7 +22,7 @@ from .fold_job import (FoldJob, FoldOutput, TrainedFold, derive_seed, normalisat
                        split_validation, train_fold)
 from .progress import progress
 from .protocols import FoldPlan, make_plan
-from .rules import LabelRule, get_rule, one_hot
+from .rules import get_rule, one_hot
 from .runners import LocalRunner, Runner, local_runner, submitter
 from .schedules import schedule_alpha
 from .segments import SegmentIndex, build_segments
@@ -167,8 +167,11 @@ def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None =
         jobs = [job(book.it, s, f, targets[s]) for s, f in todo]
         futures = [submit(j) for j in jobs] if submit is not None else [_done_future(o) for o in runner(jobs)]
         for (s, f), fut in zip(todo, futures):
-            book.submitted.add((s, f))
-            pending[fut] = (book.it, s, f)
+            track(book, s, f, fut)
+
+    def track(book: _Iteration, s: int, f: int, fut: Future) -> None:
+        book.submitted.add((s, f))
+        pending[fut] = (book.it, s, f)
 
     def record(book: _Iteration, s: int, f: int, out: FoldOutput) -> None:
         """Keep the output; the fold's segments get their targets for the next iteration right away."""
@@ -178,14 +181,15 @@ def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None =
         book.next_targets[s][idx] = rule(q, y[idx], seg.utt[idx], alpha=book.next_alpha, epsilon=cfg.labels.epsilon)
         if not pipelined or book.it >= last:
             return
-        nxt = books.setdefault(book.it + 1, new_book(book.it + 1, book.next_targets))
-        for g in range(len(plan.scopes[s].folds)):
-            if (s, g) not in nxt.submitted and all((s, h) in book.outputs for h in range(len(plan.scopes[s].folds))
-                                                   if h != g):
+        if book.it + 1 not in books:
+            books[book.it + 1] = new_book(book.it + 1, book.next_targets)
+        nxt = books[book.it + 1]
+        n_folds = len(plan.scopes[s].folds)
+        for g in range(n_folds):
+            others_done = all((s, h) in book.outputs for h in range(n_folds) if h != g)
+            if (s, g) not in nxt.submitted and others_done:
                 # Rows of fold g are not read by its job; the other folds' rows are final.
-                fut = submit(job(book.it + 1, s, g, book.next_targets[s].copy()))
-                nxt.submitted.add((s, g))
-                pending[fut] = (book.it + 1, s, g)
+                track(nxt, s, g, submit(job(nxt.it, s, g, book.next_targets[s].copy())))
 
     def finish(book: _Iteration, since: float) -> tuple[IterationResult, ChainState]:
         scope_oos = [np.zeros((seg.n_segments, data.n_classes), dtype=np.float32) for _ in plan.scopes]

@@ -6,6 +6,7 @@ the folds it trains on are done, instead of waiting for the whole iteration (see
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from concurrent.futures import Future
 from typing import Callable, Protocol, Sequence
 
@@ -17,6 +18,19 @@ from .segments import build_segments
 
 class Runner(Protocol):
     def __call__(self, jobs: Sequence[FoldJob]) -> list[FoldOutput]: ...
+
+
+class SubmittingRunner(ABC):
+    """A runner that starts one job at a time; calling it runs a batch and waits for all of it."""
+
+    @abstractmethod
+    def submit(self, job: FoldJob) -> Future: ...
+
+    def __call__(self, jobs: Sequence[FoldJob]) -> list[FoldOutput]:
+        return [f.result() for f in [self.submit(job) for job in jobs]]
+
+    def close(self) -> None:
+        """Release workers; a job still running may be stopped."""
 
 
 def submitter(runner: Runner) -> Callable[[FoldJob], Future] | None:
@@ -36,7 +50,7 @@ def _run_in_worker(job: FoldJob) -> FoldOutput:
     return run_fold_job(job, _WORKER["data"], _WORKER["cfg"], _WORKER["seg"])
 
 
-class LocalRunner:
+class LocalRunner(SubmittingRunner):
     """Fold jobs in this process (`workers` = 1) or in `workers` spawned processes, one job each at a time.
 
     On a 2-core CPU two single-threaded folds side by side train ~1.6x faster than one fold on two
@@ -69,9 +83,6 @@ class LocalRunner:
         fut = self._pool.submit(_run_in_worker, job)
         self._futures = [f for f in self._futures if not f.done()] + [fut]
         return fut
-
-    def __call__(self, jobs: Sequence[FoldJob]) -> list[FoldOutput]:
-        return [f.result() for f in [self.submit(job) for job in jobs]]
 
     def close(self) -> None:
         """Stop the workers. A job still running (the chain was stopped early, e.g. by a scheduler) is

@@ -8,9 +8,9 @@ worker bundle. Frames reach the tasks by ObjectRef (zero-copy); results do not d
 from __future__ import annotations
 
 from concurrent.futures import Future
-from typing import Sequence
 
 from dsl.chain import FoldJob, FoldOutput, run_fold_job
+from dsl.runners import SubmittingRunner
 from dsl.config import ChainConfig
 
 from .context import TrialResources
@@ -31,7 +31,7 @@ def _fold_task(job: FoldJob, frames, meta: CorpusMeta, cfg: ChainConfig) -> Fold
     return run_fold_job(job, attach(frames, meta), cfg)
 
 
-class RayRunner:
+class RayRunner(SubmittingRunner):
     """A `dsl.chain` runner submitting each fold as a Ray task (frames passed by reference).
 
     `submit` lets the chain start a fold of the next iteration while the last ones of this iteration run.
@@ -48,9 +48,6 @@ class RayRunner:
         ref = self._task.remote(job, self.meta.frames_ref, self.meta, self.cfg)
         self._refs.append(ref)
         return ref.future()
-
-    def __call__(self, jobs: Sequence[FoldJob]) -> list[FoldOutput]:
-        return [f.result() for f in [self.submit(job) for job in jobs]]
 
     def close(self) -> None:
         """Cancel fold tasks still queued or running (a trial stopped early must not keep its bundles busy)."""
