@@ -20,6 +20,7 @@ from .data import CorpusData
 from .evaluate import evaluate_utterances, utterance_features
 from .fold_job import (FoldJob, FoldOutput, TrainedFold, derive_seed, normalisation_stats, run_fold_job,
                        split_validation, train_fold)
+from .plugins import load_plugins
 from .progress import progress
 from .protocols import FoldPlan, make_plan
 from .rules import get_rule, one_hot
@@ -128,6 +129,7 @@ def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None =
     rows); 5 folds on 2 workers then keep both busy instead of leaving one idle for a sixth of every
     iteration. `IterationResult.seconds` is the wall time since the previous iteration finished.
     """
+    load_plugins(cfg.plugins)
     seg = build_segments(data.frame_offsets, cfg.segments, warn=state is None)
     seg_labels = data.labels[seg.utt]
     plan = make_plan(data.labels, data.speakers, cfg.protocol, cfg.seed)

@@ -5,6 +5,7 @@ import numpy as np
 
 from .backbones import BACKBONES
 from .config import ChainConfig, ConfigError
+from .plugins import load_plugins
 from .corpora import CORPUS_FORMATS
 from .protocols import PROTOCOLS
 from .rules import RULES, get_rule
@@ -14,6 +15,10 @@ from .schedules import SCHEDULES
 def config_problems(cfg: ChainConfig) -> list[str]:
     """Every problem with `cfg` that can be seen without the data."""
     p: list[str] = []
+    try:
+        load_plugins(cfg.plugins)  # first: they may register the names checked below
+    except ConfigError as exc:
+        p.append(str(exc))
     if cfg.corpus != "csv" and cfg.corpus not in CORPUS_FORMATS:
         p.append(f"corpus {cfg.corpus!r} is unknown; allowed: {', '.join(sorted([*CORPUS_FORMATS, 'csv']))}")
     if cfg.backbone not in BACKBONES:

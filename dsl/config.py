@@ -99,9 +99,12 @@ class ChainConfig:
     protocol: ProtocolSpec = field(default_factory=ProtocolSpec)
     cache_dir: str = ""  # "" -> $DSL_CACHE_DIR or ~/.cache/dsl-sweeps
     bad_files: str = "fail"  # fail | skip: what to do with audio that fails validation
+    plugins: tuple[str, ...] = ()  # modules registering own backbones/rules, imported in every worker
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["plugins"] = list(self.plugins)  # YAML and JSON have lists, not tuples
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -185,6 +188,12 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, tuple):  # a list of names: YAML list, or "a,b" from --set
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{where}: expected a list of module names, got {value!r}")
+        return tuple(value)
     if isinstance(default, bool):
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")

@@ -15,6 +15,7 @@ from torch import nn
 
 from .config import ChainConfig
 from .data import CorpusData
+from .plugins import load_plugins
 from .segments import SegmentIndex, build_segments
 from .train import FitStats, SegmentBatcher, fit, predict_proba, resolve_device
 
@@ -96,6 +97,7 @@ def shared_frames(frames: np.ndarray, device: torch.device) -> torch.Tensor:
 def train_fold(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: SegmentIndex | None = None) -> TrainedFold:
     """Train one fresh network on the job's training utterances (frames are normalised per batch, so the
     corpus stays shared between folds, processes and trials instead of being copied per fold)."""
+    load_plugins(cfg.plugins)  # this may be a fresh worker process or Ray task
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
     seg = segments if segments is not None else build_segments(data.frame_offsets, cfg.segments, warn=False)

@@ -16,6 +16,7 @@ import yaml
 
 from dsl.checks import check_config
 from dsl.config import ChainConfig, ConfigError, from_dict, load_config
+from dsl.plugins import load_plugins
 
 # Short names of the search parameters -> dotted ChainConfig keys (any dotted key works too).
 ALIASES: dict[str, str] = {
@@ -195,6 +196,11 @@ def _base_config(raw: Any, data: str | None, problems: list[str]) -> ChainConfig
         flat["data"] = data
     try:
         cfg = load_config(preset_name=preset, overrides=flat)
+    except ConfigError as exc:
+        problems.append(f"base: {exc}")
+        return None
+    try:
+        load_plugins(cfg.plugins)  # before the search's backbone/rule names are checked against the registries
     except ConfigError as exc:
         problems.append(f"base: {exc}")
         return None
