@@ -122,8 +122,6 @@ def project_steps(backbone: str, s: SegmentSet, warmup: int, steps: int, seed: i
 
 def run_throughput(data, segment_spec, backbones: list[str], quick: bool = False, log=print) -> dict:
     """Per backbone: plain (default threads) vs project at 1 and 2 threads, segments/s and ratios."""
-    import torch
-
     s = segment_set(data, segment_spec)
     x = materialise(s.frames, s.rows)
     out = {"n_segments": int(len(s.rows)), "batch_size": 128, "default_threads": default_threads(),

@@ -5,10 +5,8 @@ Heavy imports (torch, Ray, MLflow) happen inside each command so `dsl-sweep --he
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 # Flag name -> dotted config key (None: same name). Only flags the user gave override the config.

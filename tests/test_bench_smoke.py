@@ -7,7 +7,7 @@ import pytest
 from bench.common import torch_threads
 from bench.features import compare, run_features
 from bench.plain_chain import plain_runner
-from bench.report import render, update_markdown
+from bench.report import render
 from bench.throughput import SegmentSet, materialise, plain_steps, project_steps
 from dsl import ChainConfig, prepare_data, run_chain
 from dsl.config import FeatureSpec
