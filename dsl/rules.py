@@ -2,7 +2,8 @@
 
 A rule takes `q` (n_segments, K) out-of-sample posteriors, `y` (n_segments, K) one-hot utterance
 labels, `utt` (n_segments,) utterance ids and its parameters, and returns targets whose rows sum to 1.
-Register a new rule with `@register_rule(...)`: one function.
+Register a new rule with `@register_rule(...)`: one function. Outside this package, name
+the registering module in `ChainConfig.plugins` so that fold workers and Ray trials import it too.
 """
 from __future__ import annotations
 
