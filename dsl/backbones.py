@@ -1,8 +1,9 @@
 """Backbone registry: name -> factory(n_classes) giving a randomly initialised 1-channel CNN.
 
 Paper backbones come from timm with `in_chans=1` and `pretrained=False`; `small_cnn` is ours and
-trains fast on a CPU. Register a new backbone with `@register_backbone("name")`: one function. Outside this package, name
-the registering module in `ChainConfig.plugins` so that fold workers and Ray trials import it too.
+trains fast on a CPU. Register a new backbone with `@register_backbone("name")`: one function.
+Outside this package, name the registering module in `ChainConfig.plugins` so that fold workers
+and Ray trials import it too.
 """
 from __future__ import annotations
 
