@@ -41,9 +41,11 @@ class EmotionModel:
         import torch
 
         from dsl.backbones import create_backbone
+        from dsl.plugins import load_plugins
 
         d = Path(directory)
         cfg = from_dict(yaml.safe_load((d / "config.yaml").read_text()))
+        load_plugins(cfg.plugins)  # a plugin backbone must be registered before it can be built
         info = json.loads((d / "model.json").read_text())
         net = create_backbone(cfg.backbone, len(info["label_names"]))
         net.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True))

@@ -98,3 +98,21 @@ def test_sweep_search_may_name_plugin_backbones(plugin, tone_corpus) -> None:  #
     assert spec.base.plugins == (plugin,)
     with pytest.raises(ConfigError, match=r"unknown nope_cnn; allowed: .*_prior"):
         parse_sweep({**raw, "search": {"backbone": ["nope_cnn"]}})
+
+
+def test_saved_model_with_a_plugin_backbone_loads_in_a_fresh_registry(plugin, tmp_path) -> None:
+    from sklearn.ensemble import RandomForestClassifier
+
+    from dsl.backbones import BACKBONES, create_backbone
+    from dsl.rules import RULES
+    from sweeps.model import EmotionModel, save_model
+
+    cfg = ChainConfig(plugins=(plugin,), backbone=f"{plugin}_prior")
+    check_config(cfg)
+    net = create_backbone(cfg.backbone, 2)
+    forest = RandomForestClassifier(n_estimators=2).fit(np.eye(16), [0, 1] * 8)
+    save_model(tmp_path / "model", cfg, ["a", "b"], net, np.zeros(64), np.ones(64), forest, {})
+    del BACKBONES[cfg.backbone], RULES[f"{plugin}_keep"]  # as in a new process that never imported the plugin
+    sys.modules.pop(plugin)
+    model = EmotionModel.load(tmp_path / "model")
+    assert type(model.network).__name__ == "Prior"
