@@ -198,11 +198,12 @@ def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None =
         eval_post = np.zeros((seg.n_segments, data.n_classes), dtype=np.float32)
         outputs = [book.outputs[(s, f)] for s, scope in enumerate(plan.scopes) for f in range(len(scope.folds))]
         for s, scope in enumerate(plan.scopes):  # in fold order, so sums do not depend on completion order
+            test_idx = seg.of_utterances(scope.test)
             for f in range(len(scope.folds)):
                 out, idx = book.outputs[(s, f)], fold_segments[s][f]
                 scope_oos[s][idx] = out.posteriors[:len(idx)]
                 if len(scope.test):
-                    eval_post[seg.of_utterances(scope.test)] += out.posteriors[len(idx):] / len(scope.folds)
+                    eval_post[test_idx] += out.posteriors[len(idx):] / len(scope.folds)
             if not len(scope.test):
                 idx = seg.of_utterances(scope.train)
                 eval_post[idx] = scope_oos[s][idx]
@@ -247,6 +248,7 @@ def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None =
         bar.close()
         if own:
             runner.close()  # type: ignore[attr-defined]
+
 
 @dataclass
 class ChainResult:

@@ -5,8 +5,8 @@ import numpy as np
 
 from .backbones import BACKBONES
 from .config import ChainConfig, ConfigError
-from .plugins import load_plugins
 from .corpora import CORPUS_FORMATS
+from .plugins import load_plugins
 from .protocols import PROTOCOLS
 from .rules import RULES, get_rule
 from .schedules import SCHEDULES

@@ -10,8 +10,8 @@ from __future__ import annotations
 from concurrent.futures import Future
 
 from dsl.chain import FoldJob, FoldOutput, run_fold_job
-from dsl.runners import SubmittingRunner
 from dsl.config import ChainConfig
+from dsl.runners import SubmittingRunner
 
 from .context import TrialResources
 from .shared_data import CorpusMeta, attach
