@@ -17,16 +17,18 @@ import numpy as np
 
 from .config import ChainConfig
 from .data import CorpusData
-from .evaluate import evaluate_utterances, utterance_features
+from .environment import machine_info
+from .evaluate import cross_validated_proba, forest_proba, scores, utterance_features, validation_ua
 from .fold_job import (FoldJob, FoldOutput, TrainedFold, derive_seed, normalisation_stats, run_fold_job,
                        split_validation, train_fold)
 from .plugins import load_plugins
 from .progress import progress
-from .protocols import FoldPlan, make_plan
+from .protocols import FoldPlan, is_leak_free, load_assignment, make_plan
 from .rules import get_rule, one_hot
 from .runners import LocalRunner, Runner, local_runner, submitter
 from .schedules import schedule_alpha
 from .segments import SegmentIndex, build_segments
+from .selection import reported_iteration, selected_scores
 
 __all__ = ["ChainResult", "ChainState", "FoldJob", "FoldOutput", "IterationResult", "LocalRunner", "Runner",
            "TrainedFold", "derive_seed", "iterate_chain", "local_runner", "normalisation_stats", "run_chain",
@@ -58,6 +60,9 @@ class ChainState:
 
 @dataclass
 class IterationResult:
+    """One iteration's scores. Under a held-out protocol `val_ua` (per scope) is what picks each scope's
+    iteration, and `selected_*` pool the outer test predictions at those picks (over iterations 0..this)."""
+
     iteration: int
     alpha: float | None
     wa: float
@@ -71,6 +76,11 @@ class IterationResult:
     epochs: float  # mean epochs trained per fold
     seconds: float
     segments_per_second: float
+    val_ua: list[float] | None = None  # held out: per scope, forest CV UA over its training utterances
+    selected_iterations: list[int] | None = None  # held out: per scope, the iteration val_ua picks so far
+    selected_wa: float | None = None
+    selected_ua: float | None = None
+    utterances: list[dict] = field(default_factory=list, repr=False)  # corpus order: file, fold, label, predicted, proba
     posteriors: np.ndarray | None = field(default=None, repr=False)  # out-of-sample, (n_segments, K)
     utterance_predictions: np.ndarray | None = field(default=None, repr=False)
 
@@ -81,6 +91,14 @@ class IterationResult:
     def to_dict(self) -> dict:
         skip = {"posteriors", "utterance_predictions"}
         return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+
+def utterance_records(paths: tuple[str, ...], labels: np.ndarray, fold_of: np.ndarray, proba: np.ndarray) -> list[dict]:
+    """Per utterance in corpus order: file name, outer fold, true and predicted label, forest probabilities."""
+    pred = np.argmax(proba, axis=1)
+    return [{"file": Path(p).name, "fold": int(f), "label": int(y), "predicted": int(k),
+             "proba": [round(float(v), 6) for v in row]}
+            for p, f, y, k, row in zip(paths, fold_of, labels, pred, proba)]
 
 
 def initial_state(data: CorpusData, plan: FoldPlan, n_segments_labels: np.ndarray) -> ChainState:
@@ -132,7 +150,9 @@ def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None =
     load_plugins(cfg.plugins)
     seg = build_segments(data.frame_offsets, cfg.segments, warn=state is None)
     seg_labels = data.labels[seg.utt]
-    plan = make_plan(data.labels, data.speakers, cfg.protocol, cfg.seed)
+    outer = load_assignment(cfg.protocol.assignment, data.paths) if cfg.protocol.assignment else None
+    plan = make_plan(data.labels, data.speakers, cfg.protocol, cfg.seed, outer)
+    fold_of = plan.outer_fold(data.n_utterances)
     rule = get_rule(cfg.labels.rule)
     own = runner is None
     runner = runner or local_runner(data, cfg)
@@ -142,6 +162,7 @@ def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None =
     y = one_hot(seg_labels, data.n_classes)
     groups = data.speaker_ids() if plan.speaker_grouped else None
     fold_segments = [[seg.of_utterances(fold) for fold in scope.folds] for scope in plan.scopes]
+    test_segments = [seg.of_utterances(scope.test) for scope in plan.scopes]
     submit = submitter(runner)
     pipelined = submit is not None and rule.local and cfg.iterations > state.next_iteration
     first, last = state.next_iteration, cfg.iterations
@@ -159,8 +180,8 @@ def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None =
 
     def job(it: int, s: int, f: int, targets: np.ndarray) -> FoldJob:
         scope = plan.scopes[s]
-        return FoldJob(it, s, f, np.setdiff1d(scope.train, scope.folds[f]),
-                       np.concatenate([scope.folds[f], scope.test]), targets, derive_seed(cfg.seed, it, s, f))
+        return FoldJob(it, s, f, scope.job_train(f), np.concatenate([scope.folds[f], scope.test]), targets,
+                       derive_seed(cfg.seed, it, s, f))
 
     def start_iteration(book: _Iteration, targets: list[np.ndarray]) -> None:
         """Submit the iteration's jobs that are not running yet (all of them unless pipelined)."""
@@ -188,9 +209,9 @@ def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None =
         nxt = books[book.it + 1]
         n_folds = len(plan.scopes[s].folds)
         for g in range(n_folds):
-            others_done = all((s, h) in book.outputs for h in range(n_folds) if h != g)
-            if (s, g) not in nxt.submitted and others_done:
-                # Rows of fold g are not read by its job; the other folds' rows are final.
+            needed_done = all((s, h) in book.outputs for h in plan.scopes[s].needs(g))
+            if (s, g) not in nxt.submitted and needed_done:
+                # The job reads only the rows of the folds it needs, and those rows are final.
                 track(nxt, s, g, submit(job(nxt.it, s, g, book.next_targets[s].copy())))
 
     def finish(book: _Iteration, since: float) -> tuple[IterationResult, ChainState]:
@@ -198,27 +219,43 @@ def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None =
         eval_post = np.zeros((seg.n_segments, data.n_classes), dtype=np.float32)
         outputs = [book.outputs[(s, f)] for s, scope in enumerate(plan.scopes) for f in range(len(scope.folds))]
         for s, scope in enumerate(plan.scopes):  # in fold order, so sums do not depend on completion order
-            test_idx = seg.of_utterances(scope.test)
             for f in range(len(scope.folds)):
                 out, idx = book.outputs[(s, f)], fold_segments[s][f]
                 scope_oos[s][idx] = out.posteriors[:len(idx)]
                 if len(scope.test):
-                    eval_post[test_idx] += out.posteriors[len(idx):] / len(scope.folds)
+                    eval_post[test_segments[s]] += out.posteriors[len(idx):] / len(scope.folds)
             if not len(scope.test):
                 idx = seg.of_utterances(scope.train)
                 eval_post[idx] = scope_oos[s][idx]
-        feats = utterance_features(eval_post, seg.offsets)
-        scores = evaluate_utterances(feats, data.labels, data.n_classes, cfg.protocol.eval_folds, cfg.seed,
-                                     groups, rf_jobs)
+        labels, k = data.labels, data.n_classes
+        val_ua: list[float] | None = None
+        if plan.held_out:  # each scope's forest sees only its training utterances; their CV picks the iteration
+            proba = np.zeros((data.n_utterances, k), dtype=np.float32)
+            val_ua = []
+            for s, scope in enumerate(plan.scopes):
+                train_feats = utterance_features(scope_oos[s], seg.offsets, scope.train)
+                test_feats = utterance_features(eval_post, seg.offsets, scope.test)
+                proba[scope.test] = forest_proba(train_feats, labels[scope.train], test_feats, k, cfg.seed + s, rf_jobs)
+                val_ua.append(validation_ua(train_feats, labels[scope.train], k, cfg.protocol.select_folds,
+                                            cfg.seed + s, groups[scope.train] if groups is not None else None, rf_jobs))
+            sc = scores(labels, proba, fold_of, k)
+        else:  # transductive: the forest is cross-validated over all utterances, as in the paper
+            proba, forest_fold = cross_validated_proba(utterance_features(eval_post, seg.offsets), labels, k,
+                                                       cfg.protocol.eval_folds, cfg.seed, groups, rf_jobs)
+            sc = scores(labels, proba, forest_fold, k)
         changed, entropy = book.label_stats  # type: ignore[misc]
         result = IterationResult(
-            iteration=book.it, alpha=book.alpha, wa=scores.wa, ua=scores.ua, fold_wa=scores.fold_wa,
-            fold_ua=scores.fold_ua, confusion=scores.confusion,
+            iteration=book.it, alpha=book.alpha, wa=sc.wa, ua=sc.ua, fold_wa=sc.fold_wa,
+            fold_ua=sc.fold_ua, confusion=sc.confusion,
             segment_accuracy=float(np.mean(np.argmax(eval_post, axis=1) == seg_labels)),
             changed_label_share=changed, target_entropy=entropy,
             epochs=float(np.mean([o.epochs for o in outputs])), seconds=time.perf_counter() - since,
-            segments_per_second=float(np.mean([o.segments_per_second for o in outputs])),
-            posteriors=eval_post, utterance_predictions=scores.predictions)
+            segments_per_second=float(np.mean([o.segments_per_second for o in outputs])), val_ua=val_ua,
+            utterances=utterance_records(data.paths, labels, fold_of, sc.probabilities),
+            posteriors=eval_post, utterance_predictions=sc.predictions)
+        if val_ua is not None:
+            picks, chosen = selected_scores([*state.history, result.to_dict()], k)
+            result.selected_iterations, result.selected_wa, result.selected_ua = picks, chosen.wa, chosen.ua
         return result, ChainState(book.it + 1, book.next_targets, [*state.history, result.to_dict()])
 
     books = {first: new_book(first, state.targets)}
@@ -252,6 +289,8 @@ def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None =
 
 @dataclass
 class ChainResult:
+    """A whole chain. `reported()` is its headline by a rule fixed in advance (see `dsl.selection`)."""
+
     config: ChainConfig
     label_names: tuple[str, ...]
     iterations: list[IterationResult]
@@ -259,14 +298,27 @@ class ChainResult:
     n_segments: int
     seconds: float
     skipped_files: dict[str, str] = field(default_factory=dict)
+    leak_free: bool = False
+    environment: dict = field(default_factory=machine_info)
+    command: str = ""
 
-    def best(self) -> IterationResult:
-        return max(self.iterations, key=lambda r: (r.mean_fold_ua, r.wa, -r.iteration))
+    def reported(self) -> dict[str, float]:
+        """WA/UA of the final iteration (transductive) or of the validation-selected iterations (held out)."""
+        return reported_iteration(self.iterations[-1].to_dict())
 
     def to_dict(self) -> dict:
-        return {"config": self.config.to_dict(), "label_names": list(self.label_names),
-                "n_utterances": self.n_utterances, "n_segments": self.n_segments, "seconds": self.seconds,
-                "skipped_files": self.skipped_files, "iterations": [r.to_dict() for r in self.iterations]}
+        pr = self.config.protocol
+        return {"format": RESULT_FORMAT, "kind": "run", "command": self.command,
+                "protocol": {"name": pr.name, "leak_free": self.leak_free, "folds": pr.folds,
+                             "inner_folds": pr.inner_folds, "eval_folds": pr.eval_folds, "seed": self.config.seed},
+                "environment": self.environment, "config": self.config.to_dict(),
+                "label_names": list(self.label_names), "n_utterances": self.n_utterances,
+                "n_segments": self.n_segments, "seconds": self.seconds, "skipped_files": self.skipped_files,
+                "reported": self.reported() if self.iterations else None,
+                "iterations": [r.to_dict() for r in self.iterations]}
+
+
+RESULT_FORMAT = 2  # result JSON layout version (2: protocol, environment, per-utterance records)
 
 
 def run_chain(cfg: ChainConfig, data: CorpusData, runner: Runner | None = None, show_progress: bool = True,
@@ -286,4 +338,4 @@ def run_chain(cfg: ChainConfig, data: CorpusData, runner: Runner | None = None, 
             runner.close()  # type: ignore[attr-defined]
     n_segments = len(results[0].posteriors) if results and results[0].posteriors is not None else 0
     return ChainResult(cfg, data.label_names, results, data.n_utterances, n_segments,
-                       time.perf_counter() - start, dict(data.skipped))
+                       time.perf_counter() - start, dict(data.skipped), is_leak_free(cfg.protocol.name))

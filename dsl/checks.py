@@ -44,7 +44,8 @@ def config_problems(cfg: ChainConfig) -> list[str]:
     pr = cfg.protocol
     if pr.name not in PROTOCOLS:
         p.append(f"protocol.name {pr.name!r} is unknown; allowed: {', '.join(sorted(PROTOCOLS))}")
-    for name in ("folds", "eval_folds", *(("inner_folds",) if pr.name == "nested" else ())):
+    nested_like = pr.name in ("nested", "speaker")
+    for name in ("folds", "eval_folds", "select_folds", *(("inner_folds",) if nested_like else ())):
         if getattr(pr, name) < 2:
             p.append(f"protocol.{name} = {getattr(pr, name)}; must be >= 2")
     t = cfg.train
@@ -70,10 +71,13 @@ def data_problems(cfg: ChainConfig, labels: np.ndarray, speakers: np.ndarray, la
     if small:
         p.append(f"class(es) with fewer utterances than folds ({need} folds, {cfg.protocol.eval_folds} "
                  f"evaluation folds): {', '.join(small)}")
-    if cfg.protocol.name == "speaker":
+    if cfg.protocol.name in ("speaker", "speaker_transductive"):
         n_spk = len(np.unique(speakers))
         if need > n_spk:
-            p.append(f"protocol.folds = {need} but the corpus has only {n_spk} speakers (speaker protocol)")
+            p.append(f"protocol.folds = {need} but the corpus has only {n_spk} speakers ({cfg.protocol.name} protocol)")
+        elif cfg.protocol.name == "speaker" and cfg.protocol.inner_folds > n_spk - (n_spk + need - 1) // need:
+            p.append(f"protocol.inner_folds = {cfg.protocol.inner_folds} but an outer training set may have only "
+                     f"{n_spk - (n_spk + need - 1) // need} speakers (speaker protocol, {need} outer folds)")
     return p
 
 

@@ -75,12 +75,15 @@ class LabelSpec:
 
 @dataclass(frozen=True)
 class ProtocolSpec:
-    """Fold plan: `stratified` (paper), `speaker` (speaker-grouped) or `nested` (test labels never used)."""
+    """Fold plan (see `dsl.protocols`): `stratified` (the paper's, transductive), `speaker_transductive`, or
+    the leak-free `nested`, `speaker` (nested, grouped by speaker) and `refinery`."""
 
     name: str = "stratified"
-    folds: int = 5
-    inner_folds: int = 3  # nested only
-    eval_folds: int = 10  # random-forest CV over utterances
+    folds: int = 5  # outer folds of the held-out protocols
+    inner_folds: int = 3  # nested and speaker only
+    eval_folds: int = 10  # random-forest CV over utterances (transductive protocols)
+    select_folds: int = 5  # forest CV over a scope's training utterances that picks its iteration (held out)
+    assignment: str = ""  # JSON of file -> outer fold (or a result JSON): a plan that cannot depend on labels
 
 
 @dataclass(frozen=True)
@@ -100,10 +103,12 @@ class ChainConfig:
     cache_dir: str = ""  # "" -> $DSL_CACHE_DIR or ~/.cache/dsl-sweeps
     bad_files: str = "fail"  # fail | skip: what to do with audio that fails validation
     plugins: tuple[str, ...] = ()  # modules registering own backbones/rules, imported in every worker
+    seeds: tuple[int, ...] = ()  # replicate study: run the chain once per seed (`seed` is then ignored)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["plugins"] = list(self.plugins)  # YAML and JSON have lists, not tuples
+        out["seeds"] = list(self.seeds)
         return out
 
     def to_yaml(self) -> str:
@@ -188,6 +193,8 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
+    if where.endswith(".seeds"):  # a list of ints: YAML list, or "0,1,2" / "0-4" from a flag
+        return parse_seeds(value, where)
     if isinstance(default, tuple):  # a list of names: YAML list, or "a,b" from --set
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())
@@ -214,8 +221,40 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     return value
 
 
+def parse_seeds(value: Any, where: str = "seeds") -> tuple[int, ...]:
+    """`[0, 1, 2]`, `"0,1,2"` or `"0-4"` -> (0, 1, 2, ...), distinct and in the given order."""
+    items: list[Any]
+    if isinstance(value, int) and not isinstance(value, bool):
+        items = [value]
+    elif isinstance(value, str):
+        items = []
+        for part in (p.strip() for p in value.split(",") if p.strip()):
+            lo, sep, hi = part.partition("-")
+            if sep and lo.strip().isdigit() and hi.strip().isdigit():
+                items.extend(range(int(lo), int(hi) + 1))
+            else:
+                items.append(part)
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ConfigError(f"{where}: expected a list of integer seeds, got {value!r}")
+    try:
+        seeds = [int(v) for v in items if not isinstance(v, bool) and float(v) == int(v)]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected a list of integer seeds, got {value!r}") from None
+    if len(seeds) != len(items):
+        raise ConfigError(f"{where}: expected a list of integer seeds, got {value!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}: seeds must be distinct, got {value!r}")
+    return tuple(seeds)
+
+
+# Top-level keys a config file may carry as metadata (e.g. best.yaml's re-evaluated figures); not config.
+METADATA_KEYS = ("evaluation",)
+
+
 def from_dict(data: Mapping[str, Any]) -> ChainConfig:
-    return _build(ChainConfig, data, "config")
+    return _build(ChainConfig, {k: v for k, v in data.items() if k not in METADATA_KEYS}, "config")
 
 
 def load_config(path: str | Path | None = None, preset_name: str | None = None,

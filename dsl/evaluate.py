@@ -1,8 +1,11 @@
 """Utterance-level evaluation: 8 statistics per class of segment posteriors -> random forest.
 
 Statistics (paper, Sec. III-C): mean, 1st and 99th percentile, quartiles 1-3, and the share of
-segments with posterior above 0.2 and 0.3. The forest has scikit-learn's default settings and is
-scored by stratified K-fold CV (speaker-grouped when the protocol is), reporting WA and UA.
+segments with posterior above 0.2 and 0.3. The forest has scikit-learn's default settings. Under a
+transductive protocol it is scored by stratified K-fold CV over all utterances (speaker-grouped when the
+protocol is); under a held-out protocol each scope's forest is trained on the scope's training
+utterances only and predicts its test utterances (`forest_proba`), and a CV over those training
+utterances (`validation_ua`) is what picks the scope's iteration. WA is accuracy, UA macro recall.
 """
 from __future__ import annotations
 
@@ -16,18 +19,19 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 STAT_NAMES = ("mean", "p1", "p99", "q1", "q2", "q3", "gt0.2", "gt0.3")
 
 
-def utterance_features(posteriors: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def utterance_features(posteriors: np.ndarray, offsets: np.ndarray, utterances: np.ndarray | None = None) -> np.ndarray:
     """(n_utterances, 8K) features; segments of utterance u are `posteriors[offsets[u]:offsets[u+1]]`.
 
     Columns are statistic-major: all classes' means, then all classes' 1st percentiles, ...
+    With `utterances`, only those rows, in that order.
     """
-    n_utt = len(offsets) - 1
+    utts = np.arange(len(offsets) - 1) if utterances is None else np.asarray(utterances)
     k = posteriors.shape[1]
-    out = np.empty((n_utt, len(STAT_NAMES) * k), dtype=np.float32)
-    for u in range(n_utt):
+    out = np.empty((len(utts), len(STAT_NAMES) * k), dtype=np.float32)
+    for row, u in enumerate(utts):
         p = posteriors[offsets[u]:offsets[u + 1]]
         pct = np.percentile(p, [1, 99, 25, 50, 75], axis=0)
-        out[u] = np.concatenate([p.mean(axis=0), pct[0], pct[1], pct[2], pct[3], pct[4],
+        out[row] = np.concatenate([p.mean(axis=0), pct[0], pct[1], pct[2], pct[3], pct[4],
                                  (p > 0.2).mean(axis=0), (p > 0.3).mean(axis=0)])
     return out
 
@@ -43,29 +47,66 @@ class UtteranceScores:
     probabilities: np.ndarray
 
 
-def evaluate_utterances(features: np.ndarray, labels: np.ndarray, n_classes: int, folds: int, seed: int,
-                        groups: np.ndarray | None = None, n_jobs: int | None = None) -> UtteranceScores:
-    """Random forest (default settings) under stratified K-fold CV, grouped by `groups` when given."""
-    labels = np.asarray(labels)
+def forest_proba(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray, n_classes: int,
+                 seed: int, n_jobs: int | None = None) -> np.ndarray:
+    """Class probabilities (n_test, K) of a default random forest fitted on the training rows only."""
+    rf = RandomForestClassifier(random_state=seed, n_jobs=n_jobs).fit(train_features, train_labels)
+    p = np.zeros((len(test_features), n_classes), dtype=np.float32)
+    p[:, rf.classes_] = rf.predict_proba(test_features)
+    return p
+
+
+def cv_splits(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified K-fold splits, grouped by `groups` (speakers) when given."""
+    x = np.zeros(len(labels))
     if groups is not None:
         n_groups = len(np.unique(groups))
         splitter = StratifiedGroupKFold(n_splits=min(folds, n_groups), shuffle=True, random_state=seed)
-        splits = list(splitter.split(features, labels, groups))
-    else:
-        splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(features, labels))
-    pred = np.zeros(len(labels), dtype=np.int64)
-    proba = np.zeros((len(labels), n_classes), dtype=np.float32)
+        return list(splitter.split(x, labels, groups))
+    return list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, labels))
+
+
+def scores(labels: np.ndarray, proba: np.ndarray, fold_of: np.ndarray, n_classes: int) -> UtteranceScores:
+    """WA/UA over all utterances and per outer fold, from each utterance's out-of-fold probabilities."""
+    labels = np.asarray(labels)
+    pred = np.argmax(proba, axis=1)
     fold_wa, fold_ua = [], []
-    for i, (tr, te) in enumerate(splits):
-        rf = RandomForestClassifier(random_state=seed + i, n_jobs=n_jobs).fit(features[tr], labels[tr])
-        p = np.zeros((len(te), n_classes), dtype=np.float32)
-        p[:, rf.classes_] = rf.predict_proba(features[te])
-        proba[te] = p
-        pred[te] = np.argmax(p, axis=1)
-        fold_wa.append(float(accuracy_score(labels[te], pred[te])))
-        fold_ua.append(float(balanced_accuracy_score(labels[te], pred[te])))
+    for f in np.unique(fold_of):
+        m = fold_of == f
+        fold_wa.append(float(accuracy_score(labels[m], pred[m])))
+        fold_ua.append(float(balanced_accuracy_score(labels[m], pred[m])))
     return UtteranceScores(
         wa=float(accuracy_score(labels, pred)), ua=float(balanced_accuracy_score(labels, pred)),
         fold_wa=fold_wa, fold_ua=fold_ua,
         confusion=confusion_matrix(labels, pred, labels=np.arange(n_classes)).tolist(),
-        predictions=pred, probabilities=proba)
+        predictions=pred, probabilities=np.asarray(proba, dtype=np.float32))
+
+
+def cross_validated_proba(features: np.ndarray, labels: np.ndarray, n_classes: int, folds: int, seed: int,
+                          groups: np.ndarray | None = None, n_jobs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold forest probabilities of every row, and each row's CV fold."""
+    labels = np.asarray(labels)
+    proba = np.zeros((len(labels), n_classes), dtype=np.float32)
+    fold_of = np.zeros(len(labels), dtype=np.int64)
+    for i, (tr, te) in enumerate(cv_splits(labels, folds, seed, groups)):
+        proba[te] = forest_proba(features[tr], labels[tr], features[te], n_classes, seed + i, n_jobs)
+        fold_of[te] = i
+    return proba, fold_of
+
+
+def evaluate_utterances(features: np.ndarray, labels: np.ndarray, n_classes: int, folds: int, seed: int,
+                        groups: np.ndarray | None = None, n_jobs: int | None = None) -> UtteranceScores:
+    """Random forest (default settings) under stratified K-fold CV, grouped by `groups` when given."""
+    proba, fold_of = cross_validated_proba(features, labels, n_classes, folds, seed, groups, n_jobs)
+    return scores(labels, proba, fold_of, n_classes)
+
+
+def validation_ua(features: np.ndarray, labels: np.ndarray, n_classes: int, folds: int, seed: int,
+                  groups: np.ndarray | None = None, n_jobs: int | None = None) -> float:
+    """UA of a forest CV over a scope's training utterances: the held-out protocols' iteration selector.
+
+    The folds are capped at the smallest class's size, so small corpora still get a (coarser) selector."""
+    counts = np.bincount(np.asarray(labels))
+    folds = max(2, min(folds, int(counts[counts > 0].min())))
+    proba, _ = cross_validated_proba(features, labels, n_classes, folds, seed, groups, n_jobs)
+    return float(balanced_accuracy_score(labels, np.argmax(proba, axis=1)))

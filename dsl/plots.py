@@ -82,3 +82,25 @@ def _save(fig, path: str | Path) -> Path:
     fig.savefig(path, dpi=100, bbox_inches="tight")
     _plt().close(fig)
     return path
+
+
+def study_plot(studies: Sequence[Mapping], path: str | Path, metric: str = "ua", title: str = "") -> Path:
+    """Mean and 95 % interval of `metric` per iteration, one line per replicate study (protocol)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, st in enumerate(studies):
+        rows = [r for r in st["iterations"] if metric in r]
+        its = np.array([int(r["iteration"]) for r in rows], dtype=float) + (i - (len(studies) - 1) / 2) * 0.06
+        mean = np.array([100 * r[metric]["mean"] for r in rows])
+        lo = np.array([100 * (r[metric]["low"] if r[metric]["low"] is not None else r[metric]["mean"]) for r in rows])
+        hi = np.array([100 * (r[metric]["high"] if r[metric]["high"] is not None else r[metric]["mean"]) for r in rows])
+        pr = st["protocol"]
+        label = f"{pr['name']} ({'leak-free' if pr['leak_free'] else 'transductive'})"
+        ax.errorbar(its, mean, yerr=[mean - lo, hi - mean], fmt="o-", capsize=4, label=label)
+    ax.set_xlabel("iteration (0 = original labels)")
+    ax.set_ylabel(f"{metric.upper()} (%), mean and 95 % interval")
+    ax.set_xticks(sorted({int(r["iteration"]) for st in studies for r in st["iterations"]}))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"{metric.upper()} per iteration over seeds")
+    return _save(fig, path)

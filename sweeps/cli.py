@@ -20,9 +20,10 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "alpha-end": ("labels.alpha_end", float, "final alpha of an annealing schedule"),
     "epsilon": ("labels.epsilon", float, "label-smoothing epsilon"),
     "iterations": ("iterations", int, "number of label updates after iteration 0"),
-    "protocol": ("protocol.name", str, "fold plan (stratified, speaker, nested)"),
-    "folds": ("protocol.folds", int, "folds for out-of-sample posteriors (outer folds for nested)"),
-    "inner-folds": ("protocol.inner_folds", int, "inner folds of the nested protocol"),
+    "protocol": ("protocol.name", str, "fold plan: stratified (the paper's, transductive), speaker_transductive, "
+                 "or the leak-free nested, speaker, refinery"),
+    "folds": ("protocol.folds", int, "folds for out-of-sample posteriors (outer folds of held-out protocols)"),
+    "inner-folds": ("protocol.inner_folds", int, "inner folds of the nested and speaker protocols"),
     "eval-folds": ("protocol.eval_folds", int, "random-forest CV folds"),
     "epochs": ("train.epochs", int, "maximum epochs per training"),
     "lr": ("train.lr", float, "Adam learning rate"),
@@ -31,6 +32,7 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     "device": ("train.device", str, "auto, cpu, cuda or cuda:N"),
     "threads": ("train.num_threads", int, "torch threads (0: torch default)"),
     "seed": ("seed", int, "random seed (folds, initialisation, forest)"),
+    "seeds": ("seeds", str, "replicate study: one chain per seed, e.g. 0,1,2,3,4 or 0-4 (mean and 95 %% interval)"),
     "cache-dir": ("cache_dir", str, "feature cache directory (default $DSL_CACHE_DIR or ~/.cache/dsl-sweeps)"),
     "bad-files": ("bad_files", str, "fail or skip: what to do with unusable audio files"),
 }
@@ -62,7 +64,14 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace) -> int:
     from dsl.runner import run_from_cli
 
-    return run_from_cli(args.config, args.preset, overrides_from(args), args.out, quiet=args.quiet)
+    return run_from_cli(args.config, args.preset, overrides_from(args), args.out, quiet=args.quiet,
+                        command=args.command_line, seed_jobs=args.seed_jobs)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from dsl.report import report_from_cli
+
+    return report_from_cli(args.results, args.out, args.figure)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -100,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "paper: EfficientNet-B0, 10 folds, 10 ms hop, paper epochs (days on a CPU)")
     run.add_argument("--out", default="results/run.json", help="where to write the JSON result")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--seed-jobs", type=int, default=0,
+                     help="with --seeds: seeds run side by side (default: cores / (workers x threads))")
     add_run_flags(run)
     run.set_defaults(func=cmd_run)
 
@@ -128,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--model-name", help="registered model name (default: the sweep name)")
     best.set_defaults(func=cmd_best)
 
+    rep = sub.add_parser("report", help="render result JSONs (runs and replicate studies) as Markdown tables")
+    rep.add_argument("results", nargs="+", help="result JSON files of `dsl-sweep run` (with or without --seeds)")
+    rep.add_argument("--out", help="also write the Markdown here")
+    rep.add_argument("--figure", help="plot UA per iteration of the studies (mean, 95 %% interval) to this PNG")
+    rep.set_defaults(func=cmd_report)
+
     pred = sub.add_parser("predict", help="predict the emotion of utterances with a trained model")
     pred.add_argument("model", help="model directory or MLflow model URI (models:/NAME/VERSION)")
     pred.add_argument("wav", nargs="+", help="audio files")
@@ -138,7 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import shlex
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = "dsl-sweep " + shlex.join(argv)  # recorded in result JSONs, so each row can be rerun
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     from dsl.config import ConfigError
     from dsl.audio import BadAudioError

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dsl.protocols import is_leak_free
 from dsl.chain import FoldJob, derive_seed, iterate_chain, train_fold
 from dsl.checks import check_config
 from dsl.config import ChainConfig
@@ -53,8 +54,8 @@ def train_final(cfg: ChainConfig, out_dir: str | Path, info: dict | None = None,
     from sklearn.ensemble import RandomForestClassifier
 
     check_config(cfg)
-    if cfg.protocol.name == "nested":  # one label chain over all utterances
-        cfg = cfg.replace(**{"protocol.name": "stratified"})
+    if is_leak_free(cfg.protocol.name):  # the final model has no test set: one label chain over all utterances
+        cfg = cfg.replace(**{"protocol.name": "speaker_transductive" if cfg.protocol.name == "speaker" else "stratified"})
     data = prepare_data(cfg, show_progress=show_progress)
     targets, last = chain_to(cfg, data, show_progress)
     seg = build_segments(data.frame_offsets, cfg.segments, warn=False)

@@ -1,11 +1,11 @@
-"""Fold plans split at the utterance level; nested scopes never train on their test utterances."""
+"""Fold plans split at the utterance level; held-out scopes never train on their test utterances."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from dsl.config import ProtocolSpec
-from dsl.protocols import make_plan
+from dsl.protocols import PROTOCOLS, make_plan
 
 LABELS = np.repeat(np.arange(4), 12)
 SPEAKERS = np.tile(np.array([f"s{i}" for i in range(6)]), 8)
@@ -26,21 +26,54 @@ def test_stratified_one_scope_partitions_everything() -> None:
     assert len(scope.test) == 0 and not plan.speaker_grouped
 
 
-def test_speaker_folds_never_share_a_speaker() -> None:
-    plan = make_plan(LABELS, SPEAKERS, ProtocolSpec("speaker", folds=3), seed=0)
+def test_speaker_transductive_folds_never_share_a_speaker() -> None:
+    plan = make_plan(LABELS, SPEAKERS, ProtocolSpec("speaker_transductive", folds=3), seed=0)
     (scope,) = plan.scopes
     _check_partition(scope.folds, np.arange(len(LABELS)))
     spk = [set(SPEAKERS[f]) for f in scope.folds]
     assert all(not (a & b) for i, a in enumerate(spk) for b in spk[i + 1:])
-    loso = make_plan(LABELS, SPEAKERS, ProtocolSpec("speaker", folds=6), seed=0)
+    assert not plan.leak_free and plan.speaker_grouped
+    loso = make_plan(LABELS, SPEAKERS, ProtocolSpec("speaker_transductive", folds=6), seed=0)
     assert all(len(set(SPEAKERS[f])) == 1 for f in loso.scopes[0].folds)
     with pytest.raises(ValueError, match="speakers"):
-        make_plan(LABELS, SPEAKERS, ProtocolSpec("speaker", folds=7), seed=0)
+        make_plan(LABELS, SPEAKERS, ProtocolSpec("speaker_transductive", folds=7), seed=0)
+
+
+def test_speaker_protocol_groups_outer_and_inner_folds_by_speaker() -> None:
+    plan = make_plan(LABELS, SPEAKERS, ProtocolSpec("speaker", folds=6, inner_folds=3), seed=0)  # LOSO outside
+    assert plan.leak_free and plan.speaker_grouped and plan.held_out and len(plan.scopes) == 6
+    _check_partition([s.test for s in plan.scopes], np.arange(len(LABELS)))
+    for s in plan.scopes:
+        assert len(set(SPEAKERS[s.test])) == 1 and not set(SPEAKERS[s.train]) & set(SPEAKERS[s.test])
+        _check_partition(s.folds, s.train)
+        spk = [set(SPEAKERS[f]) for f in s.folds]
+        assert all(not (a & b) for i, a in enumerate(spk) for b in spk[i + 1:])
+
+
+def test_refinery_scopes_relabel_their_own_training_set() -> None:
+    plan = make_plan(LABELS, SPEAKERS, ProtocolSpec("refinery", folds=4), seed=0)
+    assert plan.leak_free and plan.held_out and len(plan.scopes) == 4
+    for s in plan.scopes:
+        assert s.in_sample and len(s.folds) == 1 and np.array_equal(s.folds[0], s.train)
+        assert np.array_equal(s.job_train(0), s.train) and s.needs(0) == [0]
+        assert not set(s.train) & set(s.test)
+
+
+def test_outer_folds_can_be_fixed_independently_of_labels() -> None:
+    outer = tuple(np.arange(len(LABELS))[i::4] for i in range(4))
+    a = make_plan(LABELS, SPEAKERS, ProtocolSpec("nested", folds=4), seed=0, outer=outer)
+    b = make_plan(LABELS[::-1].copy(), SPEAKERS, ProtocolSpec("nested", folds=4), seed=0, outer=outer)
+    assert all(np.array_equal(x.test, y.test) for x, y in zip(a.scopes, b.scopes))
+
+
+def test_registry_says_which_protocols_are_leak_free() -> None:
+    assert {n for n, p in PROTOCOLS.items() if p.leak_free} >= {"nested", "speaker", "refinery"}
+    assert not PROTOCOLS["stratified"].leak_free and not PROTOCOLS["speaker_transductive"].leak_free
 
 
 def test_nested_scopes_keep_test_labels_out() -> None:
     plan = make_plan(LABELS, SPEAKERS, ProtocolSpec("nested", folds=4, inner_folds=3), seed=0)
-    assert len(plan.scopes) == 4
+    assert len(plan.scopes) == 4 and plan.leak_free and plan.held_out
     _check_partition([s.test for s in plan.scopes], np.arange(len(LABELS)))
     for s in plan.scopes:
         assert not set(s.train) & set(s.test)

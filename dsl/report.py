@@ -1,0 +1,140 @@
+"""`dsl-sweep report RESULTS...`: result JSONs (single runs and replicate studies) as Markdown tables.
+
+The README's results are produced by this from the JSON files under `docs/results/`, so no figure is
+typed by hand. Every row names its protocol (and whether it is leak-free), seeds and command; the
+machines the numbers came from are listed under the table.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .config import ConfigError
+from .environment import describe_machine
+from .stats import Interval
+
+
+def load_result(path: str | Path) -> dict:
+    """A run or study JSON, with a clear error naming the file if it is not one."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{p}: cannot read a result JSON: {exc}") from exc
+    if not isinstance(d, dict) or "iterations" not in d or "config" not in d:
+        raise ConfigError(f"{p}: not a result of `dsl-sweep run` (no config and iterations)")
+    d.setdefault("kind", "run")
+    if "protocol" not in d:  # written before format 2: the protocol is in the config, leak-freedom unknown
+        d["protocol"] = {"name": d["config"]["protocol"]["name"], "leak_free": None}
+    return d
+
+
+def labels_of(config: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
+    """`baseline (iter. 0)` or e.g. `WDSL α=0.2 (iter. 1)`."""
+    it = int(entry["iteration"])
+    if it == 0:
+        return "baseline (iter. 0)"
+    rule = str(config["labels"]["rule"])
+    alpha = entry.get("alpha")
+    if isinstance(alpha, dict):
+        alpha = None
+    return f"{rule.upper() if rule in ('wdsl', 'bdsl', 'gsl', 'hdl') else rule}" + \
+        (f" α={alpha:.2g}" if alpha is not None else "") + f" (iter. {it})"
+
+
+def _leak(d: Mapping[str, Any]) -> str:
+    lf = d["protocol"].get("leak_free")
+    return "unknown" if lf is None else ("yes" if lf else "**no**")
+
+
+def _iv(row: Mapping[str, Any], key: str) -> str:
+    return Interval.from_dict(row[key]).format() if key in row else "–"
+
+
+def _mins(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(round(seconds % 60)):02d}"
+
+
+def study_table(studies: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    head = ("| protocol | leak-free | labels | WA % | UA % | UA gain vs iter. 0 (paired) | selected UA % | "
+            "wall time / seed | seeds | command |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    for _, st in studies:
+        secs = Interval.from_dict(st["seconds_per_seed"])
+        for i, row in enumerate(st["iterations"]):
+            lines.append(
+                f"| `{st['protocol']['name']}` | {_leak(st)} | {labels_of(st['config'], row)} | {_iv(row, 'wa')} | "
+                f"{_iv(row, 'ua')} | {_iv(row, 'gain_ua')} | {_iv(row, 'selected_ua')} | "
+                f"{_mins(secs.mean) if i == 0 else ''} | {','.join(map(str, st['seeds'])) if i == 0 else ''} | "
+                f"{'`' + st['command'] + '`' if i == 0 and st.get('command') else ''} |")
+    return "\n".join(lines)
+
+
+def run_table(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    lines = ["| protocol | leak-free | seed | labels | WA % | UA % | selected UA % | wall time | command |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in runs:
+        for i, it in enumerate(r["iterations"]):
+            sel = f"{100 * it['selected_ua']:.1f}" if it.get("selected_ua") is not None else "–"
+            lines.append(f"| `{r['protocol']['name']}` | {_leak(r)} | {r['config']['seed']} | {labels_of(r['config'], it)} | "
+                         f"{100 * it['wa']:.1f} | {100 * it['ua']:.1f} | {sel} | "
+                         f"{_mins(r['seconds']) if i == 0 else ''} | "
+                         f"{'`' + r['command'] + '`' if i == 0 and r.get('command') else ''} |")
+    return "\n".join(lines)
+
+
+def machines(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    seen: dict[str, str] = {}
+    for d in results:
+        for env in d.get("environments") or ([d["environment"]] if "environment" in d else []):
+            seen.setdefault(env.get("fingerprint", "?"), describe_machine(env))
+    return [f"`{k}`: {v}" for k, v in seen.items()]
+
+
+def markdown(paths: Sequence[str | Path]) -> str:
+    """Tables of every study and every run among `paths`, then the machines they ran on."""
+    loaded = [(str(p), load_result(p)) for p in paths]
+    studies = [(p, d) for p, d in loaded if d["kind"] == "study"]
+    runs = [(p, d) for p, d in loaded if d["kind"] != "study"]
+    parts = []
+    if studies:
+        parts.append("Mean ± half-width of the 95 % t-interval over seeds. The gain is paired: each seed's "
+                     "iteration minus the same seed's iteration 0. *Selected UA*: each outer fold's iteration "
+                     "picked on its own training utterances (leak-free protocols only).\n\n" + study_table(studies))
+    if runs:
+        parts.append(run_table(runs))
+    ms = machines([d for _, d in loaded])
+    if ms:
+        parts.append("Machines: " + "; ".join(ms) + ".")
+    parts.append("Files: " + ", ".join(f"`{p}`" for p, _ in loaded) + ".")
+    return "\n\n".join(parts) + "\n"
+
+
+def format_study(study: Mapping[str, Any]) -> str:
+    """A terminal table of a study: per iteration, mean ± 95 % interval of WA/UA and the paired UA gain."""
+    pr = study["protocol"]
+    lines = [f"{len(study['seeds'])} seeds ({', '.join(map(str, study['seeds']))}) | protocol {pr['name']}, "
+             f"leak_free: {str(pr['leak_free']).lower()} | mean ± 95 % interval",
+             f"{'iter':>4} {'WA %':>12} {'UA %':>12} {'UA gain':>12} {'sel UA %':>12}"]
+    for row in study["iterations"]:
+        lines.append(f"{row['iteration']:>4} {_iv(row, 'wa'):>12} {_iv(row, 'ua'):>12} {_iv(row, 'gain_ua'):>12} "
+                     f"{_iv(row, 'selected_ua'):>12}")
+    lines.append(f"wall time per seed: {_mins(Interval.from_dict(study['seconds_per_seed']).mean)}")
+    return "\n".join(lines)
+
+
+def report_from_cli(paths: Sequence[str], out: str | None = None, figure: str | None = None) -> int:
+    text = markdown(paths)
+    if figure:
+        from .plots import study_plot
+
+        studies = [d for d in (load_result(p) for p in paths) if d["kind"] == "study"]
+        if studies:
+            fig = study_plot(studies, figure, title="UA per iteration, mean and 95 % interval over seeds")
+            text += f"\n![UA per iteration over seeds]({Path(fig).as_posix()})\n"
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+    print(text, end="")
+    return 0
