@@ -89,13 +89,38 @@ def test_real_speech_chain_via_cli(emodb_subset, feature_cache, tmp_path, capsys
                  "--out", str(out), "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "iter" in printed and "UA %" in printed and "best iteration" in printed
+    assert "iter" in printed and "UA %" in printed and "reported (final iteration 1)" in printed
+    assert "leak_free: false" in printed  # the paper's protocol is labelled transductive
     assert (tmp_path / "run_accuracy.png").stat().st_size > 0 and (tmp_path / "run_confusion.png").exists()
     result = json.loads(out.read_text())
     assert [r["iteration"] for r in result["iterations"]] == [0, 1]
     assert result["n_utterances"] == 42 and result["label_names"][0] == "anger"
-    ua0 = result["iterations"][0]["ua"]
-    assert ua0 > 1.5 / 7  # well above chance on real speech even in 4 epochs
+    assert result["protocol"] == {"name": "stratified", "leak_free": False, "folds": 3, "inner_folds": 3,
+                                  "eval_folds": 3, "seed": 0}
+    assert result["environment"]["torch"] and result["environment"]["fingerprint"]
+    assert result["command"].startswith("dsl-sweep run --preset cpu")
+    utts = result["iterations"][1]["utterances"]
+    assert len(utts) == 42 and {"file", "fold", "label", "predicted", "proba"} <= set(utts[0])
+    assert all(abs(sum(u["proba"]) - 1) < 1e-3 for u in utts)
+    # How well 4 epochs on 42 utterances do depends on the CPU's kernels (AVX2 vs AVX-512 gave UA 0.2143 vs
+    # more): no accuracy threshold here; test_real_speech_separates_anger_from_sadness has one with margin.
+    assert 0.0 <= result["iterations"][0]["ua"] <= 1.0
+
+
+@pytest.mark.emodb
+def test_real_speech_separates_anger_from_sadness(emodb_path, feature_cache, tmp_path) -> None:
+    """A contrast any CPU learns with room to spare: loud, fast anger vs soft, slow sadness (chance UA 0.5)."""
+    files = sorted(emodb_path.rglob("*.wav"))
+    rows = ["path,label,speaker"] + [f"{p},{ {'W': 'anger', 'T': 'sadness'}[p.name[5]]},{p.name[:2]}"
+                                     for p in files if p.name[5] in "WT"][::2]
+    manifest = tmp_path / "anger_sadness.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    cfg = ChainConfig(corpus="csv", data=str(manifest), cache_dir=str(feature_cache)).replace(
+        **{"segments.hop": 8, "train.epochs": 4, "train.batch_size": 32, "train.lr": 3e-3, "protocol.folds": 3,
+           "protocol.eval_folds": 3, "iterations": 0, "train.num_threads": 1})
+    result = run(cfg, show_progress=False)
+    assert result.n_utterances >= 90
+    assert result.iterations[0].ua > 0.75  # measured 0.9+ here; chance is 0.5
 
 
 def test_cli_reports_bad_config_before_work(tmp_path, capsys) -> None:
