@@ -22,9 +22,10 @@ import sys
 import tempfile
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 from .config import ChainConfig
 from .data import CorpusData
@@ -142,7 +143,8 @@ class _Payload:
     def __reduce__(self) -> tuple:
         if self.fd < 0:
             return _Payload, (-1, self._obj)
-        from multiprocessing.reduction import DupFd  # only while spawning: the child inherits the file
+        # Only while spawning: the child inherits the file.
+        from multiprocessing.reduction import DupFd
 
         return _inherit_payload, (DupFd(self.fd),)
 
@@ -244,7 +246,9 @@ class _PoolWatch:
         else:
             states = [self.board.state_of(pid) for pid, _ in deaths]
             own = [i for i, s in enumerate(states) if s is not None and s[0] == _RUNNING and s[1] == key]
-            i = own[0] if own else 0
+            # The dead worker that ran this job, else one that was not SIGTERMed: after a worker died
+            # unnoticed (no job pending), the pool has terminated the others before anyone asks.
+            i = own[0] if own else min(range(len(deaths)), key=lambda j: deaths[j][1] == -signal.SIGTERM)
             (pid, code), state = deaths[i], states[i]
             if code == -signal.SIGKILL:
                 hint = _OOM_HINT
