@@ -82,7 +82,7 @@ class _Board:
     """Which fold each worker trains, in shared memory the parent reads once a worker has died.
 
     Plain shared cells without a lock: a worker killed while holding a lock would block the parent.
-    A dead worker wrote its cells before it died, so the parent never reads them half-written.
+    A worker writes its fold before its state, so a fold read as running is never half-written.
     """
 
     def __init__(self, ctx: Any, workers: int):
