@@ -164,12 +164,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dsl.config import ConfigError
     from dsl.audio import BadAudioError
     from dsl.corpora import CorpusError
+    from dsl.runners import FoldWorkerError
 
     try:
         return int(args.func(args) or 0)
     except (ConfigError, BadAudioError, CorpusError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except FoldWorkerError as exc:  # a fold worker died (OOM killer, unguarded script): no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":
