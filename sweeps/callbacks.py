@@ -53,8 +53,7 @@ class ProgressPrinter(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
         self._say(trials, f"trial  {_short(trial.trial_id)} iteration {result['iteration']}/"
                           f"{result['iterations_total']}: UA {100 * result['ua']:.1f} WA {100 * result['wa']:.1f} "
-                          f"fold-UA {100 * result['mean_fold_ua']:.1f} | best {100 * result['best_mean_fold_ua']:.1f}"
-                          f" @{result['best_iteration']} | {result.get('seconds', 0):.0f} s")
+                          f"objective {100 * result['objective']:.1f} | {result.get('seconds', 0):.0f} s")
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._say(trials, f"retry  {_short(trial.trial_id)} after an error, from its last checkpoint: "
@@ -63,7 +62,7 @@ class ProgressPrinter(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         r = trial.last_result or {}
         early = r.get("iteration", 0) < r.get("iterations_total", 0)
-        best = f"best fold-UA {100 * r['best_mean_fold_ua']:.1f} @{r['best_iteration']}" if r else "no result"
+        best = f"objective {100 * r['objective']:.1f} at iteration {r['iteration']}" if r else "no result"
         self._say(trials, f"{'stop ' if early else 'done '}  {_short(trial.trial_id)} {best}"
                           f"{' (stopped early by the scheduler)' if early else ''}")
 

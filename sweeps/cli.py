@@ -131,10 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--trials", type=int, help="override the number of trials")
     sw.set_defaults(func=cmd_sweep)
 
-    best = sub.add_parser("best", help="pick the best (trial, iteration) of a sweep and write best.yaml")
+    best = sub.add_parser("best", help="re-evaluate the sweep's top configurations on fresh seeds, leak-free, "
+                                        "and write the winner as best.yaml")
     best.add_argument("sweep", help="sweep name (MLflow experiment) or sweep YAML file")
     best.add_argument("--tracking-uri", help="MLflow tracking URI")
-    best.add_argument("--out", default="best.yaml", help="where to write the best config")
+    best.add_argument("--out", default="best.yaml", help="where to write the best config (studies go to <out>_reeval/)")
+    best.add_argument("--top-k", type=int, help="configurations to re-evaluate (default: the sweep's select.top_k, 3)")
+    best.add_argument("--fresh-seeds", type=int, help="fresh seeds per configuration (default: select.seeds, 5)")
+    best.add_argument("--protocol", help="leak-free protocol of the re-evaluation (default: select.protocol, refinery)")
+    best.add_argument("--no-reeval", action="store_true", help="skip re-evaluation: the sweep's own (self-graded) pick")
     best.add_argument("--register", action="store_true", help="train the final model on all data and register it")
     best.add_argument("--model-name", help="registered model name (default: the sweep name)")
     best.set_defaults(func=cmd_best)

@@ -67,7 +67,7 @@ def train_final(cfg: ChainConfig, out_dir: str | Path, info: dict | None = None,
 
 
 def register_final(cfg: ChainConfig, c, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                   source_run_id: str, model_name: str, out_dir: Path) -> str:
+                   source_run_id: str, model_name: str, out_dir: Path, evaluation: dict | None = None) -> str:
     """Train, save under `out_dir`, log as a pyfunc in a `final-model` child run, register `model_name`."""
     import mlflow
 
@@ -77,7 +77,7 @@ def register_final(cfg: ChainConfig, c, tracking_uri: str, experiment_id: str, p
 
     print(f"training the final model ({cfg.backbone}, {cfg.labels.rule}, iteration {cfg.iterations}) on all data...",
           flush=True)
-    directory = train_final(cfg, out_dir, {"source_run_id": source_run_id},
+    directory = train_final(cfg, out_dir, {"source_run_id": source_run_id, "evaluation": evaluation},
                             show_progress=os.environ.get("DSL_PROGRESS", "1") != "0")
     run = call(c.create_run, experiment_id, run_name=f"final-model {model_name}",
                tags={PARENT_TAG: parent_run_id, ROLE_TAG: "final_model", "dsl.source_run_id": source_run_id})
@@ -88,7 +88,17 @@ def register_final(cfg: ChainConfig, c, tracking_uri: str, experiment_id: str, p
                                        pip_requirements=["dsl-sweeps", "torch", "timm", "scikit-learn", "librosa",
                                                          "soundfile", "pandas"])
         mlflow.log_artifact(str(directory / "config.yaml"))
-    version = mlflow.register_model(info.model_uri, model_name)
+        if evaluation:  # the re-evaluated (leak-free, fresh-seed) figures, not the sweep's self-graded score
+            mlflow.log_metrics({"reevaluated_ua": evaluation["ua"]["mean"], "reevaluated_wa": evaluation["wa"]["mean"],
+                                "optimism": evaluation["optimism"]})
+            mlflow.set_tags({"dsl.reevaluation_protocol": evaluation["protocol"],
+                             "dsl.reevaluation_seeds": ",".join(map(str, evaluation["seeds"]))})
+    tags = {}
+    if evaluation:
+        ua = evaluation["ua"]
+        tags = {"reevaluated_ua": f"{ua['mean']:.4f} [{ua['low']:.4f}, {ua['high']:.4f}]",
+                "reevaluation_protocol": evaluation["protocol"], "optimism": f"{evaluation['optimism']:.4f}"}
+    version = mlflow.register_model(info.model_uri, model_name, tags=tags or None)
     uri = f"models:/{model_name}/{version.version}"
     print(f"saved {directory}; registered {uri}\npredict with: dsl-sweep predict {uri} FILE.wav "
           f"(or dsl-sweep predict {directory} FILE.wav)", flush=True)

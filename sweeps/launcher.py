@@ -22,6 +22,7 @@ from dsl.checks import check_data
 from dsl.config import ConfigError
 from dsl.corpora import load_corpus
 from dsl.data import CorpusData, prepare_data
+from dsl.protocols import is_leak_free
 from trainables.context import TrialContext, TrialResources
 from trainables.naming import describe
 from trainables.tracking import redact_uri
@@ -78,7 +79,10 @@ def sweep_params(spec: SweepSpec, n: int) -> dict[str, Any]:
                       "sampler": spec.sampler.type, "sampler_seed": spec.sampler.seed,
                       "scheduler": spec.scheduler.type if spec.scheduler else "none",
                       "max_failures": spec.max_failures, "resources": str(spec.resources),
-                      "search": ", ".join(p.key for p in spec.search)},
+                      "search": ", ".join(p.key for p in spec.search), "objective": spec.objective,
+                      "protocol": spec.base.protocol.name, "leak_free": is_leak_free(spec.base.protocol.name),
+                      "select_protocol": spec.select.protocol, "select_top_k": spec.select.top_k,
+                      "select_seeds": spec.select.seeds},
             "base": spec.base.to_dict()}
 
 
@@ -122,7 +126,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
         res = spec.resources
         ctx = TrialContext(spec.name, spec.base.to_dict(), uri, exp_id, parent,
                            TrialResources(res.cpu, res.gpu, res.fold_workers, res.head_cpu),
-                           contour_index(data, spec.contour_utterance))
+                           contour_index(data, spec.contour_utterance), spec.objective)
         from ray import tune
 
         trainable = tune.with_resources(with_corpus(train_chain, data, context=ctx), placement(ctx.resources))
@@ -160,22 +164,23 @@ def finish(outcome: SweepOutcome, spec: SweepSpec, c) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "trials.txt").write_text(table + "\n")
         tracking.call(c.log_artifact, parent, str(Path(tmp) / "trials.txt"))
-    if best is not None and best.best_mean_fold_ua is not None:
-        tracking.call(c.log_metric, parent, "best_mean_fold_ua", best.best_mean_fold_ua)
-        tracking.call(c.set_tag, parent, "dsl.best_trial_id", best.trial_id)
+    if best is not None and best.objective is not None:
+        tracking.call(c.log_metric, parent, "top_objective", best.objective)
+        tracking.call(c.set_tag, parent, "dsl.top_trial_id", best.trial_id)
     tracking.call(c.set_tag, parent, "dsl.trials_errored", str(outcome.errors))
     tracking.call(c.set_terminated, parent, "KILLED" if outcome.interrupted else "FINISHED")
     study = optuna.load_study(study_name=spec.name, storage=journal_storage(Path(outcome.journal)))
     counts = ", ".join(f"{k} {v}" for k, v in sorted(study_counts(study).items()))
     print(f"\n{table}\n\nOptuna study {spec.name}: {len(study.trials)} trials ({counts}) | "
           f"{outcome.seconds / 60:.1f} min", flush=True)
-    if best is not None and best.best_mean_fold_ua is not None:
-        overrides = {**{k: v for k, v in best.overrides.items()}, "iterations": best.best_iteration}
-        print(f"best: trial #{best.trial_id.split('_')[-1]} at iteration {best.best_iteration}: mean fold UA "
-              f"{100 * best.best_mean_fold_ua:.2f} %, UA {100 * (best.best_ua or 0):.2f} %, "
-              f"WA {100 * (best.best_wa or 0):.2f} % ({describe(best.config, best.overrides)})\n"
-              f"best config = base + {overrides}\n"
-              f"write it as a runnable config with: dsl-sweep best {spec.name} --out best.yaml", flush=True)
+    if best is not None and best.objective is not None:
+        pr = spec.base.protocol.name
+        print(f"top of the sweep: trial #{best.trial_id.split('_')[-1]} ({describe(best.config, best.overrides)}): "
+              f"objective ({spec.objective} UA) {100 * best.objective:.2f} % at iteration {best.iteration}, WA "
+              f"{100 * (best.wa or 0):.2f} % | protocol {pr}, leak_free: {str(is_leak_free(pr)).lower()}, seed "
+              f"{spec.base.seed}\nthis score graded itself (the search chose it on the same folds and seed); "
+              f"re-evaluate the top {spec.select.top_k} on {spec.select.seeds} fresh seeds under "
+              f"{spec.select.protocol} with: dsl-sweep best {spec.name} --out best.yaml", flush=True)
     if outcome.interrupted:
         print(f"sweep interrupted: continue it with --resume (state in {outcome.experiment_path})", flush=True)
 

@@ -1,10 +1,15 @@
-"""The end-of-sweep table of trials and the best (trial, iteration)."""
+"""The end-of-sweep table of trials, judged by the sweep objective at their last iteration.
+
+The top row is the sweep's own pick: its score graded itself (same folds, same seed, and under a
+transductive protocol the test labels). `dsl-sweep best` re-evaluates the top rows on fresh seeds.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from dsl.config import ChainConfig
+from dsl.selection import rank_key
 from trainables.naming import describe
 from trainables.trial_config import trial_config
 
@@ -16,15 +21,15 @@ class TrialRow:
     config: ChainConfig
     overrides: dict[str, Any]
     iterations_done: int
-    best_mean_fold_ua: float | None
-    best_ua: float | None
-    best_wa: float | None
-    best_iteration: int | None
+    objective: float | None  # the sweep objective at the last iteration reported
+    ua: float | None
+    wa: float | None
+    iteration: int | None  # the last iteration reported
 
     def rank(self) -> tuple[float, float, int]:
-        if self.best_mean_fold_ua is None:
+        if self.objective is None:
             return (-1.0, -1.0, 0)
-        return (self.best_mean_fold_ua, self.best_wa or 0.0, -(self.best_iteration or 0))
+        return rank_key(self.objective, self.wa or 0.0, self.iteration or 0)
 
 
 def row(trial_id: str, status: str, overrides: Mapping[str, Any], m: Mapping[str, Any],
@@ -37,8 +42,8 @@ def row(trial_id: str, status: str, overrides: Mapping[str, Any], m: Mapping[str
     else:
         label = "interrupted" if m else "pending"
     return TrialRow(trial_id, label, trial_config(base, overrides), dict(overrides),
-                    int(m["iteration"]) + 1 if "iteration" in m else 0, m.get("best_mean_fold_ua"),
-                    m.get("best_ua"), m.get("best_wa"), m.get("best_iteration"))
+                    int(m["iteration"]) + 1 if "iteration" in m else 0, m.get("objective"),
+                    m.get("ua"), m.get("wa"), m.get("iteration"))
 
 
 def rows_from_results(results, base: Mapping[str, Any]) -> list[TrialRow]:
@@ -58,15 +63,15 @@ def _pct(v: float | None) -> str:
 
 
 def format_table(rows: Sequence[TrialRow]) -> str:
-    head = f"{'trial':<8} {'status':<11} {'fold-UA':>7} {'UA':>6} {'WA':>6} {'best it':>7} {'its':>4}  config"
+    head = f"{'trial':<8} {'status':<11} {'object.':>7} {'UA':>6} {'WA':>6} {'at it':>6} {'its':>4}  config"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"#{r.trial_id.split('_')[-1]:<7} {r.status:<11} {_pct(r.best_mean_fold_ua):>7} "
-                     f"{_pct(r.best_ua):>6} {_pct(r.best_wa):>6} {'-' if r.best_iteration is None else r.best_iteration:>7} "
+        lines.append(f"#{r.trial_id.split('_')[-1]:<7} {r.status:<11} {_pct(r.objective):>7} "
+                     f"{_pct(r.ua):>6} {_pct(r.wa):>6} {'-' if r.iteration is None else r.iteration:>6} "
                      f"{r.iterations_done:>4}  {describe(r.config, r.overrides)}")
     return "\n".join(lines)
 
 
 def best_row(rows: Sequence[TrialRow]) -> TrialRow | None:
-    scored = [r for r in rows if r.best_mean_fold_ua is not None]
+    scored = [r for r in rows if r.objective is not None]
     return max(scored, key=TrialRow.rank) if scored else None

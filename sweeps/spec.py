@@ -1,9 +1,12 @@
 """Sweep definitions: the YAML schema, parsed into typed, validated dataclasses.
 
 A sweep file has `name`, `base` (a ChainConfig mapping, optionally `preset: cpu|paper` plus
-overrides), `search` (parameters to sample), `sampler`, `scheduler`, `num_samples`,
-`max_concurrent`, `resources`, `max_failures`, `storage_path` and `plots`. Every problem is
-reported at once in one `ConfigError`.
+overrides; its `protocol` is the one the search runs under), `search` (parameters to sample),
+`objective` (`final` or `selected`: the score at a rule fixed in advance), `select` (how `dsl-sweep
+best` re-evaluates the top configurations: a leak-free protocol, how many, on how many fresh seeds),
+`sampler`, `scheduler`, `num_samples`, `max_concurrent`, `resources`, `max_failures`, `storage_path`
+and `plots`. Every problem is reported at once in one `ConfigError`. `seed` is not searchable: a
+sweep that picks its seed picks noise.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import yaml
 from dsl.checks import check_config
 from dsl.config import ChainConfig, ConfigError, from_dict, load_config
 from dsl.plugins import load_plugins
+from dsl.protocols import is_leak_free
+from trainables.metrics import OBJECTIVES
 
 # Short names of the search parameters -> dotted ChainConfig keys (any dotted key works too).
 ALIASES: dict[str, str] = {
@@ -32,13 +37,13 @@ ALIASES: dict[str, str] = {
     "segment_hop": "segments.hop",
     "epochs": "train.epochs",
     "batch_size": "train.batch_size",
-    "seed": "seed",
 }
-TOP_KEYS = ("name", "base", "search", "sampler", "scheduler", "num_samples", "max_concurrent", "resources",
-            "max_failures", "storage_path", "plots")
+UNSEARCHABLE = ("seed", "seeds")  # replicates are for re-evaluation, not for the search to pick
+TOP_KEYS = ("name", "base", "search", "objective", "select", "sampler", "scheduler", "num_samples", "max_concurrent",
+            "resources", "max_failures", "storage_path", "plots")
 SAMPLERS = ("tpe", "random", "grid")
 SCHEDULERS = ("asha", "none")
-METRIC = "best_mean_fold_ua"  # what the searcher and the scheduler maximise
+METRIC = "objective"  # what the searcher and the scheduler maximise (trainables.metrics.objective_value)
 MODE = "max"
 
 
@@ -73,6 +78,15 @@ class SchedulerSpec:
 
 
 @dataclass(frozen=True)
+class SelectSpec:
+    """How `dsl-sweep best` re-evaluates: the `top_k` configurations on `seeds` fresh seeds under `protocol`."""
+
+    protocol: str = "refinery"
+    top_k: int = 3
+    seeds: int = 5
+
+
+@dataclass(frozen=True)
 class ResourceSpec:
     """Per trial: `cpu`/`gpu` (fractional GPUs allowed) for the trial itself, or, with `fold_workers` > 0,
     per parallel fold task (the trial then holds one extra `head_cpu` bundle for label updates and the forest)."""
@@ -96,6 +110,8 @@ class SweepSpec:
     max_failures: int = 1
     storage_path: str = "ray_results"
     contour_utterance: int | str = 0  # utterance index or a substring of its path
+    objective: str = "final"
+    select: SelectSpec = field(default_factory=SelectSpec)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def param(self, key: str) -> ParamSpec | None:
@@ -148,6 +164,10 @@ def _check_names(name: str, key: str, values: list[Any], problems: list[str]) ->
 
 def parse_param(name: str, raw: Any, problems: list[str]) -> ParamSpec | None:
     key = ALIASES.get(name, name)
+    if key in UNSEARCHABLE:
+        problems.append(f"search.{name}: the seed is not searchable (a sweep that picks its seed picks noise); "
+                        "set base.seed, and `dsl-sweep best` re-evaluates the top configurations on fresh seeds")
+        return None
     try:
         default = _field_default(key)
     except KeyError:
@@ -279,6 +299,17 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
             problems.append(f"{k}: expected an integer >= {0 if k == 'max_failures' else 1}, got {v!r}")
     if trials is not None:
         ints["num_samples"] = trials
+    objective = str(raw.get("objective", "final"))
+    if objective not in OBJECTIVES:
+        problems.append(f"objective {objective!r} is unknown; allowed: {', '.join(OBJECTIVES)}")
+    elif objective == "selected" and base is not None and not is_leak_free(base.protocol.name):
+        problems.append(f"objective 'selected' needs a leak-free search protocol (nested, speaker, refinery); "
+                        f"base.protocol.name is {base.protocol.name!r}")
+    select = _sub(SelectSpec, raw.get("select"), "select", problems)
+    if not is_leak_free(select.protocol):
+        problems.append(f"select.protocol {select.protocol!r} is not a leak-free protocol; allowed: nested, refinery, speaker")
+    if select.top_k < 1 or select.seeds < 2:
+        problems.append(f"select: top_k >= 1 and seeds >= 2 (for an interval) required; got {select}")
     plots = raw.get("plots") or {}
     contour = plots.get("contour_utterance", 0) if isinstance(plots, Mapping) else 0
     spec = None
@@ -287,7 +318,7 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
                          num_samples=ints["num_samples"], max_concurrent=ints["max_concurrent"],
                          resources=resources, max_failures=ints["max_failures"],
                          storage_path=str(storage_path or raw.get("storage_path") or "ray_results"),
-                         contour_utterance=contour, raw=dict(raw))
+                         contour_utterance=contour, objective=objective, select=select, raw=dict(raw))
         problems.extend(space_problems(spec))
     if problems:
         raise ConfigError("invalid sweep definition:\n  " + "\n  ".join(problems))
@@ -328,5 +359,6 @@ def load_sweep(path: str | Path, data: str | None = None, trials: int | None = N
     return parse_sweep(raw or {}, data, trials, storage_path)
 
 
-__all__ = ["ALIASES", "METRIC", "MODE", "ParamSpec", "ResourceSpec", "SamplerSpec", "SchedulerSpec", "SweepSpec",
+__all__ = ["ALIASES", "METRIC", "MODE", "ParamSpec", "ResourceSpec", "SamplerSpec", "SchedulerSpec", "SelectSpec",
+           "SweepSpec",
            "flatten", "from_dict", "load_sweep", "parse_sweep"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 _DEFAULT_EMODB = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb"
@@ -85,3 +86,23 @@ def write_tone(path: Path, seconds: float = 0.5, rate: int = 16000, freq: float 
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), data, rate)
     return path
+
+
+# A tiny chain for synthetic tones: seconds per run, exact checks.
+TINY = {"segments.hop": 4, "train.epochs": 8, "train.batch_size": 16, "train.lr": 3e-3, "protocol.folds": 2,
+        "protocol.eval_folds": 2, "protocol.inner_folds": 2, "iterations": 2, "train.num_threads": 1}
+
+
+@pytest.fixture(scope="session")
+def tone_corpus(tmp_path_factory):
+    """Three 'emotions' = three pitch ranges, 8 utterances each, 4 speakers, as a CSV manifest."""
+    root = tmp_path_factory.mktemp("tones")
+    rows = ["path,label,speaker"]
+    rng = np.random.default_rng(0)
+    for c, base in enumerate((200.0, 800.0, 2400.0)):
+        for i in range(8):
+            name = f"c{c}_{i}.wav"
+            write_tone(root / name, seconds=0.6 + 0.05 * i, freq=base * (1 + 0.1 * rng.random()))
+            rows.append(f"{name},class{c},spk{i % 4}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root / "manifest.csv"

@@ -9,26 +9,7 @@ import pytest
 from dsl import ChainConfig, ChainState, iterate_chain, prepare_data, run_chain
 from dsl.runner import run
 from sweeps.cli import main
-from tests.conftest import write_tone
-
-TINY = {"segments.hop": 4, "train.epochs": 8, "train.batch_size": 16, "train.lr": 3e-3, "protocol.folds": 2,
-        "protocol.eval_folds": 2, "protocol.inner_folds": 2, "iterations": 2, "train.num_threads": 1}
-
-
-@pytest.fixture(scope="module")
-def tone_corpus(tmp_path_factory):
-    """Three 'emotions' = three pitch ranges, 8 utterances each, 4 speakers, as a CSV manifest."""
-    root = tmp_path_factory.mktemp("tones")
-    rows = ["path,label,speaker"]
-    rng = np.random.default_rng(0)
-    for c, base in enumerate((200.0, 800.0, 2400.0)):
-        for i in range(8):
-            name = f"c{c}_{i}.wav"
-            write_tone(root / name, seconds=0.6 + 0.05 * i, freq=base * (1 + 0.1 * rng.random()))
-            rows.append(f"{name},class{c},spk{i % 4}")
-    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
-    return root / "manifest.csv"
-
+from tests.conftest import TINY
 
 def _cfg(manifest, cache, **extra) -> ChainConfig:
     return ChainConfig(corpus="csv", data=str(manifest), cache_dir=str(cache)).replace(**{**TINY, **extra})

@@ -141,3 +141,17 @@ def test_examples_parse(name: str) -> None:
         assert spec.num_samples >= 8 and spec.base.backbone == "small_cnn"
     if name == "paper_grid":
         assert len(enumerate_grid(SearchSpace(spec.search, spec.base.to_dict()))) == spec.num_samples == 64
+
+
+def test_seed_is_not_searchable_and_selection_is_leak_free() -> None:
+    with pytest.raises(ConfigError) as err:
+        _spec({"seed": [0, 1, 2]}, objective="selected", select={"protocol": "stratified", "seeds": 1})
+    msg = str(err.value)
+    assert "search.seed: the seed is not searchable" in msg
+    assert "objective 'selected' needs a leak-free search protocol" in msg  # the base is stratified
+    assert "select.protocol 'stratified' is not a leak-free protocol" in msg and "seeds >= 2" in msg
+    spec = _spec({"rule": ["wdsl"]}, objective="final", select={"protocol": "nested", "top_k": 2, "seeds": 4})
+    assert (spec.objective, spec.select.protocol, spec.select.top_k, spec.select.seeds) == ("final", "nested", 2, 4)
+    raw = {"name": "t", "base": {"preset": "cpu", "data": "/x", "protocol": {"name": "refinery"}},
+           "search": {"rule": ["wdsl"]}, "objective": "selected"}
+    assert parse_sweep(raw).objective == "selected"

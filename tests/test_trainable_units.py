@@ -11,7 +11,7 @@ from dsl.config import ChainConfig
 from sweeps.best import at_iteration
 from trainables.checkpoint import TrialCheckpoint
 from trainables.fault import InjectedFailure, maybe_fail
-from trainables.metrics import best_so_far, iteration_metrics, report_metrics
+from trainables.metrics import iteration_metrics, objective_value, report_metrics
 from dsl.plots import accuracy_plot, confusion_plot, contour_plot
 from trainables.tracking import TrialRun, redact_uri
 
@@ -30,11 +30,14 @@ def test_iteration_metrics_are_flat() -> None:
     assert "alpha" not in iteration_metrics(_it(0, [0.5, 0.5], 0.5))  # None is not a metric
 
 
-def test_best_so_far_ties_prefer_wa_then_fewer_iterations() -> None:
-    h = [_it(0, [0.5, 0.5], 0.6), _it(1, [0.6, 0.6], 0.6), _it(2, [0.6, 0.6], 0.7), _it(3, [0.6, 0.6], 0.7)]
-    assert best_so_far(h)["best_iteration"] == 2
+def test_objective_is_the_last_iteration_not_a_running_maximum() -> None:
+    h = [_it(0, [0.5, 0.5], 0.6), _it(1, [0.6, 0.6], 0.9), _it(2, [0.6, 0.6], 0.7)]
     r = report_metrics(h, 3, resumed_from=1)
-    assert (r["iteration"], r["iterations_total"], r["resumed_from"]) == (3, 3, 1)
+    assert (r["iteration"], r["iterations_total"], r["resumed_from"]) == (2, 3, 1)
+    assert r["objective"] == pytest.approx(0.69)  # iteration 2's UA, although iteration 1 scored higher
+    with pytest.raises(ValueError, match="held-out protocol"):
+        objective_value(h[-1], "selected")  # a transductive run has no selected score
+    assert objective_value({**h[-1], "selected_ua": 0.55}, "selected") == 0.55
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:

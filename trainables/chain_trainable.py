@@ -16,7 +16,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from dsl.chain import ChainState, iterate_chain, local_runner
+from dsl.chain import RESULT_FORMAT, ChainState, iterate_chain, local_runner
+from dsl.environment import machine_info
+from dsl.protocols import is_leak_free
 from dsl.checks import check_config
 from dsl.config import ChainConfig
 from dsl.segments import build_segments
@@ -26,7 +28,8 @@ from .checkpoint import TrialCheckpoint
 from .context import TrialContext
 from .fault import maybe_fail
 from .fold_runner import ray_runner
-from .metrics import best_so_far, rank_key, report_metrics
+from dsl.selection import reported_iteration
+from .metrics import report_metrics
 from .naming import run_name
 from .shared_data import CorpusMeta, attach, is_shared_view
 from .tracking import NoRun, TrialRun, flat_params
@@ -54,14 +57,16 @@ def _artifacts(run, cfg: ChainConfig, history: list[dict], contour: dict[int, np
     """Result JSON and the three plots (re-logged each iteration, so a stopped trial has them too)."""
     with tempfile.TemporaryDirectory(prefix="dsl-art-") as tmp:
         t = Path(tmp)
-        best = max(history, key=rank_key)
-        result = {"trial_id": trial_id, "label_names": list(label_names), "finished": finished,
-                  "best": {**best_so_far(history)}, "config": cfg.to_dict(), "iterations": history}
-        (t / "result.json").write_text(json.dumps(result, indent=2))
+        last = history[-1]
+        result = {"format": RESULT_FORMAT, "kind": "trial", "trial_id": trial_id, "label_names": list(label_names),
+                  "finished": finished, "protocol": {"name": cfg.protocol.name, "leak_free": is_leak_free(cfg.protocol.name)},
+                  "environment": machine_info(), "reported": reported_iteration(last), "config": cfg.to_dict(),
+                  "iterations": history}
+        (t / "result.json").write_text(json.dumps(result, indent=1))
         run.log_files([str(t / "result.json")])
         files = [
-            plots.confusion_plot(best["confusion"], label_names, t / "confusion_matrix.png",
-                                 f"iteration {best['iteration']} (best): UA {100 * best['ua']:.1f} %"),
+            plots.confusion_plot(last["confusion"], label_names, t / "confusion_matrix.png",
+                                 f"iteration {last['iteration']}: UA {100 * last['ua']:.1f} %"),
             plots.accuracy_plot(history, t / "accuracy_per_iteration.png"),
             plots.contour_plot(contour, label_names, t / "segment_posteriors.png", title=utt_title),
         ]
@@ -125,7 +130,7 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
         if state is not None:  # steps MLflow lacks: the checkpoint's history is the truth
             logged.update(run.log_iterations(state.history, skip=logged))
         if state is not None and state.next_iteration > cfg.iterations:  # finished before a restore
-            tune.report({**report_metrics(state.history, cfg.iterations, resumed_from), **extra})
+            tune.report({**report_metrics(state.history, cfg.iterations, resumed_from, ctx.objective), **extra})
             run.end("FINISHED")
             return
         runner = _runner(ctx, meta, data, run_cfg)
@@ -141,7 +146,7 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
                            finished=state.next_iteration > cfg.iterations)
                 with tempfile.TemporaryDirectory(prefix="dsl-ckpt-") as tmp:
                     TrialCheckpoint(state, run.run_id, contour).save(tmp)
-                    tune.report({**report_metrics(history, cfg.iterations, resumed_from), **extra},
+                    tune.report({**report_metrics(history, cfg.iterations, resumed_from, ctx.objective), **extra},
                                 checkpoint=tune.Checkpoint.from_directory(tmp))
                 maybe_fail(result.iteration, trial_id)
         finally:

@@ -34,3 +34,4 @@ class TrialContext:
     parent_run_id: str | None = None
     resources: TrialResources = field(default_factory=TrialResources)
     contour_utterance: int = 0
+    objective: str = "final"  # final | selected (see trainables.metrics)

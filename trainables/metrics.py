@@ -1,4 +1,10 @@
-"""Flat per-iteration metrics (for `tune.report` and MLflow) from an `IterationResult.to_dict()`."""
+"""Flat per-iteration metrics (for `tune.report` and MLflow) from an `IterationResult.to_dict()`.
+
+The sweep's `objective` is the score at a rule fixed in advance, never a running maximum over
+iterations: `final` is the UA of the iteration just finished (so a finished trial is judged at its last
+iteration), `selected` is the UA of each outer fold's iteration picked on its own training utterances
+(held-out protocols only; see `dsl.selection`).
+"""
 from __future__ import annotations
 
 import math
@@ -6,8 +12,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-SCALARS = ("wa", "ua", "segment_accuracy", "changed_label_share", "target_entropy", "epochs", "seconds",
-           "segments_per_second", "alpha")
+OBJECTIVES = ("final", "selected")
+SCALARS = ("wa", "ua", "selected_wa", "selected_ua", "segment_accuracy", "changed_label_share", "target_entropy",
+           "epochs", "seconds", "segments_per_second", "alpha")
 
 
 def iteration_metrics(d: Mapping[str, Any]) -> dict[str, float]:
@@ -21,20 +28,18 @@ def iteration_metrics(d: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def rank_key(d: Mapping[str, Any]) -> tuple[float, float, int]:
-    """Best (trial, iteration) order: mean fold UA, then WA, then fewer iterations."""
-    return (float(np.mean(d["fold_ua"])), float(d["wa"]), -int(d["iteration"]))
+def objective_value(d: Mapping[str, Any], objective: str = "final") -> float:
+    """The sweep objective after iteration `d`."""
+    if objective == "selected":
+        if d.get("selected_ua") is None:
+            raise ValueError("objective 'selected' needs a held-out protocol (nested, speaker, refinery)")
+        return float(d["selected_ua"])
+    return float(d["ua"])
 
 
-def best_so_far(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Running best over the iterations done so far (what the searcher and ASHA compare)."""
-    best = max(history, key=rank_key)
-    return {"best_mean_fold_ua": float(np.mean(best["fold_ua"])), "best_ua": float(best["ua"]),
-            "best_wa": float(best["wa"]), "best_iteration": int(best["iteration"])}
-
-
-def report_metrics(history: Sequence[Mapping[str, Any]], iterations_total: int, resumed_from: int) -> dict[str, Any]:
+def report_metrics(history: Sequence[Mapping[str, Any]], iterations_total: int, resumed_from: int,
+                   objective: str = "final") -> dict[str, Any]:
     """What one `tune.report` carries after the last entry of `history`."""
     last = history[-1]
-    return {**iteration_metrics(last), **best_so_far(history), "iteration": int(last["iteration"]),
+    return {**iteration_metrics(last), "objective": objective_value(last, objective), "iteration": int(last["iteration"]),
             "iterations_total": int(iterations_total), "resumed_from": int(resumed_from)}

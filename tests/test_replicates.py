@@ -1,0 +1,99 @@
+"""Replicate studies, intervals, validation-selected iterations, the report command and per-machine determinism."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dsl import ChainConfig, prepare_data
+from dsl.config import ConfigError, load_config
+from dsl.environment import machine_info
+from dsl.replicates import aggregate, run_replicates, seed_path
+from dsl.report import load_result, markdown
+from dsl.selection import select_iterations, selected_scores
+from dsl.stats import mean_interval, paired_gain
+from sweeps.cli import main
+from tests.conftest import TINY
+
+
+def test_t_interval_and_paired_gain() -> None:
+    iv = mean_interval([0.6, 0.7, 0.8])
+    assert iv.mean == pytest.approx(0.7) and iv.sd == pytest.approx(0.1)
+    assert iv.high - iv.mean == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=1e-5)  # t(0.975, 2)
+    assert mean_interval([0.5]).low is None  # one seed: no interval
+    g = paired_gain([0.7, 0.8, 0.9], [0.6, 0.7, 0.8])  # the same +0.1 on every seed: a zero-width interval
+    assert g.mean == pytest.approx(0.1) and g.high - g.low == pytest.approx(0.0, abs=1e-12)
+    assert mean_interval([0.6, 0.7, 0.8]).format() == "70.0 ± 24.8"
+
+
+def test_seeds_parse_from_yaml_lists_ranges_and_reject_nonsense() -> None:
+    assert load_config(overrides={"seeds": "0-2,7"}).seeds == (0, 1, 2, 7)
+    assert load_config(overrides={"seeds": [3, 4]}).seeds == (3, 4)
+    for bad in ("a,b", [1, 1], [0.5]):
+        with pytest.raises(ConfigError, match="seeds"):
+            load_config(overrides={"seeds": bad})
+
+
+def _entry(it: int, val: list[float], proba: list[list[float]]) -> dict:
+    return {"iteration": it, "val_ua": val, "utterances": [
+        {"file": f"u{i}", "fold": i % 2, "label": i % 2, "predicted": int(np.argmax(p)), "proba": p}
+        for i, p in enumerate(proba)]}
+
+
+def test_each_outer_fold_picks_its_iteration_on_validation_only() -> None:
+    right = [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]
+    wrong = [[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]
+    # fold 0 is best at iteration 0 by validation, fold 1 at iteration 1: the picks ignore the test outcome
+    h = [_entry(0, [0.9, 0.5], right), _entry(1, [0.8, 0.7], wrong)]
+    assert select_iterations(h) == [0, 1]
+    picks, sc = selected_scores(h, 2)
+    assert picks == [0, 1] and sc.wa == pytest.approx(0.5)  # fold 0 right (iteration 0), fold 1 wrong (iteration 1)
+    assert select_iterations([_entry(0, [0.7, 0.7], right), _entry(1, [0.7, 0.7], wrong)]) == [0, 0]  # ties: earlier
+
+
+def test_aggregate_reports_paired_gain_per_iteration() -> None:
+    runs = [{"iterations": [{"iteration": 0, "wa": b, "ua": b, "seconds": 1.0},
+                            {"iteration": 1, "alpha": 0.2, "wa": b + 0.05, "ua": b + 0.05, "seconds": 1.0}]}
+            for b in (0.5, 0.6, 0.7)]
+    rows = aggregate(runs)
+    assert rows[1]["ua"]["mean"] == pytest.approx(0.65)
+    assert rows[1]["gain_ua"]["mean"] == pytest.approx(0.05) and rows[1]["gain_ua"]["high"] == pytest.approx(0.05)
+    assert "gain_ua" not in rows[0] and "selected_ua" not in rows[0]
+
+
+def test_study_writes_each_seed_resumes_from_disk_and_is_deterministic_per_machine(tone_corpus, feature_cache,
+                                                                                   tmp_path, capsys) -> None:
+    cfg = ChainConfig(corpus="csv", data=str(tone_corpus), cache_dir=str(feature_cache)).replace(
+        **{**TINY, "iterations": 1, "protocol.name": "refinery", "train.epochs": 3})
+    data = prepare_data(cfg, show_progress=False)
+    out = tmp_path / "study.json"
+    study = run_replicates(cfg, data, out, seeds=[0, 1], show_progress=False)
+    assert study["seeds"] == [0, 1] and study["protocol"]["leak_free"] is True
+    assert [r["iteration"] for r in study["iterations"]] == [0, 1] and "gain_ua" in study["iterations"][1]
+    assert "selected_ua" in study["iterations"][1]
+    first = json.loads(seed_path(out, 1).read_text())
+    seed_path(out, 1).unlink()  # as if the study had stopped during seed 1
+    seen = []
+    again = run_replicates(cfg, data, out, seeds=[0, 1], show_progress=False,
+                           on_seed=lambda s, d, from_disk: seen.append((s, from_disk)))
+    assert seen == [(0, True), (1, False)]
+    second = json.loads(seed_path(out, 1).read_text())
+    # Deterministic per seed on the same machine and library versions (the fingerprint says which):
+    assert first["environment"]["fingerprint"] == second["environment"]["fingerprint"] == machine_info()["fingerprint"]
+    for a, b in zip(first["iterations"], second["iterations"]):
+        assert a["utterances"] == b["utterances"] and a["ua"] == b["ua"]
+    assert [r["ua"] for r in again["iterations"]] == [r["ua"] for r in study["iterations"]]
+    text = markdown([out, seed_path(out, 0)])
+    assert "`refinery` | yes |" in text and "± " in text and machine_info()["fingerprint"] in text
+    assert main(["report", str(out), "--out", str(tmp_path / "r.md"), "--figure", str(tmp_path / "r.png")]) == 0
+    assert (tmp_path / "r.png").stat().st_size > 0 and "![UA" in (tmp_path / "r.md").read_text()
+    capsys.readouterr()
+
+
+def test_report_names_a_bad_file(tmp_path, capsys) -> None:
+    bad = tmp_path / "not_a_result.json"
+    bad.write_text('{"hello": 1}')
+    with pytest.raises(ConfigError, match="not_a_result.json"):
+        load_result(bad)
+    assert main(["report", str(bad)]) == 2 and "not_a_result.json" in capsys.readouterr().err
