@@ -16,8 +16,11 @@ from .stats import Interval
 
 
 def load_result(path: str | Path) -> dict:
-    """A run or study JSON, with a clear error naming the file if it is not one."""
+    """A run or study JSON, or a study's `<name>.seeds/` folder (aggregated from the seeds on disk so far),
+    with a clear error naming the file if it is not one."""
     p = Path(path)
+    if p.is_dir():
+        return study_from_disk(p)
     try:
         d = json.loads(p.read_text())
     except (OSError, ValueError) as exc:
@@ -28,6 +31,22 @@ def load_result(path: str | Path) -> dict:
     if "protocol" not in d:  # written before format 2: the protocol is in the config, leak-freedom unknown
         d["protocol"] = {"name": d["config"]["protocol"]["name"], "leak_free": None}
     return d
+
+
+def study_from_disk(folder: Path) -> dict:
+    """A study of the seed results found in `folder` (a study still running, or one that was stopped)."""
+    from .config import from_dict
+    from .replicates import study_dict
+
+    files = sorted(folder.glob("seed*.json"), key=lambda f: int(f.stem[4:]) if f.stem[4:].isdigit() else -1)
+    if not files:
+        raise ConfigError(f"{folder}: no seed<N>.json results in this folder")
+    runs = [load_result(f) for f in files]
+    cfg = from_dict({**runs[0]["config"], "seed": 0})
+    study = study_dict(cfg.replace(seeds=[int(r["config"]["seed"]) for r in runs]), runs, files,
+                       folder.parent / (folder.name[:-len(".seeds")] + ".json"), runs[0].get("command", ""))
+    study["command"] = (study["command"] + f"  # {len(runs)} seed(s) on disk so far").strip()
+    return study
 
 
 def labels_of(config: Mapping[str, Any], entry: Mapping[str, Any]) -> str:

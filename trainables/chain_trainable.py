@@ -121,7 +121,8 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
     try:
         run.start({**flat_params(cfg.to_dict()), "ray_trial_id": trial_id},
                   {"dsl.resumed_from": resumed_from, "dsl.frames_zero_copy": is_shared_view(frames),
-                   "dsl.node_id": _node_id()})
+                   "dsl.node_id": _node_id(), "dsl.protocol": cfg.protocol.name,
+                   "dsl.leak_free": str(is_leak_free(cfg.protocol.name)).lower()})
         if resumed_from == 0:
             with tempfile.TemporaryDirectory(prefix="dsl-cfg-") as tmp:
                 (Path(tmp) / "config.yaml").write_text(cfg.to_yaml())
