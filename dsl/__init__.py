@@ -9,9 +9,10 @@ Pure Python/NumPy/PyTorch: no Ray, no MLflow. Typical use::
 from .chain import ChainResult, ChainState, FoldJob, IterationResult, iterate_chain, run_chain, run_fold_job
 from .config import ChainConfig, ConfigError, FeatureSpec, LabelSpec, ProtocolSpec, SegmentSpec, TrainSpec, load_config
 from .data import CorpusData, prepare_data
+from .runners import FoldWorkerError
 
 __all__ = [
-    "ChainConfig", "ChainResult", "ChainState", "ConfigError", "CorpusData", "FeatureSpec", "FoldJob",
+    "ChainConfig", "ChainResult", "ChainState", "ConfigError", "CorpusData", "FeatureSpec", "FoldJob", "FoldWorkerError",
     "IterationResult", "LabelSpec", "ProtocolSpec", "SegmentSpec", "TrainSpec", "iterate_chain", "load_config",
     "prepare_data", "run_chain", "run_fold_job",
 ]

@@ -4,6 +4,11 @@
 exactly (targets are the only state; every seed is derived from the config), which is what a
 checkpointing sweep trial needs. Per-fold trainings are `FoldJob`s handed to a runner, so a caller
 may run the folds of one iteration in parallel (e.g. as Ray tasks); the default runs them in turn.
+
+How an iteration is scored depends on the fold plan (`dsl.protocols`): a transductive plan
+cross-validates one forest over all utterances; a held-out plan trains one forest per scope on the
+scope's training utterances, predicts its test utterances, and picks each scope's iteration by a forest
+CV over its training utterances (`dsl.selection`), so no scored label reaches its score.
 """
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from dsl.report import report_from_cli
 
-    return report_from_cli(args.results, args.out, args.figure)
+    return report_from_cli(args.results, args.out, args.figure, args.into, args.command_line)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("results", nargs="+", help="result JSON files of `dsl-sweep run` (with or without --seeds)")
     rep.add_argument("--out", help="also write the Markdown here")
     rep.add_argument("--figure", help="plot UA per iteration of the studies (mean, 95 %% interval) to this PNG")
+    rep.add_argument("--into", help="replace the block between the report markers of this Markdown file "
+                     "(the README's results section is made this way)")
     rep.set_defaults(func=cmd_report)
 
     pred = sub.add_parser("predict", help="predict the emotion of utterances with a trained model")

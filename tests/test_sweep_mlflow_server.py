@@ -46,7 +46,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory):
                                                tracking_uri=server.uri, data=None, resume=False, trials=None))
         mp.delenv("DSL_SWEEP_FAIL_ONCE")
         best_rc = best_from_cli(argparse.Namespace(sweep="server_sweep", tracking_uri=server.uri,
-                                                   out=str(tmp / "best.yaml"), register=False, model_name=None))
+                                                   out=str(tmp / "best.yaml"), register=False, model_name=None,
+                                                   top_k=2, fresh_seeds=2, protocol=None, no_reeval=False))
         from mlflow import MlflowClient
 
         c = MlflowClient(server.uri)
@@ -127,21 +128,33 @@ def test_optuna_study_matches_the_sweep(sweep) -> None:
         assert "labels.alpha" not in t.params or t.params["labels.rule"] == "wdsl"
 
 
-def test_best_yaml_is_the_best_childs_config(sweep) -> None:
+def test_best_yaml_is_a_reevaluated_top_config(sweep) -> None:
+    """best re-evaluates the top 2 distinct configs (by UA at each trial's last iteration) on 2 fresh seeds
+    under the leak-free `refinery` and writes the winner with the re-evaluated figures, not the sweep's."""
     from dsl.config import from_dict, load_config
 
     c = sweep.client
     scored = []
     for r in _children(sweep):
-        ua = {m.step: m.value for m in c.get_metric_history(r.info.run_id, "mean_fold_ua")}
+        ua = {m.step: m.value for m in c.get_metric_history(r.info.run_id, "ua")}
         wa = {m.step: m.value for m in c.get_metric_history(r.info.run_id, "wa")}
-        scored += [((v, wa[s], -s, -r.info.start_time), r, s) for s, v in ua.items()]  # ties: earlier trial
-    _, run, step = max(scored, key=lambda x: x[0])
-    logged = from_dict(yaml.safe_load(Path(c.download_artifacts(run.info.run_id, "config.yaml",
-                                                                 str(sweep.tmp))).read_text()))
+        last = max(ua)  # the objective is the last iteration's UA, not the best over iterations
+        scored.append(((ua[last], wa[last], -last, -r.info.start_time), r, last))
+    scored.sort(key=lambda x: x[0], reverse=True)
     best = load_config(sweep.tmp / "best.yaml")  # what `dsl-sweep run best.yaml` loads
-    assert best == logged.replace(iterations=step)
-    assert c.get_run(run.info.run_id).data.tags.get("dsl.best") == "true"
+    configs = []
+    for _, run, step in scored:
+        logged = from_dict(yaml.safe_load(Path(c.download_artifacts(run.info.run_id, "config.yaml",
+                                                                     str(sweep.tmp))).read_text()))
+        configs.append((run, logged.replace(iterations=step)))
+    winner = next(run for run, cfg in configs if cfg == best)
+    assert c.get_run(winner.info.run_id).data.tags.get("dsl.best") == "true"
+    ev = yaml.safe_load((sweep.tmp / "best.yaml").read_text())["evaluation"]
+    assert ev["protocol"] == "refinery" and ev["leak_free"] is True and ev["seeds"] == [1, 2]
+    assert 1 <= len(ev["candidates"]) <= 2 and ev["trial_id"] == winner.data.tags["ray_trial_id"]
+    assert ev["optimism"] == pytest.approx(ev["sweep_score"] - ev["ua"]["mean"], abs=1e-5)
+    assert ev["ua"]["low"] <= ev["ua"]["mean"] <= ev["ua"]["high"]
+    assert (sweep.tmp / "best_reeval" / "candidate1.seeds" / "seed1.json").is_file()
 
 
 def test_best_yaml_reproduces_the_trial(sweep) -> None:
@@ -157,7 +170,7 @@ def test_best_yaml_reproduces_the_trial(sweep) -> None:
     logged = {m.step: m.value for m in sweep.client.get_metric_history(run.info.run_id, "mean_fold_ua")}
     assert len(result["iterations"]) == best["iterations"] + 1
     last = result["iterations"][-1]
-    assert np.mean(last["fold_ua"]) == pytest.approx(logged[best["iterations"]], abs=1e-9)
+    assert np.mean(last["fold_ua"]) == pytest.approx(logged[best["iterations"]], abs=1e-9)  # same machine
 
 
 def test_register_and_predict(sweep, capsys: pytest.CaptureFixture[str]) -> None:
@@ -168,7 +181,8 @@ def test_register_and_predict(sweep, capsys: pytest.CaptureFixture[str]) -> None
         mp.setenv("DSL_PROGRESS", "0")
         assert best_from_cli(argparse.Namespace(sweep="server_sweep", tracking_uri=sweep.server.uri,
                                                 out=str(sweep.tmp / "best2.yaml"), register=True,
-                                                model_name="dsl-tiny")) == 0
+                                                model_name="dsl-tiny", top_k=None, fresh_seeds=None,
+                                                protocol=None, no_reeval=True)) == 0
     versions = sweep.client.search_model_versions("name='dsl-tiny'")
     assert len(versions) == 1
     wavs = sorted(str(p) for p in Path(yaml.safe_load((sweep.tmp / "best.yaml").read_text())["data"]).iterdir())[:2]
