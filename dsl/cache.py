@@ -149,8 +149,11 @@ def _write_corpus_entry(key: str, paths: list[Path], per_file: list[np.ndarray],
             "offsets": offsets.tolist(), "paths": [str(p) for p in paths], "spec": dataclasses.asdict(spec)}))
         try:
             os.rename(tmp, final)
-        except OSError:  # another process finished the same entry first
+        except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
+            if not (final / "index.json").exists():  # not a lost race: the entry is not there
+                raise
+            # else another process finished the same entry first: theirs is read back below
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -42,17 +42,20 @@ __all__ = ["ChainResult", "ChainState", "FoldJob", "FoldOutput", "IterationResul
 
 @dataclass
 class ChainState:
-    """Everything needed to resume: the next iteration and each scope's current targets."""
+    """Everything needed to resume: the next iteration and each scope's current targets (and, where a
+    caller sets it, the config they were computed with, so a resume can check it is the same)."""
 
     next_iteration: int
     targets: list[np.ndarray]
     history: list[dict] = field(default_factory=list)
+    config: dict | None = None
 
     def save(self, path: str | Path) -> None:
         import json
 
+        extra = {} if self.config is None else {"config": json.dumps(self.config)}
         np.savez(Path(path), next_iteration=self.next_iteration, history=json.dumps(self.history),
-                 **{f"targets_{i}": t for i, t in enumerate(self.targets)})
+                 **{f"targets_{i}": t for i, t in enumerate(self.targets)}, **extra)
 
     @classmethod
     def load(cls, path: str | Path) -> "ChainState":
@@ -60,7 +63,9 @@ class ChainState:
 
         with np.load(Path(path)) as z:
             n = sum(1 for k in z.files if k.startswith("targets_"))
-            return cls(int(z["next_iteration"]), [z[f"targets_{i}"] for i in range(n)], json.loads(str(z["history"])))
+            config = json.loads(str(z["config"])) if "config" in z.files else None
+            return cls(int(z["next_iteration"]), [z[f"targets_{i}"] for i in range(n)], json.loads(str(z["history"])),
+                       config)
 
 
 @dataclass

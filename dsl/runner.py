@@ -1,19 +1,23 @@
 """`dsl-sweep run`: config -> data -> chain, with a per-iteration table and a JSON result."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from .chain import ChainResult, IterationResult, run_chain
+from .chain import ChainResult, ChainState, IterationResult, iterate_chain, run_chain
 from .checks import check_config, check_data
-from .config import ChainConfig, load_config
+from .config import ChainConfig, ConfigError, load_config
 from .data import CorpusData, load_corpus_for, prepare_data
+from .environment import machine_info
 from .protocols import is_leak_free
-from .replicates import default_jobs, run_replicates, seeds_dir, write_json
+from .replicates import _comparable, default_jobs, run_replicates, seeds_dir, write_json
+from .segments import build_segments
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,110 @@ def write_result(result: ChainResult, out: str | Path) -> Path:
     return write_json(result.to_dict(), out)
 
 
+def state_file(out: str | Path) -> Path:
+    """Where `dsl-sweep run` keeps the chain state while its run is unfinished: `<out stem>.state.npz`."""
+    p = Path(out)
+    return p.with_name(p.stem + ".state.npz")
+
+
+def _save_state(state: ChainState, cfg: ChainConfig, path: Path) -> None:
+    """Atomic, like the JSON: a resume never reads half a state (with the config it was computed with)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    try:
+        dataclasses.replace(state, config=cfg.to_dict()).save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def load_state_for(cfg: ChainConfig, path: Path) -> ChainState:
+    """The saved state, if it was computed with this config (execution-only settings such as
+    `train.workers` may differ: they do not change the numbers); else a ConfigError naming the file."""
+    try:
+        state = ChainState.load(path)
+    except Exception as exc:  # noqa: BLE001 - a zip, JSON or key error: all mean the file is unusable
+        raise ConfigError(f"--resume: cannot read the chain state {path} ({exc}); delete it or rerun "
+                          "without --resume to start over") from exc
+    if state.config is None:
+        raise ConfigError(f"--resume: {path} does not record the config it was computed with; rerun without "
+                          "--resume to start over")
+    theirs, ours = _comparable(state.config), _comparable(cfg.to_dict())
+    if theirs != ours:
+        raise ConfigError(f"--resume: {path} was computed with another config (differs in: "
+                          f"{', '.join(_differences(theirs, ours))}); resume with the config it was computed with, "
+                          "or rerun without --resume to start over")
+    return state
+
+
+def run_resumable(cfg: ChainConfig, data: CorpusData, out: str | Path, resume: bool = False,
+                  show_progress: bool = True, on_iteration=None, command: str = "") -> ChainResult:
+    """`run_chain` for `dsl-sweep run`, kept on disk as it goes and continued with `resume`.
+
+    After each iteration the chain state goes to `state_file(out)` and the finished iterations to `out`
+    (`"finished": false`), both atomically; at the end `out` holds the same result an uninterrupted run
+    writes (`"finished": true`) and the state file is removed. `seconds` adds up the iterations read back
+    and this run's. `on_iteration` sees the iterations read back too.
+    """
+    out = Path(out)
+    spath = state_file(out)
+    state: ChainState | None = None
+    if resume and spath.is_file():
+        state = load_state_for(cfg, spath)
+        print(f"resuming from {spath}: {state.next_iteration} finished iteration(s) read back", flush=True)
+    elif resume:
+        print(f"--resume: no chain state at {spath}, running from the start", flush=True)
+    elif spath.is_file():
+        print(f"ignoring the chain state of an unfinished earlier run at {spath} (no --resume): it will be "
+              "overwritten", flush=True)
+    results = [IterationResult(**d) for d in (state.history if state else [])]
+    for r in results:
+        if on_iteration:
+            on_iteration(r)
+    earlier = sum(r.seconds for r in results)
+    n_segments = build_segments(data.frame_offsets, cfg.segments, warn=False).n_segments
+    environment = machine_info()
+    start = time.perf_counter()
+
+    def result_so_far() -> ChainResult:
+        return ChainResult(cfg, data.label_names, list(results), data.n_utterances, n_segments,
+                           earlier + time.perf_counter() - start, dict(data.skipped), is_leak_free(cfg.protocol.name),
+                           environment, command)
+
+    kept = len(results)
+    chain = iterate_chain(cfg, data, state, show_progress=show_progress)
+    try:
+        for result, after in chain:  # the next iteration's folds are running meanwhile
+            results.append(result)
+            _save_state(after, cfg, spath)
+            write_json({**result_so_far().to_dict(), "finished": False}, out)
+            kept = len(results)
+            if on_iteration:
+                on_iteration(result)
+    except BaseException:
+        if kept:
+            print(f"{kept} finished iteration(s) kept in {spath} (and {out}): rerun the same command with "
+                  "--resume to continue", flush=True)
+        raise
+    finally:
+        chain.close()
+    final = result_so_far()
+    write_json({**final.to_dict(), "finished": True}, out)
+    spath.unlink(missing_ok=True)
+    return final
+
+
 def write_plots(result: ChainResult, json_path: Path) -> list[Path]:
     """WA/UA per iteration and the final iteration's confusion matrix, next to the JSON result."""
     from . import plots
@@ -89,16 +197,17 @@ def _print_reported(result: ChainResult, path: Path, seconds: float) -> None:
 
 
 def run_from_cli(config_path: str | None, preset: str | None, overrides: Mapping[str, Any], out: str,
-                 quiet: bool = False, command: str = "", seed_jobs: int = 0) -> int:
+                 quiet: bool = False, command: str = "", seed_jobs: int = 0, resume: bool = False) -> int:
     cfg = load_config(config_path, preset, overrides)
     if not cfg.data:
-        from .config import ConfigError
-
         raise ConfigError("no data path: give --data DIR (or `data:` in the config file)")
     seeds = f"seeds {', '.join(map(str, cfg.seeds))}" if cfg.seeds else f"seed {cfg.seed}"
     print(f"corpus {cfg.corpus} at {cfg.data} | backbone {cfg.backbone} | rule {cfg.labels.rule} "
           f"| iterations {cfg.iterations} | {seeds}\n{protocol_line(cfg)}", flush=True)
     if cfg.seeds:
+        if resume:
+            print(f"--resume: ignored with --seeds (a study always resumes: each finished seed in {seeds_dir(out)}/ "
+                  "is read back)", flush=True)
         return _study_from_cli(cfg, out, quiet, command, seed_jobs)
     start = time.perf_counter()
     printed_header = []
@@ -109,9 +218,9 @@ def run_from_cli(config_path: str | None, preset: str | None, overrides: Mapping
             printed_header.append(True)
         print(format_row(r), flush=True)
 
-    result = run(cfg, show_progress=not quiet, on_iteration=show)
-    result.command = command
-    path = write_result(result, out)
+    data = load_checked(cfg, not quiet)
+    result = run_resumable(cfg, data, out, resume, show_progress=not quiet, on_iteration=show, command=command)
+    path = Path(out)
     figures = write_plots(result, path)
     _print_reported(result, path, time.perf_counter() - start)
     print("plots: " + ", ".join(str(f) for f in figures), flush=True)

@@ -65,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dsl.runner import run_from_cli
 
     return run_from_cli(args.config, args.preset, overrides_from(args), args.out, quiet=args.quiet,
-                        command=args.command_line, seed_jobs=args.seed_jobs)
+                        command=args.command_line, seed_jobs=args.seed_jobs, resume=args.resume)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     run.add_argument("--seed-jobs", type=int, default=0,
                      help="with --seeds: seeds run side by side (default: cores / (workers x threads))")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run from <out stem>.state.npz (written after each iteration)")
     add_run_flags(run)
     run.set_defaults(func=cmd_run)
 
