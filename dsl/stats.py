@@ -42,8 +42,8 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> Interval:
     if n < 2:
         return Interval(mean, None, None, None, n, v.tolist())
     sd = float(v.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / np.sqrt(n)
-    return Interval(mean, sd, mean - half, mean + half, n, v.tolist())
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n))
+    return Interval(mean, sd, mean - half, mean + half, n, v.tolist())  # plain floats: JSON and YAML take them
 
 
 def paired_gain(after: Sequence[float], before: Sequence[float], level: float = 0.95) -> Interval:

@@ -25,6 +25,7 @@ def test_t_interval_and_paired_gain() -> None:
     g = paired_gain([0.7, 0.8, 0.9], [0.6, 0.7, 0.8])  # the same +0.1 on every seed: a zero-width interval
     assert g.mean == pytest.approx(0.1) and g.high - g.low == pytest.approx(0.0, abs=1e-12)
     assert mean_interval([0.6, 0.7, 0.8]).format() == "70.0 ± 24.8"
+    assert all(type(v) is float for v in (iv.mean, iv.sd, iv.low, iv.high))  # yaml.safe_dump takes no numpy floats
 
 
 def test_seeds_parse_from_yaml_lists_ranges_and_reject_nonsense() -> None:
