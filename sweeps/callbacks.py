@@ -1,7 +1,9 @@
 """Tune callbacks on the driver: compact progress lines, and final MLflow statuses of trials.
 
 A trial stopped by the scheduler never returns from its last `tune.report`, so its MLflow run is
-ended here (FINISHED, tag `dsl.stopped_early`); a trial whose process died is marked FAILED here.
+ended here (FINISHED, tag `dsl.stopped_early`) and the steps of its last checkpoint that MLflow lacks
+(the trial logs a step after reporting it) are logged here; a trial whose process died is marked
+FAILED here, keeping the steps it checkpointed.
 """
 from __future__ import annotations
 
@@ -71,6 +73,21 @@ class ProgressPrinter(tune.Callback):
                           f"(traceback: {trial.error_file})")
 
 
+def _backfill(c, run_id: str, trial) -> None:
+    """Log the steps of the trial's latest checkpoint that its MLflow run lacks (never one it has)."""
+    from trainables.checkpoint import TrialCheckpoint
+    from trainables.tracking import TrialRun
+
+    ckpt = trial.checkpoint
+    if ckpt is None:
+        return
+    with ckpt.as_directory() as d:
+        history = TrialCheckpoint.load(d).state.history
+    done = TrialRun(c, run_id).log_iterations(history)
+    if done:
+        print(f"MLflow: logged steps {done} of {_short(trial.trial_id)} from its last checkpoint", flush=True)
+
+
 class FinalizeRuns(tune.Callback):
     """Ends MLflow child runs the trial itself could not end (scheduler stop, dead process)."""
 
@@ -87,6 +104,7 @@ class FinalizeRuns(tune.Callback):
             run = trial_run(c, self.experiment_id, self.parent_run_id, trial.trial_id)
             if run is None:
                 return
+            _backfill(c, run.info.run_id, trial)
             r = trial.last_result or {}
             if status == "FINISHED" and r.get("iteration", 0) < r.get("iterations_total", 0):
                 call(c.set_tag, run.info.run_id, "dsl.stopped_early", "true")

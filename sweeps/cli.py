@@ -174,10 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dsl.audio import BadAudioError
     from dsl.corpora import CorpusError
     from dsl.runners import FoldWorkerError
+    from trainables.tracking import TrackingUnavailable
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, BadAudioError, CorpusError) as exc:
+    except (ConfigError, BadAudioError, CorpusError, TrackingUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except FoldWorkerError as exc:  # a fold worker died (OOM killer, unguarded script): no traceback

@@ -160,6 +160,13 @@ def finish(outcome: SweepOutcome, spec: SweepSpec, c) -> None:
     parent = outcome.parent_run_id
     # Every trial has ended its own run by now. A child still RUNNING is either from this interrupted
     # sweep or an orphan of a driver killed earlier (its trial was rerun under a new id on --resume).
+    study = optuna.load_study(study_name=spec.name, storage=journal_storage(Path(outcome.journal)))
+    rerun_as = {t.user_attrs["adopted_from"]: t.user_attrs.get("tune_trial_id", "?")
+                for t in study.trials if "adopted_from" in t.user_attrs}
+    orphans = tracking.close_orphans(c, outcome.experiment_id, parent, {r.trial_id for r in outcome.rows}, rerun_as)
+    if orphans:
+        print(f"MLflow: {len(orphans)} orphan child run(s) of a killed driver ended KILLED, tagged dsl.orphan and "
+              f"deleted (their configurations ran again as other trials): {', '.join(orphans)}", flush=True)
     tracking.close_children(c, outcome.experiment_id, parent, "KILLED")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "trials.txt").write_text(table + "\n")
@@ -169,7 +176,6 @@ def finish(outcome: SweepOutcome, spec: SweepSpec, c) -> None:
         tracking.call(c.set_tag, parent, "dsl.top_trial_id", best.trial_id)
     tracking.call(c.set_tag, parent, "dsl.trials_errored", str(outcome.errors))
     tracking.call(c.set_terminated, parent, "KILLED" if outcome.interrupted else "FINISHED")
-    study = optuna.load_study(study_name=spec.name, storage=journal_storage(Path(outcome.journal)))
     counts = ", ".join(f"{k} {v}" for k, v in sorted(study_counts(study).items()))
     print(f"\n{table}\n\nOptuna study {spec.name}: {len(study.trials)} trials ({counts}) | "
           f"{outcome.seconds / 60:.1f} min", flush=True)

@@ -81,7 +81,10 @@ class ChainOptunaSearch(OptunaSearch):
         for ft in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if ft._trial_id not in owned:
                 log.info("adopting Optuna trial %d (asked before the sweep stopped, unknown to Tune)", ft.number)
-                return optuna.trial.Trial(self._ot_study, ft._trial_id)
+                adopted = optuna.trial.Trial(self._ot_study, ft._trial_id)
+                if "tune_trial_id" in ft.user_attrs:  # the Tune trial the killed driver had started with it
+                    adopted.set_user_attr("adopted_from", ft.user_attrs["tune_trial_id"])
+                return adopted
         return None
 
     def suggest(self, trial_id: str) -> dict | None:

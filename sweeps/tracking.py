@@ -94,6 +94,34 @@ def close_children(c, experiment_id: str, parent_run_id: str, status: str) -> in
     return n
 
 
+def close_orphans(c, experiment_id: str, parent_run_id: str, trial_ids: set[str],
+                  rerun_as: dict[str, str] | None = None) -> list[str]:
+    """Child runs of trials that Tune does not know: a trial that started after Tune's last snapshot of a
+    hard-killed driver ran again under a new trial id (with the same Optuna trial) on `--resume`, in a new
+    child run. Its old run is ended KILLED, tagged `dsl.orphan=true` (and `dsl.rerun_as`), and deleted
+    (MLflow's soft delete: hidden from searches and the UI, kept until `mlflow gc`), so the sweep shows one
+    child run per trial. Returns their run ids."""
+    done = []
+    if not trial_ids or "?" in trial_ids:  # Tune's trials are not all known: delete nothing
+        return done
+    for r in child_runs(c, experiment_id, parent_run_id):
+        tid = r.data.tags.get(TRIAL_TAG)
+        if not tid or tid in trial_ids:
+            continue
+        rid = r.info.run_id
+        tags = {"dsl.orphan": "true", "dsl.orphan_reason": "started after the last Tune snapshot before the "
+                "driver was killed; its configuration ran again under another trial id on --resume"}
+        if rerun_as and tid in rerun_as:
+            tags["dsl.rerun_as"] = rerun_as[tid]
+        for k, v in tags.items():
+            call(c.set_tag, rid, k, v)
+        if r.info.status == "RUNNING":
+            call(c.set_terminated, rid, "KILLED")
+        call(c.delete_run, rid)
+        done.append(rid)
+    return done
+
+
 def check_access(uri: str) -> None:
     """Fail fast with one clear line when a tracking server refuses us (before loading data or starting Ray).
 
@@ -123,5 +151,5 @@ def check_access(uri: str) -> None:
                           "(of the driver and of every Ray node; never in the sweep file or the URI)") from None
 
 
-__all__ = ["child_runs", "client", "close_children", "ensure_experiment", "find_parent", "open_parent",
+__all__ = ["child_runs", "client", "close_children", "close_orphans", "ensure_experiment", "find_parent", "open_parent",
            "resolve_tracking_uri", "trial_run"]

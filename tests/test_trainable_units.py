@@ -121,3 +121,112 @@ def test_trial_run_is_found_again_and_logs_missing_steps_only(sqlite_uri: str, t
     assert c.get_run(run.run_id).info.status == "RUNNING"
     other = TrialRun.open(sqlite_uri, exp, parent, "units", "abc_00002", "name")
     assert other.run_id != run.run_id
+
+
+def test_call_gives_up_after_dsl_mlflow_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from trainables.tracking import TrackingUnavailable, call
+
+    monkeypatch.setenv("DSL_MLFLOW_TIMEOUT", "1.5")
+    tries = []
+
+    def down():
+        tries.append(1)
+        raise ConnectionError("Max retries exceeded with url: /api (Connection refused)")
+
+    t0 = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match="did not answer for 2 s"):
+        call(down)
+    assert 1.4 < time.monotonic() - t0 < 3 and len(tries) >= 3
+    with pytest.raises(KeyError):  # not transient: at once
+        call(lambda: (_ for _ in ()).throw(KeyError("RESOURCE_DOES_NOT_EXIST")))
+    monkeypatch.setenv("DSL_MLFLOW_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="DSL_MLFLOW_TIMEOUT"):
+        call(down)
+
+
+def test_dead_tracking_server_holds_a_caller_up_for_the_timeout_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's own HTTP retries (7, backoff factor 2: minutes) are off unless set: the deadline is ours."""
+    import time
+
+    from sweeps.testing import free_port
+    from trainables.tracking import TrackingUnavailable, TrialRun, call, client
+
+    for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("DSL_MLFLOW_TIMEOUT", "3")
+    c = client(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    import os
+
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
+    t0 = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match="DSL_MLFLOW_TIMEOUT"):
+        call(c.search_experiments, max_results=1)
+    assert time.monotonic() - t0 < 8
+    run = TrialRun(c, "0" * 32)
+    t0 = time.monotonic()
+    with pytest.raises(TrackingUnavailable), run.briefly(0.5):
+        run.logged_steps()
+    assert time.monotonic() - t0 < 3
+
+
+class _FlakyRun:
+    """A TrialRun stand-in whose tracking server is away while `down`."""
+
+    def __init__(self):
+        self.down, self.steps, self.art = False, [], 0
+
+    def briefly(self, seconds=None):
+        from contextlib import nullcontext
+
+        return nullcontext(self)
+
+    def log_iterations(self, history, skip=None):
+        from trainables.tracking import TrackingUnavailable
+
+        if self.down:
+            raise TrackingUnavailable("away")
+        new = [int(d["iteration"]) for d in history if int(d["iteration"]) not in set(skip or ())]
+        self.steps += new
+        return new
+
+
+def test_publish_buffers_steps_while_the_server_is_away() -> None:
+    from trainables.chain_trainable import _publish
+    from trainables.tracking import TrackingUnavailable
+
+    run, logged, h = _FlakyRun(), set(), [_it(i, [0.5, 0.5], 0.5) for i in range(4)]
+
+    def art():
+        run.art += 1
+
+    assert _publish(run, logged, h[:1], art, wait=False)
+    run.down = True
+    assert not _publish(run, logged, h[:2], art, wait=False)  # training goes on
+    assert not _publish(run, logged, h[:3], art, wait=False)
+    with pytest.raises(TrackingUnavailable):
+        _publish(run, logged, h[:3], art, wait=True)
+    run.down = False
+    assert _publish(run, logged, h, art, wait=False)
+    assert run.steps == [0, 1, 2, 3] and logged == {0, 1, 2, 3} and run.art == 2  # each step once
+
+
+def test_a_step_is_never_logged_twice_and_a_recomputed_difference_is_tagged(sqlite_uri: str, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    c = MlflowClient(sqlite_uri)
+    exp = c.create_experiment("units2", artifact_location=str(tmp_path / "art"))
+    parent = c.create_run(exp, run_name="p", tags={"dsl.role": "parent"}).info.run_id
+    run = TrialRun.open(sqlite_uri, exp, parent, "units2", "abc_00009", "name")
+    first = [_it(0, [0.5, 0.5], 0.5), _it(1, [0.6, 0.6], 0.6)]
+    assert run.log_iterations(first) == [0, 1]
+    # a driver killed before Tune's snapshot: the retry restores iteration 0's checkpoint and computes 1 again
+    again = TrialRun.open(sqlite_uri, exp, parent, "units2", "abc_00009", "name", known_run_id=run.run_id)
+    logged = again.logged_steps()
+    same = again.log_iterations(first, skip=logged)
+    assert same == [] and "dsl.mlflow_mismatch" not in c.get_run(run.run_id).data.tags
+    other = [first[0], _it(1, [0.7, 0.7], 0.7), _it(2, [0.7, 0.7], 0.7)]
+    assert again.log_iterations(other, skip=logged) == [2]
+    assert [m.value for m in c.get_metric_history(run.run_id, "mean_fold_ua") if m.step == 1] == [pytest.approx(0.6)]
+    assert c.get_run(run.run_id).data.tags["dsl.mlflow_mismatch"] == "1"

@@ -1,10 +1,15 @@
 """The Ray Tune function trainable: one full DSL chain per trial, resumable at its last finished iteration.
 
-After every iteration the trial logs that step to its MLflow child run (steps MLflow already has are
-skipped), refreshes its plots, then `tune.report`s the flat metrics with a checkpoint holding the
-ChainState, the MLflow run id and the contour utterance's posteriors. A retried or restored trial
-starts from `tune.get_checkpoint()`: it re-logs steps MLflow lacks from the checkpoint's history and
-continues at `next_iteration`; it never starts over.
+After every iteration the trial `tune.report`s the flat metrics with a checkpoint holding the
+ChainState, the MLflow run id and the contour utterance's posteriors, then logs to its MLflow child run
+every step of the checkpoint's history that MLflow lacks and refreshes its plots: MLflow never has a
+step the checkpoints lack. While the tracking server is away the trial keeps training (it gives MLflow
+a few seconds per iteration) and catches up when the server is back; at the end it waits
+`$DSL_MLFLOW_TIMEOUT` seconds for it, then fails with `TrackingUnavailable` and its retry logs the
+missing steps from the last checkpoint. A trial that Tune stops inside `tune.report` has its last steps
+logged by the driver (`sweeps.callbacks.FinalizeRuns`). A retried or restored trial starts from
+`tune.get_checkpoint()`: it re-logs steps MLflow lacks from the checkpoint's history and continues at
+`next_iteration`; it never starts over.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from dsl.selection import reported_iteration
 from .metrics import report_metrics
 from .naming import run_name
 from .shared_data import CorpusMeta, attach, is_shared_view
-from .tracking import NoRun, TrialRun, flat_params
+from .tracking import QUICK, NoRun, TrackingUnavailable, TrialRun, flat_params
 from .trial_config import trial_config
 
 log = logging.getLogger(__name__)
@@ -71,6 +76,23 @@ def _artifacts(run, cfg: ChainConfig, history: list[dict], contour: dict[int, np
             plots.contour_plot(contour, label_names, t / "segment_posteriors.png", title=utt_title),
         ]
         run.log_files([str(f) for f in files], "plots")
+
+
+def _publish(run, logged: set[int], history: list[dict], artifacts, wait: bool) -> bool:
+    """Log the steps of `history` MLflow lacks, then the artifacts. `wait=False`: give an unreachable server
+    a few seconds and return False (the steps are logged on a later call); `wait=True`: raise
+    `TrackingUnavailable` after `$DSL_MLFLOW_TIMEOUT` seconds."""
+    try:
+        with run.briefly(None if wait else QUICK):
+            logged.update(run.log_iterations(history, skip=logged))
+            artifacts()
+        return True
+    except TrackingUnavailable as exc:
+        if wait:
+            raise
+        missing = sorted({int(d["iteration"]) for d in history} - logged)
+        log.warning("MLflow unreachable, training on; steps %s are logged when it is back: %s", missing, exc)
+        return False
 
 
 def _restore() -> TrialCheckpoint | None:
@@ -131,27 +153,32 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
         if state is not None:  # steps MLflow lacks: the checkpoint's history is the truth
             logged.update(run.log_iterations(state.history, skip=logged))
         if state is not None and state.next_iteration > cfg.iterations:  # finished before a restore
+            _artifacts(run, cfg, state.history, contour, data.label_names, utt_title, trial_id, finished=True)
             tune.report({**report_metrics(state.history, cfg.iterations, resumed_from, ctx.objective), **extra})
             run.end("FINISHED")
             return
         runner = _runner(ctx, meta, data, run_cfg)
+        published, art = True, None
         try:
             for result, state in iterate_chain(run_cfg, data, state, runner, show_progress=False,
                                                rf_jobs=ctx.resources.head_threads):
                 assert result.posteriors is not None
                 contour[result.iteration] = np.asarray(result.posteriors[lo:hi], dtype=np.float32)
                 history = state.history
-                # MLflow first (a step logged before a crash is skipped on retry), then report + checkpoint
-                logged.update(run.log_iterations(history[-1:], skip=logged))
-                _artifacts(run, cfg, history, contour, data.label_names, utt_title, trial_id,
-                           finished=state.next_iteration > cfg.iterations)
+                # report + checkpoint first, then MLflow: a step MLflow has is in a checkpoint Tune knows
                 with tempfile.TemporaryDirectory(prefix="dsl-ckpt-") as tmp:
                     TrialCheckpoint(state, run.run_id, contour).save(tmp)
                     tune.report({**report_metrics(history, cfg.iterations, resumed_from, ctx.objective), **extra},
                                 checkpoint=tune.Checkpoint.from_directory(tmp))
                 maybe_fail(result.iteration, trial_id)
+                finished = state.next_iteration > cfg.iterations
+                art = (lambda h=history, f=finished: _artifacts(run, cfg, h, contour, data.label_names, utt_title,
+                                                                 trial_id, finished=f))
+                published = _publish(run, logged, history, art, wait=False)
         finally:
             getattr(runner, "close", lambda: None)()
+        if not published:  # the server was away at the last iteration: wait for it
+            _publish(run, logged, state.history, art, wait=True)
         run.end("FINISHED")
     except SystemExit as exc:
         if exc.code not in (0, None):
@@ -165,7 +192,8 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
 def _mark_failed(run, exc: BaseException, trial_id: str) -> None:
     log.exception("trial %s failed", trial_id)
     try:
-        run.set_tags({"dsl.error": f"{type(exc).__name__}: {exc}"[:5000]})
-        run.end("FAILED")
+        with run.briefly(QUICK if isinstance(exc, TrackingUnavailable) else None):
+            run.set_tags({"dsl.error": f"{type(exc).__name__}: {exc}"[:5000]})
+            run.end("FAILED")
     except Exception:  # tracking must not hide the original error
         log.exception("could not mark the MLflow run FAILED")
