@@ -115,6 +115,7 @@ def test_resume_with_seeds_is_accepted_and_ignored(tone_corpus, feature_cache, t
 KILLER = '''
 import os
 import signal
+import time
 
 import torch
 from torch import nn
@@ -132,6 +133,11 @@ class Mortal(nn.Module):
 
     def forward(self, x):
         if self.doomed:
+            # Iteration 1's fold 0 may start before iteration 0 is written (it needs only fold 1 of iteration 0):
+            # die only once iteration 0 is on disk, so the test does not depend on which worker is faster.
+            deadline = time.time() + 120
+            while not os.path.exists({written!r}) and time.time() < deadline:
+                time.sleep(0.05)
             open({stamp!r}, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
         return self.out(x.mean(dim=(1, 2, 3))[:, None])
@@ -148,7 +154,7 @@ def test_killed_fold_worker_then_resume(tone_corpus, feature_cache, tmp_path, mo
     module = f"dsl_mortal_{uuid.uuid4().hex[:8]}"
     stamp = tmp_path / f"{module}.stamp"
     (tmp_path / f"{module}.py").write_text(KILLER.format(seed=derive_seed(0, 1, 0, 0), stamp=str(stamp),
-                                                         name=f"{module}_net"))
+                                                         name=f"{module}_net", written=str(tmp_path / "run.json")))
     monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit the parent's sys.path
     plugin = ["--backbone", f"{module}_net", "--set", f"plugins=[{module}]", "--seed", "0"]
     out, ref_out, state = tmp_path / "run.json", tmp_path / "ref.json", tmp_path / "run.state.npz"
