@@ -29,23 +29,43 @@ class ValidationReport:
     def ok(self) -> bool:
         return not self.problems and not self.corpus_problems
 
-    def format(self) -> str:
+    def format(self, show: int = 3) -> str:
+        """Summary, then problems and notes grouped by kind with a count and `show` example files each."""
         lines = [f"{self.data} ({self.corpus}): {self.files} file(s), {self.usable} usable, "
                  f"{len(self.problems)} with problems"]
         if self.sample_rates:
             lines.append("sample rates: " + ", ".join(f"{r} Hz x{n}" for r, n in sorted(self.sample_rates.items())))
         if self.class_counts:
             lines.append("classes: " + ", ".join(f"{k} {v}" for k, v in self.class_counts.items()))
-        for path, why in self.problems.items():
-            lines.append(f"  ERROR {path}: {why}")
+        lines += _grouped("ERROR", self.problems, show)
         for msg in self.corpus_problems:
             lines.append(f"  ERROR {msg}")
-        for path, why in self.notes.items():
-            lines.append(f"  note  {path}: {why}")
+        lines += _grouped("note ", self.notes, show)
+        if any(len(v) > show for v in (_by_kind(self.problems), _by_kind(self.notes)) for v in v.values()):
+            lines.append("  (every file is listed in the JSON report: --report FILE)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok}
+
+
+def _by_kind(items: dict[str, str]) -> dict[str, list[str]]:
+    kinds: dict[str, list[str]] = {}
+    for path, why in items.items():
+        kinds.setdefault(why, []).append(path)
+    return kinds
+
+
+def _grouped(tag: str, items: dict[str, str], show: int) -> list[str]:
+    """`  note  2 channels (averaged to mono): 588 file(s), e.g. a.wav, b.wav, c.wav`, most frequent first."""
+    out = []
+    for why, paths in sorted(_by_kind(items).items(), key=lambda kv: -len(kv[1])):
+        if len(paths) == 1:
+            out.append(f"  {tag} {paths[0]}: {why}")
+        else:
+            more = f", ... ({len(paths) - show} more)" if len(paths) > show else ""
+            out.append(f"  {tag} {why}: {len(paths)} files, e.g. {', '.join(paths[:show])}{more}")
+    return out
 
 
 def parse_corpus_collecting(name: str, data: str | Path) -> tuple[Corpus | None, dict[str, str], list[str]]:

@@ -24,16 +24,24 @@ def resolve_tracking_uri(arg: str | None = None) -> str:
     return uri
 
 
+# MLflow 3's UI opens an experiment in its GenAI overview unless this tag says it holds model-training runs.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def ensure_experiment(c, name: str) -> str:
+    """The sweep's experiment (created, or restored if deleted), marked as model training for the UI."""
     exp = call(c.get_experiment_by_name, name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             call(c.restore_experiment, exp.experiment_id)
-        return exp.experiment_id
-    try:
-        return call(c.create_experiment, name)
-    except Exception:  # created concurrently
-        return call(c.get_experiment_by_name, name).experiment_id
+        exp_id = exp.experiment_id
+    else:
+        try:
+            exp_id = call(c.create_experiment, name)
+        except Exception:  # created concurrently
+            exp_id = call(c.get_experiment_by_name, name).experiment_id
+    call(c.set_experiment_tag, exp_id, *EXPERIMENT_KIND)
+    return exp_id
 
 
 def find_parent(c, experiment_id: str, sweep_path: str | None = None):

@@ -105,3 +105,15 @@ def test_manifest_duplicates_and_missing_files_reported(tmp_path, capsys) -> Non
     assert main(["validate", str(tmp_path / "m.csv"), "--corpus", "csv"]) == 1
     out = capsys.readouterr().out
     assert "duplicate path" in out and "gone.wav" in out and "file not found" in out
+
+
+def test_validate_groups_notes_by_kind_with_a_count() -> None:
+    """588 stereo files make one line with a count and examples, not 588 lines (the full list is in --report)."""
+    from dsl.validate import ValidationReport
+
+    report = ValidationReport("emovo", "emovo", files=589, usable=588, problems={"bad.wav": "truncated"},
+                              notes={f"f{i:03d}.wav": "2 channels (averaged to mono)" for i in range(588)})
+    lines = report.format().splitlines()
+    assert len(lines) == 4
+    assert "  note  2 channels (averaged to mono): 588 files, e.g. f000.wav, f001.wav, f002.wav, ... (585 more)" in lines
+    assert "  ERROR bad.wav: truncated" in lines and "--report" in lines[-1]

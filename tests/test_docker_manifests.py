@@ -673,3 +673,17 @@ def test_hadolint(flavor):
         env={**os.environ, "NO_COLOR": "1"},
     )
     assert proc.returncode == 0, f"hadolint {flavor}:\n{proc.stdout}{proc.stderr}"
+
+
+def test_gpu_manifests_run_a_sweep_that_asks_for_gpus(rayjob, ray_cluster):
+    """Manifests with GPU workers run a sweep whose trials request GPUs; the CPU-only compose cluster a CPU one."""
+    import yaml as _yaml
+
+    def gpu_of(argv: list[str]) -> float:
+        path = _repo_path_of_image_path(_parse_sweep(argv)["config"])
+        return float((_yaml.safe_load(path.read_text()).get("resources") or {}).get("gpu", 0))
+
+    for source in (RAYJOB, RAY_CLUSTER):
+        commands = _sweep_commands(source.read_text())
+        assert commands and all(gpu_of(argv) > 0 for argv in commands), source.name
+    assert all(gpu_of(argv) == 0 for argv in _sweep_commands(COMPOSE.read_text()))

@@ -71,6 +71,7 @@ def test_sweep_completes(sweep) -> None:
 def test_one_parent_one_child_per_trial(sweep) -> None:
     parents = [r for r in sweep.runs if r.data.tags.get("dsl.role") == "parent"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sweep.exp.tags.get("mlflow.experimentKind") == "custom_model_development"  # the UI's training view
     children = _children(sweep)
     assert len(children) == N_TRIALS
     assert len({r.data.tags["ray_trial_id"] for r in children}) == N_TRIALS

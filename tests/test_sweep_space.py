@@ -132,7 +132,7 @@ def test_search_may_not_touch_features() -> None:
         _spec({"features.n_mels": [40, 64]})
 
 
-@pytest.mark.parametrize("name", ["quick_emodb", "paper_grid", "optuna_search"])
+@pytest.mark.parametrize("name", ["quick_emodb", "paper_grid", "optuna_search", "gpu_emodb"])
 def test_examples_parse(name: str) -> None:
     raw = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
     spec = parse_sweep(raw, data="/nonexistent/emodb")
