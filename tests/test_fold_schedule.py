@@ -14,7 +14,7 @@ from dsl import ChainConfig, prepare_data, run_chain
 from dsl.chain import FoldJob, FoldOutput, iterate_chain, run_fold_job
 from dsl.rules import RULES, register_rule
 from dsl.train import SegmentBatcher
-from tests.test_chain import TINY, tone_corpus  # noqa: F401 - module fixture
+from tests.conftest import TINY
 
 FAKE_SECONDS = 0.3
 

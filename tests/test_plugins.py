@@ -13,7 +13,7 @@ from dsl import ChainConfig, prepare_data, run_chain
 from dsl.checks import check_config
 from dsl.config import ConfigError, load_config
 from sweeps.spec import parse_sweep
-from tests.test_chain import TINY, tone_corpus  # noqa: F401 - module fixture
+from tests.conftest import TINY
 
 PLUGIN = '''
 import numpy as np
