@@ -27,6 +27,7 @@ from trainables.context import TrialContext, TrialResources
 from trainables.naming import describe
 from trainables.tracking import redact_uri
 
+from .preflight import cluster_preflight
 from .report import TrialRow, best_row, format_table, rows_from_results
 from .session import check_resumable, init_ray, journal_path, quiet_ray, storage_root
 from .space import SearchSpace, enumerate_grid, sample_configs
@@ -124,8 +125,9 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
     started = init_ray(address, verbose)
     try:
         res = spec.resources
-        ctx = TrialContext(spec.name, spec.base.to_dict(), uri, exp_id, parent,
-                           TrialResources(res.cpu, res.gpu, res.fold_workers, res.head_cpu),
+        trial_resources = TrialResources(res.cpu, res.gpu, res.fold_workers, res.head_cpu)
+        cluster_preflight(uri, placement(trial_resources).bundles, remote=bool(address or os.environ.get("RAY_ADDRESS")))
+        ctx = TrialContext(spec.name, spec.base.to_dict(), uri, exp_id, parent, trial_resources,
                            contour_index(data, spec.contour_utterance), spec.objective)
         from ray import tune
 

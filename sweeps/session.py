@@ -41,6 +41,11 @@ def check_resumable(exp_path: str, journal: Path, resume: bool) -> None:
         log.warning("moved a stale Optuna journal aside: %s", stale)
 
 
+def _resource_warnings_only(record: logging.LogRecord) -> bool:
+    """Of Tune's log, keep warnings about resources (a trial that cannot be scheduled), errors being ours."""
+    return record.levelno >= logging.WARNING and "resource" in record.getMessage().lower()
+
+
 def quiet_ray() -> bool:
     """Keep the console to our progress lines unless DSL_SWEEP_VERBOSE=1; returns True when verbose."""
     verbose = os.environ.get("DSL_SWEEP_VERBOSE", "0") == "1"
@@ -49,6 +54,10 @@ def quiet_ray() -> bool:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy engine honours verbose=0
         for name in ("ray.tune", "ray.train", "ray.air"):
             logging.getLogger(name).setLevel(logging.CRITICAL)  # trial errors are printed by ProgressPrinter
+        # ...but a trial that cannot be scheduled must not sit silent: Tune's resource warnings get through.
+        tune_log = logging.getLogger("ray.tune")
+        tune_log.setLevel(logging.WARNING)
+        tune_log.addFilter(_resource_warnings_only)
     return verbose
 
 
