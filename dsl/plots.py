@@ -103,4 +103,19 @@ def study_plot(studies: Sequence[Mapping], path: str | Path, metric: str = "ua",
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or f"{metric.upper()} per iteration over seeds")
+    fig.text(0.01, 0.005, study_caption(studies), fontsize=6, ha="left", va="bottom", wrap=True)
+    fig.subplots_adjust(bottom=0.22)
     return _save(fig, path)
+
+
+def study_caption(studies: Sequence[Mapping]) -> str:
+    """What a figure of studies rests on: data, folds, seeds, backbone and the machine(s)."""
+    st = studies[0]
+    cfg = st["config"]
+    pr = ", ".join(f"{s['protocol']['name']} {s['protocol']['folds']} folds" for s in studies)
+    seeds = sorted({int(x) for s in studies for x in s["seeds"]})
+    machines = sorted({f"{e.get('cpu', '?')} ({e.get('fingerprint', '?')})" for s in studies
+                       for e in s.get("environments", [])})
+    return (f"data: {cfg['corpus']} {Path(cfg['data']).name} ({st['n_utterances']} utterances); {cfg['backbone']}, "
+            f"{cfg['train']['epochs']} epochs, hop {cfg['segments']['hop']}; {pr}; seeds {seeds}; "
+            f"machine: {'; '.join(machines)}")
