@@ -181,11 +181,17 @@ def test_register_and_predict(sweep, capsys: pytest.CaptureFixture[str]) -> None
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DSL_PROGRESS", "0")
         assert best_from_cli(argparse.Namespace(sweep="server_sweep", tracking_uri=sweep.server.uri,
-                                                out=str(sweep.tmp / "best2.yaml"), register=True,
-                                                model_name="dsl-tiny", top_k=None, fresh_seeds=None,
-                                                protocol=None, no_reeval=True)) == 0
+                                                out=str(sweep.tmp / "best.yaml"), register=True,
+                                                model_name="dsl-tiny", top_k=2, fresh_seeds=2,
+                                                protocol=None, no_reeval=False)) == 0  # studies read back from disk
     versions = sweep.client.search_model_versions("name='dsl-tiny'")
     assert len(versions) == 1
+    ev = yaml.safe_load((sweep.tmp / "best.yaml").read_text())["evaluation"]
+    # The registered model carries the re-evaluated figures, not the sweep's self-graded score.
+    assert versions[0].tags["reevaluation_protocol"] == "refinery"
+    assert versions[0].tags["reevaluated_ua"].startswith(f"{ev['ua']['mean']:.4f}")
+    run = sweep.client.get_run(versions[0].run_id)
+    assert run.data.metrics["reevaluated_ua"] == pytest.approx(ev["ua"]["mean"], abs=1e-6)
     wavs = sorted(str(p) for p in Path(yaml.safe_load((sweep.tmp / "best.yaml").read_text())["data"]).iterdir())[:2]
     capsys.readouterr()
     assert predict_from_cli(argparse.Namespace(model="models:/dsl-tiny/1", wav=wavs, tracking_uri=sweep.server.uri,
