@@ -94,13 +94,6 @@ def cross_validated_proba(features: np.ndarray, labels: np.ndarray, n_classes: i
     return proba, fold_of
 
 
-def evaluate_utterances(features: np.ndarray, labels: np.ndarray, n_classes: int, folds: int, seed: int,
-                        groups: np.ndarray | None = None, n_jobs: int | None = None) -> UtteranceScores:
-    """Random forest (default settings) under stratified K-fold CV, grouped by `groups` when given."""
-    proba, fold_of = cross_validated_proba(features, labels, n_classes, folds, seed, groups, n_jobs)
-    return scores(labels, proba, fold_of, n_classes)
-
-
 def validation_ua(features: np.ndarray, labels: np.ndarray, n_classes: int, folds: int, seed: int,
                   groups: np.ndarray | None = None, n_jobs: int | None = None) -> float:
     """UA of a forest CV over a scope's training utterances: the held-out protocols' iteration selector.

@@ -93,7 +93,7 @@ def objective_key(objective: str) -> str:
     return "selected_ua" if objective == "selected" else "ua"
 
 
-def select_best(c, experiment_id: str, parent_run_id: str, objective: str = "final") -> tuple[BestPick, list[BestPick]]:
+def select_best(c, experiment_id: str, parent_run_id: str, objective: str = "final") -> list[BestPick]:
     """Every child run at its last reported iteration, best first by the sweep objective there."""
     key = objective_key(objective)
     per_run: list[BestPick] = []
@@ -108,7 +108,7 @@ def select_best(c, experiment_id: str, parent_run_id: str, objective: str = "fin
     if not per_run:
         raise ConfigError("the sweep has no trial with a finished iteration yet")
     per_run.sort(key=BestPick.key, reverse=True)
-    return per_run[0], per_run
+    return per_run
 
 
 def run_config(c, run_id: str) -> ChainConfig:
@@ -243,7 +243,7 @@ def best_from_cli(args: argparse.Namespace) -> int:
     n_seeds = getattr(args, "fresh_seeds", None) or int(params.get("sweep.select_seeds", 5))
     if not is_leak_free(protocol):
         raise ConfigError(f"--protocol {protocol!r} is not leak-free; re-evaluate under nested, refinery or speaker")
-    pick, per_run = select_best(c, exp.experiment_id, parent.info.run_id, objective)
+    per_run = select_best(c, exp.experiment_id, parent.info.run_id, objective)
     top = distinct_top(c, per_run, top_k)
     sweep_protocol = top[0][1].protocol.name
     print(f"sweep {name}: {len(per_run)} trials; top {len(top)} distinct configurations by the sweep objective "
