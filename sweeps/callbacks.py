@@ -74,18 +74,25 @@ class ProgressPrinter(tune.Callback):
 
 
 def _backfill(c, run_id: str, trial) -> None:
-    """Log the steps of the trial's latest checkpoint that its MLflow run lacks (never one it has)."""
+    """Log the steps of the trial's latest checkpoint that its MLflow run lacks (never one it has), and its
+    artifacts when the trial could not (stopped by Tune inside `tune.report`, before it logged them)."""
+    from trainables.artifacts import RESULT_NAME, log_trial_artifacts
     from trainables.checkpoint import TrialCheckpoint
-    from trainables.tracking import TrialRun
+    from trainables.tracking import TrialRun, call
 
     ckpt = trial.checkpoint
     if ckpt is None:
         return
     with ckpt.as_directory() as d:
-        history = TrialCheckpoint.load(d).state.history
-    done = TrialRun(c, run_id).log_iterations(history)
+        saved = TrialCheckpoint.load(d)
+    run = TrialRun(c, run_id)
+    done = run.log_iterations(saved.state.history)
     if done:
         print(f"MLflow: logged steps {done} of {_short(trial.trial_id)} from its last checkpoint", flush=True)
+    has_result = any(a.path == RESULT_NAME for a in call(c.list_artifacts, run_id))
+    if (done or not has_result) and saved.config is not None:
+        iterations = int(saved.config.get("iterations", 0))
+        log_trial_artifacts(run, saved, finished=saved.state.next_iteration > iterations)
 
 
 class FinalizeRuns(tune.Callback):

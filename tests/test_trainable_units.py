@@ -50,6 +50,51 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     assert sorted(back.contour) == [0, 1]
 
 
+def test_checkpoint_format_is_checked(tmp_path: Path) -> None:
+    import json
+
+    state = ChainState(1, [np.eye(3, dtype=np.float32)], [_it(0, [0.5, 0.5], 0.5)])
+    TrialCheckpoint(state, "r", {}, {"iterations": 2}, ["a", "b"], "t", "x").save(tmp_path)
+    info = json.loads((tmp_path / "trial.json").read_text())
+    (tmp_path / "trial.json").write_text(json.dumps({**info, "format": 99}))
+    with pytest.raises(ValueError, match="trial.json: trial checkpoint format 99 is newer"):
+        TrialCheckpoint.load(tmp_path)
+    old = {k: info[k] for k in ("mlflow_run_id", "next_iteration")}  # format 1
+    (tmp_path / "trial.json").write_text(json.dumps(old))
+    with pytest.warns(UserWarning, match="format 1"):
+        assert TrialCheckpoint.load(tmp_path).config is None
+
+
+def test_driver_logs_the_artifacts_of_a_trial_stopped_before_it_could(tmp_path: Path) -> None:
+    """ASHA can stop a trial inside its first `tune.report`, after the checkpoint, before MLflow: the driver
+    writes the missing steps and the artifacts from that checkpoint."""
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+    from ray import tune
+
+    from sweeps.callbacks import _backfill
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = c.create_run(c.create_experiment("x")).info.run_id
+    cfg = ChainConfig().to_dict()
+    state = ChainState(1, [np.eye(2, dtype=np.float32)], [_it(0, [0.5, 0.5], 0.5)])
+    TrialCheckpoint(state, run_id, {0: np.random.rand(5, 2)}, cfg, ["anger", "neutral"], "u.wav", "t1").save(
+        tmp_path / "ckpt")
+    trial = SimpleNamespace(checkpoint=tune.Checkpoint.from_directory(tmp_path / "ckpt"), trial_id="t1")
+    _backfill(c, run_id, trial)
+    top = {a.path for a in c.list_artifacts(run_id)}
+    assert {"result.json", "plots"} <= top
+    assert {a.path for a in c.list_artifacts(run_id, "plots")} == {
+        "plots/confusion_matrix.png", "plots/accuracy_per_iteration.png", "plots/segment_posteriors.png"}
+    assert [m.step for m in c.get_metric_history(run_id, "mean_fold_ua")] == [0]
+    result = c.download_artifacts(run_id, "result.json", str(tmp_path / "dl"))
+    import json
+
+    r = json.loads(Path(result).read_text())
+    assert r["finished"] is False and r["trial_id"] == "t1" and r["label_names"] == ["anger", "neutral"]
+
+
 def test_fault_hook_raises_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DSL_SWEEP_FAIL_ONCE", str(tmp_path / "marker"))
     maybe_fail(1, "t")  # not the configured iteration

@@ -28,7 +28,7 @@ from dsl.checks import check_config
 from dsl.config import ChainConfig
 from dsl.segments import build_segments
 
-from dsl import plots
+from .artifacts import log_trial_artifacts
 from .checkpoint import TrialCheckpoint
 from .context import TrialContext
 from .fault import maybe_fail
@@ -55,27 +55,6 @@ def _open_run(ctx: TrialContext, cfg: ChainConfig, overrides: Mapping[str, Any],
     assert ctx.experiment_id and ctx.parent_run_id
     return TrialRun.open(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, ctx.sweep, trial_id,
                          run_name(cfg, overrides, trial_id), known_run_id)
-
-
-def _artifacts(run, cfg: ChainConfig, history: list[dict], contour: dict[int, np.ndarray], label_names,
-               utt_title: str, trial_id: str, finished: bool) -> None:
-    """Result JSON and the three plots (re-logged each iteration, so a stopped trial has them too)."""
-    with tempfile.TemporaryDirectory(prefix="dsl-art-") as tmp:
-        t = Path(tmp)
-        last = history[-1]
-        result = {"format": RESULT_FORMAT, "kind": "trial", "trial_id": trial_id, "label_names": list(label_names),
-                  "finished": finished, "protocol": {"name": cfg.protocol.name, "leak_free": is_leak_free(cfg.protocol.name)},
-                  "environment": machine_info(), "reported": reported_iteration(last), "config": cfg.to_dict(),
-                  "iterations": history}
-        (t / "result.json").write_text(json.dumps(result, indent=1))
-        run.log_files([str(t / "result.json")])
-        files = [
-            plots.confusion_plot(last["confusion"], label_names, t / "confusion_matrix.png",
-                                 f"iteration {last['iteration']}: UA {100 * last['ua']:.1f} %"),
-            plots.accuracy_plot(history, t / "accuracy_per_iteration.png"),
-            plots.contour_plot(contour, label_names, t / "segment_posteriors.png", title=utt_title),
-        ]
-        run.log_files([str(f) for f in files], "plots")
 
 
 def _publish(run, logged: set[int], history: list[dict], artifacts, wait: bool) -> bool:
@@ -140,6 +119,10 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
     contour = dict(saved.contour) if saved else {}
     extra = {"frames_zero_copy": float(is_shared_view(frames))}
     run = _open_run(ctx, cfg, config, trial_id, saved.mlflow_run_id if saved else None)
+
+    def checkpoint(st: ChainState) -> TrialCheckpoint:
+        return TrialCheckpoint(st, run.run_id, dict(contour), cfg.to_dict(), list(data.label_names), utt_title,
+                               trial_id)
     try:
         run.start({**flat_params(cfg.to_dict()), "ray_trial_id": trial_id},
                   {"dsl.resumed_from": resumed_from, "dsl.frames_zero_copy": is_shared_view(frames),
@@ -153,7 +136,7 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
         if state is not None:  # steps MLflow lacks: the checkpoint's history is the truth
             logged.update(run.log_iterations(state.history, skip=logged))
         if state is not None and state.next_iteration > cfg.iterations:  # finished before a restore
-            _artifacts(run, cfg, state.history, contour, data.label_names, utt_title, trial_id, finished=True)
+            log_trial_artifacts(run, checkpoint(state), finished=True)
             tune.report({**report_metrics(state.history, cfg.iterations, resumed_from, ctx.objective), **extra})
             run.end("FINISHED")
             return
@@ -166,14 +149,14 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
                 contour[result.iteration] = np.asarray(result.posteriors[lo:hi], dtype=np.float32)
                 history = state.history
                 # report + checkpoint first, then MLflow: a step MLflow has is in a checkpoint Tune knows
+                ckpt = checkpoint(state)
                 with tempfile.TemporaryDirectory(prefix="dsl-ckpt-") as tmp:
-                    TrialCheckpoint(state, run.run_id, contour).save(tmp)
+                    ckpt.save(tmp)
                     tune.report({**report_metrics(history, cfg.iterations, resumed_from, ctx.objective), **extra},
                                 checkpoint=tune.Checkpoint.from_directory(tmp))
                 maybe_fail(result.iteration, trial_id)
                 finished = state.next_iteration > cfg.iterations
-                art = (lambda h=history, f=finished: _artifacts(run, cfg, h, contour, data.label_names, utt_title,
-                                                                 trial_id, finished=f))
+                art = (lambda c=ckpt, f=finished: log_trial_artifacts(run, c, finished=f))
                 published = _publish(run, logged, history, art, wait=False)
         finally:
             getattr(runner, "close", lambda: None)()

@@ -1,15 +1,20 @@
-"""A trial checkpoint: the ChainState, the MLflow run id and the contour utterance's posteriors so far."""
+"""A trial checkpoint: the ChainState, the MLflow run id, the contour utterance's posteriors so far, and what
+the trial's MLflow artifacts need (config, class names, plot title), so the driver can write them for a
+trial that Tune stopped before it could (`sweeps.callbacks.FinalizeRuns`)."""
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dsl.chain import ChainState
 
 STATE, INFO, CONTOUR = "chain_state.npz", "trial.json", "contour.npz"
+FORMAT = 2  # 1: no "format" key, no config / label_names / contour_title
 
 
 @dataclass
@@ -17,13 +22,19 @@ class TrialCheckpoint:
     state: ChainState
     mlflow_run_id: str | None = None
     contour: dict[int, np.ndarray] = field(default_factory=dict)  # iteration -> (segments, K) posteriors
+    config: dict[str, Any] | None = None  # the trial's ChainConfig.to_dict()
+    label_names: list[str] = field(default_factory=list)
+    contour_title: str = ""
+    trial_id: str = ""
 
     def save(self, directory: str | Path) -> Path:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self.state.save(d / STATE)
-        (d / INFO).write_text(json.dumps({"mlflow_run_id": self.mlflow_run_id,
-                                          "next_iteration": self.state.next_iteration}))
+        (d / INFO).write_text(json.dumps({"format": FORMAT, "mlflow_run_id": self.mlflow_run_id,
+                                          "next_iteration": self.state.next_iteration, "config": self.config,
+                                          "label_names": list(self.label_names),
+                                          "contour_title": self.contour_title, "trial_id": self.trial_id}))
         np.savez(d / CONTOUR, **{f"it_{k}": v for k, v in self.contour.items()})
         return d
 
@@ -31,6 +42,14 @@ class TrialCheckpoint:
     def load(cls, directory: str | Path) -> "TrialCheckpoint":
         d = Path(directory)
         info = json.loads((d / INFO).read_text())
+        version = int(info.get("format", 1))
+        if version > FORMAT:
+            raise ValueError(f"{d / INFO}: trial checkpoint format {version} is newer than this version of "
+                             f"dsl-sweeps reads ({FORMAT}); upgrade dsl-sweeps to resume this trial")
+        if version < FORMAT:
+            warnings.warn(f"{d / INFO}: trial checkpoint format {version} (current {FORMAT}) has no config or "
+                          "class names; the driver cannot write a stopped trial's artifacts from it", stacklevel=2)
         with np.load(d / CONTOUR) as z:
             contour = {int(k[3:]): z[k] for k in z.files}
-        return cls(ChainState.load(d / STATE), info.get("mlflow_run_id"), contour)
+        return cls(ChainState.load(d / STATE), info.get("mlflow_run_id"), contour, info.get("config"),
+                   list(info.get("label_names") or []), info.get("contour_title", ""), info.get("trial_id", ""))
