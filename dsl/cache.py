@@ -24,7 +24,7 @@ import numpy as np
 
 from .audio import BadAudioError, load_audio
 from .config import FeatureSpec
-from .features import logmel_batch
+from .features import logmel_batch, stack_utterances
 from .progress import progress
 
 
@@ -136,10 +136,7 @@ def extract_corpus(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: st
 
 def _write_corpus_entry(key: str, paths: list[Path], per_file: list[np.ndarray], spec: FeatureSpec,
                         cache_dir: Path) -> FrameStore:
-    lengths = np.array([len(f) for f in per_file], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    pad = np.full((1, spec.n_mels), np.log(spec.log_eps), dtype=np.float32)
-    frames = np.concatenate([*per_file, pad]).astype(np.float32, copy=False)
+    frames, offsets = stack_utterances(per_file, spec)
     final = cache_dir / "corpora" / key
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{key}-"))

@@ -152,6 +152,18 @@ def preset(name: str, corpus: str = "emodb") -> dict[str, Any]:
     return out
 
 
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"epochs": 3}}` -> `{"train.epochs": 3}` (dotted keys pass through)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     """`{"train.epochs": 3}` -> `{"train": {"epochs": 3}}`."""
     out: dict[str, Any] = {}

@@ -62,3 +62,14 @@ def logmel_batch(signals: list[np.ndarray], spec: FeatureSpec, batch_seconds: fl
             for j, i in enumerate(chunk):
                 out[i] = logmel[j]
     return out  # type: ignore[return-value]
+
+
+def stack_utterances(per_utterance: list[np.ndarray] | tuple[np.ndarray, ...],
+                     spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """One contiguous float32 (total_frames + 1, n_mels) array and its int64 offsets: utterance u is
+    `frames[offsets[u]:offsets[u+1]]`; the last row is silence (log of the floor), which pads utterances
+    shorter than one segment. The layout every chain, cache and model reads."""
+    lengths = [len(f) for f in per_utterance]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    pad = np.full((1, spec.n_mels), np.log(spec.log_eps), dtype=np.float32)
+    return np.concatenate([*per_utterance, pad]).astype(np.float32, copy=False), offsets

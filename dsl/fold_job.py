@@ -94,6 +94,13 @@ def shared_frames(frames: np.ndarray, device: torch.device) -> torch.Tensor:
         return torch.from_numpy(np.asarray(frames)).to(device)
 
 
+def frame_batcher(frames: np.ndarray, mean: np.ndarray, std: np.ndarray, cfg: ChainConfig,
+                  device: torch.device) -> SegmentBatcher:
+    """The network's input pipeline: segments gathered from `frames` and normalised per batch with the
+    training frames' `mean`/`std` (folds, and `dsl.model.EmotionModel` on new audio)."""
+    return SegmentBatcher(shared_frames(frames, device), cfg.train.channels_last, mean, std)
+
+
 def train_fold(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: SegmentIndex | None = None) -> TrainedFold:
     """Train one fresh network on the job's training utterances (frames are normalised per batch, so the
     corpus stays shared between folds, processes and trials instead of being copied per fold)."""
@@ -104,7 +111,7 @@ def train_fold(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: Segme
     device = resolve_device(cfg.train.device)
     train_utts, val_utts = split_validation(job.train_utterances, data.labels, cfg.train.val_fraction, job.seed)
     mean, std = normalisation_stats(data.frames, data.frame_offsets, job.train_utterances)
-    batcher = SegmentBatcher(shared_frames(data.frames, device), cfg.train.channels_last, mean, std)
+    batcher = frame_batcher(data.frames, mean, std, cfg, device)
     tr_seg, va_seg = seg.of_utterances(train_utts), seg.of_utterances(val_utts)
     rows = torch.from_numpy(seg.rows.astype(np.int64)).to(device)
     targets = torch.from_numpy(np.ascontiguousarray(job.targets, dtype=np.float32))

@@ -31,9 +31,10 @@ from dsl.schedules import schedule_alpha
 from dsl.selection import rank_key
 from dsl.stats import Interval
 from trainables.naming import describe
-from trainables.tracking import ROLE_TAG, call, client, redact_uri
+from tracking import sweep_runs
+from tracking.client import call, check_access, client, redact_uri, resolve_tracking_uri
+from tracking.schema import ROLE_TAG
 
-from . import tracking
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def select_best(c, experiment_id: str, parent_run_id: str, objective: str = "fin
     """Every child run at its last reported iteration, best first by the sweep objective there."""
     key = objective_key(objective)
     per_run: list[BestPick] = []
-    for run in tracking.child_runs(c, experiment_id, parent_run_id):
+    for run in sweep_runs.child_runs(c, experiment_id, parent_run_id):
         rid = run.info.run_id
         hist = {k: {int(m.step): m.value for m in call(c.get_metric_history, rid, k)} for k in (key, "wa", "ua")}
         if not hist[key]:
@@ -226,14 +227,14 @@ def write_best(cfg: ChainConfig, out: str | Path, evaluation: dict | None = None
 
 def best_from_cli(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    uri = resolve_tracking_uri(args.tracking_uri)
     name = sweep_name(args.sweep)
-    tracking.check_access(uri)
+    check_access(uri)
     c = client(uri)
     exp = call(c.get_experiment_by_name, name)
     if exp is None:
         raise ConfigError(f"no MLflow experiment {name!r} at {redact_uri(uri)} (give --tracking-uri?)")
-    parent = tracking.find_parent(c, exp.experiment_id)
+    parent = sweep_runs.find_parent(c, exp.experiment_id)
     if parent is None or parent.data.tags.get(ROLE_TAG) != "parent":
         raise ConfigError(f"experiment {name!r} has no sweep parent run")
     params = parent.data.params
@@ -269,7 +270,7 @@ def best_from_cli(args: argparse.Namespace) -> int:
     tag_winner(c, winner, per_run, parent.info.run_id)
     print(f"wrote {path} (rerun the trial with: dsl-sweep run {path})", flush=True)
     if args.register:
-        from .final_model import register_final
+        from tracking.registry import register_final
 
         register_final(cfg, c, uri, exp.experiment_id, parent.info.run_id, winner.run_id,
                        args.model_name or name, Path(path).with_name(Path(path).stem + "_model"), evaluation)

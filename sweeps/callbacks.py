@@ -78,7 +78,8 @@ def _backfill(c, run_id: str, trial) -> None:
     artifacts when the trial could not (stopped by Tune inside `tune.report`, before it logged them)."""
     from trainables.artifacts import RESULT_NAME, log_trial_artifacts
     from trainables.checkpoint import TrialCheckpoint
-    from trainables.tracking import TrialRun, call
+    from tracking.client import call
+    from tracking.trial_run import TrialRun
 
     ckpt = trial.checkpoint
     if ckpt is None:
@@ -102,13 +103,12 @@ class FinalizeRuns(tune.Callback):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
 
     def _end(self, trial, status: str) -> None:
-        from trainables.tracking import call, client
-
-        from .tracking import trial_run
+        from tracking.client import call, client
+        from tracking.schema import find_trial_run
 
         try:
             c = client(self.tracking_uri)
-            run = trial_run(c, self.experiment_id, self.parent_run_id, trial.trial_id)
+            run = find_trial_run(c, self.experiment_id, self.parent_run_id, trial.trial_id)
             if run is None:
                 return
             _backfill(c, run.info.run_id, trial)

@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dsl.audio import BadAudioError
     from dsl.corpora import CorpusError
     from dsl.runners import FoldWorkerError
-    from trainables.tracking import TrackingUnavailable
+    from tracking.client import TrackingUnavailable
 
     try:
         return int(args.func(args) or 0)

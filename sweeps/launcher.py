@@ -25,7 +25,8 @@ from dsl.data import CorpusData, prepare_data
 from dsl.protocols import is_leak_free
 from trainables.context import TrialContext, TrialResources
 from trainables.naming import describe
-from trainables.tracking import redact_uri
+from tracking import sweep_runs
+from tracking.client import call, check_access, client, redact_uri, resolve_tracking_uri
 
 from .preflight import cluster_preflight
 from .report import TrialRow, best_row, format_table, rows_from_results
@@ -96,7 +97,6 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
     from trainables.fold_runner import placement
     from trainables.shared_data import with_corpus
 
-    from . import tracking
     from .callbacks import FinalizeRuns, ProgressPrinter
 
     start = time.time()
@@ -107,19 +107,19 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
     space = SearchSpace(spec.search, spec.base.to_dict())
     grid = enumerate_grid(space) if spec.sampler.type == "grid" else None
     n = num_trials(spec, grid, trials)
-    uri = tracking.resolve_tracking_uri(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
     print(f"sweep {spec.name}: {n} trials, {spec.max_concurrent} at a time, sampler {spec.sampler.type}"
           f"{' (grid of ' + str(len(grid)) + ')' if grid is not None else ''}, scheduler "
           f"{spec.scheduler.type if spec.scheduler else 'none'} | storage {exp_path} | MLflow {redact_uri(uri)}"
           f"{' | resuming' if resume else ''}", flush=True)
 
-    tracking.check_access(uri)  # a server that refuses us fails here, before data, Ray and training
+    check_access(uri)  # a server that refuses us fails here, before data, Ray and training
     data = load_data(spec)
     print(f"corpus {spec.base.corpus}: {data.n_utterances} utterances, {data.frames.shape[0]} frames "
           f"({data.frames.nbytes / 2**20:.0f} MiB, shared through the object store)", flush=True)
-    c = tracking.client(uri)
-    exp_id = tracking.ensure_experiment(c, spec.name)
-    parent = tracking.open_parent(c, exp_id, spec.name, exp_path, sweep_params(spec, n),
+    c = client(uri)
+    exp_id = sweep_runs.ensure_experiment(c, spec.name)
+    parent = sweep_runs.open_parent(c, exp_id, spec.name, exp_path, sweep_params(spec, n),
                                   yaml.safe_dump(spec.raw, sort_keys=False), resume)
     verbose = quiet_ray()
     started = init_ray(address, verbose)
@@ -137,8 +137,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
         results = tuner.fit()
         rows = rows_from_results(results, spec.base.to_dict())
     except BaseException:  # a broken sweep must not leave its parent run RUNNING
-        tracking.close_children(c, exp_id, parent, "KILLED")
-        tracking.call(c.set_terminated, parent, "FAILED")
+        sweep_runs.close_children(c, exp_id, parent, "KILLED")
+        call(c.set_terminated, parent, "FAILED")
         raise
     finally:
         if started:
@@ -154,7 +154,6 @@ def finish(outcome: SweepOutcome, spec: SweepSpec, c) -> None:
     """Close the parent run, print the table, the study's trial states and the best config."""
     import optuna
 
-    from . import tracking
     from .searcher import journal_storage, study_counts
 
     table = format_table(outcome.rows)
@@ -165,19 +164,19 @@ def finish(outcome: SweepOutcome, spec: SweepSpec, c) -> None:
     study = optuna.load_study(study_name=spec.name, storage=journal_storage(Path(outcome.journal)))
     rerun_as = {t.user_attrs["adopted_from"]: t.user_attrs.get("tune_trial_id", "?")
                 for t in study.trials if "adopted_from" in t.user_attrs}
-    orphans = tracking.close_orphans(c, outcome.experiment_id, parent, {r.trial_id for r in outcome.rows}, rerun_as)
+    orphans = sweep_runs.close_orphans(c, outcome.experiment_id, parent, {r.trial_id for r in outcome.rows}, rerun_as)
     if orphans:
         print(f"MLflow: {len(orphans)} orphan child run(s) of a killed driver ended KILLED, tagged dsl.orphan and "
               f"deleted (their configurations ran again as other trials): {', '.join(orphans)}", flush=True)
-    tracking.close_children(c, outcome.experiment_id, parent, "KILLED")
+    sweep_runs.close_children(c, outcome.experiment_id, parent, "KILLED")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "trials.txt").write_text(table + "\n")
-        tracking.call(c.log_artifact, parent, str(Path(tmp) / "trials.txt"))
+        call(c.log_artifact, parent, str(Path(tmp) / "trials.txt"))
     if best is not None and best.objective is not None:
-        tracking.call(c.log_metric, parent, "top_objective", best.objective)
-        tracking.call(c.set_tag, parent, "dsl.top_trial_id", best.trial_id)
-    tracking.call(c.set_tag, parent, "dsl.trials_errored", str(outcome.errors))
-    tracking.call(c.set_terminated, parent, "KILLED" if outcome.interrupted else "FINISHED")
+        call(c.log_metric, parent, "top_objective", best.objective)
+        call(c.set_tag, parent, "dsl.top_trial_id", best.trial_id)
+    call(c.set_tag, parent, "dsl.trials_errored", str(outcome.errors))
+    call(c.set_terminated, parent, "KILLED" if outcome.interrupted else "FINISHED")
     counts = ", ".join(f"{k} {v}" for k, v in sorted(study_counts(study).items()))
     print(f"\n{table}\n\nOptuna study {spec.name}: {len(study.trials)} trials ({counts}) | "
           f"{outcome.seconds / 60:.1f} min", flush=True)

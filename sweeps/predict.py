@@ -6,19 +6,16 @@ import os
 import tempfile
 from pathlib import Path
 
-from .model import EmotionModel, find_model_dir
+from dsl.model import EmotionModel, find_model_dir
 
 
 def resolve_model(model: str, tracking_uri: str | None, tmp: str) -> Path:
     """A local model directory, or an MLflow URI (models:/NAME/VERSION, runs:/...) downloaded to `tmp`."""
     if Path(model).exists():
         return find_model_dir(model)
-    import mlflow
+    from tracking.registry import download_model
 
-    from .tracking import resolve_tracking_uri
-
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    return find_model_dir(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=tmp))
+    return download_model(model, tracking_uri, tmp)
 
 
 def predict_from_cli(args: argparse.Namespace) -> int:
@@ -27,7 +24,7 @@ def predict_from_cli(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         model = EmotionModel.load(resolve_model(args.model, args.tracking_uri, tmp))
-        preds = model.predict(args.wav)
+        preds = model.predict_details(args.wav)
     for p in preds:
         probs = "  ".join(f"{k} {v:.2f}" for k, v in sorted(p.probabilities.items(), key=lambda kv: -kv[1]))
         print(f"{p.path}: {p.label}  ({probs})", flush=True)

@@ -105,13 +105,16 @@ def test_saved_model_with_a_plugin_backbone_loads_in_a_fresh_registry(plugin, tm
 
     from dsl.backbones import BACKBONES, create_backbone
     from dsl.rules import RULES
-    from sweeps.model import EmotionModel, save_model
+    from dsl.model import EmotionModel
 
     cfg = ChainConfig(plugins=(plugin,), backbone=f"{plugin}_prior")
     check_config(cfg)
     net = create_backbone(cfg.backbone, 2)
     forest = RandomForestClassifier(n_estimators=2).fit(np.eye(16), [0, 1] * 8)
-    save_model(tmp_path / "model", cfg, ["a", "b"], net, np.zeros(64), np.ones(64), forest, {})
+    fitted = EmotionModel(cfg)
+    fitted.label_names, fitted.network, fitted.forest = ("a", "b"), net, forest
+    fitted.mean, fitted.std = np.zeros(64, dtype=np.float32), np.ones(64, dtype=np.float32)
+    fitted.save(tmp_path / "model")
     del BACKBONES[cfg.backbone], RULES[f"{plugin}_keep"]  # as in a new process that never imported the plugin
     sys.modules.pop(plugin)
     model = EmotionModel.load(tmp_path / "model")

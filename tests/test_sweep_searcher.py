@@ -78,7 +78,7 @@ def test_finish_ends_runs_orphaned_by_a_killed_driver(tmp_path: Path, capsys: py
     from mlflow import MlflowClient
 
     from sweeps.launcher import SweepOutcome, finish
-    from trainables.tracking import PARENT_TAG, ROLE_TAG
+    from tracking.schema import PARENT_TAG, ROLE_TAG
 
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = c.create_experiment("s")

@@ -11,9 +11,11 @@ from dsl.config import ChainConfig
 from sweeps.best import at_iteration
 from trainables.checkpoint import TrialCheckpoint
 from trainables.fault import InjectedFailure, maybe_fail
-from trainables.metrics import iteration_metrics, objective_value, report_metrics
+from trainables.metrics import objective_value, report_metrics
+from tracking.schema import iteration_metrics
 from dsl.plots import accuracy_plot, confusion_plot, contour_plot
-from trainables.tracking import TrialRun, redact_uri
+from tracking.client import redact_uri
+from tracking.trial_run import TrialRun
 
 
 def _it(i: int, fold_ua: list[float], wa: float) -> dict:
@@ -171,7 +173,7 @@ def test_trial_run_is_found_again_and_logs_missing_steps_only(sqlite_uri: str, t
 def test_call_gives_up_after_dsl_mlflow_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
-    from trainables.tracking import TrackingUnavailable, call
+    from tracking.client import TrackingUnavailable, call
 
     monkeypatch.setenv("DSL_MLFLOW_TIMEOUT", "1.5")
     tries = []
@@ -196,7 +198,8 @@ def test_dead_tracking_server_holds_a_caller_up_for_the_timeout_only(monkeypatch
     import time
 
     from sweeps.testing import free_port
-    from trainables.tracking import TrackingUnavailable, TrialRun, call, client
+    from tracking.client import TrackingUnavailable, call, client
+    from tracking.trial_run import TrialRun
 
     for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
         monkeypatch.delenv(k, raising=False)
@@ -228,7 +231,7 @@ class _FlakyRun:
         return nullcontext(self)
 
     def log_iterations(self, history, skip=None):
-        from trainables.tracking import TrackingUnavailable
+        from tracking.client import TrackingUnavailable
 
         if self.down:
             raise TrackingUnavailable("away")
@@ -239,7 +242,7 @@ class _FlakyRun:
 
 def test_publish_buffers_steps_while_the_server_is_away() -> None:
     from trainables.chain_trainable import _publish
-    from trainables.tracking import TrackingUnavailable
+    from tracking.client import TrackingUnavailable
 
     run, logged, h = _FlakyRun(), set(), [_it(i, [0.5, 0.5], 0.5) for i in range(4)]
 

@@ -37,7 +37,9 @@ from dsl.selection import reported_iteration
 from .metrics import report_metrics
 from .naming import run_name
 from .shared_data import CorpusMeta, attach, is_shared_view
-from .tracking import QUICK, NoRun, TrackingUnavailable, TrialRun, flat_params
+from tracking.client import TrackingUnavailable
+from tracking.schema import flat_params
+from tracking.trial_run import QUICK, NoRun, TrialRun
 from .trial_config import trial_config
 
 log = logging.getLogger(__name__)

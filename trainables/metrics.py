@@ -1,4 +1,5 @@
-"""Flat per-iteration metrics (for `tune.report` and MLflow) from an `IterationResult.to_dict()`.
+"""What a trial `tune.report`s per iteration: the flat metrics of the run schema (`tracking.schema`) and the
+sweep objective.
 
 The sweep's `objective` is the score at a rule fixed in advance, never a running maximum over
 iterations: `final` is the UA of the iteration just finished (so a finished trial is judged at its last
@@ -7,25 +8,11 @@ iteration), `selected` is the UA of each outer fold's iteration picked on its ow
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
-import numpy as np
+from tracking.schema import iteration_metrics
 
 OBJECTIVES = ("final", "selected")
-SCALARS = ("wa", "ua", "selected_wa", "selected_ua", "segment_accuracy", "changed_label_share", "target_entropy",
-           "epochs", "seconds", "segments_per_second", "alpha")
-
-
-def iteration_metrics(d: Mapping[str, Any]) -> dict[str, float]:
-    """wa, ua, mean_fold_ua, segment accuracy, changed-label share, ..., and per-fold `fold_wa/i`, `fold_ua/i`."""
-    out = {k: float(d[k]) for k in SCALARS if d.get(k) is not None and math.isfinite(float(d[k]))}
-    out["mean_fold_ua"] = float(np.mean(d["fold_ua"]))
-    out["mean_fold_wa"] = float(np.mean(d["fold_wa"]))
-    for name in ("fold_wa", "fold_ua"):
-        for i, v in enumerate(d[name]):
-            out[f"{name}/{i}"] = float(v)
-    return out
 
 
 def objective_value(d: Mapping[str, Any], objective: str = "final") -> float:

@@ -1,121 +1,24 @@
-"""Plain MLflow client helpers for trials: one child run per Ray trial, found again by its trial id.
+"""The MLflow child run of one Ray trial, found again by its trial id.
 
 No `setup_mlflow`/`MLflowLoggerCallback` (they duplicated runs on retries and restores): the trial looks
 up its run by the `ray_trial_id` tag under the sweep's parent run before creating one, logs only the
-iteration steps MLflow does not have yet, and ends the run FINISHED or FAILED. Credentials for a
-tracking server come from MLFLOW_TRACKING_USERNAME/PASSWORD in the environment and are never logged.
-
-An unreachable tracking server holds a caller up for `DSL_MLFLOW_TIMEOUT` seconds at most (default 60,
-plus one HTTP request timeout): `call` does all the retrying, under that deadline, and MLflow's own HTTP
-retries are off unless set explicitly (its defaults, 7 retries with backoff factor 2 and a 120 s request
-timeout, could hold one request for minutes). Then `TrackingUnavailable` is raised.
+iteration steps MLflow does not have yet, and ends the run FINISHED or FAILED.
 """
 from __future__ import annotations
 
 import logging
-import os
-import re
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-from .metrics import iteration_metrics
+from .client import TrackingUnavailable, call, client
+from .schema import (ATTEMPTS_TAG, MISMATCH_TAG, PARENT_TAG, ROLE_TAG, STEP_KEY, SWEEP_TAG, TRIAL_TAG,
+                     find_trial_run, iteration_metrics)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TRIAL_TAG = "ray_trial_id"
-PARENT_TAG = "mlflow.parentRunId"
-SWEEP_TAG = "dsl.sweep"
-ROLE_TAG = "dsl.role"
-ATTEMPTS_TAG = "dsl.attempts"  # how many times the trial (re)started: 1 unless retried or resumed
-STEP_KEY = "mean_fold_ua"  # every logged iteration has it: its history gives the steps already logged
-MISMATCH_TAG = "dsl.mlflow_mismatch"  # steps whose recomputed metrics differ from the values MLflow kept
-_TRANSIENT = ("database is locked", "locked", "connection", "temporarily", "timed out", "max retries", " 50")
-TIMEOUT_ENV = "DSL_MLFLOW_TIMEOUT"
-DEFAULT_TIMEOUT = 60.0
 QUICK = 2.0  # seconds a trial gives MLflow per iteration while it trains (it catches up later)
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking server did not answer within `DSL_MLFLOW_TIMEOUT` seconds."""
-
-
-def mlflow_timeout() -> float:
-    """`$DSL_MLFLOW_TIMEOUT` (seconds), the longest an unreachable tracking server may hold a caller up."""
-    raw = os.environ.get(TIMEOUT_ENV, "")
-    try:
-        value = float(raw) if raw.strip() else DEFAULT_TIMEOUT
-    except ValueError:
-        raise ValueError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds") from None
-    return max(0.0, value)
-
-
-def bound_http_retries() -> None:
-    """MLflow's public HTTP settings, unless set explicitly: no retries of its own (`call` retries under one
-    deadline) and a request timeout no longer than that deadline (at most 30 s)."""
-    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
-
-    if not MLFLOW_HTTP_REQUEST_MAX_RETRIES.defined:
-        os.environ[MLFLOW_HTTP_REQUEST_MAX_RETRIES.name] = "0"
-    if not MLFLOW_HTTP_REQUEST_TIMEOUT.defined:
-        os.environ[MLFLOW_HTTP_REQUEST_TIMEOUT.name] = str(max(5, min(30, int(mlflow_timeout()))))
-
-
-def transient(exc: BaseException) -> bool:
-    return isinstance(exc, TrackingUnavailable) or any(s in str(exc).lower() for s in _TRANSIENT)
-
-
-def redact_uri(uri: str | None) -> str:
-    """A tracking URI safe to print: `user:password@` removed."""
-    return re.sub(r"//[^/@]*@", "//***@", uri or "")
-
-
-def call(fn: Callable[..., T], *args: Any, timeout: float | None = None, **kwargs: Any) -> T:
-    """Call an MLflow client method, retrying transient failures (SQLite locks, connection errors, 5xx)
-    for `timeout` seconds (default `$DSL_MLFLOW_TIMEOUT`) after the first one; then `TrackingUnavailable`."""
-    limit = mlflow_timeout() if timeout is None else timeout
-    first, i = None, 0
-    while True:
-        try:
-            return fn(*args, **kwargs)
-        except TrackingUnavailable:
-            raise
-        except Exception as exc:  # MlflowException, sqlalchemy OperationalError, requests errors
-            if not transient(exc):
-                raise
-            now = time.monotonic()
-            first = now if first is None else first
-            left = first + limit - now
-            if left <= 0:
-                raise TrackingUnavailable(
-                    f"the MLflow tracking server did not answer for {limit:.0f} s ({TIMEOUT_ENV}): "
-                    f"{type(exc).__name__}: {redact_uri(str(exc))[:400]}") from exc
-            time.sleep(min(0.25 * 2**i, 5.0, left))
-            i += 1
-
-
-def client(tracking_uri: str):
-    from mlflow import MlflowClient
-
-    bound_http_retries()
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
-def flat_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(flat_params(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = str(v)
-    return out
-
-
-def find_trial_run(c, experiment_id: str, parent_run_id: str, trial_id: str):
-    runs = call(c.search_runs, [experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{trial_id}'", max_results=50)
-    runs = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent_run_id]
-    return min(runs, key=lambda r: r.info.start_time) if runs else None
 
 
 class TrialRun:

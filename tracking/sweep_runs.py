@@ -1,31 +1,16 @@
-"""Driver-side MLflow: the sweep's experiment and parent run, and final statuses of child runs.
+"""Driver-side MLflow: the sweep's experiment and parent run, its child runs, and their final statuses.
 
-One experiment per sweep name; one parent run per sweep (tag `dsl.sweep_path` = the Tune experiment
-path, so `--resume` finds and reuses it); one child run per trial, created by the trial itself
-(`trainables.tracking`). The default store is `sqlite:///<abs cwd>/mlflow.db`.
+The parent run is found again by its Tune experiment path (tag `dsl.sweep_path`), so `--resume` reuses
+it; each child run is created by its trial (`tracking.trial_run`).
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from trainables.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG, call, client, flat_params
-
-PATH_TAG = "dsl.sweep_path"
-
-
-def resolve_tracking_uri(arg: str | None = None) -> str:
-    """`--tracking-uri`, else $MLFLOW_TRACKING_URI, else an absolute SQLite file in the current directory."""
-    uri = arg or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative: pin to the cwd now
-        uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
-    return uri
-
-
-# MLflow 3's UI opens an experiment in its GenAI overview unless this tag says it holds model-training runs.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+from .client import call
+from .schema import EXPERIMENT_KIND, PARENT_TAG, PATH_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG, flat_params
 
 
 def ensure_experiment(c, name: str) -> str:
@@ -86,12 +71,6 @@ def child_runs(c, experiment_id: str, parent_run_id: str) -> list:
             return runs
 
 
-def trial_run(c, experiment_id: str, parent_run_id: str, trial_id: str):
-    runs = call(c.search_runs, [experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{trial_id}'", max_results=50)
-    runs = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent_run_id]
-    return runs[0] if runs else None
-
-
 def close_children(c, experiment_id: str, parent_run_id: str, status: str) -> int:
     """End child runs still RUNNING (e.g. KILLED when the sweep was interrupted); returns how many."""
     n = 0
@@ -130,34 +109,3 @@ def close_orphans(c, experiment_id: str, parent_run_id: str, trial_ids: set[str]
     return done
 
 
-def check_access(uri: str) -> None:
-    """Fail fast with one clear line when a tracking server refuses us (before loading data or starting Ray).
-
-    Only for http(s) servers. Credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD in the environment;
-    neither they nor a `user:password@` in the URI are ever printed.
-    """
-    if not uri.startswith(("http://", "https://")):
-        return
-    from mlflow.exceptions import MlflowException
-
-    from dsl.config import ConfigError
-    from trainables.tracking import redact_uri
-
-    try:
-        call(client(uri).search_experiments, max_results=1)
-    except MlflowException as exc:
-        code = str(getattr(exc, "error_code", "") or "")
-        if code not in ("UNAUTHENTICATED", "PERMISSION_DENIED") and not any(f" {n} " in str(exc) for n in (401, 403)):
-            raise
-        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-        if not user:
-            why = "it needs credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment"
-        else:
-            why = (f"it rejected user {user!r}: check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
-                   "in the environment")
-        raise ConfigError(f"MLflow tracking server {redact_uri(uri)} refused access ({code or 'HTTP 401/403'}): {why} "
-                          "(of the driver and of every Ray node; never in the sweep file or the URI)") from None
-
-
-__all__ = ["child_runs", "client", "close_children", "close_orphans", "ensure_experiment", "find_parent", "open_parent",
-           "resolve_tracking_uri", "trial_run"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import mlflow.pyfunc
 
-from .model import EmotionModel
+from dsl.model import EmotionModel
 
 
 class DslPyfunc(mlflow.pyfunc.PythonModel):
@@ -19,5 +19,5 @@ class DslPyfunc(mlflow.pyfunc.PythonModel):
         import pandas as pd
 
         paths = list(model_input["path"]) if hasattr(model_input, "columns") else list(model_input)
-        rows = [{"path": p.path, "label": p.label, **p.probabilities} for p in self.model.predict(paths)]
+        rows = [{"path": p.path, "label": p.label, **p.probabilities} for p in self.model.predict_details(paths)]
         return pd.DataFrame(rows)
