@@ -119,3 +119,37 @@ def study_caption(studies: Sequence[Mapping]) -> str:
     return (f"data: {cfg['corpus']} {Path(cfg['data']).name} ({st['n_utterances']} utterances); {cfg['backbone']}, "
             f"{cfg['train']['epochs']} epochs, hop {cfg['segments']['hop']}; {pr}; seeds {seeds}; "
             f"machine: {'; '.join(machines)}")
+
+
+def trials_plot(series: Sequence[tuple[str, str, Sequence[int], Sequence[float]]], path: str | Path,
+                title: str = "") -> Path:
+    """UA per iteration of every trial, one line each, coloured by label rule: `(name, rule, its, ua)`."""
+    plt = _plt()
+    rules = sorted({rule for _, rule, _, _ in series})
+    colours = {r: plt.get_cmap("tab10")(i % 10) for i, r in enumerate(rules)}
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, rule, its, ua in series:
+        ax.plot(list(its), [100 * v for v in ua], marker="o", ms=3, lw=1.2, alpha=0.8, color=colours[rule])
+        if len(its):
+            ax.annotate(name, (list(its)[-1], 100 * list(ua)[-1]), fontsize=6, alpha=0.7,
+                        xytext=(3, 0), textcoords="offset points")
+    for r in rules:
+        ax.plot([], [], color=colours[r], label=r)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("UA %")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(title="rule", fontsize=8)
+    ax.set_title(title or "UA per iteration, every trial")
+    return _save(fig, path)
+
+
+def importance_plot(importances: Mapping[str, float], path: str | Path, title: str = "") -> Path:
+    """Horizontal bars of parameter importances (largest on top)."""
+    plt = _plt()
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * max(len(items), 1)))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
+    ax.set_xlabel("importance (share of objective variance)")
+    ax.set_title(title or "parameter importances")
+    return _save(fig, path)

@@ -180,7 +180,7 @@ def reevaluate(candidates: list[tuple[BestPick, ChainConfig]], protocol: str, se
         (out_dir / f"candidate{i + 1}.yaml").write_text(rcfg.to_yaml())
         last = study["iterations"][-1]
         done.append(Reevaluated(pick, cfg, study, Interval.from_dict(last[key]), Interval.from_dict(last["wa"])))
-    return sorted(done, key=lambda r: (r.score.mean, r.wa.mean, -r.config.iterations), reverse=True)
+    return sorted(done, key=lambda r: rank_key(r.score.mean, r.wa.mean, r.config.iterations), reverse=True)
 
 
 def format_reevaluation(ranked: list[Reevaluated], protocol: str, seeds: list[int], objective: str,

@@ -150,6 +150,20 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
     return outcome
 
 
+def compare_trials(c, outcome: SweepOutcome, spec: SweepSpec, study) -> None:
+    """The parent run's comparison of its trials (figure, sortable table, importances); never fails the sweep."""
+    from tracking.comparison import log_comparison
+
+    from .importance import param_importances
+
+    try:
+        importances, note = param_importances(study)
+        logged = log_comparison(c, outcome.experiment_id, outcome.parent_run_id, spec.name, importances, note)
+        print(f"MLflow: trial comparison on the parent run: {', '.join(logged)}", flush=True)
+    except Exception as exc:  # bookkeeping: the sweep's results are already safe
+        print(f"warning: could not log the trial comparison: {type(exc).__name__}: {exc}", flush=True)
+
+
 def finish(outcome: SweepOutcome, spec: SweepSpec, c) -> None:
     """Close the parent run, print the table, the study's trial states and the best config."""
     import optuna
@@ -172,6 +186,7 @@ def finish(outcome: SweepOutcome, spec: SweepSpec, c) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "trials.txt").write_text(table + "\n")
         call(c.log_artifact, parent, str(Path(tmp) / "trials.txt"))
+    compare_trials(c, outcome, spec, study)
     if best is not None and best.objective is not None:
         call(c.log_metric, parent, "top_objective", best.objective)
         call(c.set_tag, parent, "dsl.top_trial_id", best.trial_id)

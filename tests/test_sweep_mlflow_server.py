@@ -96,7 +96,13 @@ def test_artifacts(sweep) -> None:
         assert plots == {"plots/confusion_matrix.png", "plots/accuracy_per_iteration.png",
                          "plots/segment_posteriors.png"}
     parent = next(r for r in sweep.runs if r.data.tags.get("dsl.role") == "parent")
-    assert {"sweep.yaml", "trials.txt"} <= {a.path for a in sweep.client.list_artifacts(parent.info.run_id)}
+    assert {"sweep.yaml", "trials.txt", "comparison"} <= {a.path for a in sweep.client.list_artifacts(parent.info.run_id)}
+    comparison = {a.path for a in sweep.client.list_artifacts(parent.info.run_id, "comparison")}
+    assert {"comparison/trials.csv", "comparison/trials.html", "comparison/ua_per_iteration.png",
+            "comparison/param_importances.json"} <= comparison
+    csv_rows = Path(sweep.client.download_artifacts(parent.info.run_id, "comparison/trials.csv",
+                                                    str(sweep.tmp / "cmp"))).read_text().splitlines()
+    assert len(csv_rows) == 1 + N_TRIALS and csv_rows[0].startswith("trial,run,status")
 
 
 def test_failed_trial_resumed_in_its_own_run(sweep) -> None:
@@ -202,3 +208,69 @@ def test_register_and_predict(sweep, capsys: pytest.CaptureFixture[str]) -> None
         line = next(ln for ln in out.splitlines() if ln.startswith(w))
         assert line.split(": ", 1)[1].split()[0] in labels
     assert len(list((sweep.tmp / "contours").glob("*.png"))) == 2
+
+
+def test_registered_model_serves_over_http(sweep) -> None:
+    """`mlflow models serve --env-manager local` on the registered model answers a real wav over HTTP, sent
+    both as a path and as base64 bytes; the model carries pinned requirements, code, signature, example."""
+    import base64
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from mlflow.models import Model
+
+    from sweeps.testing import free_port
+
+    versions = sweep.client.search_model_versions("name='dsl-tiny'")
+    if not versions:
+        pytest.skip("test_register_and_predict registers the model this test serves")
+    local = Path(sweep.client.download_artifacts(versions[0].run_id, "model", str(sweep.tmp / "served")))
+    meta = Model.load(str(local))
+    assert meta.signature is not None and [c.name for c in meta.signature.inputs.inputs] == ["path", "audio"]
+    assert meta.saved_input_example_info is not None
+    reqs = (local / "requirements.txt").read_text().splitlines()
+    assert any(r.startswith("torch==") for r in reqs) and any(r.startswith("scikit-learn==") for r in reqs)
+    assert not any(r.strip() == "dsl-sweeps" for r in reqs)  # no unpinned name a package index lacks
+    assert {p.name for p in (local / "code").iterdir()} >= {"dsl", "tracking"}
+
+    port = free_port()
+    log = open(sweep.tmp / "serve.log", "w")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sweep.server.uri}
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/dsl-tiny/1",
+                             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, (sweep.tmp / "serve.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                assert time.monotonic() < deadline, "model server not up in 240 s"
+                time.sleep(1)
+        wav = sorted(Path(yaml.safe_load((sweep.tmp / "best.yaml").read_text())["data"]).iterdir())[0]
+        body = {"dataframe_split": {"columns": ["path", "audio"], "data": [
+            [str(wav), None], [None, base64.b64encode(wav.read_bytes()).decode("ascii")]]}}
+        req = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            preds = json.loads(r.read())["predictions"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+    labels = ("anger", "boredom", "disgust", "fear", "happiness", "sadness", "neutral")
+    assert len(preds) == 2 and all(p["label"] in labels for p in preds)
+    assert preds[0]["label"] == preds[1]["label"]  # the same file, by path and by bytes
+    assert preds[0]["path"] == str(wav) and preds[1]["path"] == "audio[1]"
+    assert sum(preds[0][k] for k in labels if k in preds[0]) == pytest.approx(1.0, abs=1e-6)
+

@@ -3,6 +3,7 @@ child run of the sweep's parent, registered under a name; and a `models:/`/`runs
 to a local model directory."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -18,20 +19,22 @@ def register_final(cfg: ChainConfig, c, tracking_uri: str, experiment_id: str, p
     """Train, save under `out_dir`, log as a pyfunc in a `final-model` child run, register `model_name`."""
     import mlflow
 
-    from .pyfunc import DslPyfunc
+    from .pyfunc import DslPyfunc, code_paths, input_example, pinned_requirements, signature
 
     print(f"training the final model ({cfg.backbone}, {cfg.labels.rule}, iteration {cfg.iterations}) on all data...",
           flush=True)
     directory = train_final(cfg, out_dir, {"source_run_id": source_run_id, "evaluation": evaluation},
                             show_progress=os.environ.get("DSL_PROGRESS", "1") != "0")
+    label_names = json.loads((directory / "model.json").read_text())["label_names"]
     run = call(c.create_run, experiment_id, run_name=f"final-model {model_name}",
                tags={PARENT_TAG: parent_run_id, ROLE_TAG: "final_model", "dsl.source_run_id": source_run_id})
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run.info.run_id):
         info = mlflow.pyfunc.log_model(name="model", python_model=DslPyfunc(),
                                        artifacts={"model_dir": str(directory)},
-                                       pip_requirements=["dsl-sweeps", "torch", "timm", "scikit-learn", "librosa",
-                                                         "soundfile", "pandas"])
+                                       pip_requirements=pinned_requirements(), code_paths=code_paths(),
+                                       signature=signature(label_names),
+                                       input_example=input_example(example_wav(cfg)))
         mlflow.log_artifact(str(directory / "config.yaml"))
         if evaluation:  # the re-evaluated (leak-free, fresh-seed) figures, not the sweep's self-graded score
             mlflow.log_metrics({"reevaluated_ua": evaluation["ua"]["mean"], "reevaluated_wa": evaluation["wa"]["mean"],
@@ -48,6 +51,14 @@ def register_final(cfg: ChainConfig, c, tracking_uri: str, experiment_id: str, p
     print(f"saved {directory}; registered {uri}\npredict with: dsl-sweep predict {uri} FILE.wav "
           f"(or dsl-sweep predict {directory} FILE.wav)", flush=True)
     return uri
+
+
+def example_wav(cfg: ChainConfig) -> Path:
+    """The shortest utterance of the training corpus (the model's input example)."""
+    from dsl.data import load_corpus_for
+
+    corpus, _ = load_corpus_for(cfg)
+    return min((Path(p) for p in corpus.paths), key=lambda p: p.stat().st_size)
 
 
 def download_model(uri: str, tracking_uri: str | None, dst: str | Path) -> Path:
