@@ -5,8 +5,10 @@ transductive protocol the test labels). `dsl-sweep best` re-evaluates the top ro
 """
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from dsl.config import ChainConfig
 from dsl.selection import rank_key
@@ -47,15 +49,45 @@ def row(trial_id: str, status: str, overrides: Mapping[str, Any], m: Mapping[str
 
 
 def rows_from_results(results, base: Mapping[str, Any]) -> list[TrialRow]:
-    """Rows of every trial of a Tune ResultGrid (from its trials when available), best first."""
-    analysis = getattr(results, "_experiment_analysis", None)
-    trials = list(getattr(analysis, "trials", None) or [])
+    """Rows of every trial of a Tune ResultGrid, best first.
+
+    A `Result` has no Tune status, and before a trial's first report no trial id or config: these come from
+    the trials of the experiment snapshot `Tuner.fit` wrote last (`tune.ExperimentAnalysis`, what a
+    ResultGrid is built from). Without a readable snapshot, from the results alone (TERMINATED when the
+    last result is marked done)."""
+    trials = snapshot_trials(results)
     if trials:
         rows = [row(t.trial_id, t.status, t.config or {}, t.last_result or {}, base) for t in trials]
     else:
-        rows = [row((r.metrics or {}).get("trial_id", "?"), "ERROR" if r.error else "TERMINATED", r.config or {},
-                    r.metrics or {}, base) for r in results]
+        rows = [row((r.metrics or {}).get("trial_id", "?"), result_status(r), r.config or {}, r.metrics or {}, base)
+                for r in results]
     return sorted(rows, key=lambda r: r.rank(), reverse=True)
+
+
+def snapshot_trials(results) -> list:
+    """The Tune trials (status, id, config, last result) of the experiment behind `results`, in the order of
+    its results; [] if unreadable. Statuses are those of the snapshot: a trial running when the sweep was
+    interrupted is RUNNING/PENDING there (Tune marks it TERMINATED in memory only after the snapshot)."""
+    from ray.tune import ExperimentAnalysis
+
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")  # its warnings came with Tuner.fit already
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        trials = list(ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem).trials)
+    except Exception:  # noqa: BLE001 - no snapshot to read: fall back on the results
+        return []
+    finally:
+        quiet.setLevel(level)
+    order = {r.path: i for i, r in enumerate(results)}  # the snapshot lists trials in another order
+    return sorted(trials, key=lambda t: order.get(t.path, len(order)))
+
+
+def result_status(r) -> str:
+    """ERROR, TERMINATED (last result done) or RUNNING (unfinished) from a `Result` alone."""
+    if r.error is not None:
+        return "ERROR"
+    return "TERMINATED" if (r.metrics or {}).get("done") else "RUNNING"
 
 
 def _pct(v: float | None) -> str:
