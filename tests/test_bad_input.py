@@ -9,7 +9,7 @@ import soundfile as sf
 
 import dsl.cache as cache
 from sweeps.cli import main
-from tests.conftest import write_tone
+from tests.support.data import write_tone
 
 EMOTIONS = "WLEAFTN"
 

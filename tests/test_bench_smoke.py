@@ -11,7 +11,7 @@ from bench.report import render
 from bench.throughput import SegmentSet, materialise, plain_steps, project_steps
 from dsl import ChainConfig, prepare_data, run_chain
 from dsl.config import FeatureSpec
-from tests.conftest import write_tone
+from tests.support.data import write_tone
 
 
 @pytest.fixture(scope="module")

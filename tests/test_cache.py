@@ -9,7 +9,7 @@ from dsl.audio import BadAudioError
 from dsl.config import FeatureSpec
 from dsl.features import logmel_reference
 from dsl.audio import load_audio
-from tests.conftest import write_tone
+from tests.support.data import write_tone
 
 SPEC = FeatureSpec()
 

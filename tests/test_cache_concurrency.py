@@ -15,7 +15,7 @@ import pytest
 
 import dsl.cache as cache
 from dsl.config import FeatureSpec
-from tests.conftest import write_tone
+from tests.support.data import write_tone
 
 REPO = Path(__file__).resolve().parents[1]
 N_FILES = 40

@@ -9,7 +9,7 @@ import pytest
 from dsl import ChainConfig, ChainState, iterate_chain, prepare_data, run_chain
 from dsl.runner import run
 from sweeps.cli import main
-from tests.conftest import TINY
+from tests.support.data import TINY
 
 def _cfg(manifest, cache, **extra) -> ChainConfig:
     return ChainConfig(corpus="csv", data=str(manifest), cache_dir=str(cache)).replace(**{**TINY, **extra})

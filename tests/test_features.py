@@ -11,7 +11,7 @@ from dsl.audio import BadAudioError, load_audio
 from dsl.config import FeatureSpec, SegmentSpec
 from dsl.features import logmel_batch, logmel_reference, n_frames
 from dsl.segments import ShortUtteranceWarning, build_segments
-from tests.conftest import write_tone
+from tests.support.data import write_tone
 
 SPEC = FeatureSpec()
 

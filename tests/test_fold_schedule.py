@@ -14,7 +14,7 @@ from dsl import ChainConfig, prepare_data, run_chain
 from dsl.chain import FoldJob, FoldOutput, iterate_chain, run_fold_job
 from dsl.rules import RULES, register_rule
 from dsl.train import SegmentBatcher
-from tests.conftest import TINY
+from tests.support.data import TINY
 
 FAKE_SECONDS = 0.3
 
@@ -33,7 +33,7 @@ class BatchOnly:
         return [run_fold_job(j, self.data, self.cfg) for j in jobs]
 
 
-def test_pipelined_chain_equals_iteration_by_iteration(tone_corpus, feature_cache) -> None:  # noqa: F811
+def test_pipelined_chain_equals_iteration_by_iteration(tone_corpus, feature_cache) -> None:
     cfg = _cfg(tone_corpus, feature_cache, **{"protocol.folds": 3, "train.workers": 2, "train.epochs": 3})
     data = prepare_data(cfg, show_progress=False)
     pipelined = run_chain(cfg, data, show_progress=False).iterations
@@ -92,7 +92,7 @@ def nonlocal_rule():
 
 
 @pytest.mark.parametrize("rule", ["wdsl", "nonlocal"])
-def test_next_iteration_starts_early_only_for_local_rules(tone_corpus, feature_cache, rule, nonlocal_rule) -> None:  # noqa: F811
+def test_next_iteration_starts_early_only_for_local_rules(tone_corpus, feature_cache, rule, nonlocal_rule) -> None:
     cfg = _cfg(tone_corpus, feature_cache, **{"protocol.folds": 5, "iterations": 1,
                                               "labels.rule": nonlocal_rule if rule == "nonlocal" else rule})
     data = prepare_data(cfg, show_progress=False)
@@ -123,7 +123,7 @@ def test_next_iteration_starts_early_only_for_local_rules(tone_corpus, feature_c
         assert a.ua == b.ua
 
 
-def test_local_runner_close_kills_a_running_fold(tone_corpus, feature_cache) -> None:  # noqa: F811
+def test_local_runner_close_kills_a_running_fold(tone_corpus, feature_cache) -> None:
     """A chain stopped early (scheduler, Ctrl+C) must not wait for a fold that is still training."""
     from dsl.runners import LocalRunner
 

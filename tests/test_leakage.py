@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dsl import ChainConfig, prepare_data, run_chain
-from tests.conftest import write_tone
+from tests.support.data import write_tone
 
 TINY = {"segments.hop": 4, "train.epochs": 3, "train.batch_size": 16, "train.lr": 3e-3, "protocol.folds": 2,
         "protocol.eval_folds": 2, "protocol.inner_folds": 2, "protocol.select_folds": 2, "iterations": 2,

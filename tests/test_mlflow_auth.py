@@ -13,78 +13,23 @@ import base64
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
 
-from conftest import emodb_root
+from tests.support.data import emodb_root, tiny_emodb
+from tests.support.mlflow_server import CRED_VARS, MlflowServer
+from tests.support.sweep import tiny_sweep
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 USER = "sweeper"  # the admin user the auth app creates at its first start
-CRED_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-
-
-class AuthServer:
-    """`mlflow server --app-name basic-auth` on 127.0.0.1: SQLite backend, proxied artifacts, its own auth DB."""
-
-    def __init__(self, root: Path, password: str):
-        from sweeps.testing import free_port
-
-        self.root, self.password, self.port = root, password, free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.artifacts = root / "artifacts"
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> "AuthServer":
-        self.root.mkdir(parents=True, exist_ok=True)
-        ini = self.root / "basic_auth.ini"  # keys as in mlflow/server/auth/basic_auth.ini
-        ini.write_text("[mlflow]\n"
-                       "default_permission = READ\n"
-                       f"database_uri = sqlite:///{self.root / 'basic_auth.db'}\n"
-                       f"admin_username = {USER}\n"
-                       f"admin_password = {self.password}\n"
-                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-        env = {k: v for k, v in os.environ.items() if k not in CRED_VARS}
-        env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_AUTH_CONFIG_PATH=str(ini),
-                   MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
-        cmd = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
-               "--port", str(self.port), "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-               "--artifacts-destination", str(self.artifacts), "--workers", "1"]
-        self.log = open(self.root / "server.log", "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=5) as r:  # /health needs no login
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.5)
-        self.__exit__()
-        raise RuntimeError("mlflow server (basic auth) did not become healthy in 180 s")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # the server's own process group only
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        if getattr(self, "log", None):
-            self.log.close()
 
 
 def cli(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -113,8 +58,6 @@ def auth(tmp_path_factory: pytest.TempPathFactory):
     root = emodb_root()
     if root is None:
         pytest.skip("EmoDB not found (../shared/data/emodb or $DSL_EMODB): the MLflow auth sweep test needs it")
-    from sweeps.testing import tiny_emodb, tiny_sweep
-
     base = tmp_path_factory.getbasetemp()
     data = tiny_emodb(root, base / "tiny_emodb")
     tmp = tmp_path_factory.mktemp("mlflow_auth")
@@ -132,7 +75,7 @@ def auth(tmp_path_factory: pytest.TempPathFactory):
     for k in ("DSL_SWEEP_FAIL_ONCE", "DSL_SWEEP_FAIL_AFTER", "DSL_SWEEP_VERBOSE"):
         env.pop(k, None)
     try:
-        with AuthServer(tmp / "mlflow", password) as server:
+        with MlflowServer(tmp / "mlflow", auth_password=password, auth_user=USER) as server:
             env["MLFLOW_TRACKING_URI"] = server.uri
             yield SimpleNamespace(server=server, password=password, tmp=tmp, sweeps=sweeps, ray_tmp=Path(ray_tmp),
                                   env=env, creds={**env, "MLFLOW_TRACKING_USERNAME": USER,

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from test_cluster_faults import METRIC_KEYS, Driver, driver_env, study, wait_for
-from test_cluster_multinode import children, steps, tiny_data, write_sweep
+from tests.support.driver import Driver, driver_env, wait_for
+from tests.support.mlflow_server import MlflowServer
+from tests.support.sweep import METRIC_KEYS, children, steps, study, tiny_data, write_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +31,6 @@ OUTAGE_S = 30
 def test_tracking_server_away_for_30_s(tmp_path_factory: pytest.TempPathFactory) -> None:
     data, cache = tiny_data(tmp_path_factory)
     from mlflow import MlflowClient
-
-    from sweeps.testing import MlflowServer
 
     name, iterations = "outage", 3
     tmp = tmp_path_factory.mktemp(name)

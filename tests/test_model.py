@@ -10,7 +10,7 @@ import pytest
 from dsl.config import ChainConfig
 from dsl.data import prepare_data
 from dsl.model import MODEL_FORMAT, EmotionModel, final_config
-from tests.conftest import TINY
+from tests.support.data import TINY
 
 
 @pytest.fixture(scope="module")

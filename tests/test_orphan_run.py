@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from test_cluster_faults import METRIC_KEYS, Driver, driver_env, snapshot, started, study, wait_for
-from test_cluster_multinode import local_cluster, steps, tiny_data, write_sweep
+from tests.support.cluster import local_cluster
+from tests.support.driver import Driver, driver_env, started, wait_for
+from tests.support.sweep import METRIC_KEYS, snapshot, steps, study, tiny_data, write_sweep
 
 pytestmark = pytest.mark.slow
 

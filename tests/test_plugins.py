@@ -13,7 +13,7 @@ from dsl import ChainConfig, prepare_data, run_chain
 from dsl.checks import check_config
 from dsl.config import ConfigError, load_config
 from sweeps.spec import parse_sweep
-from tests.conftest import TINY
+from tests.support.data import TINY
 
 PLUGIN = '''
 import numpy as np
@@ -57,7 +57,7 @@ def plugin(tmp_path, monkeypatch) -> str:
     sys.modules.pop(name, None)
 
 
-def test_plugin_backbone_and_rule_run_in_spawned_fold_workers(plugin, tone_corpus, feature_cache) -> None:  # noqa: F811
+def test_plugin_backbone_and_rule_run_in_spawned_fold_workers(plugin, tone_corpus, feature_cache) -> None:
     cfg = ChainConfig(corpus="csv", data=str(tone_corpus), cache_dir=str(feature_cache)).replace(**{
         **TINY, "plugins": [plugin], "backbone": f"{plugin}_prior", "labels.rule": f"{plugin}_keep",
         "train.workers": 2, "train.epochs": 2, "iterations": 1})
@@ -91,7 +91,7 @@ def test_missing_plugin_is_a_config_error_naming_the_module() -> None:
     assert "backbone 'mine' is unknown" in text  # the other problems are still reported
 
 
-def test_sweep_search_may_name_plugin_backbones(plugin, tone_corpus) -> None:  # noqa: F811
+def test_sweep_search_may_name_plugin_backbones(plugin, tone_corpus) -> None:
     raw = {"name": "plugins", "base": {"corpus": "csv", "data": str(tone_corpus), "plugins": [plugin]},
            "search": {"backbone": [f"{plugin}_prior", "small_cnn"]}}
     spec = parse_sweep(raw)

@@ -14,7 +14,7 @@ from dsl.report import load_result, markdown
 from dsl.selection import select_iterations, selected_scores
 from dsl.stats import mean_interval, paired_gain
 from sweeps.cli import main
-from tests.conftest import TINY
+from tests.support.data import TINY
 
 
 def test_t_interval_and_paired_gain() -> None:

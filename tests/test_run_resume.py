@@ -14,7 +14,7 @@ from dsl.chain import ChainState
 from dsl.fold_job import derive_seed
 from dsl.runners import FoldWorkerError
 from sweeps.cli import main
-from tests.conftest import TINY
+from tests.support.data import TINY
 
 
 def _args(manifest: Path, cache: Path, out: Path, *extra: str, workers: int = 1) -> list[str]:

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import emodb_root
+from tests.support.data import emodb_root, tiny_emodb
+from tests.support.mlflow_server import MlflowServer
+from tests.support.sweep import tiny_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +30,6 @@ def sweep(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip("EmoDB not found (../shared/data/emodb or $DSL_EMODB): the sweep integration tests need it")
     from sweeps.best import best_from_cli
     from sweeps.launcher import sweep_from_cli
-    from sweeps.testing import MlflowServer, tiny_emodb, tiny_sweep
 
     base = tmp_path_factory.getbasetemp()
     data = tiny_emodb(root, base / "tiny_emodb")

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import emodb_root
+from tests.support.data import emodb_root, tiny_emodb
+from tests.support.sweep import tiny_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +89,6 @@ def test_interrupt_and_resume(tmp_path_factory: pytest.TempPathFactory) -> None:
     import optuna
 
     from sweeps.searcher import journal_storage
-    from sweeps.testing import tiny_emodb, tiny_sweep
 
     base = tmp_path_factory.getbasetemp()
     data = tiny_emodb(root, base / "tiny_emodb")

@@ -11,9 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import emodb_root
 from dsl.config import ChainConfig
 from dsl.data import CorpusData
+from tests.support.data import emodb_root, tiny_emodb
+from tests.support.sweep import tiny_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +115,6 @@ def test_sweep_with_parallel_fold_tasks(tmp_path_factory: pytest.TempPathFactory
         ray.shutdown()
     from sweeps.launcher import run_sweep
     from sweeps.spec import parse_sweep
-    from sweeps.testing import tiny_emodb, tiny_sweep
 
     base = tmp_path_factory.getbasetemp()
     data = tiny_emodb(root, base / "tiny_emodb")

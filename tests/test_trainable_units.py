@@ -16,6 +16,7 @@ from tracking.schema import iteration_metrics
 from dsl.plots import accuracy_plot, confusion_plot, contour_plot
 from tracking.client import redact_uri
 from tracking.trial_run import TrialRun
+from tests.support.mlflow_server import free_port
 
 
 def _it(i: int, fold_ua: list[float], wa: float) -> dict:
@@ -197,7 +198,6 @@ def test_dead_tracking_server_holds_a_caller_up_for_the_timeout_only(monkeypatch
     """MLflow's own HTTP retries (7, backoff factor 2: minutes) are off unless set: the deadline is ours."""
     import time
 
-    from sweeps.testing import free_port
     from tracking.client import TrackingUnavailable, call, client
     from tracking.trial_run import TrialRun
 

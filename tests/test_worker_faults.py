@@ -21,7 +21,7 @@ from dsl.fold_job import derive_seed
 from dsl.runner import run
 from dsl.runners import FoldWorkerError
 from sweeps.cli import main
-from tests.conftest import write_tone
+from tests.support.data import write_tone
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"segments.hop": 4, "train.epochs": 3, "train.batch_size": 16, "train.lr": 3e-3, "protocol.folds": 2,
