@@ -225,7 +225,7 @@ def test_registered_model_serves_over_http(sweep) -> None:
 
     from mlflow.models import Model
 
-    from sweeps.testing import free_port
+    from tests.support.mlflow_server import free_port
 
     versions = sweep.client.search_model_versions("name='dsl-tiny'")
     if not versions:
