@@ -2,8 +2,9 @@
 
 `iterate_chain` yields after every iteration with a `ChainState` from which the chain resumes
 exactly (targets are the only state; every seed is derived from the config), which is what a
-checkpointing sweep trial needs. Per-fold trainings are `FoldJob`s handed to a runner, so a caller
-may run the folds of one iteration in parallel (e.g. as Ray tasks); the default runs them in turn.
+checkpointing sweep trial needs; it is a thin wrapper over `ChainIterator`, which holds one pass's
+plan, runner and iterations in flight. Per-fold trainings are `FoldJob`s handed to a runner, so a
+caller may run the folds of one iteration in parallel (e.g. as Ray tasks); the default runs them in turn.
 
 How an iteration is scored depends on the fold plan (`dsl.protocols`): a transductive plan
 cross-validates one forest over all utterances; a held-out plan trains one forest per scope on the
@@ -13,30 +14,30 @@ CV over its training utterances (`dsl.selection`), so no scored label reaches it
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
 from .config import ChainConfig
 from .data import CorpusData
 from .environment import machine_info
-from .evaluate import cross_validated_proba, forest_proba, scores, utterance_features, validation_ua
+from .evaluate import UtteranceScores, cross_validated_proba, forest_proba, scores, utterance_features, validation_ua
 from .fold_job import (FoldJob, FoldOutput, TrainedFold, derive_seed, normalisation_stats, run_fold_job,
                        split_validation, train_fold)
 from .plugins import load_plugins
 from .progress import progress
 from .protocols import FoldPlan, is_leak_free, load_assignment, make_plan
-from .rules import get_rule, one_hot
+from .rules import LabelRule, get_rule, one_hot
 from .runners import LocalRunner, Runner, local_runner, submitter
 from .schedules import schedule_alpha
 from .segments import SegmentIndex, build_segments
 from .selection import reported_iteration, selected_scores
 
-__all__ = ["ChainResult", "ChainState", "FoldJob", "FoldOutput", "IterationResult", "LocalRunner", "Runner",
-           "TrainedFold", "derive_seed", "iterate_chain", "local_runner", "normalisation_stats", "run_chain",
+__all__ = ["ChainIterator", "ChainResult", "ChainState", "FoldJob", "FoldOutput", "IterationResult", "LocalRunner",
+           "Runner", "TrainedFold", "derive_seed", "iterate_chain", "local_runner", "normalisation_stats", "run_chain",
            "run_fold_job", "split_validation", "train_fold"]
 
 
@@ -145,6 +146,215 @@ def _done_future(value: FoldOutput) -> Future:
     return fut
 
 
+class ChainIterator:
+    """One pass of the chain from a state to `cfg.iterations`; `iterate_chain` iterates one, once.
+
+    Set-up (segments, fold plan, runner) happens in `__init__`. Iterating submits the fold jobs, keeps
+    their outputs in one `_Iteration` book per iteration in flight (two while pipelined), and yields each
+    finished iteration's result and the state after it. The attributes are what the steps share: fixed
+    by the set-up, except `state`, `pending` and `books`, which track the progress of the pass.
+    """
+
+    cfg: ChainConfig
+    data: CorpusData
+    show_progress: bool  # show a bar over the fold trainings
+    rf_jobs: int | None  # n_jobs of the utterance-level forests
+    seg: SegmentIndex  # the corpus cut into segments, the unit the networks train on
+    seg_labels: np.ndarray  # each segment's utterance label
+    y: np.ndarray  # one-hot `seg_labels`: the original targets the label rule mixes with posteriors
+    plan: FoldPlan  # the protocol's scopes and their folds
+    fold_of: np.ndarray  # each utterance's outer fold, for per-fold scores and records
+    groups: np.ndarray | None  # speaker ids when the forest CV must keep speakers apart
+    fold_segments: list[list[np.ndarray]]  # per scope, per fold: its segments (where its targets change)
+    test_segments: list[np.ndarray]  # per scope: the segments of its test utterances
+    rule: LabelRule  # turns a fold's posteriors into its segments' next targets
+    runner: Runner  # trains the fold jobs
+    own_runner: bool  # the runner was made here, so it is closed here
+    submit: Callable[[FoldJob], Future] | None  # the runner's `submit`, if it starts single jobs
+    state: ChainState  # after the last finished iteration: `finish` extends its history
+    first: int  # the first iteration this pass runs
+    last: int  # the last iteration of the chain (`cfg.iterations`)
+    pipelined: bool  # a fold of iteration t+1 may start while iteration t still runs
+    n_jobs: int  # fold trainings per iteration, over all scopes
+    pending: dict[Future, tuple[int, int, int]]  # running jobs -> (iteration, scope, fold)
+    books: dict[int, _Iteration]  # iterations with jobs submitted and not yet finished
+
+    def __init__(self, cfg: ChainConfig, data: CorpusData, state: ChainState | None = None,
+                 runner: Runner | None = None, show_progress: bool = True, rf_jobs: int | None = None) -> None:
+        self.cfg, self.data, self.show_progress, self.rf_jobs = cfg, data, show_progress, rf_jobs
+        load_plugins(cfg.plugins)
+        self.seg = build_segments(data.frame_offsets, cfg.segments, warn=state is None)
+        self.seg_labels = data.labels[self.seg.utt]
+        outer = load_assignment(cfg.protocol.assignment, data.paths) if cfg.protocol.assignment else None
+        self.plan = make_plan(data.labels, data.speakers, cfg.protocol, cfg.seed, outer)
+        self.fold_of = self.plan.outer_fold(data.n_utterances)
+        self.rule = get_rule(cfg.labels.rule)
+        self.own_runner = runner is None
+        self.runner = runner or local_runner(data, cfg)
+        self.state = state or initial_state(data, self.plan, self.seg_labels)
+        self.y = one_hot(self.seg_labels, data.n_classes)
+        self.groups = data.speaker_ids() if self.plan.speaker_grouped else None
+        self.fold_segments = [[self.seg.of_utterances(fold) for fold in scope.folds] for scope in self.plan.scopes]
+        self.test_segments = [self.seg.of_utterances(scope.test) for scope in self.plan.scopes]
+        self.submit = submitter(self.runner)
+        self.first, self.last = self.state.next_iteration, cfg.iterations
+        self.pipelined = self.submit is not None and self.rule.local and self.last > self.first
+        self.n_jobs = sum(len(scope.folds) for scope in self.plan.scopes)
+        self.pending = {}
+        self.books = {}
+
+    def __iter__(self) -> Iterator[tuple[IterationResult, ChainState]]:
+        """Run iterations `first .. last`, yielding each result and the state after it."""
+        if self.first > self.last:
+            return
+        bar = progress(total=self.n_jobs * (self.last - self.first + 1), desc="fold trainings", unit="fold",
+                       disable=not self.show_progress)
+        self.open_iteration(self.first, self.state.targets)
+        since = time.perf_counter()
+        try:
+            self.start_iteration(self.books[self.first], self.state.targets)
+            current = self.first
+            while self.pending:
+                done, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=lambda d: self.pending[d]):
+                    it, s, f = self.pending.pop(fut)
+                    self.record(self.books[it], s, f, fut.result())
+                    bar.update(1)
+                while current in self.books and len(self.books[current].outputs) == self.n_jobs:
+                    result, self.state = self.finish(self.books.pop(current), since)
+                    since = time.perf_counter()
+                    current += 1
+                    if current <= self.last:
+                        self.start_iteration(self.open_iteration(current, self.state.targets), self.state.targets)
+                    yield result, self.state
+        finally:
+            for fut in self.pending:
+                fut.cancel()
+            bar.close()
+            if self.own_runner:
+                self.runner.close()  # type: ignore[attr-defined]
+
+    def alpha_for(self, it: int) -> float | None:
+        """The scheduled WDSL alpha of iteration `it`; None for a rule without one."""
+        if not self.rule.uses_alpha:
+            return None
+        return schedule_alpha(self.cfg.labels, it, self.cfg.iterations)
+
+    def new_book(self, it: int, targets: list[np.ndarray]) -> _Iteration:
+        """The book of iteration `it`, whose next targets start as a copy of the ones it trains on."""
+        return _Iteration(it, self.alpha_for(it) if it > 0 else None, self.alpha_for(it + 1) or 0.0,
+                          [t.copy() for t in targets])
+
+    def open_iteration(self, it: int, targets: list[np.ndarray]) -> _Iteration:
+        """Iteration `it`'s book (made now unless pipelining made it) with the stats of its targets."""
+        book = self.books.setdefault(it, self.new_book(it, targets))
+        book.label_stats = _label_stats(targets, self.plan, self.seg, self.seg_labels)
+        return book
+
+    def job(self, it: int, s: int, f: int, targets: np.ndarray) -> FoldJob:
+        """Fold `f` of scope `s` in iteration `it`: it predicts its fold and the scope's test utterances."""
+        scope = self.plan.scopes[s]
+        return FoldJob(it, s, f, scope.job_train(f), np.concatenate([scope.folds[f], scope.test]), targets,
+                       derive_seed(self.cfg.seed, it, s, f))
+
+    def start_iteration(self, book: _Iteration, targets: list[np.ndarray]) -> None:
+        """Submit the iteration's jobs that are not running yet (all of them unless pipelined)."""
+        todo = [(s, f) for s, scope in enumerate(self.plan.scopes) for f in range(len(scope.folds))
+                if (s, f) not in book.submitted]
+        jobs = [self.job(book.it, s, f, targets[s]) for s, f in todo]
+        submit = self.submit
+        futures = [submit(j) for j in jobs] if submit is not None else [_done_future(o) for o in self.runner(jobs)]
+        for (s, f), fut in zip(todo, futures):
+            self.track(book, s, f, fut)
+
+    def track(self, book: _Iteration, s: int, f: int, fut: Future) -> None:
+        """Note that fold `f` of scope `s` runs (or ran) for `book`'s iteration."""
+        book.submitted.add((s, f))
+        self.pending[fut] = (book.it, s, f)
+
+    def record(self, book: _Iteration, s: int, f: int, out: FoldOutput) -> None:
+        """Keep the output; the fold's segments get their targets for the next iteration right away."""
+        book.outputs[(s, f)] = out
+        idx = self.fold_segments[s][f]
+        q = out.posteriors[:len(idx)]
+        book.next_targets[s][idx] = self.rule(q, self.y[idx], self.seg.utt[idx], alpha=book.next_alpha,
+                                              epsilon=self.cfg.labels.epsilon)
+        if self.pipelined and book.it < self.last:
+            self.start_ready_folds(book, s)
+
+    def start_ready_folds(self, book: _Iteration, s: int) -> None:
+        """Start each fold of scope `s` in the next iteration whose training folds are done in `book`."""
+        assert self.submit is not None  # pipelined
+        if book.it + 1 not in self.books:
+            self.books[book.it + 1] = self.new_book(book.it + 1, book.next_targets)
+        nxt = self.books[book.it + 1]
+        n_folds = len(self.plan.scopes[s].folds)
+        for g in range(n_folds):
+            needed_done = all((s, h) in book.outputs for h in self.plan.scopes[s].needs(g))
+            if (s, g) not in nxt.submitted and needed_done:
+                # The job reads only the rows of the folds it needs, and those rows are final.
+                self.track(nxt, s, g, self.submit(self.job(nxt.it, s, g, book.next_targets[s].copy())))
+
+    def posteriors(self, book: _Iteration) -> tuple[list[np.ndarray], np.ndarray]:
+        """Per scope, its out-of-fold segment posteriors; and the posteriors the scores are taken from."""
+        seg, k = self.seg, self.data.n_classes
+        scope_oos = [np.zeros((seg.n_segments, k), dtype=np.float32) for _ in self.plan.scopes]
+        eval_post = np.zeros((seg.n_segments, k), dtype=np.float32)
+        for s, scope in enumerate(self.plan.scopes):  # in fold order, so sums do not depend on completion order
+            for f in range(len(scope.folds)):
+                out, idx = book.outputs[(s, f)], self.fold_segments[s][f]
+                scope_oos[s][idx] = out.posteriors[:len(idx)]
+                if len(scope.test):
+                    eval_post[self.test_segments[s]] += out.posteriors[len(idx):] / len(scope.folds)
+            if not len(scope.test):
+                idx = seg.of_utterances(scope.train)
+                eval_post[idx] = scope_oos[s][idx]
+        return scope_oos, eval_post
+
+    def forest_scores(self, scope_oos: list[np.ndarray],
+                      eval_post: np.ndarray) -> tuple[UtteranceScores, list[float] | None]:
+        """Utterance scores of a forest on the pooled segment posteriors, and under a held-out plan each
+        scope's validation UA (forest CV over its training utterances), which picks its iteration."""
+        seg, labels, k, cfg = self.seg, self.data.labels, self.data.n_classes, self.cfg
+        if self.plan.held_out:  # each scope's forest sees only its training utterances; their CV picks the iteration
+            proba = np.zeros((self.data.n_utterances, k), dtype=np.float32)
+            val_ua: list[float] = []
+            for s, scope in enumerate(self.plan.scopes):
+                train_feats = utterance_features(scope_oos[s], seg.offsets, scope.train)
+                test_feats = utterance_features(eval_post, seg.offsets, scope.test)
+                proba[scope.test] = forest_proba(train_feats, labels[scope.train], test_feats, k, cfg.seed + s,
+                                                 self.rf_jobs)
+                groups = self.groups[scope.train] if self.groups is not None else None
+                val_ua.append(validation_ua(train_feats, labels[scope.train], k, cfg.protocol.select_folds,
+                                            cfg.seed + s, groups, self.rf_jobs))
+            return scores(labels, proba, self.fold_of, k), val_ua
+        # transductive: the forest is cross-validated over all utterances, as in the paper
+        proba, forest_fold = cross_validated_proba(utterance_features(eval_post, seg.offsets), labels, k,
+                                                   cfg.protocol.eval_folds, cfg.seed, self.groups, self.rf_jobs)
+        return scores(labels, proba, forest_fold, k), None
+
+    def finish(self, book: _Iteration, since: float) -> tuple[IterationResult, ChainState]:
+        """Score a finished iteration; the state after it carries its next targets and the history."""
+        scope_oos, eval_post = self.posteriors(book)
+        sc, val_ua = self.forest_scores(scope_oos, eval_post)
+        outputs = [book.outputs[(s, f)] for s, scope in enumerate(self.plan.scopes) for f in range(len(scope.folds))]
+        changed, entropy = book.label_stats  # type: ignore[misc]
+        result = IterationResult(
+            iteration=book.it, alpha=book.alpha, wa=sc.wa, ua=sc.ua, fold_wa=sc.fold_wa,
+            fold_ua=sc.fold_ua, confusion=sc.confusion,
+            segment_accuracy=float(np.mean(np.argmax(eval_post, axis=1) == self.seg_labels)),
+            changed_label_share=changed, target_entropy=entropy,
+            epochs=float(np.mean([o.epochs for o in outputs])), seconds=time.perf_counter() - since,
+            segments_per_second=float(np.mean([o.segments_per_second for o in outputs])), val_ua=val_ua,
+            utterances=utterance_records(self.data.paths, self.data.labels, self.fold_of, sc.probabilities),
+            posteriors=eval_post, utterance_predictions=sc.predictions)
+        history = self.state.history
+        if val_ua is not None:
+            picks, chosen = selected_scores([*history, result.to_dict()], self.data.n_classes)
+            result.selected_iterations, result.selected_wa, result.selected_ua = picks, chosen.wa, chosen.ua
+        return result, ChainState(book.it + 1, book.next_targets, [*history, result.to_dict()])
+
+
 def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None = None,
                   runner: Runner | None = None, show_progress: bool = True,
                   rf_jobs: int | None = None) -> Iterator[tuple[IterationResult, ChainState]]:
@@ -157,144 +367,7 @@ def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None =
     rows); 5 folds on 2 workers then keep both busy instead of leaving one idle for a sixth of every
     iteration. `IterationResult.seconds` is the wall time since the previous iteration finished.
     """
-    load_plugins(cfg.plugins)
-    seg = build_segments(data.frame_offsets, cfg.segments, warn=state is None)
-    seg_labels = data.labels[seg.utt]
-    outer = load_assignment(cfg.protocol.assignment, data.paths) if cfg.protocol.assignment else None
-    plan = make_plan(data.labels, data.speakers, cfg.protocol, cfg.seed, outer)
-    fold_of = plan.outer_fold(data.n_utterances)
-    rule = get_rule(cfg.labels.rule)
-    own = runner is None
-    runner = runner or local_runner(data, cfg)
-    state = state or initial_state(data, plan, seg_labels)
-    if state.next_iteration > cfg.iterations:
-        return
-    y = one_hot(seg_labels, data.n_classes)
-    groups = data.speaker_ids() if plan.speaker_grouped else None
-    fold_segments = [[seg.of_utterances(fold) for fold in scope.folds] for scope in plan.scopes]
-    test_segments = [seg.of_utterances(scope.test) for scope in plan.scopes]
-    submit = submitter(runner)
-    pipelined = submit is not None and rule.local and cfg.iterations > state.next_iteration
-    first, last = state.next_iteration, cfg.iterations
-    n_jobs = sum(len(scope.folds) for scope in plan.scopes)
-    bar = progress(total=n_jobs * (last - first + 1), desc="fold trainings", unit="fold", disable=not show_progress)
-    pending: dict[Future, tuple[int, int, int]] = {}
-
-    def alpha_for(it: int) -> float | None:
-        if not rule.uses_alpha:
-            return None
-        return schedule_alpha(cfg.labels, it, cfg.iterations)
-
-    def new_book(it: int, targets: list[np.ndarray]) -> _Iteration:
-        return _Iteration(it, alpha_for(it) if it > 0 else None, alpha_for(it + 1) or 0.0, [t.copy() for t in targets])
-
-    def job(it: int, s: int, f: int, targets: np.ndarray) -> FoldJob:
-        scope = plan.scopes[s]
-        return FoldJob(it, s, f, scope.job_train(f), np.concatenate([scope.folds[f], scope.test]), targets,
-                       derive_seed(cfg.seed, it, s, f))
-
-    def start_iteration(book: _Iteration, targets: list[np.ndarray]) -> None:
-        """Submit the iteration's jobs that are not running yet (all of them unless pipelined)."""
-        todo = [(s, f) for s, scope in enumerate(plan.scopes) for f in range(len(scope.folds))
-                if (s, f) not in book.submitted]
-        jobs = [job(book.it, s, f, targets[s]) for s, f in todo]
-        futures = [submit(j) for j in jobs] if submit is not None else [_done_future(o) for o in runner(jobs)]
-        for (s, f), fut in zip(todo, futures):
-            track(book, s, f, fut)
-
-    def track(book: _Iteration, s: int, f: int, fut: Future) -> None:
-        book.submitted.add((s, f))
-        pending[fut] = (book.it, s, f)
-
-    def record(book: _Iteration, s: int, f: int, out: FoldOutput) -> None:
-        """Keep the output; the fold's segments get their targets for the next iteration right away."""
-        book.outputs[(s, f)] = out
-        idx = fold_segments[s][f]
-        q = out.posteriors[:len(idx)]
-        book.next_targets[s][idx] = rule(q, y[idx], seg.utt[idx], alpha=book.next_alpha, epsilon=cfg.labels.epsilon)
-        if not pipelined or book.it >= last:
-            return
-        if book.it + 1 not in books:
-            books[book.it + 1] = new_book(book.it + 1, book.next_targets)
-        nxt = books[book.it + 1]
-        n_folds = len(plan.scopes[s].folds)
-        for g in range(n_folds):
-            needed_done = all((s, h) in book.outputs for h in plan.scopes[s].needs(g))
-            if (s, g) not in nxt.submitted and needed_done:
-                # The job reads only the rows of the folds it needs, and those rows are final.
-                track(nxt, s, g, submit(job(nxt.it, s, g, book.next_targets[s].copy())))
-
-    def finish(book: _Iteration, since: float) -> tuple[IterationResult, ChainState]:
-        scope_oos = [np.zeros((seg.n_segments, data.n_classes), dtype=np.float32) for _ in plan.scopes]
-        eval_post = np.zeros((seg.n_segments, data.n_classes), dtype=np.float32)
-        outputs = [book.outputs[(s, f)] for s, scope in enumerate(plan.scopes) for f in range(len(scope.folds))]
-        for s, scope in enumerate(plan.scopes):  # in fold order, so sums do not depend on completion order
-            for f in range(len(scope.folds)):
-                out, idx = book.outputs[(s, f)], fold_segments[s][f]
-                scope_oos[s][idx] = out.posteriors[:len(idx)]
-                if len(scope.test):
-                    eval_post[test_segments[s]] += out.posteriors[len(idx):] / len(scope.folds)
-            if not len(scope.test):
-                idx = seg.of_utterances(scope.train)
-                eval_post[idx] = scope_oos[s][idx]
-        labels, k = data.labels, data.n_classes
-        val_ua: list[float] | None = None
-        if plan.held_out:  # each scope's forest sees only its training utterances; their CV picks the iteration
-            proba = np.zeros((data.n_utterances, k), dtype=np.float32)
-            val_ua = []
-            for s, scope in enumerate(plan.scopes):
-                train_feats = utterance_features(scope_oos[s], seg.offsets, scope.train)
-                test_feats = utterance_features(eval_post, seg.offsets, scope.test)
-                proba[scope.test] = forest_proba(train_feats, labels[scope.train], test_feats, k, cfg.seed + s, rf_jobs)
-                val_ua.append(validation_ua(train_feats, labels[scope.train], k, cfg.protocol.select_folds,
-                                            cfg.seed + s, groups[scope.train] if groups is not None else None, rf_jobs))
-            sc = scores(labels, proba, fold_of, k)
-        else:  # transductive: the forest is cross-validated over all utterances, as in the paper
-            proba, forest_fold = cross_validated_proba(utterance_features(eval_post, seg.offsets), labels, k,
-                                                       cfg.protocol.eval_folds, cfg.seed, groups, rf_jobs)
-            sc = scores(labels, proba, forest_fold, k)
-        changed, entropy = book.label_stats  # type: ignore[misc]
-        result = IterationResult(
-            iteration=book.it, alpha=book.alpha, wa=sc.wa, ua=sc.ua, fold_wa=sc.fold_wa,
-            fold_ua=sc.fold_ua, confusion=sc.confusion,
-            segment_accuracy=float(np.mean(np.argmax(eval_post, axis=1) == seg_labels)),
-            changed_label_share=changed, target_entropy=entropy,
-            epochs=float(np.mean([o.epochs for o in outputs])), seconds=time.perf_counter() - since,
-            segments_per_second=float(np.mean([o.segments_per_second for o in outputs])), val_ua=val_ua,
-            utterances=utterance_records(data.paths, labels, fold_of, sc.probabilities),
-            posteriors=eval_post, utterance_predictions=sc.predictions)
-        if val_ua is not None:
-            picks, chosen = selected_scores([*state.history, result.to_dict()], k)
-            result.selected_iterations, result.selected_wa, result.selected_ua = picks, chosen.wa, chosen.ua
-        return result, ChainState(book.it + 1, book.next_targets, [*state.history, result.to_dict()])
-
-    books = {first: new_book(first, state.targets)}
-    books[first].label_stats = _label_stats(state.targets, plan, seg, seg_labels)
-    since = time.perf_counter()
-    try:
-        start_iteration(books[first], state.targets)
-        current = first
-        while pending:
-            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for fut in sorted(done, key=lambda d: pending[d]):
-                it, s, f = pending.pop(fut)
-                record(books[it], s, f, fut.result())
-                bar.update(1)
-            while current in books and len(books[current].outputs) == n_jobs:
-                result, state = finish(books.pop(current), since)
-                since = time.perf_counter()
-                current += 1
-                if current <= last:
-                    book = books.setdefault(current, new_book(current, state.targets))
-                    book.label_stats = _label_stats(state.targets, plan, seg, seg_labels)
-                    start_iteration(book, state.targets)
-                yield result, state
-    finally:
-        for fut in pending:
-            fut.cancel()
-        bar.close()
-        if own:
-            runner.close()  # type: ignore[attr-defined]
+    yield from ChainIterator(cfg, data, state, runner, show_progress, rf_jobs)
 
 
 @dataclass
