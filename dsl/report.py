@@ -1,4 +1,4 @@
-"""`dsl-sweep report RESULTS...`: result JSONs (single runs and replicate studies) as Markdown tables.
+"""`dsl-sweep report RESULTS...`: result JSONs (single runs, replicate studies, sweep exports) as Markdown tables.
 
 The README's results are produced by this from the JSON files under `docs/results/`, so no figure is
 typed by hand. Every row names its protocol (and whether it is leak-free), seeds and command; the
@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 from .config import ConfigError
 from .environment import describe_machine
 from .stats import Interval
+from .sweep_tables import sweep_figure, sweep_tables
 
 
 def load_result(path: str | Path) -> dict:
@@ -25,6 +26,8 @@ def load_result(path: str | Path) -> dict:
         d = json.loads(p.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{p}: cannot read a result JSON: {exc}") from exc
+    if isinstance(d, dict) and d.get("kind") == "sweep" and "trials" in d:
+        return d  # a sweep export (`dsl-sweep report SWEEP --save-sweep`): the paper's tables
     if not isinstance(d, dict) or "iterations" not in d or "config" not in d:
         raise ConfigError(f"{p}: not a result of `dsl-sweep run` (no config and iterations)")
     d.setdefault("kind", "run")
@@ -115,8 +118,8 @@ def markdown(paths: Sequence[str | Path]) -> str:
     """Tables of every study and every run among `paths`, then the machines they ran on."""
     loaded = [(str(p), load_result(p)) for p in paths]
     studies = [(p, d) for p, d in loaded if d["kind"] == "study"]
-    runs = [(p, d) for p, d in loaded if d["kind"] != "study"]
-    parts = []
+    runs = [(p, d) for p, d in loaded if d["kind"] not in ("study", "sweep")]
+    parts = [sweep_tables(d) for _, d in loaded if d["kind"] == "sweep"]
     if studies:
         parts.append("Mean ± half-width of the 95 % t-interval over seeds. The gain is paired: each seed's "
                      "iteration minus the same seed's iteration 0. *Selected UA*: each outer fold's iteration "
@@ -164,8 +167,13 @@ def report_from_cli(paths: Sequence[str], out: str | None = None, figure: str | 
     if figure:
         from .plots import study_plot
 
-        studies = [d for d in (load_result(p) for p in paths) if d["kind"] == "study"]
-        if studies:
+        loaded = [load_result(p) for p in paths]
+        studies = [d for d in loaded if d["kind"] == "study"]
+        sweeps = [d for d in loaded if d["kind"] == "sweep"]
+        if sweeps:
+            fig = sweep_figure(sweeps[0], figure)
+            text += f"\n![UA per iteration by rule]({Path(fig).as_posix()})\n"
+        elif studies:
             fig = study_plot(studies, figure, title="UA per iteration, mean and 95 % interval over seeds")
             text += f"\n![UA per iteration over seeds]({Path(fig).as_posix()})\n"
     if out:

@@ -69,9 +69,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from dsl.report import report_from_cli
+    from sweeps.sweep_report import report_from_cli
 
-    return report_from_cli(args.results, args.out, args.figure, args.into, args.command_line)
+    return report_from_cli(args.results, args.out, args.figure, args.into, args.command_line, args.tracking_uri,
+                           args.save_sweep)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -146,10 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--model-name", help="registered model name (default: the sweep name)")
     best.set_defaults(func=cmd_best)
 
-    rep = sub.add_parser("report", help="render result JSONs (runs and replicate studies) as Markdown tables")
-    rep.add_argument("results", nargs="+", help="result JSON files of `dsl-sweep run` (with or without --seeds)")
+    rep = sub.add_parser("report", help="render result JSONs (runs, replicate studies) or a sweep's runs (the "
+                         "paper's tables II-IV) as Markdown tables")
+    rep.add_argument("results", nargs="+", help="result JSON files of `dsl-sweep run` (with or without --seeds), "
+                     "sweep exports, or a sweep name (read from MLflow)")
+    rep.add_argument("--tracking-uri", help="MLflow tracking URI for a sweep name (default: $MLFLOW_TRACKING_URI, "
+                     "else sqlite:///mlflow.db)")
+    rep.add_argument("--save-sweep", help="write the sweep's trials read from MLflow to this JSON (commit it: "
+                     "`dsl-sweep report FILE` renders the same tables)")
     rep.add_argument("--out", help="also write the Markdown here")
-    rep.add_argument("--figure", help="plot UA per iteration of the studies (mean, 95 %% interval) to this PNG")
+    rep.add_argument("--figure", help="plot UA per iteration to this PNG (studies: mean and 95 %% interval; a "
+                     "sweep: mean per rule)")
     rep.add_argument("--into", help="replace the block between the report markers of this Markdown file "
                      "(the README's results section is made this way)")
     rep.set_defaults(func=cmd_report)

@@ -47,3 +47,64 @@ def test_importances_from_optuna() -> None:
     assert set(imp) == {"lr", "its"} and imp["lr"] > imp["its"] and "12 complete" in note
     empty = optuna.create_study()
     assert param_importances(empty) == ({}, "0 complete trial(s): importances need at least 2")
+
+
+def _fake_sweep(uri: str, tmp: Path) -> None:
+    """A parent run with six trial runs (3 rules, WDSL at two α), UA/WA per iteration, one result.json."""
+    from mlflow import MlflowClient
+
+    from tracking.sweep_runs import ensure_experiment
+
+    c = MlflowClient(uri)
+    exp = ensure_experiment(c, "paper")
+    parent = c.create_run(exp, run_name="paper", tags={"dsl.role": "parent"}).info.run_id
+    specs = [("baseline", "0.2", 0.50), ("bdsl", "0.2", 0.52), ("wdsl", "0.2", 0.58), ("wdsl", "0.2", 0.60),
+             ("wdsl", "0.5", 0.55), ("hdl", "0.2", 0.49)]
+    (tmp / "result.json").write_text(json.dumps({"environment": {"fingerprint": "abc", "cpu": "Test CPU"}}))
+    for i, (rule, alpha, last) in enumerate(specs):
+        r = c.create_run(exp, run_name=f"t{i}", tags={"dsl.role": "trial", "mlflow.parentRunId": parent,
+                                                      "ray_trial_id": f"t_{i:05d}"}).info.run_id
+        for k, v in {"labels.rule": rule, "labels.alpha": alpha, "backbone": "small_cnn", "seed": "0",
+                     "protocol.name": "stratified", "protocol.folds": "10", "corpus": "emodb", "data": "/d"}.items():
+            c.log_param(r, k, v)
+        for it, ua in enumerate((0.5, last)):
+            c.log_metric(r, "ua", ua, step=it)
+            c.log_metric(r, "wa", ua + 0.02, step=it)
+        if i == 0:
+            c.log_artifact(r, str(tmp / "result.json"))
+        c.set_terminated(r)
+
+
+def test_report_renders_the_paper_tables_of_a_sweep(tmp_path: Path, capsys) -> None:
+    from sweeps.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _fake_sweep(uri, tmp_path)
+    saved, fig = tmp_path / "paper.sweep.json", tmp_path / "paper.png"
+    assert main(["report", "paper", "--tracking-uri", uri, "--save-sweep", str(saved), "--figure", str(fig)]) == 0
+    out = capsys.readouterr().out
+    assert "Sweep `paper`: 6 trials | protocol stratified, leak_free: false | folds 10 | seed(s) 0" in out
+    assert "**Table II: accuracy per iteration by label rule**" in out
+    assert "| wdsl | 3 | 50.0 ± 0.0 (52.0 ± 0.0) | 57.7 ± 6.3 (59.7 ± 6.3) |" in out  # mean of 58, 60, 55 ± t-interval
+    assert "**Table IV: accuracy per iteration of WDSL by α**" in out and "| 0.5 | 1 | 50.0 (52.0) | 55.0 (57.0) |" in out
+    assert "Table III" not in out  # one backbone: nothing to compare
+    assert "Machines: `abc`" in out and fig.stat().st_size > 5000
+    export = json.loads(saved.read_text())
+    assert export["kind"] == "sweep" and len(export["trials"]) == 6
+    assert main(["report", str(saved)]) == 0  # the committed export renders the same tables
+    again = capsys.readouterr().out
+
+    def tables(text: str) -> str:
+        return text[text.index("Sweep `paper`"):text.index("Files:")]
+
+    assert tables(again) == tables(out)
+
+
+def test_report_names_an_unknown_sweep(tmp_path: Path) -> None:
+    import pytest
+
+    from dsl.config import ConfigError
+    from sweeps.sweep_report import resolve_results
+
+    with pytest.raises(ConfigError, match="nope: neither a result file nor a sweep"):
+        resolve_results(["nope"], f"sqlite:///{tmp_path / 'm.db'}", None, str(tmp_path))

@@ -122,3 +122,34 @@ def log_comparison(c, experiment_id: str, parent_run_id: str, title: str,
         for f in files:
             call(c.log_artifact, parent_run_id, str(f), FOLDER)
     return [f"{FOLDER}/{f.name}" for f in files]
+
+
+EXPORT_FORMAT = 1
+
+
+def sweep_export(c, experiment_id: str, parent_run_id: str, name: str) -> dict[str, Any]:
+    """The sweep's trials as plain data (`kind: sweep`) for `dsl.sweep_tables`: flat params and UA/WA per
+    iteration of every child run, the protocol, seeds and data, and the machine of its first result."""
+    trials = trial_summaries(c, experiment_id, parent_run_id)
+    first = trials[0].params if trials else {}
+    from dsl.protocols import is_leak_free
+
+    protocol = first.get("protocol.name", "")
+    environment = None
+    for t in trials:
+        try:
+            with tempfile.TemporaryDirectory(prefix="dsl-exp-") as tmp:
+                path = call(c.download_artifacts, t.run_id, "result.json", tmp)
+                environment = json.loads(Path(path).read_text()).get("environment")
+            break
+        except Exception:  # a trial that failed before its first iteration has no result.json
+            continue
+    return {"format": EXPORT_FORMAT, "kind": "sweep", "name": name,
+            "protocol": {"name": protocol, "leak_free": is_leak_free(protocol) if protocol else None,
+                         "folds": first.get("protocol.folds")},
+            "seeds": sorted({int(t.params["seed"]) for t in trials if t.params.get("seed", "").isdigit()}),
+            "data": f"{first.get('corpus', '?')} ({first.get('data', '?')})", "environment": environment,
+            "trials": [{"trial_id": t.trial_id, "run_name": t.run_name, "status": t.status,
+                        "stopped_early": t.stopped_early, "params": t.params,
+                        "ua": {str(i): v for i, v in sorted(t.ua.items())},
+                        "wa": {str(i): v for i, v in sorted(t.wa.items())}} for t in trials]}

@@ -1,0 +1,64 @@
+"""`dsl-sweep report SWEEP`: a sweep's MLflow runs as the paper's tables (see `dsl.sweep_tables`).
+
+An argument that is not a file or folder is taken as a sweep name: its experiment's latest parent run is
+exported from MLflow to a `kind: sweep` JSON (kept with `--save-sweep`, so the README's tables come from
+a committed file), which `dsl.report` renders like any other result.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from dsl.config import ConfigError
+
+
+def export_sweep(name: str, tracking_uri: str | None) -> dict:
+    from tracking.client import call, check_access, client, redact_uri, resolve_tracking_uri
+    from tracking.comparison import sweep_export
+    from tracking.sweep_runs import find_parent
+
+    uri = resolve_tracking_uri(tracking_uri)
+    check_access(uri)
+    c = client(uri)
+    exp = call(c.get_experiment_by_name, name)
+    if exp is None:
+        raise ConfigError(f"{name}: neither a result file nor a sweep in the MLflow store {redact_uri(uri)} "
+                          "(give --tracking-uri?)")
+    parent = find_parent(c, exp.experiment_id)
+    if parent is None:
+        raise ConfigError(f"experiment {name!r} has no sweep parent run")
+    return sweep_export(c, exp.experiment_id, parent.info.run_id, name)
+
+
+def resolve_results(items: Sequence[str], tracking_uri: str | None, save_sweep: str | None,
+                    tmp: str) -> list[str]:
+    """Paths for `dsl.report`: files and folders as given; sweep names exported from MLflow (to
+    `save_sweep` when given, else into `tmp`)."""
+    paths = []
+    names = [i for i in items if not Path(i).exists()]
+    if save_sweep and len(names) != 1:
+        raise ConfigError("--save-sweep needs exactly one sweep name among the arguments")
+    for item in items:
+        if Path(item).exists():
+            paths.append(item)
+            continue
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        export = export_sweep(item, tracking_uri)
+        dst = Path(save_sweep) if save_sweep else Path(tmp) / f"{item}.sweep.json"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_text(json.dumps(export, indent=1))
+        if save_sweep:
+            print(f"saved the sweep's trials to {dst} (render again with: dsl-sweep report {dst})", flush=True)
+        paths.append(str(dst))
+    return paths
+
+
+def report_from_cli(items: Sequence[str], out: str | None, figure: str | None, into: str | None, command: str,
+                    tracking_uri: str | None = None, save_sweep: str | None = None) -> int:
+    from dsl.report import report_from_cli as render
+
+    with tempfile.TemporaryDirectory(prefix="dsl-report-") as tmp:
+        return render(resolve_results(items, tracking_uri, save_sweep, tmp), out, figure, into, command)
