@@ -42,3 +42,31 @@ def test_tune_resource_warnings_get_through_the_quiet_console() -> None:
                                        "resources: Ignore this message if the cluster is autoscaling"))
     assert not _resource_warnings_only(rec("Trial train_chain_1 completed."))
     assert not _resource_warnings_only(rec("resources", logging.INFO))
+
+
+def test_node_check_names_an_unwritable_storage_path_and_a_dead_tracking_server(tmp_path, monkeypatch) -> None:
+    from sweeps.node_checks import check_storage, check_this_node, check_tracking
+
+    assert check_storage(str(tmp_path / "ok")) is None and not list((tmp_path / "ok").iterdir())
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    assert "storage path" in check_storage(str(blocked / "sub"))
+    monkeypatch.setenv("DSL_MLFLOW_TIMEOUT", "1")
+    dead = check_tracking("http://127.0.0.1:9", None)  # nothing listens on the discard port
+    assert dead and dead.startswith("MLflow at http://127.0.0.1:9:")
+    assert check_tracking(f"sqlite:///{tmp_path / 'm.db'}", None) is None
+    host, problems = check_this_node("http://127.0.0.1:9", None, str(blocked / "sub"))
+    assert host and len(problems) == 2
+
+
+def test_node_check_logs_and_deletes_a_probe_artifact(tmp_path) -> None:
+    from mlflow import MlflowClient
+
+    from sweeps.node_checks import check_tracking
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    c = MlflowClient(uri)
+    exp = c.create_experiment("x", artifact_location=str(tmp_path / "art"))
+    assert check_tracking(uri, exp) is None
+    assert c.search_runs([exp]) == []  # the probe run is deleted
+    assert list((tmp_path / "art").rglob("preflight.txt"))  # its artifact was uploaded
