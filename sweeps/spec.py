@@ -33,6 +33,7 @@ from dsl.protocols import is_leak_free
 from trainables.context import ResourceSpec
 from trainables.metrics import OBJECTIVES
 
+# ParamSpec stays importable from here too: the tuner.pkl of a sweep started before it moved names it so.
 from .space import ParamSpec, SearchSpace, sample_configs
 
 # Short names of the search parameters -> dotted ChainConfig keys (any dotted key works too).
