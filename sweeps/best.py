@@ -35,7 +35,6 @@ from tracking import sweep_runs
 from tracking.client import call, check_access, client, redact_uri, resolve_tracking_uri
 from tracking.schema import ROLE_TAG
 
-
 log = logging.getLogger(__name__)
 
 

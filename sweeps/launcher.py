@@ -24,9 +24,9 @@ from dsl.corpora import load_corpus
 from dsl.data import CorpusData, prepare_data
 from dsl.naming import describe
 from dsl.protocols import is_leak_free
-from trainables.context import TrialContext
 from tracking import sweep_runs
 from tracking.client import call, check_access, client, redact_uri, resolve_tracking_uri
+from trainables.context import TrialContext
 
 from .preflight import cluster_preflight
 from .report import TrialRow, best_row, format_table, rows_from_results

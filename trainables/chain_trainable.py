@@ -30,6 +30,9 @@ from dsl.protocols import is_leak_free
 from dsl.segments import build_segments
 from dsl.selection import reported_iteration
 from dsl.trial_config import trial_config
+from tracking.client import TrackingUnavailable
+from tracking.schema import flat_params
+from tracking.trial_run import QUICK, NoRun, TrialRun
 
 from .artifacts import log_trial_artifacts
 from .checkpoint import TrialCheckpoint
@@ -38,9 +41,6 @@ from .fault import maybe_fail
 from .fold_runner import ray_runner
 from .metrics import report_metrics
 from .shared_data import CorpusMeta, attach, is_shared_view
-from tracking.client import TrackingUnavailable
-from tracking.schema import flat_params
-from tracking.trial_run import QUICK, NoRun, TrialRun
 
 log = logging.getLogger(__name__)
 
