@@ -218,7 +218,7 @@ def run_sweep(data, base_cfg, quick: bool = False, log=print) -> dict:
             log(f"  project trial skipped: {out['project_trial']['skipped']}", flush=True)
         else:
             res = TrialResources(cpu=1)
-            ctx = TrialContext("bench", cfg.to_dict(), resources=res)
+            ctx = TrialContext("bench", cfg, resources=res)
             trainable = tune.with_resources(with_corpus(train_chain, data, context=ctx), placement(res))
             start = time.perf_counter()
             with MemorySampler() as sampler:

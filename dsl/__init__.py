@@ -5,11 +5,59 @@ Pure Python/NumPy/PyTorch: no Ray, no MLflow. Typical use::
     from dsl import load_config, prepare_data, run_chain
     cfg = load_config(preset_name="cpu", overrides={"data": "path/to/emodb/wav"})
     result = run_chain(cfg, prepare_data(cfg))
+
+The names below are imported on first use, so that `import dsl.config` (the CLI's flag table) does not
+import torch.
 """
-from .chain import ChainResult, ChainState, FoldJob, IterationResult, iterate_chain, run_chain, run_fold_job
-from .config import ChainConfig, ConfigError, FeatureSpec, LabelSpec, ProtocolSpec, SegmentSpec, TrainSpec, load_config
-from .data import CorpusData, prepare_data
-from .runners import FoldWorkerError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .chain import (
+        ChainResult,
+        ChainState,
+        FoldJob,
+        IterationResult,
+        iterate_chain,
+        run_chain,
+        run_fold_job,
+    )
+    from .config import (
+        ChainConfig,
+        ConfigError,
+        FeatureSpec,
+        LabelSpec,
+        ProtocolSpec,
+        SegmentSpec,
+        TrainSpec,
+        load_config,
+    )
+    from .data import CorpusData, prepare_data
+    from .runners import FoldWorkerError
+
+_WHERE = {
+    **dict.fromkeys(("ChainResult", "ChainState", "FoldJob", "IterationResult", "iterate_chain", "run_chain",
+                     "run_fold_job"), "chain"),
+    **dict.fromkeys(("ChainConfig", "ConfigError", "FeatureSpec", "LabelSpec", "ProtocolSpec", "SegmentSpec",
+                     "TrainSpec", "load_config"), "config"),
+    **dict.fromkeys(("CorpusData", "prepare_data"), "data"),
+    "FoldWorkerError": "runners",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
+
 
 __all__ = [
     "ChainConfig", "ChainResult", "ChainState", "ConfigError", "CorpusData", "FeatureSpec", "FoldJob", "FoldWorkerError",

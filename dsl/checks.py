@@ -8,7 +8,7 @@ from .config import ChainConfig, ConfigError
 from .corpora import CORPUS_FORMATS
 from .plugins import load_plugins
 from .protocols import PROTOCOLS
-from .rules import RULES, get_rule
+from .rules import RULES, key_applies
 from .schedules import SCHEDULES
 
 
@@ -32,11 +32,13 @@ def config_problems(cfg: ChainConfig) -> list[str]:
         v = getattr(lab, name)
         if not 0.0 <= v <= 1.0:
             p.append(f"labels.{name} = {v} is outside [0, 1]")
-    if lab.rule in RULES and not get_rule(lab.rule).uses_alpha:
+    if lab.rule in RULES:
         defaults = type(lab)()
-        if (lab.alpha, lab.schedule) != (defaults.alpha, defaults.schedule):
+        given = [k for k in ("alpha", "schedule")  # what a user sets to choose a schedule
+                 if not key_applies(f"labels.{k}", lab.rule) and getattr(lab, k) != getattr(defaults, k)]
+        if given:
             p.append(f"labels.alpha/schedule given with rule {lab.rule!r}; alpha applies only to: "
-                     f"{', '.join(n for n, r in RULES.items() if r.uses_alpha)}")
+                     f"{', '.join(n for n, r in RULES.items() if key_applies('labels.alpha', r))}")
     if lab.horizon < 0 or 0 < lab.horizon < cfg.iterations:
         p.append(f"labels.horizon = {lab.horizon}; must be 0 (the chain's iterations) or >= iterations ({cfg.iterations})")
     if cfg.iterations < 0:

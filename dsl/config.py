@@ -152,8 +152,48 @@ def preset(name: str, corpus: str = "emodb") -> dict[str, Any]:
     return out
 
 
+# Short names of config keys -> dotted ChainConfig keys: the one table behind the `dsl-sweep run` flags
+# (`_` spelled `-`), the sweep file's search parameter names and the abbreviations of trial names.
+SHORT_NAMES: dict[str, str] = {
+    "corpus": "corpus",
+    "data": "data",
+    "backbone": "backbone",
+    "rule": "labels.rule",
+    "alpha": "labels.alpha",
+    "schedule": "labels.schedule",
+    "alpha_end": "labels.alpha_end",
+    "alpha_step": "labels.alpha_step",
+    "epsilon": "labels.epsilon",
+    "iterations": "iterations",
+    "protocol": "protocol.name",
+    "folds": "protocol.folds",
+    "inner_folds": "protocol.inner_folds",
+    "eval_folds": "protocol.eval_folds",
+    "epochs": "train.epochs",
+    "lr": "train.lr",
+    "batch_size": "train.batch_size",
+    "segment_hop": "segments.hop",
+    "device": "train.device",
+    "threads": "train.num_threads",
+    "seed": "seed",
+    "seeds": "seeds",
+    "cache_dir": "cache_dir",
+    "bad_files": "bad_files",
+}
+
+
+def field_default(key: str) -> Any:
+    """The default value of dotted ChainConfig key `key` (a nested spec for `train` etc.); KeyError if unknown."""
+    node: Any = ChainConfig()
+    for part in key.split("."):
+        if not is_dataclass(node) or part not in {f.name for f in fields(node)}:
+            raise KeyError(key)
+        node = getattr(node, part)
+    return node
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"train": {"epochs": 3}}` -> `{"train.epochs": 3}` (dotted keys pass through)."""
+    """`{"train": {"epochs": 3}}` -> `{"train.epochs": 3}` (dotted keys pass through); the inverse of `unflatten`."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"

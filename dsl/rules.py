@@ -60,6 +60,30 @@ def get_rule(name: str) -> LabelRule:
     return RULES[name]
 
 
+# The ChainConfig keys that exist only for some rules: the alpha schedule (rules with `uses_alpha`) and
+# the smoothing epsilon (rules with `uses_epsilon`).
+ALPHA_KEYS = ("labels.alpha", "labels.schedule", "labels.alpha_end", "labels.alpha_step")
+EPSILON_KEYS = ("labels.epsilon",)
+
+
+def key_applies(key: str, rule: str | LabelRule, schedule: str | None = None) -> bool:
+    """Whether dotted ChainConfig key `key` means anything under label rule `rule` (a name or a LabelRule)
+    and, when `schedule` is given, that alpha schedule: the alpha keys only for rules that use alpha,
+    `labels.alpha_end` only for a non-constant schedule, `labels.alpha_step` only for the `step` schedule,
+    `labels.epsilon` only for rules that use epsilon. Every other key applies. The one definition behind
+    the conditional search space, trial configs, config checks and trial names."""
+    if key in ALPHA_KEYS or key in EPSILON_KEYS:
+        r = get_rule(rule) if isinstance(rule, str) else rule
+        if not (r.uses_alpha if key in ALPHA_KEYS else r.uses_epsilon):
+            return False
+    if schedule is not None:
+        if key == "labels.alpha_end" and schedule == "constant":
+            return False
+        if key == "labels.alpha_step" and schedule != "step":
+            return False
+    return True
+
+
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     out = np.zeros((len(labels), n_classes), dtype=np.float32)
     out[np.arange(len(labels)), labels] = 1.0

@@ -23,18 +23,17 @@ from pathlib import Path
 import yaml
 
 from dsl.config import ChainConfig, ConfigError, from_dict
+from dsl.naming import describe
 from dsl.protocols import is_leak_free
 from dsl.replicates import run_replicates
-from dsl.rules import get_rule
+from dsl.rules import key_applies
 from dsl.runner import load_checked
 from dsl.schedules import schedule_alpha
 from dsl.selection import rank_key
 from dsl.stats import Interval
-from trainables.naming import describe
 from tracking import sweep_runs
 from tracking.client import call, check_access, client, redact_uri, resolve_tracking_uri
 from tracking.schema import ROLE_TAG
-
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,7 @@ def at_iteration(cfg: ChainConfig, t: int) -> tuple[ChainConfig, bool]:
     Constant and step schedules do not depend on the total; the others (linear, cosine, exponential)
     keep the original total as `labels.horizon`, so iterations 1..t get the same alphas.
     """
-    if t == cfg.iterations or not get_rule(cfg.labels.rule).uses_alpha or t <= 1:
+    if t == cfg.iterations or not key_applies("labels.alpha", cfg.labels.rule) or t <= 1:
         return cfg.replace(iterations=t), True
     want = _alphas(cfg, t)
     plain = cfg.replace(iterations=t)

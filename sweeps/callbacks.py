@@ -8,12 +8,13 @@ FAILED here, keeping the steps it checkpointed.
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from typing import Any
 
 from ray import tune
 
-from trainables.naming import describe
-from trainables.trial_config import trial_config
+from dsl.config import ChainConfig
+from dsl.naming import describe
+from dsl.trial_config import trial_config
 
 
 def _short(trial_id: str) -> str:
@@ -34,8 +35,8 @@ def _error_line(trial) -> str:
 class ProgressPrinter(tune.Callback):
     """One line per trial event: start, iteration result, retry, completion, error."""
 
-    def __init__(self, base: Mapping[str, Any], num_samples: int):
-        self.base, self.num_samples, self.t0 = dict(base), num_samples, time.time()
+    def __init__(self, base: ChainConfig, num_samples: int):
+        self.base, self.num_samples, self.t0 = base, num_samples, time.time()
 
     def _say(self, trials, msg: str) -> None:
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)

@@ -9,33 +9,46 @@ import logging
 import sys
 from typing import Any, Sequence
 
-# Flag name -> dotted config key (None: same name). Only flags the user gave override the config.
-RUN_FLAGS: dict[str, tuple[str, type, str]] = {
-    "corpus": ("corpus", str, "corpus format (emodb, savee, casia, ravdess, tess, cremad, emovo, csv)"),
-    "data": ("data", str, "corpus directory (or CSV manifest for --corpus csv)"),
-    "backbone": ("backbone", str, "backbone (small_cnn, efficientnet_b0, mobilenetv2_100, vgg19, densenet22)"),
-    "rule": ("labels.rule", str, "label rule (baseline, bdsl, wdsl, gsl, hdl, label_smoothing)"),
-    "alpha": ("labels.alpha", float, "WDSL alpha (start value for annealing schedules)"),
-    "schedule": ("labels.schedule", str, "alpha schedule (constant, step, linear, cosine, exponential)"),
-    "alpha-end": ("labels.alpha_end", float, "final alpha of an annealing schedule"),
-    "epsilon": ("labels.epsilon", float, "label-smoothing epsilon"),
-    "iterations": ("iterations", int, "number of label updates after iteration 0"),
-    "protocol": ("protocol.name", str, "fold plan: stratified (the paper's, transductive), speaker_transductive, "
-                 "or the leak-free nested, speaker, refinery"),
-    "folds": ("protocol.folds", int, "folds for out-of-sample posteriors (outer folds of held-out protocols)"),
-    "inner-folds": ("protocol.inner_folds", int, "inner folds of the nested and speaker protocols"),
-    "eval-folds": ("protocol.eval_folds", int, "random-forest CV folds"),
-    "epochs": ("train.epochs", int, "maximum epochs per training"),
-    "lr": ("train.lr", float, "Adam learning rate"),
-    "batch-size": ("train.batch_size", int, "training batch size"),
-    "segment-hop": ("segments.hop", int, "segment hop in frames (1 frame = 10 ms)"),
-    "device": ("train.device", str, "auto, cpu, cuda or cuda:N"),
-    "threads": ("train.num_threads", int, "torch threads (0: torch default)"),
-    "seed": ("seed", int, "random seed (folds, initialisation, forest)"),
-    "seeds": ("seeds", str, "replicate study: one chain per seed, e.g. 0,1,2,3,4 or 0-4 (mean and 95 %% interval)"),
-    "cache-dir": ("cache_dir", str, "feature cache directory (default $DSL_CACHE_DIR or ~/.cache/dsl-sweeps)"),
-    "bad-files": ("bad_files", str, "fail or skip: what to do with unusable audio files"),
+from dsl.config import SHORT_NAMES, field_default
+
+# `dsl-sweep run` flags: short config names (`dsl.config.SHORT_NAMES`, `_` spelled `-`) and their help.
+_RUN_FLAG_HELP: dict[str, str] = {
+    "corpus": "corpus format (emodb, savee, casia, ravdess, tess, cremad, emovo, csv)",
+    "data": "corpus directory (or CSV manifest for --corpus csv)",
+    "backbone": "backbone (small_cnn, efficientnet_b0, mobilenetv2_100, vgg19, densenet22)",
+    "rule": "label rule (baseline, bdsl, wdsl, gsl, hdl, label_smoothing)",
+    "alpha": "WDSL alpha (start value for annealing schedules)",
+    "schedule": "alpha schedule (constant, step, linear, cosine, exponential)",
+    "alpha_end": "final alpha of an annealing schedule",
+    "epsilon": "label-smoothing epsilon",
+    "iterations": "number of label updates after iteration 0",
+    "protocol": "fold plan: stratified (the paper's, transductive), speaker_transductive, "
+                "or the leak-free nested, speaker, refinery",
+    "folds": "folds for out-of-sample posteriors (outer folds of held-out protocols)",
+    "inner_folds": "inner folds of the nested and speaker protocols",
+    "eval_folds": "random-forest CV folds",
+    "epochs": "maximum epochs per training",
+    "lr": "Adam learning rate",
+    "batch_size": "training batch size",
+    "segment_hop": "segment hop in frames (1 frame = 10 ms)",
+    "device": "auto, cpu, cuda or cuda:N",
+    "threads": "torch threads (0: torch default)",
+    "seed": "random seed (folds, initialisation, forest)",
+    "seeds": "replicate study: one chain per seed, e.g. 0,1,2,3,4 or 0-4 (mean and 95 %% interval)",
+    "cache_dir": "feature cache directory (default $DSL_CACHE_DIR or ~/.cache/dsl-sweeps)",
+    "bad_files": "fail or skip: what to do with unusable audio files",
 }
+
+
+def _flag_type(key: str) -> type:
+    default = field_default(key)
+    return type(default) if isinstance(default, (int, float, str)) else str  # a list (seeds) is parsed from a string
+
+
+# Flag name -> (dotted config key, type, help). Only flags the user gave override the config.
+RUN_FLAGS: dict[str, tuple[str, type, str]] = {
+    name.replace("_", "-"): (SHORT_NAMES[name], _flag_type(SHORT_NAMES[name]), help_)
+    for name, help_ in _RUN_FLAG_HELP.items()}
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:

@@ -22,16 +22,16 @@ from dsl.checks import check_data
 from dsl.config import ConfigError
 from dsl.corpora import load_corpus
 from dsl.data import CorpusData, prepare_data
+from dsl.naming import describe
 from dsl.protocols import is_leak_free
-from trainables.context import TrialContext, TrialResources
-from trainables.naming import describe
 from tracking import sweep_runs
 from tracking.client import call, check_access, client, redact_uri, resolve_tracking_uri
+from trainables.context import TrialContext
 
 from .preflight import cluster_preflight
 from .report import TrialRow, best_row, format_table, rows_from_results
 from .session import check_resumable, init_ray, journal_path, quiet_ray, storage_root
-from .space import SearchSpace, enumerate_grid, sample_configs
+from .space import enumerate_grid
 from .spec import SweepSpec, load_sweep
 from .tuner import build_tuner, num_trials
 
@@ -67,11 +67,10 @@ def contour_index(data: CorpusData, which: int | str) -> int:
 
 
 def load_data(spec: SweepSpec) -> CorpusData:
-    """Parse the corpus, check every distinct sampled config fits it, extract/load features once."""
+    """Parse the corpus, check the base and the spec's sampled trial configs fit it, extract/load features once."""
     base = spec.base
     corpus = load_corpus(base.corpus, Path(base.data))
-    check_data(base, corpus.labels, np.asarray(corpus.speakers), corpus.label_names)
-    for cfg in sample_configs(SearchSpace(spec.search, base.to_dict()), n=32):
+    for cfg in (base, *spec.samples):
         check_data(cfg, corpus.labels, np.asarray(corpus.speakers), corpus.label_names)
     return prepare_data(base, corpus, show_progress=os.environ.get("DSL_PROGRESS", "1") != "0")
 
@@ -104,8 +103,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
     exp_path = f"{root}/{spec.name}"
     journal = journal_path(spec, root)
     check_resumable(exp_path, journal, resume)
-    space = SearchSpace(spec.search, spec.base.to_dict())
-    grid = enumerate_grid(space) if spec.sampler.type == "grid" else None
+    grid = enumerate_grid(spec.space) if spec.sampler.type == "grid" else None
     n = num_trials(spec, grid, trials)
     uri = resolve_tracking_uri(tracking_uri)
     print(f"sweep {spec.name}: {n} trials, {spec.max_concurrent} at a time, sampler {spec.sampler.type}"
@@ -124,18 +122,16 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
     verbose = quiet_ray()
     started = init_ray(address, verbose)
     try:
-        res = spec.resources
-        trial_resources = TrialResources(res.cpu, res.gpu, res.fold_workers, res.head_cpu)
-        cluster_preflight(uri, placement(trial_resources).bundles, remote=bool(address or os.environ.get("RAY_ADDRESS")))
-        ctx = TrialContext(spec.name, spec.base.to_dict(), uri, exp_id, parent, trial_resources,
+        cluster_preflight(uri, placement(spec.resources).bundles, remote=bool(address or os.environ.get("RAY_ADDRESS")))
+        ctx = TrialContext(spec.name, spec.base, uri, exp_id, parent, spec.resources,
                            contour_index(data, spec.contour_utterance), spec.objective)
         from ray import tune
 
         trainable = tune.with_resources(with_corpus(train_chain, data, context=ctx), placement(ctx.resources))
-        callbacks = [ProgressPrinter(spec.base.to_dict(), n), FinalizeRuns(uri, exp_id, parent)]
+        callbacks = [ProgressPrinter(spec.base, n), FinalizeRuns(uri, exp_id, parent)]
         tuner = build_tuner(spec, trainable, root, journal, n, grid, callbacks, resume, verbose)
         results = tuner.fit()
-        rows = rows_from_results(results, spec.base.to_dict())
+        rows = rows_from_results(results, spec.base)
     except BaseException:  # a broken sweep must not leave its parent run RUNNING
         sweep_runs.close_children(c, exp_id, parent, "KILLED")
         call(c.set_terminated, parent, "FAILED")

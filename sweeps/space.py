@@ -9,48 +9,49 @@ merges them into the trial's config without making them Optuna parameters).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from dsl.config import ChainConfig
-from dsl.rules import get_rule
-from trainables.trial_config import ALPHA_KEYS, trial_config
+from dsl.config import ChainConfig, from_dict
+from dsl.rules import key_applies
+from dsl.trial_config import trial_config
 
-from .spec import ParamSpec
 ORDER = ("backbone", "labels.rule", "labels.schedule", "labels.alpha", "labels.alpha_end", "labels.alpha_step",
          "labels.epsilon", "iterations")
 
 
-def applies(key: str, chosen: Mapping[str, Any]) -> bool:
-    """Whether parameter `key` exists on the branch given the values chosen so far (rule, schedule)."""
-    rule = get_rule(chosen["labels.rule"])
-    if key in ALPHA_KEYS and not rule.uses_alpha:
-        return False
-    if key == "labels.alpha_end" and chosen.get("labels.schedule", "constant") == "constant":
-        return False
-    if key == "labels.alpha_step" and chosen.get("labels.schedule") != "step":
-        return False
-    if key == "labels.epsilon" and not rule.uses_epsilon:
-        return False
-    return True
+@dataclass(frozen=True)
+class ParamSpec:
+    """One search parameter: categorical choices, an int/float range, or a constant."""
+
+    key: str  # dotted ChainConfig key
+    kind: str  # categorical | int | float | const
+    choices: tuple[Any, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+    step: float | None = None
+    log: bool = False
+    value: Any = None  # const only
 
 
 class SearchSpace:
     """Picklable define-by-run function for `OptunaSearch(space=...)`."""
 
-    def __init__(self, params: Sequence[ParamSpec], base: Mapping[str, Any]):
+    def __init__(self, params: Sequence[ParamSpec], base: ChainConfig | Mapping[str, Any]):
         rank = {k: i for i, k in enumerate(ORDER)}
         self.params = sorted(params, key=lambda p: (rank.get(p.key, len(ORDER)), p.key))
-        self.base = dict(base)
-        self.base_rule = base["labels"]["rule"]
-        self.base_schedule = base["labels"]["schedule"]
+        self.base = base if isinstance(base, ChainConfig) else from_dict(base)
+        self.base_rule = self.base.labels.rule
+        self.base_schedule = self.base.labels.schedule
 
     def __call__(self, trial: Any) -> dict[str, Any] | None:
         chosen: dict[str, Any] = {"labels.rule": self.base_rule, "labels.schedule": self.base_schedule}
         constants: dict[str, Any] = {}
         for p in self.params:
-            if p.key != "labels.rule" and not applies(p.key, chosen):
+            if not key_applies(p.key, chosen["labels.rule"], chosen["labels.schedule"]):
                 continue
             if p.kind == "const":
                 value = constants[p.key] = p.value
@@ -138,4 +139,4 @@ def grid_size(space: SearchSpace) -> int:
     return len(enumerate_grid(space))
 
 
-__all__ = ["SearchSpace", "applies", "enumerate_grid", "grid_size", "sample_configs", "trial_config"]
+__all__ = ["ParamSpec", "SearchSpace", "enumerate_grid", "grid_size", "sample_configs", "trial_config"]

@@ -12,32 +12,34 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
 from dsl.checks import check_config
-from dsl.config import ChainConfig, ConfigError, from_dict, load_config
+from dsl.config import (
+    SHORT_NAMES,
+    ChainConfig,
+    ConfigError,
+    field_default,
+    flatten,
+    from_dict,
+    load_config,
+)
 from dsl.plugins import load_plugins
 from dsl.protocols import is_leak_free
+from trainables.context import ResourceSpec
 from trainables.metrics import OBJECTIVES
 
+# ParamSpec stays importable from here too: the tuner.pkl of a sweep started before it moved names it so.
+from .space import ParamSpec, SearchSpace, sample_configs
+
 # Short names of the search parameters -> dotted ChainConfig keys (any dotted key works too).
-ALIASES: dict[str, str] = {
-    "backbone": "backbone",
-    "rule": "labels.rule",
-    "alpha": "labels.alpha",
-    "schedule": "labels.schedule",
-    "alpha_end": "labels.alpha_end",
-    "alpha_step": "labels.alpha_step",
-    "epsilon": "labels.epsilon",
-    "iterations": "iterations",
-    "lr": "train.lr",
-    "segment_hop": "segments.hop",
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-}
+ALIASES: dict[str, str] = {name: SHORT_NAMES[name] for name in (
+    "backbone", "rule", "alpha", "schedule", "alpha_end", "alpha_step", "epsilon", "iterations", "lr", "segment_hop",
+    "epochs", "batch_size")}
 UNSEARCHABLE = ("seed", "seeds")  # replicates are for re-evaluation, not for the search to pick
 TOP_KEYS = ("name", "base", "search", "objective", "select", "sampler", "scheduler", "num_samples", "max_concurrent",
             "resources", "max_failures", "storage_path", "plots")
@@ -45,20 +47,6 @@ SAMPLERS = ("tpe", "random", "grid")
 SCHEDULERS = ("asha", "none")
 METRIC = "objective"  # what the searcher and the scheduler maximise (trainables.metrics.objective_value)
 MODE = "max"
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One search parameter: categorical choices, an int/float range, or a constant."""
-
-    key: str  # dotted ChainConfig key
-    kind: str  # categorical | int | float | const
-    choices: tuple[Any, ...] = ()
-    low: float = 0.0
-    high: float = 0.0
-    step: float | None = None
-    log: bool = False
-    value: Any = None  # const only
 
 
 @dataclass(frozen=True)
@@ -87,17 +75,6 @@ class SelectSpec:
 
 
 @dataclass(frozen=True)
-class ResourceSpec:
-    """Per trial: `cpu`/`gpu` (fractional GPUs allowed) for the trial itself, or, with `fold_workers` > 0,
-    per parallel fold task (the trial then holds one extra `head_cpu` bundle for label updates and the forest)."""
-
-    cpu: float = 1.0
-    gpu: float = 0.0
-    fold_workers: int = 0
-    head_cpu: float = 1.0
-
-
-@dataclass(frozen=True)
 class SweepSpec:
     name: str
     base: ChainConfig
@@ -105,6 +82,7 @@ class SweepSpec:
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     scheduler: SchedulerSpec | None = None
     num_samples: int = 8
+    num_samples_given: bool = False  # by the file or --trials (a grid then runs at most that many, else all of it)
     max_concurrent: int = 2
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     max_failures: int = 1
@@ -113,6 +91,16 @@ class SweepSpec:
     objective: str = "final"
     select: SelectSpec = field(default_factory=SelectSpec)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @cached_property
+    def space(self) -> SearchSpace:
+        """The conditional search space over `base` (built once per spec)."""
+        return SearchSpace(self.search, self.base)
+
+    @cached_property
+    def samples(self) -> tuple[ChainConfig, ...]:
+        """Distinct random trial configs of the space (sampled once per spec), to check before the sweep starts."""
+        return tuple(sample_configs(self.space, n=64))
 
     def param(self, key: str) -> ParamSpec | None:
         return next((p for p in self.search if p.key == key), None)
@@ -124,27 +112,6 @@ class SweepSpec:
         if p.kind == "categorical":
             return int(max(p.choices))
         return int(p.value if p.kind == "const" else p.high)
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"train": {"epochs": 3}}` -> `{"train.epochs": 3}` (dotted keys pass through)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
-
-
-def _field_default(key: str) -> Any:
-    node: Any = ChainConfig()
-    for part in key.split("."):
-        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
-            raise KeyError(key)
-        node = getattr(node, part)
-    return node
 
 
 def _registry(key: str) -> dict | None:
@@ -169,7 +136,7 @@ def parse_param(name: str, raw: Any, problems: list[str]) -> ParamSpec | None:
                         "set base.seed, and `dsl-sweep best` re-evaluates the top configurations on fresh seeds")
         return None
     try:
-        default = _field_default(key)
+        default = field_default(key)
     except KeyError:
         problems.append(f"search.{name}: unknown parameter; use one of {', '.join(ALIASES)} or a dotted "
                         f"config key such as train.batch_size")
@@ -316,6 +283,7 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
     if not problems and base is not None:
         spec = SweepSpec(name=name, base=base, search=tuple(params), sampler=sampler, scheduler=scheduler,
                          num_samples=ints["num_samples"], max_concurrent=ints["max_concurrent"],
+                         num_samples_given="num_samples" in raw or trials is not None,
                          resources=resources, max_failures=ints["max_failures"],
                          storage_path=str(storage_path or raw.get("storage_path") or "ray_results"),
                          contour_utterance=contour, objective=objective, select=select, raw=dict(raw))
@@ -328,8 +296,6 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
 
 def space_problems(spec: SweepSpec) -> list[str]:
     """Check the base and a spread of sampled trial configs with `dsl.checks` (all problems, deduplicated)."""
-    from .space import SearchSpace, sample_configs
-
     problems: list[str] = []
     if not spec.base.data:
         problems.append("base.data: no corpus path; give --data DIR or `data:` under base")
@@ -340,7 +306,7 @@ def space_problems(spec: SweepSpec) -> list[str]:
     if problems:
         return problems
     seen: set[str] = set()
-    for cfg in sample_configs(SearchSpace(spec.search, spec.base.to_dict()), n=64):
+    for cfg in spec.samples:
         try:
             check_config(cfg)
         except ConfigError as exc:

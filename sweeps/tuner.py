@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .space import SearchSpace
 from .spec import METRIC, MODE, SweepSpec
 
 
@@ -11,7 +10,7 @@ def num_trials(spec: SweepSpec, grid: list[dict] | None, trials: int | None) -> 
     """`num_samples`; for a grid, the grid size unless `--trials`/`num_samples` asks for fewer."""
     if grid is None:
         return spec.num_samples
-    wanted = trials or spec.raw.get("num_samples") or len(grid)
+    wanted = trials or (spec.num_samples if spec.num_samples_given else 0) or len(grid)
     return min(int(wanted), len(grid))
 
 
@@ -26,8 +25,7 @@ def build_tuner(spec: SweepSpec, trainable, exp_root: str, journal: Path, n: int
     exp_path = f"{exp_root}/{spec.name}"
     if resume:
         return tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
-    searcher = ChainOptunaSearch(SearchSpace(spec.search, spec.base.to_dict()), journal_storage(journal),
-                                 spec.name, make_sampler(spec.sampler))
+    searcher = ChainOptunaSearch(spec.space, journal_storage(journal), spec.name, make_sampler(spec.sampler))
     for params in grid[:n] if grid is not None else []:
         searcher.study.enqueue_trial(params)
     scheduler = None

@@ -8,7 +8,6 @@ import pytest
 from optuna.trial import TrialState
 
 from sweeps.searcher import ChainOptunaSearch, journal_storage, make_sampler, outcome
-from sweeps.space import SearchSpace
 from sweeps.spec import METRIC, SamplerSpec, parse_sweep
 
 
@@ -16,8 +15,7 @@ def _searcher(tmp_path: Path, name: str = "s") -> ChainOptunaSearch:
     spec = parse_sweep({"name": name, "base": {"preset": "cpu", "data": "/x"},
                         "search": {"rule": ["bdsl", "wdsl"], "alpha": {"low": 0.0, "high": 1.0},
                                    "iterations": {"low": 1, "high": 3}}})
-    return ChainOptunaSearch(SearchSpace(spec.search, spec.base.to_dict()), journal_storage(tmp_path / "o.journal"),
-                             name, make_sampler(SamplerSpec(seed=0)))
+    return ChainOptunaSearch(spec.space, journal_storage(tmp_path / "o.journal"), name, make_sampler(SamplerSpec(seed=0)))
 
 
 def _result(it: int, total: int, value: float) -> dict:

@@ -8,11 +8,11 @@ import pytest
 import yaml
 
 from dsl.checks import check_config
-from dsl.config import ConfigError
+from dsl.config import ChainConfig, ConfigError
 from dsl.rules import RULES
+from dsl.trial_config import trial_config
 from sweeps.space import SearchSpace, enumerate_grid
 from sweeps.spec import parse_sweep
-from trainables.trial_config import trial_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "sweeps" / "examples"
 ALL_RULES = ["baseline", "bdsl", "wdsl", "gsl", "hdl", "label_smoothing"]
@@ -23,9 +23,9 @@ def _spec(search: dict, **top):
     return parse_sweep(raw)
 
 
-def _space(search: dict) -> tuple[SearchSpace, dict]:
+def _space(search: dict) -> tuple[SearchSpace, ChainConfig]:
     spec = _spec(search)
-    return SearchSpace(spec.search, spec.base.to_dict()), spec.base.to_dict()
+    return spec.space, spec.base
 
 
 FULL = {"backbone": ["small_cnn", "densenet22"], "rule": ALL_RULES, "alpha": {"low": 0.0, "high": 1.0},
@@ -140,7 +140,7 @@ def test_examples_parse(name: str) -> None:
     if name == "quick_emodb":
         assert spec.num_samples >= 8 and spec.base.backbone == "small_cnn"
     if name == "paper_grid":
-        assert len(enumerate_grid(SearchSpace(spec.search, spec.base.to_dict()))) == spec.num_samples == 64
+        assert len(enumerate_grid(spec.space)) == spec.num_samples == 64
 
 
 def test_seed_is_not_searchable_and_selection_is_leak_free() -> None:

@@ -22,25 +22,25 @@ from typing import Any, Mapping
 import numpy as np
 
 from dsl.chain import RESULT_FORMAT, ChainState, iterate_chain, local_runner
-from dsl.environment import machine_info
-from dsl.protocols import is_leak_free
 from dsl.checks import check_config
 from dsl.config import ChainConfig
+from dsl.environment import machine_info
+from dsl.naming import run_name
+from dsl.protocols import is_leak_free
 from dsl.segments import build_segments
+from dsl.selection import reported_iteration
+from dsl.trial_config import trial_config
+from tracking.client import TrackingUnavailable
+from tracking.schema import flat_params
+from tracking.trial_run import QUICK, NoRun, TrialRun
 
 from .artifacts import log_trial_artifacts
 from .checkpoint import TrialCheckpoint
 from .context import TrialContext
 from .fault import maybe_fail
 from .fold_runner import ray_runner
-from dsl.selection import reported_iteration
 from .metrics import report_metrics
-from .naming import run_name
 from .shared_data import CorpusMeta, attach, is_shared_view
-from tracking.client import TrackingUnavailable
-from tracking.schema import flat_params
-from tracking.trial_run import QUICK, NoRun, TrialRun
-from .trial_config import trial_config
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _runner(ctx: TrialContext, meta: CorpusMeta, data, run_cfg: ChainConfig):
 
 
 def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, context: TrialContext) -> None:
-    """Function trainable: `config` holds the trial's dotted overrides of `context.base`."""
+    """Function trainable: `config` holds the trial's dotted overrides of `context.base` (a ChainConfig)."""
     from ray import tune
 
     ctx = context
@@ -121,12 +121,13 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
     contour = dict(saved.contour) if saved else {}
     extra = {"frames_zero_copy": float(is_shared_view(frames))}
     run = _open_run(ctx, cfg, config, trial_id, saved.mlflow_run_id if saved else None)
+    cfg_dict = cfg.to_dict()  # the trial's config as checkpoints and MLflow params hold it
 
     def checkpoint(st: ChainState) -> TrialCheckpoint:
-        return TrialCheckpoint(st, run.run_id, dict(contour), cfg.to_dict(), list(data.label_names), utt_title,
+        return TrialCheckpoint(st, run.run_id, dict(contour), cfg_dict, list(data.label_names), utt_title,
                                trial_id)
     try:
-        run.start({**flat_params(cfg.to_dict()), "ray_trial_id": trial_id},
+        run.start({**flat_params(cfg_dict), "ray_trial_id": trial_id},
                   {"dsl.resumed_from": resumed_from, "dsl.frames_zero_copy": is_shared_view(frames),
                    "dsl.node_id": _node_id(), "dsl.protocol": cfg.protocol.name,
                    "dsl.leak_free": str(is_leak_free(cfg.protocol.name)).lower()})

@@ -1,0 +1,23 @@
+"""A trial's ChainConfig: the sweep's base config plus the trial's sampled dotted overrides."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from .config import ChainConfig, LabelSpec, from_dict
+from .rules import ALPHA_KEYS, EPSILON_KEYS, key_applies
+
+
+def trial_config(base: ChainConfig | Mapping[str, Any], overrides: Mapping[str, Any]) -> ChainConfig:
+    """Base + overrides; label fields that do not apply to the trial's rule are reset to their defaults
+    (so a non-WDSL trial never carries an alpha or a schedule). Keys starting with `_` are not config."""
+    cfg = base if isinstance(base, ChainConfig) else from_dict(base)
+    cfg = cfg.replace(**{k: v for k, v in overrides.items() if not k.startswith("_")})
+    defaults = LabelSpec()
+    reset = {k.split(".", 1)[1]: getattr(defaults, k.split(".", 1)[1])
+             for k in (*ALPHA_KEYS, *EPSILON_KEYS) if not key_applies(k, cfg.labels.rule)}
+    return dataclasses.replace(cfg, labels=dataclasses.replace(cfg.labels, **reset)) if reset else cfg
+
+
+__all__ = ["ALPHA_KEYS", "trial_config"]
