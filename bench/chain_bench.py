@@ -92,7 +92,7 @@ def _top(profile: cProfile.Profile, n: int = 12) -> list[dict]:
     total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
     rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:n]  # type: ignore[attr-defined]
     out = []
-    for (file, line, func), (cc, nc, tt, ct, _) in rows:
+    for (file, line, func), (_, nc, tt, _, _) in rows:
         where = func if file == "~" else f"{'/'.join(file.split('/')[-2:])}:{line}({func})"
         out.append({"function": where, "calls": nc, "tottime_s": round(tt, 2), "share": round(tt / max(total, 1e-9), 3)})
     return out

@@ -5,9 +5,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_EMODB = REPO.parent / "shared" / "data" / "emodb"

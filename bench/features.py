@@ -16,8 +16,8 @@ and the power difference everywhere relative to the utterance's peak.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -102,11 +102,11 @@ def run_features(paths: Sequence[Path], repeats: int = 3, spec=None) -> dict:
     for _ in range(repeats):
         t, plain_signals = timed(lambda: plain_load(paths, spec.sample_rate))
         times["plain_load"].append(t)
-        t, plain_out = timed(lambda: plain_features(plain_signals, spec))
+        t, plain_out = timed(lambda s=plain_signals: plain_features(s, spec))
         times["plain_feat"].append(t)
         t, project_signals = timed(lambda: project_load(paths, spec.sample_rate))
         times["project_load"].append(t)
-        t, project_out = timed(lambda: project_features(project_signals, spec))
+        t, project_out = timed(lambda s=project_signals: project_features(s, spec))
         times["project_feat"].append(t)
 
     med = {k: median(v) for k, v in times.items()}

@@ -130,7 +130,7 @@ class MemorySampler:
                 self.peak[k] = max(self.peak[k], v)
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> MemorySampler:
         self._thread.start()
         return self
 

@@ -5,9 +5,9 @@ error (`BadAudioError`) instead of one file per run.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import soundfile as sf

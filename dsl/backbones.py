@@ -7,7 +7,7 @@ and Ray trials import it too.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

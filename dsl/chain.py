@@ -25,8 +25,16 @@ from .config import ChainConfig
 from .data import CorpusData
 from .environment import machine_info
 from .evaluate import UtteranceScores, cross_validated_proba, forest_proba, scores, utterance_features, validation_ua
-from .fold_job import (FoldJob, FoldOutput, TrainedFold, derive_seed, normalisation_stats, run_fold_job,
-                       split_validation, train_fold)
+from .fold_job import (
+    FoldJob,
+    FoldOutput,
+    TrainedFold,
+    derive_seed,
+    normalisation_stats,
+    run_fold_job,
+    split_validation,
+    train_fold,
+)
 from .plugins import load_plugins
 from .progress import progress
 from .protocols import FoldPlan, is_leak_free, load_assignment, make_plan
@@ -59,7 +67,7 @@ class ChainState:
                  **{f"targets_{i}": t for i, t in enumerate(self.targets)}, **extra)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ChainState":
+    def load(cls, path: str | Path) -> ChainState:
         import json
 
         with np.load(Path(path)) as z:

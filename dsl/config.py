@@ -6,9 +6,10 @@ receives, what `best.yaml` holds, and what `dsl-sweep run` accepts.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -114,7 +115,7 @@ class ChainConfig:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def replace(self, **overrides: Any) -> "ChainConfig":
+    def replace(self, **overrides: Any) -> ChainConfig:
         """Dotted overrides: `cfg.replace(**{"train.epochs": 3, "seed": 1})`."""
         return from_dict(merge(self.to_dict(), unflatten(overrides)))
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -24,7 +24,7 @@ class CorpusError(ValueError):
     of the files that were fine, so a caller may skip the bad ones and report them.
     """
 
-    def __init__(self, message: str, problems: dict[str, str] | None = None, partial: "Corpus | None" = None):
+    def __init__(self, message: str, problems: dict[str, str] | None = None, partial: Corpus | None = None):
         super().__init__(message)
         self.problems = dict(problems or {})
         self.partial = partial
@@ -60,7 +60,7 @@ class Corpus:
         _, inverse = np.unique(np.asarray(self.speakers, dtype=object).astype(str), return_inverse=True)
         return inverse.astype(np.int64)
 
-    def subset(self, indices: Sequence[int] | np.ndarray) -> "Corpus":
+    def subset(self, indices: Sequence[int] | np.ndarray) -> Corpus:
         idx = np.asarray(indices, dtype=np.int64)
         return Corpus(
             name=self.name,

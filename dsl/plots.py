@@ -1,8 +1,8 @@
 """Trial plots (matplotlib, Agg backend): confusion matrix, WA/UA per iteration, segment-posterior contour."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 

@@ -7,8 +7,9 @@ machines the numbers came from are listed under the table.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .config import ConfigError
 from .environment import describe_machine

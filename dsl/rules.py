@@ -7,8 +7,8 @@ the registering module in `ChainConfig.plugins` so that fold workers and Ray tri
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

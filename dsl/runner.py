@@ -5,8 +5,9 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -98,7 +99,7 @@ def load_state_for(cfg: ChainConfig, path: Path) -> ChainState:
     `train.workers` may differ: they do not change the numbers); else a ConfigError naming the file."""
     try:
         state = ChainState.load(path)
-    except Exception as exc:  # noqa: BLE001 - a zip, JSON or key error: all mean the file is unusable
+    except Exception as exc:
         raise ConfigError(f"--resume: cannot read the chain state {path} ({exc}); delete it or rerun "
                           "without --resume to start over") from exc
     if state.config is None:

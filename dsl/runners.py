@@ -46,7 +46,7 @@ class SubmittingRunner(ABC):
     def __call__(self, jobs: Sequence[FoldJob]) -> list[FoldOutput]:
         return [f.result() for f in [self.submit(job) for job in jobs]]
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: runners without workers have nothing to release
         """Release workers; a job still running may be stopped."""
 
 
@@ -296,7 +296,7 @@ class _FoldFuture(Future):
         if isinstance(exc, BrokenProcessPool):
             try:
                 exc = self._watch.explain(self._job, exc)
-            except Exception as bug:  # noqa: BLE001 - never leave the future unresolved
+            except Exception as bug:
                 exc = FoldWorkerError(f"{_job_name((self._job.iteration, self._job.scope, self._job.fold))} "
                                       f"cannot finish: a fold worker died ({bug!r} while finding out more)", self._job)
         self.set_exception(exc)
@@ -332,7 +332,7 @@ class LocalRunner(SubmittingRunner):
                 if self._seg is None:
                     self._seg = build_segments(self.data.frame_offsets, self.cfg.segments, warn=False)
                 fut.set_result(run_fold_job(job, self.data, self.cfg, self._seg))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+            except BaseException as exc:
                 fut.set_exception(exc)
             return fut
         if self._pool is None:

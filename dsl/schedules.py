@@ -5,7 +5,7 @@ A schedule is `fn(t, T, start, end, step) -> alpha`; register a new one with `@r
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 ScheduleFn = Callable[[int, int, float, float, float], float]
 

@@ -11,7 +11,8 @@ Choosing the best iteration by the same score that is reported grades itself. So
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -1,8 +1,8 @@
 """Means with 95 % t-intervals over seeds, and paired differences (the gain of an iteration over iteration 0)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import stats
@@ -23,7 +23,7 @@ class Interval:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Interval":
+    def from_dict(cls, d: dict) -> Interval:
         return cls(**d)
 
     def format(self, scale: float = 100.0, digits: int = 1) -> str:

@@ -10,8 +10,9 @@ is leak-free: a transductive sweep's numbers graded themselves.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .stats import mean_interval
 

@@ -271,6 +271,14 @@ def best_from_cli(args: argparse.Namespace) -> int:
     if args.register:
         from tracking.registry import register_final
 
-        register_final(cfg, c, uri, exp.experiment_id, parent.info.run_id, winner.run_id,
-                       args.model_name or name, Path(path).with_name(Path(path).stem + "_model"), evaluation)
+        address = getattr(args, "address", None)
+        task_args = (cfg, uri, exp.experiment_id, parent.info.run_id, winner.run_id, args.model_name or name)
+        if address:  # on the cluster: its data path, its GPUs; the model reaches us through MLflow
+            from .cluster_task import run_on_cluster
+
+            model_uri = run_on_cluster(address, register_final, (*task_args, None, evaluation),
+                                       gpu=cfg.train.device != "cpu")
+            print(f"trained on the cluster at {address}; registered {model_uri}", flush=True)
+        else:
+            register_final(*task_args, Path(path).with_name(Path(path).stem + "_model"), evaluation)
     return 0

@@ -77,10 +77,10 @@ class ProgressPrinter(tune.Callback):
 def _backfill(c, run_id: str, trial) -> None:
     """Log the steps of the trial's latest checkpoint that its MLflow run lacks (never one it has), and its
     artifacts when the trial could not (stopped by Tune inside `tune.report`, before it logged them)."""
-    from trainables.artifacts import RESULT_NAME, log_trial_artifacts
-    from trainables.checkpoint import TrialCheckpoint
     from tracking.client import call
     from tracking.trial_run import TrialRun
+    from trainables.artifacts import RESULT_NAME, log_trial_artifacts
+    from trainables.checkpoint import TrialCheckpoint
 
     ckpt = trial.checkpoint
     if ckpt is None:

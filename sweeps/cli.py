@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from dsl.config import SHORT_NAMES, field_default
 
@@ -158,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--no-reeval", action="store_true", help="skip re-evaluation: the sweep's own (self-graded) pick")
     best.add_argument("--register", action="store_true", help="train the final model on all data and register it")
     best.add_argument("--model-name", help="registered model name (default: the sweep name)")
+    best.add_argument("--address", help="with --register: train the final model as a Ray task on this cluster "
+                      "(its data path and devices; default: here)")
     best.set_defaults(func=cmd_best)
 
     rep = sub.add_parser("report", help="render result JSONs (runs, replicate studies) or a sweep's runs (the "
@@ -191,8 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = "dsl-sweep " + shlex.join(argv)  # recorded in result JSONs, so each row can be rerun
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    from dsl.config import ConfigError
     from dsl.audio import BadAudioError
+    from dsl.config import ConfigError
     from dsl.corpora import CorpusError
     from dsl.runners import FoldWorkerError
     from tracking.client import TrackingUnavailable

@@ -28,6 +28,7 @@ from tracking import sweep_runs
 from tracking.client import call, check_access, client, redact_uri, resolve_tracking_uri
 from trainables.context import TrialContext
 
+from .node_checks import node_preflight
 from .preflight import cluster_preflight
 from .report import TrialRow, best_row, format_table, rows_from_results
 from .session import check_resumable, init_ray, journal_path, quiet_ray, storage_root
@@ -66,13 +67,27 @@ def contour_index(data: CorpusData, which: int | str) -> int:
     return hits[0]
 
 
-def load_data(spec: SweepSpec) -> CorpusData:
-    """Parse the corpus, check the base and the spec's sampled trial configs fit it, extract/load features once."""
-    base = spec.base
+def load_data(spec: SweepSpec, cache_dir: str | None = None, shared_cache: str | None = None) -> CorpusData:
+    """Parse the corpus, check the base and the spec's sampled trial configs fit it, extract/load features once
+    (into `cache_dir`, default the base config's; mirrored to the URI `shared_cache` when given)."""
+    from dsl.cache import corpus_key, default_cache_dir
+
+    from .shared_storage import pull_dir, push_dir
+
+    base = spec.base if cache_dir is None else spec.base.replace(cache_dir=cache_dir)
     corpus = load_corpus(base.corpus, Path(base.data))
     for cfg in (base, *spec.samples):
         check_data(cfg, corpus.labels, np.asarray(corpus.speakers), corpus.label_names)
-    return prepare_data(base, corpus, show_progress=os.environ.get("DSL_PROGRESS", "1") != "0")
+    entry = key = None
+    if shared_cache:
+        key = corpus_key(corpus.paths, base.features)
+        entry = Path(base.cache_dir or default_cache_dir()) / "corpora" / key
+        if pull_dir(f"{shared_cache}/corpora/{key}", entry):
+            print(f"features: pulled from {shared_cache}/corpora/{key}", flush=True)
+    data = prepare_data(base, corpus, show_progress=os.environ.get("DSL_PROGRESS", "1") != "0")
+    if shared_cache and entry is not None and entry.exists() and push_dir(entry, f"{shared_cache}/corpora/{key}"):
+        print(f"features: kept under the storage path, {shared_cache}/corpora/{key}", flush=True)
+    return data
 
 
 def sweep_params(spec: SweepSpec, n: int) -> dict[str, Any]:
@@ -97,11 +112,16 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
     from trainables.shared_data import with_corpus
 
     from .callbacks import FinalizeRuns, ProgressPrinter
+    from .shared_storage import JournalMirror, feature_cache_dir, is_uri, pull_file
 
     start = time.time()
     root = storage_root(spec.storage_path)
     exp_path = f"{root}/{spec.name}"
     journal = journal_path(spec, root)
+    on_cluster = bool(address or os.environ.get("RAY_ADDRESS"))
+    mirror = JournalMirror(journal, f"{exp_path}/optuna.journal") if is_uri(root) else None
+    if mirror is not None and resume and pull_file(mirror.uri, journal):
+        print(f"Optuna journal: pulled from {mirror.uri}", flush=True)
     check_resumable(exp_path, journal, resume)
     grid = enumerate_grid(spec.space) if spec.sampler.type == "grid" else None
     n = num_trials(spec, grid, trials)
@@ -112,23 +132,27 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
           f"{' | resuming' if resume else ''}", flush=True)
 
     check_access(uri)  # a server that refuses us fails here, before data, Ray and training
-    data = load_data(spec)
+    data = load_data(spec, feature_cache_dir(spec.base.cache_dir, root, on_cluster) or None,
+                     f"{root}/dsl-cache" if is_uri(root) else None)
     print(f"corpus {spec.base.corpus}: {data.n_utterances} utterances, {data.frames.shape[0]} frames "
           f"({data.frames.nbytes / 2**20:.0f} MiB, shared through the object store)", flush=True)
     c = client(uri)
     exp_id = sweep_runs.ensure_experiment(c, spec.name)
+    print(f"MLflow UI: {sweep_runs.ui_link(uri, exp_id)}", flush=True)
     parent = sweep_runs.open_parent(c, exp_id, spec.name, exp_path, sweep_params(spec, n),
                                   yaml.safe_dump(spec.raw, sort_keys=False), resume)
     verbose = quiet_ray()
     started = init_ray(address, verbose)
     try:
-        cluster_preflight(uri, placement(spec.resources).bundles, remote=bool(address or os.environ.get("RAY_ADDRESS")))
+        cluster_preflight(uri, placement(spec.resources).bundles, remote=on_cluster)
+        if on_cluster:  # from every node: the tracking server takes a run and an artifact, storage is writable
+            node_preflight(uri, exp_id, root)
         ctx = TrialContext(spec.name, spec.base, uri, exp_id, parent, spec.resources,
                            contour_index(data, spec.contour_utterance), spec.objective)
         from ray import tune
 
         trainable = tune.with_resources(with_corpus(train_chain, data, context=ctx), placement(ctx.resources))
-        callbacks = [ProgressPrinter(spec.base, n), FinalizeRuns(uri, exp_id, parent)]
+        callbacks = [ProgressPrinter(spec.base, n), FinalizeRuns(uri, exp_id, parent), *([mirror] if mirror else [])]
         tuner = build_tuner(spec, trainable, root, journal, n, grid, callbacks, resume, verbose)
         results = tuner.fit()
         rows = rows_from_results(results, spec.base)
@@ -137,6 +161,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
         call(c.set_terminated, parent, "FAILED")
         raise
     finally:
+        if mirror is not None:
+            mirror.push()
         if started:
             ray.shutdown()
     errors = sum(r.status == "error" for r in rows)

@@ -8,7 +8,7 @@ use instead.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import urlparse
 
 from dsl.config import ConfigError

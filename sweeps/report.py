@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from dsl.config import ChainConfig
+from dsl.naming import describe
 from dsl.selection import rank_key
-from trainables.naming import describe
-from trainables.trial_config import trial_config
+from dsl.trial_config import trial_config
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class TrialRow:
 
 
 def row(trial_id: str, status: str, overrides: Mapping[str, Any], m: Mapping[str, Any],
-        base: Mapping[str, Any]) -> TrialRow:
+        base: ChainConfig) -> TrialRow:
     """One table row from a trial's Tune status, config and last result."""
     if status == "ERROR":
         label = "error"
@@ -48,7 +48,7 @@ def row(trial_id: str, status: str, overrides: Mapping[str, Any], m: Mapping[str
                     m.get("ua"), m.get("wa"), m.get("iteration"))
 
 
-def rows_from_results(results, base: Mapping[str, Any]) -> list[TrialRow]:
+def rows_from_results(results, base: ChainConfig) -> list[TrialRow]:
     """Rows of every trial of a Tune ResultGrid, best first.
 
     A `Result` has no Tune status, and before a trial's first report no trial id or config: these come from
@@ -75,7 +75,7 @@ def snapshot_trials(results) -> list:
     quiet.setLevel(logging.ERROR)
     try:
         trials = list(ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem).trials)
-    except Exception:  # noqa: BLE001 - no snapshot to read: fall back on the results
+    except Exception:
         return []
     finally:
         quiet.setLevel(level)

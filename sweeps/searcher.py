@@ -197,7 +197,7 @@ class ChainOptunaSearch(Searcher):
         value = float(result[self.metric]) if state == TrialState.COMPLETE and result else None
         try:
             self.study.tell(number, value, state=state)
-        except Exception as exc:  # noqa: BLE001 - e.g. a NaN metric: the sweep goes on
+        except Exception as exc:
             log.warning("could not tell Optuna trial %d: %s", number, exc)
         self._completed.add(trial_id)
 

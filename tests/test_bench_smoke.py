@@ -62,8 +62,9 @@ def test_plain_and_project_loops_both_train() -> None:
     x = materialise(frames, rows)
     assert tuple(x.shape) == (96, 1, 64, 32) and x.is_contiguous()
     # the plain input equals what SegmentBatcher gathers for the same rows
-    from dsl.train import SegmentBatcher
     import torch
+
+    from dsl.train import SegmentBatcher
 
     gathered = SegmentBatcher(torch.from_numpy(frames))(torch.from_numpy(rows[:5].astype(np.int64)))
     assert torch.equal(gathered, x[:5])

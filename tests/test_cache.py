@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 
 import dsl.cache as cache
-from dsl.audio import BadAudioError
+from dsl.audio import BadAudioError, load_audio
 from dsl.config import FeatureSpec
 from dsl.features import logmel_reference
-from dsl.audio import load_audio
 from tests.support.data import write_tone
 
 SPEC = FeatureSpec()

@@ -11,6 +11,7 @@ from dsl.runner import run
 from sweeps.cli import main
 from tests.support.data import TINY
 
+
 def _cfg(manifest, cache, **extra) -> ChainConfig:
     return ChainConfig(corpus="csv", data=str(manifest), cache_dir=str(cache)).replace(**{**TINY, **extra})
 

@@ -33,8 +33,21 @@ def test_trials_spread_over_nodes_and_share_frames(tmp_path_factory: pytest.Temp
         workers = worker_ids(cluster)
         assert len(workers) == 2 and cluster.head_node.node_id not in workers
         out = run_sweep(load_sweep(sweep), address=cluster.address, tracking_uri=uri)
+        import argparse
+
+        from sweeps.best import best_from_cli
+
+        # best --register --address: the final model trains as a Ray task on the cluster, reaches MLflow
+        assert best_from_cli(argparse.Namespace(sweep="multinode", tracking_uri=uri, out=str(tmp / "best.yaml"),
+                                                register=True, model_name="multinode-final", top_k=1,
+                                                fresh_seeds=1, protocol=None, no_reeval=True,
+                                                address=cluster.address)) == 0
 
     assert not out.interrupted and out.errors == 0, out.rows
+    versions = MlflowClient(uri).search_model_versions("name='multinode-final'")
+    assert len(versions) == 1
+    final = MlflowClient(uri).get_run(versions[0].run_id)
+    assert final.data.tags["dsl.role"] == "final_model" and not (tmp / "best_model").exists()  # trained remotely
     assert sorted(r.status for r in out.rows) == ["done", "done"]
     c = MlflowClient(uri)
     runs = children(c, "multinode")

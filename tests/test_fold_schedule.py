@@ -136,7 +136,7 @@ def test_local_runner_close_kills_a_running_fold(tone_corpus, feature_cache) -> 
     def drive() -> None:
         try:
             next(gen, None)
-        except BaseException as exc:  # noqa: BLE001 - the killed fold surfaces here as BrokenProcessPool
+        except BaseException as exc:
             errors.append(exc)
 
     t = threading.Thread(target=drive, daemon=True)

@@ -104,8 +104,8 @@ def test_saved_model_with_a_plugin_backbone_loads_in_a_fresh_registry(plugin, tm
     from sklearn.ensemble import RandomForestClassifier
 
     from dsl.backbones import BACKBONES, create_backbone
-    from dsl.rules import RULES
     from dsl.model import EmotionModel
+    from dsl.rules import RULES
 
     cfg = ChainConfig(plugins=(plugin,), backbone=f"{plugin}_prior")
     check_config(cfg)

@@ -37,7 +37,7 @@ def _ready(out: list[str]) -> bool:
     return len(done) >= 2 and bool(_events(out, "trial") - done)
 
 
-def _launch(args: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
+def _launch(args: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen, queue.Queue[str]]:
     proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
     lines: queue.Queue[str] = queue.Queue()
@@ -84,9 +84,8 @@ def test_interrupt_and_resume(tmp_path_factory: pytest.TempPathFactory) -> None:
     root = emodb_root()
     if root is None:
         pytest.skip("EmoDB not found (../shared/data/emodb or $DSL_EMODB): the sweep integration tests need it")
-    from mlflow import MlflowClient
-
     import optuna
+    from mlflow import MlflowClient
 
     from sweeps.searcher import journal_storage
 

@@ -8,15 +8,15 @@ import pytest
 
 from dsl.chain import ChainState
 from dsl.config import ChainConfig
+from dsl.plots import accuracy_plot, confusion_plot, contour_plot
 from sweeps.best import at_iteration
+from tests.support.mlflow_server import free_port
+from tracking.client import redact_uri
+from tracking.schema import iteration_metrics
+from tracking.trial_run import TrialRun
 from trainables.checkpoint import TrialCheckpoint
 from trainables.fault import InjectedFailure, maybe_fail
 from trainables.metrics import objective_value, report_metrics
-from tracking.schema import iteration_metrics
-from dsl.plots import accuracy_plot, confusion_plot, contour_plot
-from tracking.client import redact_uri
-from tracking.trial_run import TrialRun
-from tests.support.mlflow_server import free_port
 
 
 def _it(i: int, fold_ua: list[float], wa: float) -> dict:
@@ -241,8 +241,8 @@ class _FlakyRun:
 
 
 def test_publish_buffers_steps_while_the_server_is_away() -> None:
-    from trainables.chain_trainable import _publish
     from tracking.client import TrackingUnavailable
+    from trainables.chain_trainable import _publish
 
     run, logged, h = _FlakyRun(), set(), [_it(i, [0.5, 0.5], 0.5) for i in range(4)]
 

@@ -7,9 +7,10 @@ import csv
 import html
 import json
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from dsl import plots
 

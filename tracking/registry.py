@@ -14,15 +14,25 @@ from .client import call, resolve_tracking_uri
 from .schema import PARENT_TAG, ROLE_TAG
 
 
-def register_final(cfg: ChainConfig, c, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                   source_run_id: str, model_name: str, out_dir: Path, evaluation: dict | None = None) -> str:
-    """Train, save under `out_dir`, log as a pyfunc in a `final-model` child run, register `model_name`."""
+def register_final(cfg: ChainConfig, tracking_uri: str, experiment_id: str, parent_run_id: str,
+                   source_run_id: str, model_name: str, out_dir: Path | None = None,
+                   evaluation: dict | None = None) -> str:
+    """Train, save under `out_dir` (None: a folder in this machine's temp dir), log as a pyfunc in a
+    `final-model` child run, register `model_name`. Runs where it is called: in `best`, or in a Ray task on a
+    cluster node (`best --register --address`)."""
+    import socket
+    import tempfile
+
     import mlflow
 
+    from .client import client
     from .pyfunc import DslPyfunc, code_paths, input_example, pinned_requirements, signature
 
     print(f"training the final model ({cfg.backbone}, {cfg.labels.rule}, iteration {cfg.iterations}) on all data...",
           flush=True)
+    if out_dir is None:
+        out_dir = Path(tempfile.mkdtemp(prefix=f"dsl-final-{model_name}-"))
+    c = client(tracking_uri)
     directory = train_final(cfg, out_dir, {"source_run_id": source_run_id, "evaluation": evaluation},
                             show_progress=os.environ.get("DSL_PROGRESS", "1") != "0")
     label_names = json.loads((directory / "model.json").read_text())["label_names"]
@@ -48,7 +58,7 @@ def register_final(cfg: ChainConfig, c, tracking_uri: str, experiment_id: str, p
                 "reevaluation_protocol": evaluation["protocol"], "optimism": f"{evaluation['optimism']:.4f}"}
     version = mlflow.register_model(info.model_uri, model_name, tags=tags or None)
     uri = f"models:/{model_name}/{version.version}"
-    print(f"saved {directory}; registered {uri}\npredict with: dsl-sweep predict {uri} FILE.wav "
+    print(f"saved {directory} on {socket.gethostname()}; registered {uri}\npredict with: dsl-sweep predict {uri} FILE.wav "
           f"(or dsl-sweep predict {directory} FILE.wav)", flush=True)
     return uri
 

@@ -6,8 +6,9 @@ it; each child run is created by its trial (`tracking.trial_run`).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .client import call
 from .schema import EXPERIMENT_KIND, PARENT_TAG, PATH_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG, flat_params
@@ -109,3 +110,13 @@ def close_orphans(c, experiment_id: str, parent_run_id: str, trial_ids: set[str]
     return done
 
 
+
+
+def ui_link(uri: str, experiment_id: str) -> str:
+    """Where the sweep's runs open in MLflow's model-training view (MLflow 3's UI starts in its GenAI view)."""
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        from .client import redact_uri
+
+        return f"{redact_uri(uri).rstrip('/')}/{page}"
+    return f"run `mlflow ui --backend-store-uri {uri}`, then open http://127.0.0.1:5000/{page}"

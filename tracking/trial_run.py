@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from .client import TrackingUnavailable, call, client
-from .schema import (ATTEMPTS_TAG, MISMATCH_TAG, PARENT_TAG, ROLE_TAG, STEP_KEY, SWEEP_TAG, TRIAL_TAG,
-                     find_trial_run, iteration_metrics)
+from .schema import (
+    ATTEMPTS_TAG,
+    MISMATCH_TAG,
+    PARENT_TAG,
+    ROLE_TAG,
+    STEP_KEY,
+    SWEEP_TAG,
+    TRIAL_TAG,
+    find_trial_run,
+    iteration_metrics,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,7 +54,7 @@ class TrialRun:
 
     @classmethod
     def open(cls, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep: str, trial_id: str,
-             run_name: str, known_run_id: str | None = None) -> "TrialRun":
+             run_name: str, known_run_id: str | None = None) -> TrialRun:
         """The trial's run: the checkpoint's run id, else the run tagged with the trial id, else a new one."""
         c = client(tracking_uri)
         run = None

@@ -13,22 +13,20 @@ logged by the driver (`sweeps.callbacks.FinalizeRuns`). A retried or restored tr
 """
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from dsl.chain import RESULT_FORMAT, ChainState, iterate_chain, local_runner
+from dsl.chain import ChainState, iterate_chain, local_runner
 from dsl.checks import check_config
 from dsl.config import ChainConfig
-from dsl.environment import machine_info
 from dsl.naming import run_name
 from dsl.protocols import is_leak_free
 from dsl.segments import build_segments
-from dsl.selection import reported_iteration
 from dsl.trial_config import trial_config
 from tracking.client import TrackingUnavailable
 from tracking.schema import flat_params
@@ -146,7 +144,7 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
         runner = _runner(ctx, meta, data, run_cfg)
         published, art = True, None
         try:
-            for result, state in iterate_chain(run_cfg, data, state, runner, show_progress=False,
+            for result, state in iterate_chain(run_cfg, data, state, runner, show_progress=False,  # noqa: B020
                                                rf_jobs=ctx.resources.head_threads):
                 assert result.posteriors is not None
                 contour[result.iteration] = np.asarray(result.posteriors[lo:hi], dtype=np.float32)
@@ -159,7 +157,9 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
                                 checkpoint=tune.Checkpoint.from_directory(tmp))
                 maybe_fail(result.iteration, trial_id)
                 finished = state.next_iteration > cfg.iterations
-                art = (lambda c=ckpt, f=finished: log_trial_artifacts(run, c, finished=f))
+                def art(c: TrialCheckpoint = ckpt, f: bool = finished) -> None:
+                    log_trial_artifacts(run, c, finished=f)
+
                 published = _publish(run, logged, history, art, wait=False)
         finally:
             getattr(runner, "close", lambda: None)()

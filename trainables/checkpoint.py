@@ -39,7 +39,7 @@ class TrialCheckpoint:
         return d
 
     @classmethod
-    def load(cls, directory: str | Path) -> "TrialCheckpoint":
+    def load(cls, directory: str | Path) -> TrialCheckpoint:
         d = Path(directory)
         info = json.loads((d / INFO).read_text())
         version = int(info.get("format", 1))

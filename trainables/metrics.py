@@ -8,7 +8,8 @@ iteration), `selected` is the UA of each outer fold's iteration picked on its ow
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from tracking.schema import iteration_metrics
 

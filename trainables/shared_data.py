@@ -6,8 +6,9 @@ metadata, which also carries the ref itself so fold tasks can receive the frames
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

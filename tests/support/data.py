@@ -52,7 +52,7 @@ def tiny_emodb(src: str | Path, dst: str | Path, per_class: int = 5, speakers: i
     for f in files:
         if f.name[:2] in keep_spk and len(f.stem) == 7:
             by_class[f.stem[5]].append(f)
-    for emo, fs in sorted(by_class.items()):
+    for _, fs in sorted(by_class.items()):
         # spread over speakers: round-robin by speaker
         by_spk: dict[str, list[Path]] = defaultdict(list)
         for f in fs:
