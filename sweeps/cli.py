@@ -86,7 +86,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sweeps.sweep_report import report_from_cli
 
     return report_from_cli(args.results, args.out, args.figure, args.into, args.command_line, args.tracking_uri,
-                           args.save_sweep)
+                           args.save_sweep, args.block)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "sweep exports, or a sweep name (read from MLflow)")
     rep.add_argument("--tracking-uri", help="MLflow tracking URI for a sweep name (default: $MLFLOW_TRACKING_URI, "
                      "else sqlite:///mlflow.db)")
+    rep.add_argument("--block", default="", help="with --into: fill the block whose markers carry this name "
+                     "(`<!-- dsl-sweep report: begin NAME -->`), for documents with several")
     rep.add_argument("--save-sweep", help="write the sweep's trials read from MLflow to this JSON (commit it: "
                      "`dsl-sweep report FILE` renders the same tables)")
     rep.add_argument("--out", help="also write the Markdown here")

@@ -14,26 +14,27 @@ from pathlib import Path
 
 from dsl.config import ConfigError
 
-TIMEOUT_S = 20.0
+TIMEOUT_S = 20.0  # at most; less when $DSL_MLFLOW_TIMEOUT is lower
 
 
 def check_tracking(uri: str, experiment_id: str | None) -> str | None:
     """Why this machine cannot log to `uri` (search, create a run, upload an artifact), or None."""
-    from tracking.client import call, client, redact_uri
+    from tracking.client import call, client, mlflow_timeout, redact_uri
 
+    limit = min(TIMEOUT_S, mlflow_timeout())
     try:
         c = client(uri)
-        call(c.search_experiments, max_results=1, timeout=TIMEOUT_S)
+        call(c.search_experiments, max_results=1, timeout=limit)
         if experiment_id is not None:
             run = call(c.create_run, experiment_id, run_name="preflight",
-                       tags={"dsl.role": "preflight", "dsl.node": socket.gethostname()}, timeout=TIMEOUT_S)
+                       tags={"dsl.role": "preflight", "dsl.node": socket.gethostname()}, timeout=limit)
             try:
                 with tempfile.TemporaryDirectory(prefix="dsl-preflight-") as tmp:
                     probe = Path(tmp) / "preflight.txt"
                     probe.write_text("artifact upload check\n")
-                    call(c.log_artifact, run.info.run_id, str(probe), timeout=TIMEOUT_S)
+                    call(c.log_artifact, run.info.run_id, str(probe), timeout=limit)
             finally:
-                call(c.delete_run, run.info.run_id, timeout=TIMEOUT_S)  # soft delete: hidden from the sweep
+                call(c.delete_run, run.info.run_id, timeout=limit)  # soft delete: hidden from the sweep
     except Exception as exc:
         return f"MLflow at {redact_uri(uri)}: {type(exc).__name__}: {redact_uri(str(exc))[:300]}"
     return None

@@ -109,7 +109,12 @@ def _assert_no_zombie_children() -> None:
     tasks = Path(f"/proc/{os.getpid()}/task")
     if not tasks.is_dir():
         return
-    children = {int(p) for t in tasks.iterdir() for p in (t / "children").read_text().split()}
+    children: set[int] = set()
+    for t in tasks.iterdir():
+        try:
+            children |= {int(p) for p in (t / "children").read_text().split()}
+        except FileNotFoundError:  # that thread ended while we looked
+            continue
     states = {}
     for pid in children:
         try:
