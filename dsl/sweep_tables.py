@@ -100,4 +100,9 @@ def sweep_figure(export: Mapping[str, Any], path: str | Path) -> Path:
         its = _iterations(g)
         means = [mean_interval([t["ua"][str(i)] for t in g if str(i) in t["ua"]]).mean for i in its]
         series.append((f"{rule} (n={len(g)})", rule, its, means))
-    return trials_plot(series, path, f"{export['name']}: UA per iteration, mean over each rule's trials")
+    pr = export.get("protocol") or {}
+    machine = (export.get("environment") or {}).get("fingerprint", "?")
+    title = (f"{export['name']}: UA per iteration, mean over each rule's trials\n{pr.get('name', '?')} (leak_free: "
+             f"{str(pr.get('leak_free')).lower()}), {pr.get('folds', '?')} folds, seed(s) "
+             f"{','.join(map(str, export.get('seeds', [])))}, {export.get('data', '?').split(' ')[0]}, machine {machine}")
+    return trials_plot(series, path, title)
