@@ -112,12 +112,16 @@ class IterationResult:
         return {k: v for k, v in self.__dict__.items() if k not in skip}
 
 
-def utterance_records(paths: tuple[str, ...], labels: np.ndarray, fold_of: np.ndarray, proba: np.ndarray) -> list[dict]:
-    """Per utterance in corpus order: file name, outer fold, true and predicted label, forest probabilities."""
+def utterance_records(paths: tuple[str, ...], labels: np.ndarray, fold_of: np.ndarray, proba: np.ndarray,
+                      target_entropy: np.ndarray | None = None) -> list[dict]:
+    """Per utterance in corpus order: file name, outer fold, true and predicted label, forest probabilities,
+    and the mean entropy of the targets its segments were trained on (None where no scope trains on it)."""
     pred = np.argmax(proba, axis=1)
+    ent = np.full(len(paths), np.nan) if target_entropy is None else target_entropy
     return [{"file": Path(p).name, "fold": int(f), "label": int(y), "predicted": int(k),
-             "proba": [round(float(v), 6) for v in row]}
-            for p, f, y, k, row in zip(paths, fold_of, labels, pred, proba)]
+             "proba": [round(float(v), 6) for v in row],
+             "target_entropy": None if not np.isfinite(e) else round(float(e), 6)}
+            for p, f, y, k, row, e in zip(paths, fold_of, labels, pred, proba, ent)]
 
 
 def initial_state(data: CorpusData, plan: FoldPlan, n_segments_labels: np.ndarray) -> ChainState:
@@ -125,14 +129,24 @@ def initial_state(data: CorpusData, plan: FoldPlan, n_segments_labels: np.ndarra
     return ChainState(0, [y.copy() for _ in plan.scopes])
 
 
-def _label_stats(targets: list[np.ndarray], plan: FoldPlan, seg: SegmentIndex, seg_labels: np.ndarray) -> tuple[float, float]:
+def _label_stats(targets: list[np.ndarray], plan: FoldPlan, seg: SegmentIndex,
+                 seg_labels: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """Share of training targets whose argmax left the utterance label, their mean entropy (nats), and per
+    utterance the mean entropy of its segments' targets over the scopes that train on it (NaN: none does)."""
     changed, entropy = [], []
+    n_utt = len(seg.offsets) - 1
+    utt_sum, utt_count = np.zeros(n_utt), np.zeros(n_utt)
     for t, scope in zip(targets, plan.scopes):
         idx = seg.of_utterances(scope.train)
         tt = t[idx]
+        h = -(tt * np.log(np.clip(tt, 1e-12, 1.0))).sum(axis=1)
         changed.append(float(np.mean(np.argmax(tt, axis=1) != seg_labels[idx])))
-        entropy.append(float(np.mean(-(tt * np.log(np.clip(tt, 1e-12, 1.0))).sum(axis=1))))
-    return float(np.mean(changed)), float(np.mean(entropy))
+        entropy.append(float(np.mean(h)))
+        np.add.at(utt_sum, seg.utt[idx], h)
+        np.add.at(utt_count, seg.utt[idx], 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_utt = np.where(utt_count > 0, utt_sum / np.maximum(utt_count, 1.0), np.nan)
+    return float(np.mean(changed)), float(np.mean(entropy)), per_utt
 
 
 @dataclass
@@ -145,7 +159,7 @@ class _Iteration:
     next_targets: list[np.ndarray]  # filled fold by fold as outputs arrive
     outputs: dict[tuple[int, int], FoldOutput] = field(default_factory=dict)
     submitted: set[tuple[int, int]] = field(default_factory=set)
-    label_stats: tuple[float, float] | None = None  # of the targets this iteration trains on
+    label_stats: tuple[float, float, np.ndarray] | None = None  # of the targets this iteration trains on
 
 
 def _done_future(value: FoldOutput) -> Future:
@@ -346,7 +360,7 @@ class ChainIterator:
         scope_oos, eval_post = self.posteriors(book)
         sc, val_ua = self.forest_scores(scope_oos, eval_post)
         outputs = [book.outputs[(s, f)] for s, scope in enumerate(self.plan.scopes) for f in range(len(scope.folds))]
-        changed, entropy = book.label_stats  # type: ignore[misc]
+        changed, entropy, utt_entropy = book.label_stats  # type: ignore[misc]
         result = IterationResult(
             iteration=book.it, alpha=book.alpha, wa=sc.wa, ua=sc.ua, fold_wa=sc.fold_wa,
             fold_ua=sc.fold_ua, confusion=sc.confusion,
@@ -354,7 +368,8 @@ class ChainIterator:
             changed_label_share=changed, target_entropy=entropy,
             epochs=float(np.mean([o.epochs for o in outputs])), seconds=time.perf_counter() - since,
             segments_per_second=float(np.mean([o.segments_per_second for o in outputs])), val_ua=val_ua,
-            utterances=utterance_records(self.data.paths, self.data.labels, self.fold_of, sc.probabilities),
+            utterances=utterance_records(self.data.paths, self.data.labels, self.fold_of, sc.probabilities,
+                                         utt_entropy),
             posteriors=eval_post, utterance_predictions=sc.predictions)
         history = self.state.history
         if val_ua is not None:

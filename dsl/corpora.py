@@ -327,6 +327,22 @@ def parse_emovo(path: Path) -> tuple[str, str]:
     return label, speaker
 
 
+_URDU = {"A": "anger", "H": "happiness", "N": "neutral", "S": "sadness"}
+_URDU_FOLDERS = {"angry": "A", "happy": "H", "neutral": "N", "sad": "S"}
+_URDU_RE = re.compile(r"(S[MF]\d+)_F(\d+)_([A-Za-z])(\d+)")
+
+
+def parse_urdu(path: Path) -> tuple[str, str]:
+    """URDU `Angry/SM1_F10_A010.wav`: speaker (S, gender M/F, number), file number, emotion letter A H N S and
+    its number; the emotion folder, when it is one of the four, must agree with the letter."""
+    speaker, _, code, _ = _match(_URDU_RE, path, "S<G><N>_F<NN>_<E><NNN>").groups()
+    label = _lookup(_URDU, code.upper())
+    folder = _URDU_FOLDERS.get(path.parent.name.lower())
+    if folder is not None and folder != code.upper():
+        raise ValueError(f"emotion letter {code!r} disagrees with its folder {path.parent.name!r}")
+    return label, speaker.upper()
+
+
 for _fmt in (
     CorpusFormat("emodb", tuple(_EMODB.values()), parse_emodb,
                  "EmoDB: SSTTTEV.wav = speaker(2 digits), text code (a01), emotion letter WLEAFTN, version"),
@@ -342,6 +358,8 @@ for _fmt in (
                  "CREMA-D: 1001_DFA_ANG_XX.wav = actor_sentence_emotion(ANG DIS FEA HAP NEU SAD)_level"),
     CorpusFormat("emovo", tuple(_EMOVO.values()), parse_emovo,
                  "EMOVO: dis-f1-b1.wav = emotion(dis gio neu pau rab sor tri)-speaker(f1..m3)-sentence"),
+    CorpusFormat("urdu", tuple(_URDU.values()), parse_urdu,
+                 "URDU: <Emotion>/SM1_F10_A010.wav = speaker(S, M/F, number)_F<file>_<emotion A H N S><number>"),
 ):
     register_corpus(_fmt)
 del _fmt

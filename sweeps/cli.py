@@ -89,6 +89,12 @@ def cmd_report(args: argparse.Namespace) -> int:
                            args.save_sweep, args.block)
 
 
+def cmd_agreement(args: argparse.Namespace) -> int:
+    from dsl.listeners import agreement_from_cli
+
+    return agreement_from_cli(args.results, args.listeners, args.out, args.into, args.block, args.command_line)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from dsl.validate import validate_from_cli
 
@@ -179,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--into", help="replace the block between the report markers of this Markdown file "
                      "(the README's results section is made this way)")
     rep.set_defaults(func=cmd_report)
+
+    agr = sub.add_parser("agreement", help="listener agreement per iteration: Spearman of EmoDB's recognition rates "
+                         "with the model's confidence and the DSL targets' entropy")
+    agr.add_argument("results", nargs="+", help="run JSONs, replicate studies (their .seeds/ folders are read)")
+    agr.add_argument("--listeners", help="EmoDB's erkennung.txt (default: beside the results' data folder)")
+    agr.add_argument("--out", help="also write the Markdown here")
+    agr.add_argument("--into", help="replace a report block of this Markdown file")
+    agr.add_argument("--block", default="", help="the block's name (`<!-- dsl-sweep report: begin NAME -->`)")
+    agr.set_defaults(func=cmd_agreement)
 
     pred = sub.add_parser("predict", help="predict the emotion of utterances with a trained model")
     pred.add_argument("model", help="model directory or MLflow model URI (models:/NAME/VERSION)")

@@ -25,7 +25,7 @@ def labelled(corpus: Corpus) -> dict[str, tuple[str, str]]:
 
 
 def test_registry_lists_all_formats() -> None:
-    expected = {"emodb", "savee", "casia", "ravdess", "tess", "cremad", "emovo"}
+    expected = {"emodb", "savee", "casia", "ravdess", "tess", "cremad", "emovo", "urdu"}
     assert expected <= set(CORPUS_FORMATS)
     assert set(list_corpora()) == expected | {"csv"}
     for fmt in CORPUS_FORMATS.values():
@@ -116,6 +116,23 @@ def test_emovo(tmp_path: Path) -> None:
     assert got["tri-m3-n1.wav"] == ("sadness", "m3")
 
 
+def test_urdu(tmp_path: Path) -> None:
+    touch(tmp_path, "Angry/SM1_F10_A010.wav", "Happy/SF3_F2_H002.wav", "Neutral/SM4_F48_N0100.wav",
+          "Sad/SF12_F1_S01.wav")
+    c = load_corpus("urdu", tmp_path)
+    assert c.label_names == ("anger", "happiness", "neutral", "sadness")  # EmoDB's names for the shared classes
+    got = labelled(c)
+    assert got["SM1_F10_A010.wav"] == ("anger", "SM1") and got["SF12_F1_S01.wav"] == ("sadness", "SF12")
+
+
+def test_real_urdu_when_present() -> None:
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "urdu"
+    if not root.is_dir():
+        pytest.skip(f"URDU corpus not found at {root}")
+    c = load_corpus("urdu", root)
+    assert len(c) == 400 and sorted(c.class_counts().values()) == [100] * 4 and len(set(c.speakers)) == 29
+
+
 BAD = {
     "emodb": (["03a01Wa.wav"], ["03a01Xa.wav", "08b02Qc.wav", "notemodb.wav"]),
     "savee": (["DC/a01.wav"], ["DC/x01.wav", "JE_sx02.wav", "XX_a03.wav", "DC/readme.wav"]),
@@ -124,6 +141,7 @@ BAD = {
     "tess": (["OAF_back_angry.wav"], ["OAF_back_bored.wav", "MAF_back_angry.wav", "OAFback.wav"]),
     "cremad": (["1001_DFA_ANG_XX.wav"], ["1001_DFA_XYZ_XX.wav", "1002_DFA_ANG_ZZ.wav", "1001_ANG.wav"]),
     "emovo": (["dis-f1-b1.wav"], ["xyz-f1-b1.wav", "dis-q9-b1.wav", "dis_f1_b1.wav"]),
+    "urdu": (["Angry/SM1_F1_A01.wav"], ["Angry/SM1_F2_X02.wav", "Sad/SM1_F3_A03.wav", "Angry/urdu.wav"]),
 }
 
 
