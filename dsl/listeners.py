@@ -138,6 +138,11 @@ def agreement_from_cli(paths: Sequence[str], listeners: str | None = None, out: 
             "the DSL targets the utterance was trained on (< 0: its targets soften where people disagree; n/a "
             "for results written before targets were recorded per utterance). Mean ± 95 % interval over seeds.\n\n"
             + agreement_table(paths, rates) + "\n")
+    from .report import machines
+
+    ms = machines([r for p in paths for r in runs_of(p)])
+    if ms:
+        text += "\nMachines: " + "; ".join(ms) + ".\n"
     if out:
         Path(out).write_text(text)
     if into:
