@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,17 +191,13 @@ class EmotionModel:
         import torch
 
         from .backbones import create_backbone
+        from .formats import check_format
         from .plugins import load_plugins
 
         d = find_model_dir(directory)
         info = json.loads((d / "model.json").read_text())
-        version = int(info.pop("format", 1))
-        if version > MODEL_FORMAT:
-            raise ValueError(f"{d / 'model.json'}: model format {version} is newer than this version of dsl-sweeps "
-                             f"reads ({MODEL_FORMAT}); upgrade dsl-sweeps to load it")
-        if version < MODEL_FORMAT:
-            warnings.warn(f"{d / 'model.json'}: model format {version} (current {MODEL_FORMAT}); loading it as "
-                          "the same layout", stacklevel=2)
+        check_format(d / "model.json", int(info.pop("format", 1)), MODEL_FORMAT, "model", "load it",
+                     "loading it as the same layout")
         cfg = from_dict(yaml.safe_load((d / "config.yaml").read_text()))
         load_plugins(cfg.plugins)  # a plugin backbone must be registered before it can be built
         model = cls(cfg)

@@ -4,7 +4,6 @@ trial that Tune stopped before it could (`sweeps.callbacks.FinalizeRuns`)."""
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from dsl.chain import ChainState
+from dsl.formats import check_format
 
 STATE, INFO, CONTOUR = "chain_state.npz", "trial.json", "contour.npz"
 FORMAT = 2  # 1: no "format" key, no config / label_names / contour_title
@@ -42,13 +42,8 @@ class TrialCheckpoint:
     def load(cls, directory: str | Path) -> TrialCheckpoint:
         d = Path(directory)
         info = json.loads((d / INFO).read_text())
-        version = int(info.get("format", 1))
-        if version > FORMAT:
-            raise ValueError(f"{d / INFO}: trial checkpoint format {version} is newer than this version of "
-                             f"dsl-sweeps reads ({FORMAT}); upgrade dsl-sweeps to resume this trial")
-        if version < FORMAT:
-            warnings.warn(f"{d / INFO}: trial checkpoint format {version} (current {FORMAT}) has no config or "
-                          "class names; the driver cannot write a stopped trial's artifacts from it", stacklevel=2)
+        check_format(d / INFO, int(info.get("format", 1)), FORMAT, "trial checkpoint", "resume this trial",
+                     "it has no config or class names; the driver cannot write a stopped trial's artifacts from it")
         with np.load(d / CONTOUR) as z:
             contour = {int(k[3:]): z[k] for k in z.files}
         return cls(ChainState.load(d / STATE), info.get("mlflow_run_id"), contour, info.get("config"),
