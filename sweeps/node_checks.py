@@ -65,7 +65,14 @@ def check_storage(root: str) -> str | None:
 
 def check_this_node(uri: str, experiment_id: str | None, root: str) -> tuple[str, list[str]]:
     """(this node's address, the problems found from it)."""
-    host = f"{socket.gethostname()} ({os.environ.get('RAY_NODE_IP_ADDRESS') or socket.gethostbyname(socket.gethostname())})"
+    name = socket.gethostname()
+    try:
+        import ray
+
+        ip = ray.util.get_node_ip_address()
+    except Exception:  # outside Ray, or no routable address: the name alone says enough
+        ip = os.environ.get("RAY_NODE_IP_ADDRESS", "?")
+    host = f"{name} ({ip})"
     return host, [p for p in (check_tracking(uri, experiment_id), check_storage(root)) if p]
 
 
