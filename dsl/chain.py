@@ -37,7 +37,7 @@ from .fold_job import (
 )
 from .plugins import load_plugins
 from .progress import progress
-from .protocols import FoldPlan, is_leak_free, load_assignment, make_plan
+from .protocols import FoldPlan, is_leak_free, make_plan, outer_folds
 from .rules import LabelRule, get_rule, one_hot
 from .runners import LocalRunner, Runner, local_runner, submitter
 from .schedules import schedule_alpha
@@ -186,6 +186,7 @@ class ChainIterator:
     y: np.ndarray  # one-hot `seg_labels`: the original targets the label rule mixes with posteriors
     plan: FoldPlan  # the protocol's scopes and their folds
     fold_of: np.ndarray  # each utterance's outer fold, for per-fold scores and records
+    scored_segments: np.ndarray  # segments of utterances that are scored (fold >= 0)
     groups: np.ndarray | None  # speaker ids when the forest CV must keep speakers apart
     fold_segments: list[list[np.ndarray]]  # per scope, per fold: its segments (where its targets change)
     test_segments: list[np.ndarray]  # per scope: the segments of its test utterances
@@ -207,9 +208,11 @@ class ChainIterator:
         load_plugins(cfg.plugins)
         self.seg = build_segments(data.frame_offsets, cfg.segments, warn=state is None)
         self.seg_labels = data.labels[self.seg.utt]
-        outer = load_assignment(cfg.protocol.assignment, data.paths) if cfg.protocol.assignment else None
+        outer = outer_folds(cfg.protocol, data.paths)
         self.plan = make_plan(data.labels, data.speakers, cfg.protocol, cfg.seed, outer)
         self.fold_of = self.plan.outer_fold(data.n_utterances)
+        # segments of scored utterances: all, except a cross-corpus training corpus (only ever trained on)
+        self.scored_segments = self.fold_of[self.seg.utt] >= 0
         self.rule = get_rule(cfg.labels.rule)
         self.own_runner = runner is None
         self.runner = runner or local_runner(data, cfg)
@@ -364,7 +367,7 @@ class ChainIterator:
         result = IterationResult(
             iteration=book.it, alpha=book.alpha, wa=sc.wa, ua=sc.ua, fold_wa=sc.fold_wa,
             fold_ua=sc.fold_ua, confusion=sc.confusion,
-            segment_accuracy=float(np.mean(np.argmax(eval_post, axis=1) == self.seg_labels)),
+            segment_accuracy=float(np.mean((np.argmax(eval_post, axis=1) == self.seg_labels)[self.scored_segments])),
             changed_label_share=changed, target_entropy=entropy,
             epochs=float(np.mean([o.epochs for o in outputs])), seconds=time.perf_counter() - since,
             segments_per_second=float(np.mean([o.segments_per_second for o in outputs])), val_ua=val_ua,

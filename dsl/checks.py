@@ -46,7 +46,16 @@ def config_problems(cfg: ChainConfig) -> list[str]:
     pr = cfg.protocol
     if pr.name not in PROTOCOLS:
         p.append(f"protocol.name {pr.name!r} is unknown; allowed: {', '.join(sorted(PROTOCOLS))}")
-    nested_like = pr.name in ("nested", "speaker")
+    nested_like = pr.name in ("nested", "speaker", "cross_corpus")
+    if pr.name == "cross_corpus":
+        from .corpora import list_corpora
+
+        if not pr.test_corpus or not pr.test_data:
+            p.append("protocol cross_corpus needs protocol.test_corpus (e.g. urdu) and protocol.test_data (its folder)")
+        elif pr.test_corpus not in list_corpora():
+            p.append(f"protocol.test_corpus {pr.test_corpus!r} is unknown; allowed: {', '.join(list_corpora())}")
+    elif pr.test_corpus or pr.test_data or pr.label_map:
+        p.append(f"protocol.test_corpus/test_data/label_map apply only to protocol cross_corpus, not {pr.name!r}")
     for name in ("folds", "eval_folds", "select_folds", *(("inner_folds",) if nested_like else ())):
         if getattr(pr, name) < 2:
             p.append(f"protocol.{name} = {getattr(pr, name)}; must be >= 2")

@@ -77,7 +77,7 @@ class LabelSpec:
 @dataclass(frozen=True)
 class ProtocolSpec:
     """Fold plan (see `dsl.protocols`): `stratified` (the paper's, transductive), `speaker_transductive`, or
-    the leak-free `nested`, `speaker` (nested, grouped by speaker) and `refinery`."""
+    the leak-free `nested`, `speaker` (nested, grouped by speaker), `refinery` and `cross_corpus`."""
 
     name: str = "stratified"
     folds: int = 5  # outer folds of the held-out protocols
@@ -85,6 +85,9 @@ class ProtocolSpec:
     eval_folds: int = 10  # random-forest CV over utterances (transductive protocols)
     select_folds: int = 5  # forest CV over a scope's training utterances that picks its iteration (held out)
     assignment: str = ""  # JSON of file -> outer fold (or a result JSON): a plan that cannot depend on labels
+    test_corpus: str = ""  # cross_corpus: the test corpus's format (e.g. urdu) ...
+    test_data: str = ""  # ... and its folder; the training corpus is `corpus`/`data`
+    label_map: str = ""  # cross_corpus: NAME=SHARED,... on top of dsl.cross_corpus.SYNONYMS
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,13 @@ class CorpusData:
 def load_corpus_for(cfg: ChainConfig) -> tuple[Corpus, dict[str, str]]:
     """The config's corpus; under `bad_files: skip`, unlabelled or missing files are left out and returned."""
     try:
-        return load_corpus(cfg.corpus, Path(cfg.data)), {}
+        corpus = load_corpus(cfg.corpus, Path(cfg.data))
+        if cfg.protocol.name == "cross_corpus":  # both corpora, over their shared classes
+            from .cross_corpus import shared_corpus
+
+            corpus = shared_corpus(corpus, load_corpus(cfg.protocol.test_corpus, Path(cfg.protocol.test_data)),
+                                   cfg.protocol.label_map)
+        return corpus, {}
     except CorpusError as exc:
         if cfg.bad_files != "skip" or exc.partial is None or len(exc.partial) == 0:
             raise

@@ -67,18 +67,22 @@ def cv_splits(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | No
 
 
 def scores(labels: np.ndarray, proba: np.ndarray, fold_of: np.ndarray, n_classes: int) -> UtteranceScores:
-    """WA/UA over all utterances and per outer fold, from each utterance's out-of-fold probabilities."""
+    """WA/UA over the scored utterances (outer fold >= 0: all of them but a cross-corpus training corpus) and
+    per outer fold, from each utterance's out-of-fold probabilities."""
     labels = np.asarray(labels)
+    fold_of = np.asarray(fold_of)
     pred = np.argmax(proba, axis=1)
+    scored = fold_of >= 0
     fold_wa, fold_ua = [], []
-    for f in np.unique(fold_of):
+    for f in np.unique(fold_of[scored]):
         m = fold_of == f
         fold_wa.append(float(accuracy_score(labels[m], pred[m])))
         fold_ua.append(float(balanced_accuracy_score(labels[m], pred[m])))
+    y, p = labels[scored], pred[scored]
     return UtteranceScores(
-        wa=float(accuracy_score(labels, pred)), ua=float(balanced_accuracy_score(labels, pred)),
+        wa=float(accuracy_score(y, p)), ua=float(balanced_accuracy_score(y, p)),
         fold_wa=fold_wa, fold_ua=fold_ua,
-        confusion=confusion_matrix(labels, pred, labels=np.arange(n_classes)).tolist(),
+        confusion=confusion_matrix(y, p, labels=np.arange(n_classes)).tolist(),
         predictions=pred, probabilities=np.asarray(proba, dtype=np.float32))
 
 

@@ -53,6 +53,7 @@ class FoldPlan:
     scopes: tuple[Scope, ...]
     speaker_grouped: bool  # the random-forest stage must then group its folds by speaker too
     leak_free: bool = False
+    partial: bool = False  # the test sets cover only some utterances (cross_corpus); the rest are never scored
 
     @property
     def held_out(self) -> bool:
@@ -108,7 +109,7 @@ def make_plan(labels: np.ndarray, speakers: np.ndarray, spec: ProtocolSpec, seed
         raise KeyError(f"unknown protocol {spec.name!r}; known: {', '.join(sorted(PROTOCOLS))}")
     info = PROTOCOLS[spec.name]
     plan = info.fn(np.asarray(labels), np.asarray(speakers), spec, seed, outer)
-    plan = FoldPlan(plan.protocol, plan.scopes, plan.speaker_grouped, info.leak_free)
+    plan = FoldPlan(plan.protocol, plan.scopes, plan.speaker_grouped, info.leak_free, plan.partial)
     if info.leak_free:
         _check_held_out(plan, len(labels))
     return plan
@@ -116,7 +117,7 @@ def make_plan(labels: np.ndarray, speakers: np.ndarray, spec: ProtocolSpec, seed
 
 def _check_held_out(plan: FoldPlan, n: int) -> None:
     tests = np.concatenate([s.test for s in plan.scopes]) if plan.scopes else np.zeros(0, dtype=np.int64)
-    if len(tests) != n or len(np.unique(tests)) != n:
+    if len(np.unique(tests)) != len(tests) or (len(tests) != n and not plan.partial) or not len(tests):
         raise ValueError(f"protocol {plan.protocol!r} is registered leak-free but its test sets do not "
                          "partition the utterances")
     for s in plan.scopes:
@@ -214,3 +215,25 @@ def refinery(labels, speakers, spec, seed, outer=None) -> FoldPlan:
         train = np.setdiff1d(np.arange(len(labels)), test)
         scopes.append(Scope(train, (train,), test, in_sample=True))
     return FoldPlan("refinery", tuple(scopes), False)
+
+
+@register_protocol("cross_corpus", leak_free=True)
+def cross_corpus(labels, speakers, spec, seed, outer=None) -> FoldPlan:
+    """Train on one corpus, test on another (`dsl.cross_corpus`): one scope, an inner K-fold chain over the
+    training corpus, the test corpus only predicted; its utterances are the one outer fold."""
+    if outer is None or len(outer) != 1:
+        raise ConfigError("protocol cross_corpus needs protocol.test_corpus and protocol.test_data")
+    test = np.sort(outer[0])
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    inner = stratified_folds(labels[train], spec.inner_folds, seed + 1000)
+    return FoldPlan("cross_corpus", (Scope(train, tuple(train[f] for f in inner), test),), False, partial=True)
+
+
+def outer_folds(spec: ProtocolSpec, paths: tuple[str, ...] | list[str]) -> tuple[np.ndarray, ...] | None:
+    """Outer folds fixed before any label is read: a stored assignment, or (cross_corpus) the test corpus."""
+    if spec.name == "cross_corpus":
+        from .cross_corpus import test_utterances
+
+        return (test_utterances(paths, spec.test_data),)
+    return load_assignment(spec.assignment, paths) if spec.assignment else None
+

@@ -43,6 +43,9 @@ def protocol_line(cfg: ChainConfig) -> str:
     else:
         how = ("leak_free: false (transductive): test-fold labels reach later iterations' targets and the "
                "forest is cross-validated over all utterances; the reported iteration is the final one")
+    if pr.name == "cross_corpus":
+        return (f"protocol cross_corpus: trained on {cfg.corpus} ({cfg.data}), tested on {pr.test_corpus} "
+                f"({pr.test_data}), shared classes only | {how.replace('per outer fold', 'by a forest CV')}")
     return f"protocol {pr.name} ({pr.folds} folds) | {how}"
 
 

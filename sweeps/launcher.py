@@ -20,8 +20,7 @@ import yaml
 
 from dsl.checks import check_data
 from dsl.config import ConfigError
-from dsl.corpora import load_corpus
-from dsl.data import CorpusData, prepare_data
+from dsl.data import CorpusData, load_corpus_for, prepare_data
 from dsl.naming import describe
 from dsl.protocols import is_leak_free
 from tracking import sweep_runs
@@ -75,7 +74,7 @@ def load_data(spec: SweepSpec, cache_dir: str | None = None, shared_cache: str |
     from .shared_storage import pull_dir, push_dir
 
     base = spec.base if cache_dir is None else spec.base.replace(cache_dir=cache_dir)
-    corpus = load_corpus(base.corpus, Path(base.data))
+    corpus, _ = load_corpus_for(base)
     for cfg in (base, *spec.samples):
         check_data(cfg, corpus.labels, np.asarray(corpus.speakers), corpus.label_names)
     entry = key = None

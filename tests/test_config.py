@@ -33,7 +33,7 @@ def test_unknown_keys_and_bad_types_are_named() -> None:
     ({"labels.rule": "gsl", "labels.alpha": 0.5}, "alpha applies only to: wdsl"),
     ({"iterations": -1}, "must be >= 0"),
     ({"protocol.folds": 1}, "protocol.folds = 1; must be >= 2"),
-    ({"protocol.name": "loso"}, "allowed: nested, refinery, speaker, speaker_transductive, stratified"),
+    ({"protocol.name": "loso"}, "allowed: cross_corpus, nested, refinery, speaker, speaker_transductive, stratified"),
 ])
 def test_bad_configs_fail_with_allowed_values(overrides, needle) -> None:
     with pytest.raises(ConfigError) as err:
