@@ -60,6 +60,10 @@ def config_problems(cfg: ChainConfig) -> list[str]:
         if getattr(pr, name) < 2:
             p.append(f"protocol.{name} = {getattr(pr, name)}; must be >= 2")
     t = cfg.train
+    from .config import PRECISIONS
+
+    if t.precision not in PRECISIONS:
+        p.append(f"train.precision {t.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
     if t.epochs < 1 or t.batch_size < 2 or t.lr <= 0 or t.patience < 1:
         p.append(f"train: epochs >= 1, batch_size >= 2, lr > 0, patience >= 1 required; got {t}")
     if not 0.0 <= t.val_fraction < 0.5:

@@ -40,6 +40,9 @@ class SegmentSpec:
     hop: int = 1
 
 
+PRECISIONS = ("fp32", "bf16", "auto")  # train.precision (CPU); see dsl.train.resolve_precision
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """The paper's recipe: Adam 1e-3, x0.8 every 2 epochs, batch 128, patience 3."""
@@ -55,6 +58,7 @@ class TrainSpec:
     eval_batch_size: int = 2048
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA only
+    precision: str = "fp32"  # CPU: fp32 | bf16 (autocast) | auto (bf16 only with native bf16 and a backbone that gains)
     num_threads: int = 0  # 0: leave torch's setting (Ray sets OMP_NUM_THREADS per trial)
     channels_last: bool = False
     compile: bool = False  # torch.compile the network (CPU: ~1.1x per step for small_cnn, ~20 s to compile)

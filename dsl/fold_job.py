@@ -17,7 +17,7 @@ from .config import ChainConfig
 from .data import CorpusData
 from .plugins import load_plugins
 from .segments import SegmentIndex, build_segments
-from .train import FitStats, SegmentBatcher, fit, predict_proba, resolve_device
+from .train import FitStats, SegmentBatcher, fit, predict_proba, resolve_device, resolve_precision
 
 
 def derive_seed(*parts: int) -> int:
@@ -101,10 +101,17 @@ def frame_batcher(frames: np.ndarray, mean: np.ndarray, std: np.ndarray, cfg: Ch
     return SegmentBatcher(shared_frames(frames, device), cfg.train.channels_last, mean, std)
 
 
+def with_resolved_precision(cfg: ChainConfig) -> ChainConfig:
+    """`train.precision: auto` decided on this machine (fp32 or bf16), for training and prediction alike."""
+    precision = resolve_precision(cfg.train.precision, cfg.backbone)
+    return cfg if precision == cfg.train.precision else cfg.replace(**{"train.precision": precision})
+
+
 def train_fold(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: SegmentIndex | None = None) -> TrainedFold:
     """Train one fresh network on the job's training utterances (frames are normalised per batch, so the
     corpus stays shared between folds, processes and trials instead of being copied per fold)."""
     load_plugins(cfg.plugins)  # this may be a fresh worker process or Ray task
+    cfg = with_resolved_precision(cfg)
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
     seg = segments if segments is not None else build_segments(data.frame_offsets, cfg.segments, warn=False)
@@ -126,6 +133,6 @@ def run_fold_job(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: Seg
     seg = segments if segments is not None else build_segments(data.frame_offsets, cfg.segments, warn=False)
     fold = train_fold(job, data, cfg, seg)
     pr_seg = torch.from_numpy(seg.of_utterances(job.predict_utterances)).to(fold.rows.device)
-    post = predict_proba(fold.model, fold.batcher, fold.rows[pr_seg], cfg.train)
+    post = predict_proba(fold.model, fold.batcher, fold.rows[pr_seg], with_resolved_precision(cfg).train)
     s = fold.stats
     return FoldOutput(post, s.epochs, s.best_epoch, s.seconds, s.segments_per_second)

@@ -130,7 +130,7 @@ class EmotionModel:
         seg = build_segments(offsets, self.cfg.segments, warn=False)
         batcher = frame_batcher(frames, self.mean, self.std, self.cfg, torch.device("cpu"))
         post = predict_proba(self.network, batcher, torch.from_numpy(seg.rows.astype(np.int64)),
-                             dataclasses.replace(self.cfg.train, amp=False))
+                             dataclasses.replace(self.cfg.train, amp=False, precision="fp32"))
         return [post[seg.offsets[u]:seg.offsets[u + 1]] for u in range(len(per_utterance))]
 
     def _logmel(self, paths: Sequence[str | Path]) -> list[np.ndarray]:
