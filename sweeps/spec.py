@@ -194,6 +194,8 @@ def _base_config(raw: Any, data: str | None, problems: list[str]) -> ChainConfig
         return None
     if cfg.data and "://" not in cfg.data:
         cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
+    if cfg.protocol.test_data and "://" not in cfg.protocol.test_data:  # trials run in other directories
+        cfg = cfg.replace(**{"protocol.test_data": str(Path(cfg.protocol.test_data).expanduser().resolve())})
     return cfg
 
 

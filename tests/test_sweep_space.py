@@ -132,13 +132,16 @@ def test_search_may_not_touch_features() -> None:
         _spec({"features.n_mels": [40, 64]})
 
 
-@pytest.mark.parametrize("name", ["quick_emodb", "paper_grid", "optuna_search", "gpu_emodb"])
+@pytest.mark.parametrize("name", ["quick_emodb", "paper_grid", "optuna_search", "gpu_emodb", "cross_corpus"])
 def test_examples_parse(name: str) -> None:
     raw = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
     spec = parse_sweep(raw, data="/nonexistent/emodb")
     assert spec.name == name
     if name == "quick_emodb":
         assert spec.num_samples >= 8 and spec.base.backbone == "small_cnn"
+    if name == "cross_corpus":
+        assert spec.base.protocol.name == "cross_corpus" and spec.select.protocol == "cross_corpus"
+        assert Path(spec.base.protocol.test_data).is_absolute()  # trials run in other directories
     if name == "paper_grid":
         assert len(enumerate_grid(spec.space)) == spec.num_samples == 64
 
