@@ -62,6 +62,17 @@ def config_problems(cfg: ChainConfig) -> list[str]:
     t = cfg.train
     from .config import PRECISIONS
 
+    if t.aux not in ("none", "mtl_aug"):
+        p.append(f"train.aux {t.aux!r} is unknown; allowed: none, mtl_aug")
+    elif t.aux == "mtl_aug":
+        from .augment import AUGMENTATIONS
+
+        unknown = [a for a in t.aux_augs if a not in AUGMENTATIONS]
+        if unknown or len(t.aux_augs) < 2:
+            p.append(f"train.aux_augs {list(t.aux_augs)}: need at least two of {', '.join(AUGMENTATIONS)}"
+                     + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+        if t.aux_cls_weight < 0 or t.aux_rec_weight < 0:
+            p.append(f"train.aux_cls_weight/aux_rec_weight must be >= 0; got {t.aux_cls_weight}, {t.aux_rec_weight}")
     if t.precision not in PRECISIONS:
         p.append(f"train.precision {t.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
     if t.epochs < 1 or t.batch_size < 2 or t.lr <= 0 or t.patience < 1:

@@ -59,6 +59,10 @@ class TrainSpec:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA only
     precision: str = "fp32"  # CPU: fp32 | bf16 (autocast) | auto (bf16 only with native bf16 and a backbone that gains)
+    aux: str = "none"  # none | mtl_aug (dsl.mtl: augmentation classification + reconstruction share the encoder)
+    aux_augs: tuple[str, ...] = ("none", "noise", "time_mask", "freq_mask", "pitch_shift", "speed")
+    aux_cls_weight: float = 0.3  # mtl_aug: weight of the augmentation-classification loss
+    aux_rec_weight: float = 0.3  # mtl_aug: weight of the reconstruction loss
     num_threads: int = 0  # 0: leave torch's setting (Ray sets OMP_NUM_THREADS per trial)
     channels_last: bool = False
     compile: bool = False  # torch.compile the network (CPU: ~1.1x per step for small_cnn, ~20 s to compile)

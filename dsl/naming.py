@@ -5,13 +5,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from .config import SHORT_NAMES, ChainConfig
-from .rules import ALPHA_KEYS, EPSILON_KEYS, key_applies
+from .rules import ALPHA_KEYS, AUX_KEYS, EPSILON_KEYS, key_applies
 
 # Overrides shown abbreviated (short name -> what a trial name calls it); the label keys and the
 # iterations are part of every name, other keys are shown dotted.
 _ABBREVIATED = {"lr": "lr", "segment_hop": "hop", "epochs": "ep", "batch_size": "bs", "seed": "seed"}
 _SHORT = {SHORT_NAMES[name]: shown for name, shown in _ABBREVIATED.items()}
-_SHOWN = {"backbone", "labels.rule", *ALPHA_KEYS, *EPSILON_KEYS, "iterations"}
+_SHOWN = {"backbone", "labels.rule", *ALPHA_KEYS, *EPSILON_KEYS, "train.aux", *AUX_KEYS, "iterations"}
 
 
 def _fmt(v: Any) -> str:
@@ -27,6 +27,8 @@ def describe(cfg: ChainConfig, overrides: Mapping[str, Any] | None = None) -> st
                      if key_applies("labels.alpha_end", lab.rule, lab.schedule) else f"a={_fmt(lab.alpha)}")
     if key_applies("labels.epsilon", lab.rule):
         parts.append(f"eps={_fmt(lab.epsilon)}")
+    if cfg.train.aux != "none":
+        parts.append(f"{cfg.train.aux}(cls={_fmt(cfg.train.aux_cls_weight)},rec={_fmt(cfg.train.aux_rec_weight)})")
     parts.append(f"T={cfg.iterations}")
     for k, v in sorted((overrides or {}).items()):
         if k not in _SHOWN and not k.startswith("_"):

@@ -125,7 +125,13 @@ def fit(backbone: str, n_classes: int, batcher: SegmentBatcher, rows: torch.Tens
     if spec.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if spec.compile else model  # shares the parameters of `model`
-    opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    aux = None
+    if spec.aux == "mtl_aug":
+        from .mtl import MTLAug
+
+        shape = tuple(batcher(rows[:1]).shape[-2:])
+        aux = MTLAug(model, spec, shape, seed).to(device)
+    opt = torch.optim.Adam([*model.parameters(), *(aux.parameters() if aux is not None else [])], lr=spec.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=spec.lr_decay_every, gamma=spec.lr_decay)
     gen = torch.Generator().manual_seed(seed)
     n = len(rows)
@@ -139,9 +145,13 @@ def fit(backbone: str, n_classes: int, batcher: SegmentBatcher, rows: torch.Tens
             idx = perm[i:i + spec.batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on one sample
                 continue
-            with _autocast(device, spec):
-                logits = net(batcher(rows[idx]))
-            loss = soft_cross_entropy(logits, targets[idx])
+            if aux is None:
+                with _autocast(device, spec):
+                    logits = net(batcher(rows[idx]))
+                loss = soft_cross_entropy(logits, targets[idx])
+            else:  # MTL-AUG: augmented input, emotion + augmentation + reconstruction losses
+                with _autocast(device, spec):
+                    loss = aux.loss(net, batcher(rows[idx]), targets[idx], soft_cross_entropy)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -5,8 +5,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from .config import ChainConfig, LabelSpec, from_dict
-from .rules import ALPHA_KEYS, EPSILON_KEYS, key_applies
+from .config import ChainConfig, LabelSpec, TrainSpec, from_dict
+from .rules import ALPHA_KEYS, AUX_KEYS, EPSILON_KEYS, key_applies
 
 
 def trial_config(base: ChainConfig | Mapping[str, Any], overrides: Mapping[str, Any]) -> ChainConfig:
@@ -17,7 +17,12 @@ def trial_config(base: ChainConfig | Mapping[str, Any], overrides: Mapping[str, 
     defaults = LabelSpec()
     reset = {k.split(".", 1)[1]: getattr(defaults, k.split(".", 1)[1])
              for k in (*ALPHA_KEYS, *EPSILON_KEYS) if not key_applies(k, cfg.labels.rule)}
-    return dataclasses.replace(cfg, labels=dataclasses.replace(cfg.labels, **reset)) if reset else cfg
+    if reset:
+        cfg = dataclasses.replace(cfg, labels=dataclasses.replace(cfg.labels, **reset))
+    train_defaults = TrainSpec()
+    aux_reset = {k.split(".", 1)[1]: getattr(train_defaults, k.split(".", 1)[1])
+                 for k in AUX_KEYS if not key_applies(k, cfg.labels.rule, aux=cfg.train.aux)}
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **aux_reset)) if aux_reset else cfg
 
 
 __all__ = ["ALPHA_KEYS", "trial_config"]

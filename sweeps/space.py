@@ -20,7 +20,7 @@ from dsl.rules import key_applies
 from dsl.trial_config import trial_config
 
 ORDER = ("backbone", "labels.rule", "labels.schedule", "labels.alpha", "labels.alpha_end", "labels.alpha_step",
-         "labels.epsilon", "iterations")
+         "labels.epsilon", "train.aux", "train.aux_cls_weight", "train.aux_rec_weight", "iterations")
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,11 @@ class SearchSpace:
         self.base_schedule = self.base.labels.schedule
 
     def __call__(self, trial: Any) -> dict[str, Any] | None:
-        chosen: dict[str, Any] = {"labels.rule": self.base_rule, "labels.schedule": self.base_schedule}
+        chosen: dict[str, Any] = {"labels.rule": self.base_rule, "labels.schedule": self.base_schedule,
+                                  "train.aux": self.base.train.aux}
         constants: dict[str, Any] = {}
         for p in self.params:
-            if not key_applies(p.key, chosen["labels.rule"], chosen["labels.schedule"]):
+            if not key_applies(p.key, chosen["labels.rule"], chosen["labels.schedule"], chosen["train.aux"]):
                 continue
             if p.kind == "const":
                 value = constants[p.key] = p.value
