@@ -87,5 +87,5 @@ def augment_batch(x: torch.Tensor, names: tuple[str, ...], gen: torch.Generator)
     """(augmented batch, index into `names` of each segment's augmentation)."""
     ids = torch.randint(len(names), (x.shape[0],), generator=gen)
     out = torch.stack([AUGMENTATIONS[names[int(i)]](x[j], gen) for j, i in enumerate(ids)])
-    return out.contiguous(memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
-                          and not x.is_contiguous() else torch.contiguous_format), ids.to(x.device)
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return (out.contiguous(memory_format=torch.channels_last) if channels_last else out), ids.to(x.device)
