@@ -43,6 +43,7 @@ from .runners import LocalRunner, Runner, local_runner, submitter
 from .schedules import schedule_alpha
 from .segments import SegmentIndex, build_segments
 from .selection import reported_iteration, selected_scores
+from .step_cache import StepCache, StepKeys
 
 __all__ = ["ChainIterator", "ChainResult", "ChainState", "FoldJob", "FoldOutput", "IterationResult", "LocalRunner",
            "Runner", "TrainedFold", "derive_seed", "iterate_chain", "local_runner", "normalisation_stats", "run_chain",
@@ -99,6 +100,7 @@ class IterationResult:
     selected_iterations: list[int] | None = None  # held out: per scope, the iteration val_ua picks so far
     selected_wa: float | None = None
     selected_ua: float | None = None
+    from_cache: bool = False  # every fold training and the scores were served by the step cache
     utterances: list[dict] = field(default_factory=list, repr=False)  # corpus order: file, fold, label, predicted, proba
     posteriors: np.ndarray | None = field(default=None, repr=False)  # out-of-sample, (n_segments, K)
     utterance_predictions: np.ndarray | None = field(default=None, repr=False)
@@ -160,6 +162,8 @@ class _Iteration:
     outputs: dict[tuple[int, int], FoldOutput] = field(default_factory=dict)
     submitted: set[tuple[int, int]] = field(default_factory=set)
     label_stats: tuple[float, float, np.ndarray] | None = None  # of the targets this iteration trains on
+    keys: dict[tuple[int, int], str] = field(default_factory=dict)  # step-cache key of each fold training
+    cached: set[tuple[int, int]] = field(default_factory=set)  # fold trainings the step cache served
 
 
 def _done_future(value: FoldOutput) -> Future:
@@ -201,10 +205,15 @@ class ChainIterator:
     n_jobs: int  # fold trainings per iteration, over all scopes
     pending: dict[Future, tuple[int, int, int]]  # running jobs -> (iteration, scope, fold)
     books: dict[int, _Iteration]  # iterations with jobs submitted and not yet finished
+    cache: StepCache | None  # serves and keeps fold trainings and scores (see `dsl.step_cache`)
+    keys: StepKeys | None  # the key parts fixed for this chain (with a cache)
 
     def __init__(self, cfg: ChainConfig, data: CorpusData, state: ChainState | None = None,
-                 runner: Runner | None = None, show_progress: bool = True, rf_jobs: int | None = None) -> None:
+                 runner: Runner | None = None, show_progress: bool = True, rf_jobs: int | None = None,
+                 step_cache: StepCache | None = None) -> None:
         self.cfg, self.data, self.show_progress, self.rf_jobs = cfg, data, show_progress, rf_jobs
+        self.cache = step_cache
+        self.keys = StepKeys.of(cfg, data) if step_cache is not None else None
         load_plugins(cfg.plugins)
         self.seg = build_segments(data.frame_offsets, cfg.segments, warn=state is None)
         self.seg_labels = data.labels[self.seg.utt]
@@ -283,14 +292,32 @@ class ChainIterator:
                        derive_seed(self.cfg.seed, it, s, f))
 
     def start_iteration(self, book: _Iteration, targets: list[np.ndarray]) -> None:
-        """Submit the iteration's jobs that are not running yet (all of them unless pipelined)."""
+        """Submit the iteration's jobs that are not running yet (all of them unless pipelined) and not cached."""
         todo = [(s, f) for s, scope in enumerate(self.plan.scopes) for f in range(len(scope.folds))
                 if (s, f) not in book.submitted]
-        jobs = [self.job(book.it, s, f, targets[s]) for s, f in todo]
+        jobs = {(s, f): self.job(book.it, s, f, targets[s]) for s, f in todo}
+        for s, f in todo:
+            if (cached := self.cached_output(book, s, f, jobs[(s, f)])) is not None:
+                self.track(book, s, f, cached)
+        todo = [sf for sf in todo if sf not in book.submitted]
         submit = self.submit
-        futures = [submit(j) for j in jobs] if submit is not None else [_done_future(o) for o in self.runner(jobs)]
+        futures = ([submit(jobs[sf]) for sf in todo] if submit is not None
+                   else [_done_future(o) for o in self.runner([jobs[sf] for sf in todo])])
         for (s, f), fut in zip(todo, futures):
             self.track(book, s, f, fut)
+
+    def cached_output(self, book: _Iteration, s: int, f: int, job: FoldJob) -> Future | None:
+        """With a step cache: note the job's key in `book` and return its cached output as a done future."""
+        if self.cache is None or self.keys is None:
+            return None
+        train_rows = job.targets[self.seg.of_utterances(job.train_utterances)]
+        key = book.keys[(s, f)] = self.keys.fold(job.iteration, job.seed, job.train_utterances,
+                                                  job.predict_utterances, train_rows)
+        out = self.cache.get_fold(key)
+        if out is None:
+            return None
+        book.cached.add((s, f))
+        return _done_future(out)
 
     def track(self, book: _Iteration, s: int, f: int, fut: Future) -> None:
         """Note that fold `f` of scope `s` runs (or ran) for `book`'s iteration."""
@@ -299,6 +326,8 @@ class ChainIterator:
 
     def record(self, book: _Iteration, s: int, f: int, out: FoldOutput) -> None:
         """Keep the output; the fold's segments get their targets for the next iteration right away."""
+        if self.cache is not None and (s, f) not in book.cached:
+            out = self.cache.put_fold(book.keys[(s, f)], out)  # the stored one: equal for every reader
         book.outputs[(s, f)] = out
         idx = self.fold_segments[s][f]
         q = out.posteriors[:len(idx)]
@@ -318,7 +347,8 @@ class ChainIterator:
             needed_done = all((s, h) in book.outputs for h in self.plan.scopes[s].needs(g))
             if (s, g) not in nxt.submitted and needed_done:
                 # The job reads only the rows of the folds it needs, and those rows are final.
-                self.track(nxt, s, g, self.submit(self.job(nxt.it, s, g, book.next_targets[s].copy())))
+                job = self.job(nxt.it, s, g, book.next_targets[s].copy())
+                self.track(nxt, s, g, self.cached_output(nxt, s, g, job) or self.submit(job))
 
     def posteriors(self, book: _Iteration) -> tuple[list[np.ndarray], np.ndarray]:
         """Per scope, its out-of-fold segment posteriors; and the posteriors the scores are taken from."""
@@ -358,10 +388,21 @@ class ChainIterator:
                                                    cfg.protocol.eval_folds, cfg.seed, self.groups, self.rf_jobs)
         return scores(labels, proba, forest_fold, k), None
 
+    def scores(self, book: _Iteration, scope_oos: list[np.ndarray],
+               eval_post: np.ndarray) -> tuple[UtteranceScores, list[float] | None, bool]:
+        """`forest_scores`, through the step cache when there is one; True when the cache served them."""
+        if self.cache is None or self.keys is None:
+            return (*self.forest_scores(scope_oos, eval_post), False)
+        order = [(s, f) for s, scope in enumerate(self.plan.scopes) for f in range(len(scope.folds))]
+        key = self.keys.scores_of([book.keys[sf] for sf in order])
+        if (hit := self.cache.get_scores(key)) is not None:
+            return (*hit, True)
+        return (*self.cache.put_scores(key, *self.forest_scores(scope_oos, eval_post)), False)
+
     def finish(self, book: _Iteration, since: float) -> tuple[IterationResult, ChainState]:
         """Score a finished iteration; the state after it carries its next targets and the history."""
         scope_oos, eval_post = self.posteriors(book)
-        sc, val_ua = self.forest_scores(scope_oos, eval_post)
+        sc, val_ua, scores_cached = self.scores(book, scope_oos, eval_post)
         outputs = [book.outputs[(s, f)] for s, scope in enumerate(self.plan.scopes) for f in range(len(scope.folds))]
         changed, entropy, utt_entropy = book.label_stats  # type: ignore[misc]
         result = IterationResult(
@@ -373,7 +414,8 @@ class ChainIterator:
             segments_per_second=float(np.mean([o.segments_per_second for o in outputs])), val_ua=val_ua,
             utterances=utterance_records(self.data.paths, self.data.labels, self.fold_of, sc.probabilities,
                                          utt_entropy),
-            posteriors=eval_post, utterance_predictions=sc.predictions)
+            posteriors=eval_post, utterance_predictions=sc.predictions,
+            from_cache=scores_cached and len(book.cached) == self.n_jobs)
         history = self.state.history
         if val_ua is not None:
             picks, chosen = selected_scores([*history, result.to_dict()], self.data.n_classes)
@@ -382,8 +424,8 @@ class ChainIterator:
 
 
 def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None = None,
-                  runner: Runner | None = None, show_progress: bool = True,
-                  rf_jobs: int | None = None) -> Iterator[tuple[IterationResult, ChainState]]:
+                  runner: Runner | None = None, show_progress: bool = True, rf_jobs: int | None = None,
+                  step_cache: StepCache | None = None) -> Iterator[tuple[IterationResult, ChainState]]:
     """Run iterations `state.next_iteration .. cfg.iterations`, yielding each result and the state after it.
 
     With a runner that can `submit` single jobs and a label rule that is local to an utterance (every
@@ -393,7 +435,7 @@ def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None =
     rows); 5 folds on 2 workers then keep both busy instead of leaving one idle for a sixth of every
     iteration. `IterationResult.seconds` is the wall time since the previous iteration finished.
     """
-    yield from ChainIterator(cfg, data, state, runner, show_progress, rf_jobs)
+    yield from ChainIterator(cfg, data, state, runner, show_progress, rf_jobs, step_cache)
 
 
 @dataclass
@@ -431,14 +473,15 @@ RESULT_FORMAT = 2  # result JSON layout version (2: protocol, environment, per-u
 
 
 def run_chain(cfg: ChainConfig, data: CorpusData, runner: Runner | None = None, show_progress: bool = True,
-              on_iteration: Callable[[IterationResult], None] | None = None) -> ChainResult:
+              on_iteration: Callable[[IterationResult], None] | None = None,
+              step_cache: StepCache | None = None) -> ChainResult:
     """Run the whole chain (iteration 0 + `cfg.iterations` label updates) and collect the results."""
     start = time.perf_counter()
     results = []
     own = runner is None
     runner = runner or local_runner(data, cfg)
     try:
-        for result, _ in iterate_chain(cfg, data, runner=runner, show_progress=show_progress):
+        for result, _ in iterate_chain(cfg, data, runner=runner, show_progress=show_progress, step_cache=step_cache):
             results.append(result)
             if on_iteration:
                 on_iteration(result)

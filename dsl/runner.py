@@ -19,6 +19,7 @@ from .environment import machine_info
 from .protocols import is_leak_free
 from .replicates import _comparable, default_jobs, run_replicates, seeds_dir, write_json
 from .segments import build_segments
+from .step_cache import StepCache
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ def load_state_for(cfg: ChainConfig, path: Path) -> ChainState:
 
 
 def run_resumable(cfg: ChainConfig, data: CorpusData, out: str | Path, resume: bool = False,
-                  show_progress: bool = True, on_iteration=None, command: str = "") -> ChainResult:
+                  show_progress: bool = True, on_iteration=None, command: str = "",
+                  step_cache: StepCache | None = None) -> ChainResult:
     """`run_chain` for `dsl-sweep run`, kept on disk as it goes and continued with `resume`.
 
     After each iteration the chain state goes to `state_file(out)` and the finished iterations to `out`
@@ -151,7 +153,7 @@ def run_resumable(cfg: ChainConfig, data: CorpusData, out: str | Path, resume: b
                            environment, command)
 
     kept = len(results)
-    chain = iterate_chain(cfg, data, state, show_progress=show_progress)
+    chain = iterate_chain(cfg, data, state, show_progress=show_progress, step_cache=step_cache)
     try:
         for result, after in chain:  # the next iteration's folds are running meanwhile
             results.append(result)
@@ -201,8 +203,12 @@ def _print_reported(result: ChainResult, path: Path, seconds: float) -> None:
 
 
 def run_from_cli(config_path: str | None, preset: str | None, overrides: Mapping[str, Any], out: str,
-                 quiet: bool = False, command: str = "", seed_jobs: int = 0, resume: bool = False) -> int:
+                 quiet: bool = False, command: str = "", seed_jobs: int = 0, resume: bool = False,
+                 step_cache: str = "") -> int:
+    """`dsl-sweep run`: one chain or, with seeds, a replicate study; `step_cache` (a directory) reuses the fold
+    trainings and scores an earlier run with the same data, recipe, code and machine computed."""
     cfg = load_config(config_path, preset, overrides)
+    steps = StepCache(step_cache) if step_cache else None
     if not cfg.data:
         raise ConfigError("no data path: give --data DIR (or `data:` in the config file)")
     seeds = f"seeds {', '.join(map(str, cfg.seeds))}" if cfg.seeds else f"seed {cfg.seed}"
@@ -212,7 +218,7 @@ def run_from_cli(config_path: str | None, preset: str | None, overrides: Mapping
         if resume:
             print(f"--resume: ignored with --seeds (a study always resumes: each finished seed in {seeds_dir(out)}/ "
                   "is read back)", flush=True)
-        return _study_from_cli(cfg, out, quiet, command, seed_jobs)
+        return _study_from_cli(cfg, out, quiet, command, seed_jobs, steps)
     start = time.perf_counter()
     printed_header = []
 
@@ -223,7 +229,8 @@ def run_from_cli(config_path: str | None, preset: str | None, overrides: Mapping
         print(format_row(r), flush=True)
 
     data = load_checked(cfg, not quiet)
-    result = run_resumable(cfg, data, out, resume, show_progress=not quiet, on_iteration=show, command=command)
+    result = run_resumable(cfg, data, out, resume, show_progress=not quiet, on_iteration=show, command=command,
+                           step_cache=steps)
     path = Path(out)
     figures = write_plots(result, path)
     _print_reported(result, path, time.perf_counter() - start)
@@ -231,7 +238,8 @@ def run_from_cli(config_path: str | None, preset: str | None, overrides: Mapping
     return 0
 
 
-def _study_from_cli(cfg: ChainConfig, out: str, quiet: bool, command: str, seed_jobs: int) -> int:
+def _study_from_cli(cfg: ChainConfig, out: str, quiet: bool, command: str, seed_jobs: int,
+                    steps: StepCache | None = None) -> int:
     from .report import format_study
 
     data = load_checked(cfg, not quiet)
@@ -245,7 +253,8 @@ def _study_from_cli(cfg: ChainConfig, out: str, quiet: bool, command: str, seed_
         print(f"seed {seed}: {took} | reported WA "
               f"{100 * rep.get('wa', float('nan')):.2f} %, UA {100 * rep.get('ua', float('nan')):.2f} %", flush=True)
 
-    study = run_replicates(cfg, data, out, jobs=jobs, show_progress=not quiet, command=command, on_seed=done)
+    study = run_replicates(cfg, data, out, jobs=jobs, show_progress=not quiet, command=command, on_seed=done,
+                           step_cache=steps)
     print(format_study(study), flush=True)
     print(f"study: {out}", flush=True)
     return 0

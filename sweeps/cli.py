@@ -79,7 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dsl.runner import run_from_cli
 
     return run_from_cli(args.config, args.preset, overrides_from(args), args.out, quiet=args.quiet,
-                        command=args.command_line, seed_jobs=args.seed_jobs, resume=args.resume)
+                        command=args.command_line, seed_jobs=args.seed_jobs, resume=args.resume,
+                        step_cache=args.step_cache)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --seeds: seeds run side by side (default: cores / (workers x threads))")
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run from <out stem>.state.npz (written after each iteration)")
+    run.add_argument("--step-cache", default="", metavar="DIR",
+                     help="reuse fold trainings and scores kept in DIR by earlier runs with the same data, recipe, "
+                          "code and machine, and keep this run's there (off by default)")
     add_run_flags(run)
     run.set_defaults(func=cmd_run)
 
@@ -152,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--data", help="override the corpus path of the sweep file")
     sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep with the same Optuna study")
     sw.add_argument("--trials", type=int, help="override the number of trials")
+    sw.add_argument("--no-step-cache", action="store_true",
+                    help="compute every trial's chain in full (default: trials share fold trainings and scores "
+                         "through <storage>/step_cache)")
     sw.set_defaults(func=cmd_sweep)
 
     best = sub.add_parser("best", help="re-evaluate the sweep's top configurations on fresh seeds, leak-free, "

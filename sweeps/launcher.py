@@ -146,8 +146,10 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
         cluster_preflight(uri, placement(spec.resources).bundles, remote=on_cluster)
         if on_cluster:  # from every node: the tracking server takes a run and an artifact, storage is writable
             node_preflight(uri, exp_id, root)
+        steps = step_cache_dir(spec, root)
+        print(f"step cache: {steps or 'off'}", flush=True)
         ctx = TrialContext(spec.name, spec.base, uri, exp_id, parent, spec.resources,
-                           contour_index(data, spec.contour_utterance), spec.objective)
+                           contour_index(data, spec.contour_utterance), spec.objective, steps)
         from ray import tune
 
         trainable = tune.with_resources(with_corpus(train_chain, data, context=ctx), placement(ctx.resources))
@@ -228,9 +230,24 @@ def finish(outcome: SweepOutcome, spec: SweepSpec, c) -> None:
         print(f"sweep interrupted: continue it with --resume (state in {outcome.experiment_path})", flush=True)
 
 
+def step_cache_dir(spec: SweepSpec, root: str) -> str:
+    """Where the sweep's trials share chain steps: `<storage>/step_cache` (every node and every later sweep
+    on the same storage path and data), or the local feature cache's `steps/` when the storage is a URI
+    (entries are small files written by rename, which an object store does not offer); "" when off."""
+    from dsl.cache import default_cache_dir
+
+    from .shared_storage import is_uri
+
+    if not spec.step_cache:
+        return ""
+    if is_uri(root):
+        return str(Path(spec.base.cache_dir or default_cache_dir()) / "steps")
+    return str(Path(root) / "step_cache")
+
+
 def sweep_from_cli(args: argparse.Namespace) -> int:
     spec = load_sweep(args.file, data=args.data, trials=None if args.resume else args.trials,
-                      storage_path=args.storage_path)
+                      storage_path=args.storage_path, step_cache=False if args.no_step_cache else None)
     if args.resume and args.trials:
         print("note: --trials is ignored with --resume (the sweep keeps its number of trials)", flush=True)
     outcome = run_sweep(spec, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume,

@@ -43,7 +43,7 @@ ALIASES: dict[str, str] = {name: SHORT_NAMES[name] for name in (
     "epochs", "batch_size")}
 UNSEARCHABLE = ("seed", "seeds")  # replicates are for re-evaluation, not for the search to pick
 TOP_KEYS = ("name", "base", "search", "objective", "select", "sampler", "scheduler", "num_samples", "max_concurrent",
-            "resources", "max_failures", "storage_path", "plots")
+            "resources", "max_failures", "storage_path", "plots", "step_cache")
 SAMPLERS = ("tpe", "random", "grid")
 SCHEDULERS = ("asha", "none")
 METRIC = "objective"  # what the searcher and the scheduler maximise (trainables.metrics.objective_value)
@@ -91,6 +91,7 @@ class SweepSpec:
     contour_utterance: int | str = 0  # utterance index or a substring of its path
     objective: str = "final"
     select: SelectSpec = field(default_factory=SelectSpec)
+    step_cache: bool = True  # trials share fold trainings and scores through `<storage>/step_cache` (dsl.step_cache)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
@@ -222,8 +223,8 @@ def _sub(cls: type, raw: Any, where: str, problems: list[str], rename: Mapping[s
 
 
 def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | None = None,
-                storage_path: str | None = None) -> SweepSpec:
-    """Validate a sweep mapping; `data`, `trials` and `storage_path` override the file."""
+                storage_path: str | None = None, step_cache: bool | None = None) -> SweepSpec:
+    """Validate a sweep mapping; `data`, `trials`, `storage_path` and `step_cache` override the file."""
     problems: list[str] = []
     if not isinstance(raw, Mapping):
         raise ConfigError("sweep file: expected a mapping at the top level")
@@ -280,6 +281,9 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
         problems.append(f"select.protocol {select.protocol!r} is not a leak-free protocol; allowed: nested, refinery, speaker")
     if select.top_k < 1 or select.seeds < 2:
         problems.append(f"select: top_k >= 1 and seeds >= 2 (for an interval) required; got {select}")
+    use_cache = raw.get("step_cache", True) if step_cache is None else step_cache
+    if not isinstance(use_cache, bool):
+        problems.append(f"step_cache: expected true or false, got {use_cache!r}")
     plots = raw.get("plots") or {}
     contour = plots.get("contour_utterance", 0) if isinstance(plots, Mapping) else 0
     spec = None
@@ -289,7 +293,8 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
                          num_samples_given="num_samples" in raw or trials is not None,
                          resources=resources, max_failures=ints["max_failures"],
                          storage_path=str(storage_path or raw.get("storage_path") or "ray_results"),
-                         contour_utterance=contour, objective=objective, select=select, raw=dict(raw))
+                         contour_utterance=contour, objective=objective, select=select,
+                         step_cache=bool(use_cache), raw=dict(raw))
         problems.extend(space_problems(spec))
     if problems:
         raise ConfigError("invalid sweep definition:\n  " + "\n  ".join(problems))
@@ -320,12 +325,12 @@ def space_problems(spec: SweepSpec) -> list[str]:
 
 
 def load_sweep(path: str | Path, data: str | None = None, trials: int | None = None,
-               storage_path: str | None = None) -> SweepSpec:
+               storage_path: str | None = None, step_cache: bool | None = None) -> SweepSpec:
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read sweep file: {exc}") from exc
-    return parse_sweep(raw or {}, data, trials, storage_path)
+    return parse_sweep(raw or {}, data, trials, storage_path, step_cache)
 
 
 __all__ = ["ALIASES", "METRIC", "MODE", "ParamSpec", "ResourceSpec", "SamplerSpec", "SchedulerSpec", "SelectSpec",

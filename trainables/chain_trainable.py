@@ -27,6 +27,7 @@ from dsl.config import ChainConfig
 from dsl.naming import run_name
 from dsl.protocols import is_leak_free
 from dsl.segments import build_segments
+from dsl.step_cache import StepCache
 from dsl.trial_config import trial_config
 from tracking.client import TrackingUnavailable
 from tracking.schema import flat_params
@@ -144,8 +145,9 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
         runner = _runner(ctx, meta, data, run_cfg)
         published, art = True, None
         try:
+            steps = StepCache(ctx.step_cache) if ctx.step_cache else None
             for result, state in iterate_chain(run_cfg, data, state, runner, show_progress=False,  # noqa: B020
-                                               rf_jobs=ctx.resources.head_threads):
+                                               rf_jobs=ctx.resources.head_threads, step_cache=steps):
                 assert result.posteriors is not None
                 contour[result.iteration] = np.asarray(result.posteriors[lo:hi], dtype=np.float32)
                 history = state.history
