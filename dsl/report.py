@@ -53,17 +53,37 @@ def study_from_disk(folder: Path) -> dict:
     return study
 
 
+def methods_of(config: Mapping[str, Any]) -> list[str]:
+    """The options beside the label rule that make a run another method: MTL-AUG training, an SSL front end,
+    the ACP utterance stage (configs written before an option existed lack its key)."""
+    out = []
+    if (config.get("features") or {}).get("kind", "logmel") != "logmel":
+        out.append(f"{config['features']['kind'].upper()} features")
+    if (config.get("train") or {}).get("aux", "none") == "mtl_aug":
+        out.append("MTL-AUG")
+    if (config.get("stage") or {}).get("name", "forest") != "forest":
+        out.append(f"{config['stage']['name'].upper()} stage")
+    return out
+
+
 def labels_of(config: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
-    """`baseline (iter. 0)` or e.g. `WDSL α=0.2 (iter. 1)`."""
+    """`baseline (iter. 0)`, e.g. `WDSL α=0.2 (iter. 1)`, `label_smoothing ε=0.1 (iter. 1)`, and the other
+    options that change the method: `MTL-AUG (iter. 0)`, `WDSL α=0.2 + ACP stage (iter. 1)`."""
     it = int(entry["iteration"])
+    extra = methods_of(config)
     if it == 0:
-        return "baseline (iter. 0)"
-    rule = str(config["labels"]["rule"])
+        return f"{' + '.join(extra) if extra else 'baseline'} (iter. 0)"
+    labels = config["labels"]
+    rule = str(labels["rule"])
     alpha = entry.get("alpha")
     if isinstance(alpha, dict):
         alpha = None
-    return f"{rule.upper() if rule in ('wdsl', 'bdsl', 'gsl', 'hdl') else rule}" + \
-        (f" α={alpha:.2g}" if alpha is not None else "") + f" (iter. {it})"
+    name = rule.upper() if rule in ("wdsl", "bdsl", "gsl", "hdl") else rule
+    if alpha is not None:
+        name += f" α={alpha:.2g}"
+    elif rule == "label_smoothing":
+        name += f" ε={labels.get('epsilon', 0.1):.2g}"
+    return " + ".join([name, *extra]) + f" (iter. {it})"
 
 
 def _leak(d: Mapping[str, Any]) -> str:
