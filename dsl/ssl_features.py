@@ -94,7 +94,7 @@ def identity(spec: FeatureSpec) -> dict[str, Any]:
         tf_version = version("transformers")
     except PackageNotFoundError:
         tf_version = None
-    fingerprint = checkpoint_fingerprint(spec.ssl_model) if Path(spec.ssl_model).is_dir() else None
+    fingerprint = checkpoint_fingerprint(spec.ssl_model) if spec.ssl_model and Path(spec.ssl_model).is_dir() else None
     return {"checkpoint": fingerprint, "transformers": tf_version, "extractor": EXTRACTOR_VERSION}
 
 

@@ -11,12 +11,12 @@ import torch
 
 pytest.importorskip("transformers")
 
-from dsl import cache  # noqa: E402
-from dsl.checks import check_config  # noqa: E402
-from dsl.config import ChainConfig, ConfigError, FeatureSpec, TrainSpec  # noqa: E402
-from dsl.layer_sum import LayerSum, create_network  # noqa: E402
-from dsl.train import SegmentBatcher, fit  # noqa: E402
-from tests.support.data import TINY, write_tone  # noqa: E402
+from dsl import cache
+from dsl.checks import check_config
+from dsl.config import ChainConfig, ConfigError, FeatureSpec, TrainSpec
+from dsl.layer_sum import LayerSum, create_network
+from dsl.train import SegmentBatcher, fit
+from tests.support.data import TINY, write_tone
 
 HIDDEN, LAYERS = 32, 2  # hidden size; transformer layers (hidden_states: LAYERS + 1)
 KERNELS, STRIDES = (10, 8, 4), (5, 8, 8)  # 320 samples per frame: 20 ms at 16 kHz, like wav2vec2-base
@@ -251,3 +251,49 @@ def test_cpu_chain_on_emodb_with_the_tiny_ssl_model(emodb_path, checkpoint, tmp_
     assert result.n_utterances == 535 and len(result.label_names) == 7
     assert result.iterations[0].posteriors.shape == (result.n_segments, 7)
     np.testing.assert_allclose(result.iterations[0].posteriors.sum(axis=1), 1.0, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.emodb
+def test_sweep_searches_the_front_end(checkpoint, tmp_path_factory) -> None:
+    """A grid over features.kind: the driver extracts both front ends and each trial trains on its own frames."""
+    import ray
+
+    from sweeps.launcher import run_sweep
+    from sweeps.spec import parse_sweep
+    from tests.support.sweep import tiny_data, tiny_sweep
+
+    data, cache_dir = tiny_data(tmp_path_factory)
+    if ray.is_initialized():
+        ray.shutdown()
+    tmp = tmp_path_factory.mktemp("ssl-sweep")
+    raw = tiny_sweep("front_ends", data, cache_dir, tmp / "ray_results", num_samples=2, max_concurrent=1,
+                     sampler={"type": "grid"}, search={"rule": ["baseline"], "iterations": 0,
+                                                       "features.kind": ["logmel", "ssl"]})
+    raw["base"]["features"] = {"kind": "ssl", "ssl_model": str(checkpoint)}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DSL_PROGRESS", "0")
+        out = run_sweep(parse_sweep(raw), tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
+    assert not out.interrupted and out.errors == 0 and [r.status for r in out.rows] == ["done", "done"]
+    from trainables.checkpoint import TrialCheckpoint
+
+    segments = {}  # the contour utterance's segments: 10 ms log-Mel frames give about twice the 20 ms SSL ones
+    for d in sorted(Path(out.experiment_path).glob("*/checkpoint_*")):
+        ckpt = TrialCheckpoint.load(d)
+        segments[ckpt.config["features"]["kind"]] = len(ckpt.contour[0])
+    assert set(segments) == {"logmel", "ssl"} and segments["logmel"] > 1.5 * segments["ssl"], segments
+
+
+def test_ssl_example_sweep_parses(checkpoint) -> None:
+    import yaml
+
+    from sweeps.space import feature_variants
+    from sweeps.spec import parse_sweep
+
+    raw = yaml.safe_load((Path(__file__).parents[1] / "sweeps" / "examples" / "ssl_emodb.yaml").read_text())
+    raw["base"]["features"]["ssl_model"] = str(checkpoint)
+    with pytest.raises(ConfigError, match="ssl_layer = 6; .* allowed -3..2"):  # the tiny model has 3 hidden states
+        parse_sweep(raw, data="/nonexistent/emodb")
+    raw["search"]["features.ssl_layer"] = [1, -1]
+    spec = parse_sweep(raw, data="/nonexistent/emodb")
+    assert len(feature_variants(spec.space)) == 4  # ssl layer 1, ssl last, ssl layer sum, log-Mel
