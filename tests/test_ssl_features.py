@@ -198,6 +198,16 @@ def test_emotion_model_computes_the_same_features_and_carries_its_checkpoint(ssl
     back = EmotionModel.load(d)
     assert back.cfg.features.ssl_model == str(d / "ssl_model")
     np.testing.assert_allclose(back.predict_proba(data.paths[:3]), proba, atol=1e-6)
+    # the MLflow pyfunc of the directory (its artifacts carry the checkpoint copy) predicts the same
+    import mlflow.pyfunc
+
+    from tracking.pyfunc import DslPyfunc, predict_requirements
+
+    assert "transformers" in predict_requirements("ssl") and "transformers" not in predict_requirements("logmel")
+    mlflow.pyfunc.save_model(str(tmp_path / "pyfunc"), python_model=DslPyfunc(), artifacts={"model_dir": str(d)},
+                             pip_requirements=["torch"])
+    served = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc")).predict(list(data.paths[:3]))
+    np.testing.assert_allclose(served[list(data.label_names)].to_numpy(), proba, atol=1e-6)
 
 
 def test_front_end_is_searchable_and_ssl_keys_are_conditional(checkpoint) -> None:
