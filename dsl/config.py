@@ -20,7 +20,10 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Log-Mel front end (paper: 16 kHz, 25 ms Hann, 10 ms hop, 512 FFT, 64 HTK mels, 125-7500 Hz)."""
+    """Front end: log-Mel (paper: 16 kHz, 25 ms Hann, 10 ms hop, 512 FFT, 64 HTK mels, 125-7500 Hz), or a
+    self-supervised speech model's hidden states per frame (`kind: ssl`, see `dsl.ssl_features`)."""
+
+    kind: str = "logmel"  # logmel | ssl
 
     sample_rate: int = 16000
     n_fft: int = 512
@@ -30,6 +33,9 @@ class FeatureSpec:
     fmin: float = 125.0
     fmax: float = 7500.0
     log_eps: float = 1e-10
+    ssl_model: str = ""  # ssl: a local Hugging Face checkpoint directory (save_pretrained); nothing is downloaded
+    ssl_layer: int = -1  # ssl: index into the model's hidden_states (0: the CNN encoder's projection, -1: last)
+    ssl_layer_sum: bool = False  # ssl: cache every hidden state; a learned softmax-weighted sum feeds the network
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class SegmentSpec:
     hop: int = 1
 
 
+FEATURE_KINDS = ("logmel", "ssl")  # features.kind; see dsl.features.compute_features
 PRECISIONS = ("fp32", "bf16", "auto")  # train.precision (CPU); see dsl.train.resolve_precision
 
 

@@ -59,7 +59,7 @@ class TrainedFold:
 
 
 def normalisation_stats(frames: np.ndarray, offsets: np.ndarray, utterances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-mel-bin mean and std over the frames of `utterances` (the training folds only)."""
+    """Per-dimension (mel bin, SSL unit) mean and std over the frames of `utterances` (the training folds only)."""
     n = 0
     s = np.zeros(frames.shape[1], dtype=np.float64)
     ss = np.zeros(frames.shape[1], dtype=np.float64)
@@ -124,7 +124,7 @@ def train_fold(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: Segme
     targets = torch.from_numpy(np.ascontiguousarray(job.targets, dtype=np.float32))
     tr_t, va_t = torch.from_numpy(tr_seg).to(device), torch.from_numpy(va_seg).to(device)
     model, stats = fit(cfg.backbone, data.n_classes, batcher, rows[tr_t], targets[tr_seg].to(device),
-                       rows[va_t], targets[va_seg].to(device), cfg.train, job.seed)
+                       rows[va_t], targets[va_seg].to(device), cfg.train, job.seed, data.layers)
     return TrainedFold(model, stats, batcher, rows, mean, std)
 
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import create_backbone
 from .config import TrainSpec
+from .layer_sum import create_network
 
 
 @dataclass(frozen=True)
@@ -117,11 +117,13 @@ def _mean_loss(model: nn.Module, batcher: SegmentBatcher, rows: torch.Tensor, ta
 
 
 def fit(backbone: str, n_classes: int, batcher: SegmentBatcher, rows: torch.Tensor, targets: torch.Tensor,
-        val_rows: torch.Tensor, val_targets: torch.Tensor, spec: TrainSpec, seed: int) -> tuple[nn.Module, FitStats]:
-    """Train a fresh network: Adam, step decay, early stopping on validation loss (best weights kept)."""
+        val_rows: torch.Tensor, val_targets: torch.Tensor, spec: TrainSpec, seed: int,
+        layers: int = 1) -> tuple[nn.Module, FitStats]:
+    """Train a fresh network: Adam, step decay, early stopping on validation loss (best weights kept).
+    `layers` > 1: each frame holds that many stacked SSL layers, summed by a learned `LayerSum`."""
     device = batcher.frames.device
     torch.manual_seed(seed)
-    model = create_backbone(backbone, n_classes).to(device)
+    model = create_network(backbone, n_classes, layers).to(device)
     if spec.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if spec.compile else model  # shares the parameters of `model`

@@ -5,8 +5,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from .config import ChainConfig, LabelSpec, TrainSpec, from_dict
-from .rules import ALPHA_KEYS, AUX_KEYS, EPSILON_KEYS, key_applies
+from .config import ChainConfig, FeatureSpec, LabelSpec, TrainSpec, from_dict
+from .rules import ALPHA_KEYS, AUX_KEYS, EPSILON_KEYS, SSL_KEYS, key_applies
 
 
 def trial_config(base: ChainConfig | Mapping[str, Any], overrides: Mapping[str, Any]) -> ChainConfig:
@@ -22,7 +22,12 @@ def trial_config(base: ChainConfig | Mapping[str, Any], overrides: Mapping[str, 
     train_defaults = TrainSpec()
     aux_reset = {k.split(".", 1)[1]: getattr(train_defaults, k.split(".", 1)[1])
                  for k in AUX_KEYS if not key_applies(k, cfg.labels.rule, aux=cfg.train.aux)}
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **aux_reset)) if aux_reset else cfg
+    if aux_reset:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **aux_reset))
+    feature_defaults, f = FeatureSpec(), cfg.features
+    ssl_reset = {k.split(".", 1)[1]: getattr(feature_defaults, k.split(".", 1)[1])
+                 for k in SSL_KEYS if not key_applies(k, cfg.labels.rule, kind=f.kind, layer_sum=f.ssl_layer_sum)}
+    return dataclasses.replace(cfg, features=dataclasses.replace(f, **ssl_reset)) if ssl_reset else cfg
 
 
 __all__ = ["ALPHA_KEYS", "trial_config"]

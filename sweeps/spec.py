@@ -41,6 +41,9 @@ from .space import ParamSpec, SearchSpace, sample_configs
 ALIASES: dict[str, str] = {name: SHORT_NAMES[name] for name in (
     "backbone", "rule", "alpha", "schedule", "alpha_end", "alpha_step", "epsilon", "iterations", "lr", "segment_hop",
     "epochs", "batch_size")}
+# Front-end keys a sweep may search (as lists of choices): the driver extracts each distinct front end once
+# and every trial reads the frames of its own (`sweeps.space.feature_variants`).
+SEARCHABLE_FEATURES = ("features.kind", "features.ssl_model", "features.ssl_layer", "features.ssl_layer_sum")
 UNSEARCHABLE = ("seed", "seeds")  # replicates are for re-evaluation, not for the search to pick
 TOP_KEYS = ("name", "base", "search", "objective", "select", "sampler", "scheduler", "num_samples", "max_concurrent",
             "resources", "max_failures", "storage_path", "plots", "step_cache")
@@ -248,9 +251,16 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
         dup = sorted({k for k in keys if keys.count(k) > 1})
         if dup:
             problems.append(f"search: parameter(s) given twice: {', '.join(dup)}")
-        if any(k.startswith("features.") or k in ("corpus", "data", "cache_dir") for k in keys):
-            problems.append("search: features, corpus, data and cache_dir are shared by all trials (one feature "
-                            "extraction per sweep); set them in base")
+        shared = [k for k in keys if (k.startswith("features.") and k not in SEARCHABLE_FEATURES)
+                  or k in ("corpus", "data", "cache_dir")]
+        if shared:
+            problems.append(f"search: {', '.join(shared)}: features (but {', '.join(SEARCHABLE_FEATURES)}), corpus, "
+                            "data and cache_dir are shared by all trials (one feature extraction per front end); "
+                            "set them in base")
+        for p in params:
+            if p.key in SEARCHABLE_FEATURES and p.kind not in ("categorical", "const"):
+                problems.append(f"search.{p.key}: give a list of choices (each front end is extracted once, "
+                                "before the trials start)")
     sampler = _sub(SamplerSpec, raw.get("sampler"), "sampler", problems)
     if sampler.type not in SAMPLERS:
         problems.append(f"sampler.type {sampler.type!r} is unknown; allowed: {', '.join(SAMPLERS)}")

@@ -39,7 +39,7 @@ from .context import TrialContext
 from .fault import maybe_fail
 from .fold_runner import ray_runner
 from .metrics import report_metrics
-from .shared_data import CorpusMeta, attach, is_shared_view
+from .shared_data import CorpusMeta, attach, is_shared_view, select_variant
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +99,17 @@ def _runner(ctx: TrialContext, meta: CorpusMeta, data, run_cfg: ChainConfig):
     return local_runner(data, run_cfg)
 
 
-def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, context: TrialContext) -> None:
-    """Function trainable: `config` holds the trial's dotted overrides of `context.base` (a ChainConfig)."""
+def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, context: TrialContext,
+                variants: Mapping[Any, CorpusMeta] | None = None) -> None:
+    """Function trainable: `config` holds the trial's dotted overrides of `context.base` (a ChainConfig);
+    `variants` (FeatureSpec -> CorpusMeta) when the sweep searches the front end."""
     from ray import tune
 
     ctx = context
     trial_id = tune.get_context().get_trial_id() or "local"
     cfg = trial_config(ctx.base, config)
     check_config(cfg)
+    frames, meta = select_variant(frames, meta, variants, cfg.features)
     run_cfg = runtime_config(cfg, ctx)
     data = attach(frames, meta)  # zero-copy view of the object-store frames
     seg = build_segments(data.frame_offsets, cfg.segments, warn=False)
