@@ -32,7 +32,7 @@ import yaml
 
 from .config import ChainConfig, from_dict
 
-MODEL_FORMAT = 2  # 1: model.json without "format"
+MODEL_FORMAT = 3  # 1: model.json without "format"; 2: before SSL front ends ("layers", ssl_model/ copy)
 
 
 @dataclass(frozen=True)
