@@ -2,7 +2,8 @@
 
 `SearchSpace(params, base)(trial)` suggests through an Optuna trial only what applies to the branch
 taken: alpha and its schedule only for rules that use alpha (WDSL), the annealing end only for a
-non-constant schedule, the step only for the `step` schedule, epsilon only for label smoothing.
+non-constant schedule, the step only for the `step` schedule, epsilon only for label smoothing, the
+MTL-AUG weights only for `train.aux: mtl_aug`, the ACP keys (`stage.*`) only for `stage.name: acp`.
 Parameter names are dotted ChainConfig keys, so a trial's Tune config is a set of overrides of the
 base config (`trial_config`). Constants that apply to the branch are returned as a dict (OptunaSearch
 merges them into the trial's config without making them Optuna parameters).
@@ -20,7 +21,7 @@ from dsl.rules import key_applies
 from dsl.trial_config import trial_config
 
 ORDER = ("backbone", "labels.rule", "labels.schedule", "labels.alpha", "labels.alpha_end", "labels.alpha_step",
-         "labels.epsilon", "train.aux", "train.aux_cls_weight", "train.aux_rec_weight", "iterations")
+         "labels.epsilon", "train.aux", "train.aux_cls_weight", "train.aux_rec_weight", "stage.name", "iterations")
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,11 @@ class SearchSpace:
 
     def __call__(self, trial: Any) -> dict[str, Any] | None:
         chosen: dict[str, Any] = {"labels.rule": self.base_rule, "labels.schedule": self.base_schedule,
-                                  "train.aux": self.base.train.aux}
+                                  "train.aux": self.base.train.aux, "stage.name": self.base.stage.name}
         constants: dict[str, Any] = {}
         for p in self.params:
-            if not key_applies(p.key, chosen["labels.rule"], chosen["labels.schedule"], chosen["train.aux"]):
+            if not key_applies(p.key, chosen["labels.rule"], chosen["labels.schedule"], chosen["train.aux"],
+                               chosen["stage.name"]):
                 continue
             if p.kind == "const":
                 value = constants[p.key] = p.value
