@@ -9,7 +9,7 @@ classifier trained with cross-entropy and label smoothing `epsilon`. An utteranc
 correlations (zeros).
 
 scikit-learn style: `ACP(...).fit(X_list, y)` returns self; `predict_proba(X_list)`; `attention(X_list)` the
-learned weights per utterance. Seeded and deterministic on one machine (its own RNG streams; the caller's
+learned weights per utterance. Defaults are `dsl.config.StageSpec`'s. Seeded and deterministic on one machine (its own RNG streams; the caller's
 global torch RNG is left alone); `num_threads` > 0 sets torch's threads while it fits or predicts.
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .config import StageSpec
 
 _VAR_EPS = 1e-5  # added to the channel variances before the correlation normalisation
 
@@ -82,13 +84,13 @@ class ACP:
     """The ACP classifier (see the module docstring); `n_classes` fixes the probability columns."""
 
     n_classes: int
-    dim: int = 32
-    epsilon: float = 0.1
-    with_mean: bool = True
-    epochs: int = 40
-    lr: float = 3e-3
-    batch_size: int = 32
-    weight_decay: float = 1e-4
+    dim: int = StageSpec.dim
+    epsilon: float = StageSpec.epsilon
+    with_mean: bool = StageSpec.with_mean
+    epochs: int = StageSpec.epochs
+    lr: float = StageSpec.lr
+    batch_size: int = StageSpec.batch_size
+    weight_decay: float = StageSpec.weight_decay
     seed: int = 0
     num_threads: int = 0
     eval_batch_size: int = 256

@@ -114,9 +114,9 @@ class StageSpec:
     epsilon: float = 0.1  # acp: label smoothing of its cross-entropy
     dim: int = 32  # acp: channels after the learned projection; the correlation matrix is dim x dim
     with_mean: bool = True  # acp: the attention-weighted channel means join the correlations
-    epochs: int = 40
-    lr: float = 3e-3
-    batch_size: int = 32
+    epochs: int = 20  # acp: EmoDB cpu preset, refinery, iteration 0: UA 72.1 % (forest 71.9 %), ~1 s CPU per fit
+    lr: float = 1e-2
+    batch_size: int = 64
     weight_decay: float = 1e-4
 
 
