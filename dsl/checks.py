@@ -82,6 +82,7 @@ def config_problems(cfg: ChainConfig) -> list[str]:
     if not 0.0 < t.epoch_fraction <= 1.0:
         p.append(f"train.epoch_fraction = {t.epoch_fraction}; must be in (0, 1]")
     p += feature_problems(cfg)
+    p += stage_problems(cfg)
     if cfg.segments.length < 1 or cfg.segments.hop < 1:
         p.append(f"segments.length and segments.hop must be >= 1; got {cfg.segments}")
     if cfg.bad_files not in ("fail", "skip"):
@@ -106,6 +107,26 @@ def feature_problems(cfg: ChainConfig) -> list[str]:
 
         return checkpoint_problems(f)
     return []
+
+
+def stage_problems(cfg: ChainConfig) -> list[str]:
+    """Problems of the utterance stage (`stage.*`)."""
+    from .config import STAGE_INPUTS
+    from .stages import STAGE_REGISTRY
+
+    st = cfg.stage
+    if st.name not in STAGE_REGISTRY:
+        return [f"stage.name {st.name!r} is unknown; allowed: {', '.join(STAGE_REGISTRY)}"]
+    if st.name != "acp":
+        return []
+    p = []
+    if st.input not in STAGE_INPUTS:
+        p.append(f"stage.input {st.input!r} is unknown; allowed: {', '.join(STAGE_INPUTS)}")
+    if not 0.0 <= st.epsilon < 1.0:
+        p.append(f"stage.epsilon = {st.epsilon} is outside [0, 1)")
+    if st.dim < 2 or st.epochs < 1 or st.batch_size < 1 or st.lr <= 0 or st.weight_decay < 0:
+        p.append(f"stage: dim >= 2, epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0 required; got {st}")
+    return p
 
 
 def data_problems(cfg: ChainConfig, labels: np.ndarray, speakers: np.ndarray, label_names: tuple[str, ...]) -> list[str]:

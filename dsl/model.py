@@ -5,7 +5,8 @@ Faithful to the chain: the label updates run on all utterances up to the config'
 chain's own folds); the final network is trained on every utterance with the targets of iteration t; the
 random forest is trained on the utterance statistics of iteration t's out-of-sample segment posteriors
 (what the forest sees in the chain, and what unseen utterances look like). A leak-free protocol has no
-test set here, so the final model's labels come from its transductive twin over all utterances.
+test set here, so the final model's labels come from its transductive twin over all utterances. It
+supports the `forest` utterance stage only (`check_stage` says why not `acp`).
 
 Prediction reuses the fold job's preprocessing: frames stacked with a silence padding row
 (`features.stack_utterances`), segments (`segments.build_segments`), per-batch normalisation with the
@@ -41,6 +42,18 @@ class Prediction:
     label: str
     probabilities: dict[str, float]
     segment_posteriors: np.ndarray  # (segments, K)
+
+
+def check_stage(cfg: ChainConfig) -> None:
+    """The final model predicts with the forest only: refuse another utterance stage before any work."""
+    from .config import ConfigError
+
+    if cfg.stage.name != "forest":
+        raise ConfigError(
+            f"stage.name {cfg.stage.name!r}: the final EmotionModel (dsl.model) supports stage.name: forest only. "
+            "An acp stage is fitted on the fold networks' out-of-fold embeddings, and a final network trained on "
+            "all data has an embedding space of its own, which that ACP never saw. Evaluate acp with `dsl-sweep "
+            "run`; train the final model with --set stage.name=forest")
 
 
 def final_config(cfg: ChainConfig) -> ChainConfig:
@@ -81,6 +94,7 @@ class EmotionModel:
 
         cfg = final_config(cfg or self.cfg)
         check_config(cfg)
+        check_stage(cfg)
         targets, last = self._chain_to(cfg, data, show_progress)
         seg = build_segments(data.frame_offsets, cfg.segments, warn=False)
         forest = RandomForestClassifier(random_state=cfg.seed).fit(utterance_features(last.posteriors, seg.offsets),
@@ -263,6 +277,7 @@ def train_final(cfg: ChainConfig, out_dir: str | Path, info: dict | None = None,
     """Fit an `EmotionModel` on the config's whole corpus and save it under `out_dir`."""
     from .data import prepare_data
 
+    check_stage(cfg)  # before the features are extracted
     data = prepare_data(final_config(cfg), show_progress=show_progress)
     return EmotionModel(cfg).fit(data, show_progress=show_progress, info=info).save(out_dir)
 

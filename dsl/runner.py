@@ -35,6 +35,12 @@ def format_row(r: IterationResult) -> str:
             f"{100 * r.changed_label_share:>9.2f} {r.epochs:>6.1f} {r.seconds:>7.1f}")
 
 
+def stage_text(cfg: ChainConfig) -> str:
+    """The utterance stage as the run's header names it, e.g. `forest` or `acp (embedding, eps 0.1, dim 32)`."""
+    st = cfg.stage
+    return st.name if st.name != "acp" else f"acp ({st.input}, eps {st.epsilon:g}, dim {st.dim})"
+
+
 def protocol_line(cfg: ChainConfig) -> str:
     """How to read the numbers: the protocol, and whether test labels can reach them."""
     pr = cfg.protocol
@@ -198,7 +204,8 @@ def _print_reported(result: ChainResult, path: Path, seconds: float) -> None:
     which = (f"validation-selected iterations {last.selected_iterations}" if last.selected_iterations is not None
              else f"final iteration {last.iteration}")
     print(f"reported ({which}): WA {100 * rep['wa']:.2f} %, UA {100 * rep['ua']:.2f} % | protocol "
-          f"{result.config.protocol.name}, leak_free: {str(result.leak_free).lower()} | {result.n_utterances} "
+          f"{result.config.protocol.name}, leak_free: {str(result.leak_free).lower()} | stage "
+          f"{stage_text(result.config)} | {result.n_utterances} "
           f"utterances, {result.n_segments} segments | {seconds:.0f} s | result: {path}", flush=True)
 
 
@@ -213,7 +220,7 @@ def run_from_cli(config_path: str | None, preset: str | None, overrides: Mapping
         raise ConfigError("no data path: give --data DIR (or `data:` in the config file)")
     seeds = f"seeds {', '.join(map(str, cfg.seeds))}" if cfg.seeds else f"seed {cfg.seed}"
     print(f"corpus {cfg.corpus} at {cfg.data} | backbone {cfg.backbone} | rule {cfg.labels.rule} "
-          f"| iterations {cfg.iterations} | {seeds}\n{protocol_line(cfg)}", flush=True)
+          f"| stage {stage_text(cfg)} | iterations {cfg.iterations} | {seeds}\n{protocol_line(cfg)}", flush=True)
     if cfg.seeds:
         if resume:
             print(f"--resume: ignored with --seeds (a study always resumes: each finished seed in {seeds_dir(out)}/ "

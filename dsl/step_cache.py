@@ -9,7 +9,8 @@ Two kinds of entry, both named by a hash of everything that determines them:
   a chain of T=2 by the first iterations of T=3 with the same rule and alphas, and two trials sampled with
   the same configuration cost one, under any protocol (its scopes and folds are in the job);
 - an iteration's **scores** (the utterance stage's predictions and, held out, each scope's validation UA):
-  keyed by the keys of the iteration's fold trainings and the same config parts.
+  keyed by the keys of the iteration's fold trainings and the same config parts, with the utterance stage's
+  settings (a fold training's key has only whether the stage needs its embeddings).
 
 "What can change the numbers" is taken broadly: the versions of the libraries that compute (torch, numpy,
 scikit-learn, timm), the CPU model and SIMD flags, and a hash of this package's source files (and of the
@@ -105,13 +106,19 @@ def data_fingerprint(data: Any) -> str:
                  [str(s) for s in data.speakers], list(data.label_names), [Path(p).name for p in data.paths])
 
 
-def config_fingerprint(cfg: ChainConfig) -> dict[str, Any]:
-    """The flat config that can change a fold training or an iteration's scores, with the device and
-    precision as this machine resolves them."""
+def config_fingerprint(cfg: ChainConfig, *, for_folds: bool) -> dict[str, Any]:
+    """The flat config that can change a fold training (`for_folds`) or an iteration's scores, with the
+    device and precision as this machine resolves them. A fold training sees the utterance stage only
+    through what it must output (embeddings or not), so trials that differ only in the stage's own
+    settings share their fold trainings."""
+    from .stages import stage_input
     from .train import resolve_device, resolve_precision
 
     flat = flatten(cfg.to_dict())
-    out = {k: v for k, v in flat.items() if k not in _NOT_IN_KEY and not k.startswith(_NOT_IN_KEY_PREFIXES)}
+    out = {k: v for k, v in flat.items() if k not in _NOT_IN_KEY and not k.startswith(_NOT_IN_KEY_PREFIXES)
+           and not (for_folds and k.startswith("stage."))}
+    if for_folds:
+        out["stage_input"] = stage_input(cfg.stage)
     out["train.device"] = resolve_device(cfg.train.device).type
     out["train.precision"] = resolve_precision(cfg.train.precision, cfg.backbone)
     return out
@@ -126,8 +133,9 @@ class StepKeys:
 
     @classmethod
     def of(cls, cfg: ChainConfig, data: Any) -> StepKeys:
-        common = (code_fingerprint(cfg.plugins), data_fingerprint(data), config_fingerprint(cfg))
-        return cls(_hash("folds", *common), _hash("scores", *common))
+        common = (code_fingerprint(cfg.plugins), data_fingerprint(data))
+        return cls(_hash("folds", *common, config_fingerprint(cfg, for_folds=True)),
+                   _hash("scores", *common, config_fingerprint(cfg, for_folds=False)))
 
     def fold(self, iteration: int, seed: int, train_utterances: np.ndarray, predict_utterances: np.ndarray,
              train_targets: np.ndarray) -> str:

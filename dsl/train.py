@@ -92,16 +92,39 @@ def _autocast(device: torch.device, spec: TrainSpec):
 @torch.no_grad()
 def predict_proba(model: nn.Module, batcher: SegmentBatcher, rows: torch.Tensor, spec: TrainSpec) -> np.ndarray:
     """Softmax posteriors (n, K) in large batches."""
+    return _predict(model, batcher, rows, spec, embeddings=False)[0]
+
+
+@torch.no_grad()
+def predict_with_embeddings(model: nn.Module, batcher: SegmentBatcher, rows: torch.Tensor,
+                            spec: TrainSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Posteriors (n, K) and the segment embeddings (n, E) of the same forward passes: the input of the
+    backbone's classifier (`dsl.backbones.captured_embeddings`), as float32."""
+    post, emb = _predict(model, batcher, rows, spec, embeddings=True)
+    assert emb is not None
+    return post, emb
+
+
+def _predict(model: nn.Module, batcher: SegmentBatcher, rows: torch.Tensor, spec: TrainSpec,
+             embeddings: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    from contextlib import nullcontext
+
+    from .backbones import captured_embeddings
+
     model.eval()
     device = batcher.frames.device
-    out = []
-    for i in range(0, len(rows), spec.eval_batch_size):
-        with _autocast(device, spec):
-            logits = model(batcher(rows[i:i + spec.eval_batch_size]))
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    out, emb = [], []
+    with captured_embeddings(model) if embeddings else nullcontext([]) as kept:
+        for i in range(0, len(rows), spec.eval_batch_size):
+            with _autocast(device, spec):
+                logits = model(batcher(rows[i:i + spec.eval_batch_size]))
+            out.append(torch.softmax(logits.float(), dim=1).cpu())
+            if embeddings:
+                emb.append(kept.pop().float().cpu())
     if not out:
-        return np.zeros((0, 0), dtype=np.float32)
-    return torch.cat(out).numpy().astype(np.float32)
+        return np.zeros((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=np.float32) if embeddings else None
+    post = torch.cat(out).numpy().astype(np.float32)
+    return post, torch.cat(emb).numpy().astype(np.float32) if embeddings else None
 
 
 @torch.no_grad()

@@ -23,6 +23,8 @@ _RUN_FLAG_HELP: dict[str, str] = {
     "alpha_end": "final alpha of an annealing schedule",
     "epsilon": "label-smoothing epsilon",
     "iterations": "number of label updates after iteration 0",
+    "stage": "utterance stage: forest (8 statistics per class -> random forest) or acp (attentive correlation "
+             "pooling; its options: --set stage.input=embedding|posterior, stage.epsilon, stage.dim, ...)",
     "protocol": "fold plan: stratified (the paper's, transductive), speaker_transductive, "
                 "or the leak-free nested, speaker, refinery",
     "folds": "folds for out-of-sample posteriors (outer folds of held-out protocols)",

@@ -2,7 +2,8 @@
 
 `SearchSpace(params, base)(trial)` suggests through an Optuna trial only what applies to the branch
 taken: alpha and its schedule only for rules that use alpha (WDSL), the annealing end only for a
-non-constant schedule, the step only for the `step` schedule, epsilon only for label smoothing, the SSL
+non-constant schedule, the step only for the `step` schedule, epsilon only for label smoothing, the
+MTL-AUG weights only for `train.aux: mtl_aug`, the ACP keys (`stage.*`) only for `stage.name: acp`, the SSL
 feature keys only for `features.kind: ssl` (see `dsl.rules.key_applies`).
 Parameter names are dotted ChainConfig keys, so a trial's Tune config is a set of overrides of the
 base config (`trial_config`). Constants that apply to the branch are returned as a dict (OptunaSearch
@@ -20,8 +21,9 @@ from dsl.config import ChainConfig, FeatureSpec, from_dict
 from dsl.rules import key_applies
 from dsl.trial_config import trial_config
 
-ORDER = ("features.kind", "features.ssl_model", "features.ssl_layer_sum", "features.ssl_layer", "backbone", "labels.rule", "labels.schedule", "labels.alpha", "labels.alpha_end", "labels.alpha_step",
-         "labels.epsilon", "train.aux", "train.aux_cls_weight", "train.aux_rec_weight", "iterations")
+ORDER = ("features.kind", "features.ssl_model", "features.ssl_layer_sum", "features.ssl_layer", "backbone",
+         "labels.rule", "labels.schedule", "labels.alpha", "labels.alpha_end", "labels.alpha_step",
+         "labels.epsilon", "train.aux", "train.aux_cls_weight", "train.aux_rec_weight", "stage.name", "iterations")
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,12 @@ class SearchSpace:
         f = self.base.features
         chosen: dict[str, Any] = {"labels.rule": self.base_rule, "labels.schedule": self.base_schedule,
                                   "train.aux": self.base.train.aux, "features.kind": f.kind,
-                                  "features.ssl_layer_sum": f.ssl_layer_sum}
+                                  "features.ssl_layer_sum": f.ssl_layer_sum, "stage.name": self.base.stage.name}
         constants: dict[str, Any] = {}
         for p in self.params:
             if not key_applies(p.key, chosen["labels.rule"], chosen["labels.schedule"], chosen["train.aux"],
-                               chosen["features.kind"], chosen["features.ssl_layer_sum"]):
+                               kind=chosen["features.kind"], layer_sum=chosen["features.ssl_layer_sum"],
+                               stage=chosen["stage.name"]):
                 continue
             if p.kind == "const":
                 value = constants[p.key] = p.value

@@ -40,7 +40,7 @@ from .space import ParamSpec, SearchSpace, sample_configs
 # Short names of the search parameters -> dotted ChainConfig keys (any dotted key works too).
 ALIASES: dict[str, str] = {name: SHORT_NAMES[name] for name in (
     "backbone", "rule", "alpha", "schedule", "alpha_end", "alpha_step", "epsilon", "iterations", "lr", "segment_hop",
-    "epochs", "batch_size")}
+    "epochs", "batch_size", "stage")}
 # Front-end keys a sweep may search (as lists of choices): the driver extracts each distinct front end once
 # and every trial reads the frames of its own (`sweeps.space.feature_variants`).
 SEARCHABLE_FEATURES = ("features.kind", "features.ssl_model", "features.ssl_layer", "features.ssl_layer_sum")
@@ -123,8 +123,10 @@ def _registry(key: str) -> dict | None:
     from dsl.backbones import BACKBONES
     from dsl.rules import RULES
     from dsl.schedules import SCHEDULES
+    from dsl.stages import STAGE_REGISTRY
 
-    return {"backbone": BACKBONES, "labels.rule": RULES, "labels.schedule": SCHEDULES}.get(key)
+    return {"backbone": BACKBONES, "labels.rule": RULES, "labels.schedule": SCHEDULES,
+            "stage.name": STAGE_REGISTRY}.get(key)
 
 
 def _check_names(name: str, key: str, values: list[Any], problems: list[str]) -> None:

@@ -73,6 +73,10 @@ def test_iteration_zero_is_shared_by_every_rule_and_a_changed_recipe_misses(tone
     for change in ({"train.epochs": 2}, {"segments.hop": 3}, {"train.batch_size": 8}, {"backbone": "vgg19"},
                    {"train.precision": "bf16"}, {"train.aux": "mtl_aug"}, {"protocol.eval_folds": 3}):
         assert StepKeys.of(cfg.replace(**change), data).folds != base.folds, change
+    acp = StepKeys.of(cfg.replace(**{"stage.name": "acp"}), data)
+    assert acp.folds != base.folds  # the fold jobs then also return embeddings
+    acp_posterior = StepKeys.of(cfg.replace(**{"stage.name": "acp", "stage.input": "posterior"}), data)
+    assert acp_posterior.folds == base.folds and acp_posterior.scores != base.scores  # same folds, other stage
     # the seed is in the key twice: it seeds the forest, and each fold job carries a seed derived from it
     assert StepKeys.of(cfg.replace(seed=1), data).folds != base.folds
 
