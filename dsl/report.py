@@ -111,10 +111,23 @@ def paired_against(study: Mapping[str, Any], row: Mapping[str, Any], reference: 
     return mean_interval([mine[s] - base[s] for s in shared])
 
 
-def study_table(studies: Sequence[tuple[str, Mapping[str, Any]]], reference: Mapping[str, Any] | None = None) -> str:
-    """One row per study iteration; with a `reference` study, also each row's UA minus the reference's
-    iteration 0 paired by seed (how a method compares with the baseline on the same folds and seeds)."""
-    ref_head, ref_rule = (" UA vs baseline (paired) |", "---|") if reference is not None else ("", "")
+def setting(study: Mapping[str, Any]) -> tuple[str, str, str]:
+    """What a baseline must share with a study to be paired with it: corpus, protocol, test corpus."""
+    cfg = study["config"]
+    return cfg["corpus"], cfg["protocol"]["name"], cfg["protocol"].get("test_corpus", "")
+
+
+def reference_for(study: Mapping[str, Any], references: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The reference study run in the same setting as `study` (None if there is none)."""
+    return next((r for r in references if setting(r) == setting(study)), None)
+
+
+def study_table(studies: Sequence[tuple[str, Mapping[str, Any]]],
+                references: Sequence[Mapping[str, Any]] = ()) -> str:
+    """One row per study iteration; with `references` (baseline studies), also each row's UA minus the
+    iteration 0 of the reference in the same setting (corpus, protocol, test corpus), paired by seed: how a
+    method compares with the baseline on the same folds and seeds."""
+    ref_head, ref_rule = (" UA vs baseline (paired) |", "---|") if references else ("", "")
     head = (f"| protocol | leak-free | labels | WA % | UA % | UA gain vs iter. 0 (paired) |{ref_head} selected UA % | "
             "wall time / seed | seeds | command |")
     lines = [head, "|---|---|---|---|---|---|" + ref_rule + "---|---|---|---|"]
@@ -122,11 +135,14 @@ def study_table(studies: Sequence[tuple[str, Mapping[str, Any]]], reference: Map
         secs = Interval.from_dict(st["seconds_per_seed"])
         for i, row in enumerate(st["iterations"]):
             ref = ""
-            if reference is not None:
-                diff = paired_against(st, row, reference)
+            reference = reference_for(st, references)
+            if references:
+                diff = paired_against(st, row, reference) if reference is not None else None
                 ref = f" {diff.format() if diff is not None else '–'} |"
+            corpus, protocol, test = setting(st)
+            where = f"`{protocol}`" + (f" {corpus} → {test}" if test else "")
             lines.append(
-                f"| `{st['protocol']['name']}` | {_leak(st)} | {labels_of(st['config'], row)} | {_iv(row, 'wa')} | "
+                f"| {where} | {_leak(st)} | {labels_of(st['config'], row)} | {_iv(row, 'wa')} | "
                 f"{_iv(row, 'ua')} | {_iv(row, 'gain_ua')} |{ref} {_iv(row, 'selected_ua')} | "
                 f"{_mins(secs.mean) if i == 0 else ''} | {','.join(map(str, st['seeds'])) if i == 0 else ''} | "
                 f"{'`' + st['command'] + '`' if i == 0 and st.get('command') else ''} |")
@@ -154,13 +170,15 @@ def machines(results: Sequence[Mapping[str, Any]]) -> list[str]:
     return [f"`{k}`: {v}" for k, v in seen.items()]
 
 
-def markdown(paths: Sequence[str | Path], paired_with: str | Path | None = None) -> str:
-    """Tables of every study and every run among `paths`, then the machines they ran on; `paired_with` (a
-    study) adds each study row's UA difference from that study's iteration 0, paired by seed."""
+def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = ()) -> str:
+    """Tables of every study and every run among `paths`, then the machines they ran on; `paired_with`
+    (baseline studies) adds each study row's UA difference from the iteration 0 of the baseline run in the
+    same setting, paired by seed."""
     loaded = [(str(p), load_result(p)) for p in paths]
-    reference = load_result(paired_with) if paired_with else None
-    if reference is not None and reference["kind"] != "study":
-        raise ConfigError(f"{paired_with}: --paired-with needs a replicate study (a `dsl-sweep run --seeds` result)")
+    references = [load_result(p) for p in paired_with]
+    for p, r in zip(paired_with, references):
+        if r["kind"] != "study":
+            raise ConfigError(f"{p}: --paired-with needs a replicate study (a `dsl-sweep run --seeds` result)")
     studies = [(p, d) for p, d in loaded if d["kind"] == "study"]
     runs = [(p, d) for p, d in loaded if d["kind"] not in ("study", "sweep")]
     parts = [sweep_tables(d) for _, d in loaded if d["kind"] == "sweep"]
@@ -168,8 +186,10 @@ def markdown(paths: Sequence[str | Path], paired_with: str | Path | None = None)
         parts.append("Mean ± half-width of the 95 % t-interval over seeds. The gain is paired: each seed's "
                      "iteration minus the same seed's iteration 0. *Selected UA*: each outer fold's iteration "
                      "picked on its own training utterances (leak-free protocols only)." +
-                     (f" *UA vs baseline*: each row's UA minus iteration 0 of `{paired_with}`, seed by seed over the "
-                      "seeds both ran." if reference is not None else "") + "\n\n" + study_table(studies, reference))
+                     (" *UA vs baseline*: each row's UA minus iteration 0 of " +
+                      ", ".join(f"`{p}`" for p in paired_with) + " (the one with the same corpus, protocol and test "
+                      "corpus), seed by seed over the seeds both ran." if references else "") + "\n\n" +
+                     study_table(studies, references))
     if runs:
         parts.append(run_table(runs))
     ms = machines([d for _, d in loaded])
@@ -216,7 +236,8 @@ def splice(document: str | Path, text: str, command: str, block: str = "") -> Pa
 
 
 def report_from_cli(paths: Sequence[str], out: str | None = None, figure: str | None = None,
-                    into: str | None = None, command: str = "", block: str = "", paired_with: str | None = None) -> int:
+                    into: str | None = None, command: str = "", block: str = "",
+                    paired_with: Sequence[str] = ()) -> int:
     text = markdown(paths, paired_with)
     if figure:
         from .plots import study_plot

@@ -188,9 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "(`<!-- dsl-sweep report: begin NAME -->`), for documents with several")
     rep.add_argument("--save-sweep", help="write the sweep's trials read from MLflow to this JSON (commit it: "
                      "`dsl-sweep report FILE` renders the same tables)")
-    rep.add_argument("--paired-with", metavar="STUDY",
-                     help="a replicate study whose iteration 0 is the baseline: each study row also gets its UA "
-                          "minus that baseline, paired by seed (method comparisons on the same folds and seeds)")
+    rep.add_argument("--paired-with", metavar="STUDY", action="append", default=[],
+                     help="a replicate study whose iteration 0 is the baseline (repeatable: one per corpus/protocol/"
+                          "test corpus): each study row in that setting also gets its UA minus that baseline, paired "
+                          "by seed (method comparisons on the same folds and seeds)")
     rep.add_argument("--out", help="also write the Markdown here")
     rep.add_argument("--figure", help="plot UA per iteration to this PNG (studies: mean and 95 %% interval; a "
                      "sweep: mean per rule)")
