@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         LabelSpec,
         ProtocolSpec,
         SegmentSpec,
+        StageSpec,
         TrainSpec,
         load_config,
     )
@@ -41,7 +42,7 @@ _WHERE = {
     **dict.fromkeys(("ChainResult", "ChainState", "FoldJob", "IterationResult", "iterate_chain", "run_chain",
                      "run_fold_job"), "chain"),
     **dict.fromkeys(("ChainConfig", "ConfigError", "FeatureSpec", "LabelSpec", "ProtocolSpec", "SegmentSpec",
-                     "TrainSpec", "load_config"), "config"),
+                     "StageSpec", "TrainSpec", "load_config"), "config"),
     **dict.fromkeys(("CorpusData", "prepare_data"), "data"),
     "FoldWorkerError": "runners",
 }
@@ -61,7 +62,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ChainConfig", "ChainResult", "ChainState", "ConfigError", "CorpusData", "FeatureSpec", "FoldJob", "FoldWorkerError",
-    "IterationResult", "LabelSpec", "ProtocolSpec", "SegmentSpec", "TrainSpec", "iterate_chain", "load_config",
+    "IterationResult", "LabelSpec", "ProtocolSpec", "SegmentSpec", "StageSpec", "TrainSpec", "iterate_chain", "load_config",
     "prepare_data", "run_chain", "run_fold_job",
 ]
 __version__ = "0.1.0"

@@ -7,7 +7,8 @@ and Ray trials import it too.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -29,6 +30,31 @@ def create_backbone(name: str, n_classes: int) -> nn.Module:
     if name not in BACKBONES:
         raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
     return BACKBONES[name](n_classes)
+
+
+def classifier_of(model: nn.Module) -> nn.Linear:
+    """The network's final classifier, whose input is the segment embedding (MTL-AUG's heads and the
+    `acp` stage read it): timm's `get_classifier()`, else the last `nn.Linear`."""
+    get = getattr(model, "get_classifier", None)
+    if callable(get) and isinstance(get(), nn.Linear):
+        return get()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier: MTL-AUG and the acp stage's "
+                         "embedding input need one (use stage.input: posterior)")
+    return linears[-1]
+
+
+@contextmanager
+def captured_embeddings(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Inside the block, each forward pass appends its embedding (the classifier's input, flattened to
+    (batch, E)) to the yielded list."""
+    kept: list[torch.Tensor] = []
+    handle = classifier_of(model).register_forward_pre_hook(lambda _m, args: kept.append(args[0].flatten(1)))
+    try:
+        yield kept
+    finally:
+        handle.remove()
 
 
 def _timm(name: str, n_classes: int, **kwargs) -> nn.Module:

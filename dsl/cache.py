@@ -1,11 +1,12 @@
 """On-disk feature cache: extract a corpus once, load it memory-mapped ever after.
 
 Layout under the cache directory:
-  corpora/<key>/frames.npy   one contiguous float32 (total_frames + 1, n_mels) array (last row: padding)
-  corpora/<key>/index.json   frame offsets per utterance, paths, feature spec
-  files/<ab>/<filekey>.npy   per-file log-Mel, so a failed or interrupted extraction keeps what it did
+  corpora/<key>/frames.npy   one contiguous float32 (total_frames + 1, width) array (last row: padding)
+  corpora/<key>/index.json   frame offsets per utterance, paths, feature spec, stacked layers per frame
+  files/<ab>/<filekey>.npy   per-file features, so a failed or interrupted extraction keeps what it did
 
-`<key>` hashes the file list (absolute path, size, mtime) and the feature spec. Every entry is
+`<key>` hashes the file list (absolute path, size, mtime) and the features' identity (the spec; for SSL
+features also the checkpoint's fingerprint, `dsl.features.feature_identity`). Every entry is
 written to a temporary name and renamed into place, so an interrupted run leaves no half entry.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from .audio import BadAudioError, load_audio
 from .config import FeatureSpec
-from .features import logmel_batch, stack_utterances
+from .features import compute_features, feature_identity, layers_of, stack_utterances
 from .progress import progress
 
 
@@ -32,10 +33,11 @@ from .progress import progress
 class FrameStore:
     """All frames of a corpus: `frames[offsets[u]:offsets[u+1]]` are utterance u; the last row pads."""
 
-    frames: np.ndarray  # float32 (total + 1, n_mels), often a read-only memmap or object-store view
+    frames: np.ndarray  # float32 (total + 1, width), often a read-only memmap or object-store view
     offsets: np.ndarray  # int64 (n_utterances + 1,)
     paths: tuple[str, ...]
     key: str = ""
+    layers: int = 1  # SSL layer sum: each frame row is L stacked hidden states of width / L
 
     @property
     def n_utterances(self) -> int:
@@ -58,13 +60,15 @@ def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def corpus_key(paths: Sequence[str | Path], spec: FeatureSpec) -> str:
-    """Hash of the file list (paths, sizes, mtimes) and the feature spec."""
-    return _digest({"files": [_file_fingerprint(Path(p)) for p in paths], "spec": dataclasses.asdict(spec)})
+def corpus_key(paths: Sequence[str | Path], spec: FeatureSpec, identity: dict | None = None) -> str:
+    """Hash of the file list (paths, sizes, mtimes) and the features' identity (`feature_identity(spec)`)."""
+    ident = feature_identity(spec) if identity is None else identity
+    return _digest({"files": [_file_fingerprint(Path(p)) for p in paths], "spec": ident})
 
 
-def file_key(path: Path, spec: FeatureSpec) -> str:
-    return _digest({"file": _file_fingerprint(path), "spec": dataclasses.asdict(spec)})
+def file_key(path: Path, spec: FeatureSpec, identity: dict | None = None) -> str:
+    ident = feature_identity(spec) if identity is None else identity
+    return _digest({"file": _file_fingerprint(path), "spec": ident})
 
 
 def _atomic_save_npy(target: Path, array: np.ndarray) -> None:
@@ -85,12 +89,14 @@ def load_cached(key: str, cache_dir: Path) -> FrameStore | None:
         return None
     index = json.loads((entry / "index.json").read_text())
     frames = np.load(entry / "frames.npy", mmap_mode="r")
-    return FrameStore(frames, np.asarray(index["offsets"], dtype=np.int64), tuple(index["paths"]), key)
+    return FrameStore(frames, np.asarray(index["offsets"], dtype=np.int64), tuple(index["paths"]), key,
+                      int(index.get("layers", 1)))
 
 
 def extract_corpus(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: str | Path | None = None,
                    show_progress: bool = True, chunk: int = 32) -> FrameStore:
-    """Log-Mel frames of every file, from the cache when present; raises BadAudioError listing all bad files.
+    """Frames of every file (the spec's front end), from the cache when present; raises BadAudioError
+    listing all bad files (and ConfigError for an unusable SSL checkpoint).
 
     Good files' features are cached per file before the error is raised, so fixing or skipping the
     bad files later recomputes nothing.
@@ -100,7 +106,8 @@ def extract_corpus(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: st
     missing = {str(p): "file does not exist" for p in paths if not p.is_file()}
     if missing:
         raise BadAudioError(missing)
-    key = corpus_key(paths, spec)
+    ident = feature_identity(spec)
+    key = corpus_key(paths, spec, ident)
     cached = load_cached(key, cache_dir)
     if cached is not None:
         return cached
@@ -108,13 +115,14 @@ def extract_corpus(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: st
     per_file: list[np.ndarray | None] = [None] * len(paths)
     todo: list[int] = []
     for i, p in enumerate(paths):
-        f = cache_dir / "files" / (k := file_key(p, spec))[:2] / f"{k}.npy"
+        f = cache_dir / "files" / (k := file_key(p, spec, ident))[:2] / f"{k}.npy"
         if f.exists():
             per_file[i] = np.load(f)
         else:
             todo.append(i)
     problems: dict[str, str] = {}
-    bar = progress(total=len(todo), desc="log-Mel features", unit="file", disable=not show_progress or not todo)
+    desc = "log-Mel features" if spec.kind == "logmel" else f"{spec.kind} features"
+    bar = progress(total=len(todo), desc=desc, unit="file", disable=not show_progress or not todo)
     for start in range(0, len(todo), chunk):
         idx, signals = [], []
         for i in todo[start:start + chunk]:
@@ -123,8 +131,8 @@ def extract_corpus(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: st
                 idx.append(i)
             except BadAudioError as exc:
                 problems.update(exc.problems)
-        for i, feats in zip(idx, logmel_batch(signals, spec)):
-            k = file_key(paths[i], spec)
+        for i, feats in zip(idx, compute_features(signals, spec) if signals else []):
+            k = file_key(paths[i], spec, ident)
             _atomic_save_npy(cache_dir / "files" / k[:2] / f"{k}.npy", feats)
             per_file[i] = feats
         bar.update(len(todo[start:start + chunk]))
@@ -137,13 +145,15 @@ def extract_corpus(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: st
 def _write_corpus_entry(key: str, paths: list[Path], per_file: list[np.ndarray], spec: FeatureSpec,
                         cache_dir: Path) -> FrameStore:
     frames, offsets = stack_utterances(per_file, spec)
+    layers = layers_of(per_file)
     final = cache_dir / "corpora" / key
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{key}-"))
     try:
         np.save(tmp / "frames.npy", frames)
         (tmp / "index.json").write_text(json.dumps({
-            "offsets": offsets.tolist(), "paths": [str(p) for p in paths], "spec": dataclasses.asdict(spec)}))
+            "offsets": offsets.tolist(), "paths": [str(p) for p in paths], "spec": dataclasses.asdict(spec),
+            "layers": layers}))
         try:
             os.rename(tmp, final)
         except OSError:

@@ -6,10 +6,11 @@ checkpointing sweep trial needs; it is a thin wrapper over `ChainIterator`, whic
 plan, runner and iterations in flight. Per-fold trainings are `FoldJob`s handed to a runner, so a
 caller may run the folds of one iteration in parallel (e.g. as Ray tasks); the default runs them in turn.
 
-How an iteration is scored depends on the fold plan (`dsl.protocols`): a transductive plan
-cross-validates one forest over all utterances; a held-out plan trains one forest per scope on the
-scope's training utterances, predicts its test utterances, and picks each scope's iteration by a forest
-CV over its training utterances (`dsl.selection`), so no scored label reaches its score.
+How an iteration is scored depends on the fold plan (`dsl.protocols`) and the utterance stage
+(`stage.name`, `dsl.stages`: the paper's random forest or attentive correlation pooling): a transductive
+plan cross-validates one stage over all utterances; a held-out plan trains one stage per scope on the
+scope's training utterances, predicts its test utterances, and picks each scope's iteration by a CV of
+the stage over its training utterances (`dsl.selection`), so no scored label reaches its score.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import numpy as np
 from .config import ChainConfig
 from .data import CorpusData
 from .environment import machine_info
-from .evaluate import UtteranceScores, cross_validated_proba, forest_proba, scores, utterance_features, validation_ua
+from .evaluate import UtteranceScores, scores
 from .fold_job import (
     FoldJob,
     FoldOutput,
@@ -43,6 +44,8 @@ from .runners import LocalRunner, Runner, local_runner, submitter
 from .schedules import schedule_alpha
 from .segments import SegmentIndex, build_segments
 from .selection import reported_iteration, selected_scores
+from .stages import make_stage, per_utterance, stage_input, standardised
+from .step_cache import StepCache, StepKeys
 
 __all__ = ["ChainIterator", "ChainResult", "ChainState", "FoldJob", "FoldOutput", "IterationResult", "LocalRunner",
            "Runner", "TrainedFold", "derive_seed", "iterate_chain", "local_runner", "normalisation_stats", "run_chain",
@@ -95,10 +98,11 @@ class IterationResult:
     epochs: float  # mean epochs trained per fold
     seconds: float
     segments_per_second: float
-    val_ua: list[float] | None = None  # held out: per scope, forest CV UA over its training utterances
+    val_ua: list[float] | None = None  # held out: per scope, stage CV UA over its training utterances
     selected_iterations: list[int] | None = None  # held out: per scope, the iteration val_ua picks so far
     selected_wa: float | None = None
     selected_ua: float | None = None
+    from_cache: bool = False  # every fold training and the scores were served by the step cache
     utterances: list[dict] = field(default_factory=list, repr=False)  # corpus order: file, fold, label, predicted, proba
     posteriors: np.ndarray | None = field(default=None, repr=False)  # out-of-sample, (n_segments, K)
     utterance_predictions: np.ndarray | None = field(default=None, repr=False)
@@ -114,7 +118,7 @@ class IterationResult:
 
 def utterance_records(paths: tuple[str, ...], labels: np.ndarray, fold_of: np.ndarray, proba: np.ndarray,
                       target_entropy: np.ndarray | None = None) -> list[dict]:
-    """Per utterance in corpus order: file name, outer fold, true and predicted label, forest probabilities,
+    """Per utterance in corpus order: file name, outer fold, true and predicted label, the stage's probabilities,
     and the mean entropy of the targets its segments were trained on (None where no scope trains on it)."""
     pred = np.argmax(proba, axis=1)
     ent = np.full(len(paths), np.nan) if target_entropy is None else target_entropy
@@ -160,6 +164,8 @@ class _Iteration:
     outputs: dict[tuple[int, int], FoldOutput] = field(default_factory=dict)
     submitted: set[tuple[int, int]] = field(default_factory=set)
     label_stats: tuple[float, float, np.ndarray] | None = None  # of the targets this iteration trains on
+    keys: dict[tuple[int, int], str] = field(default_factory=dict)  # step-cache key of each fold training
+    cached: set[tuple[int, int]] = field(default_factory=set)  # fold trainings the step cache served
 
 
 def _done_future(value: FoldOutput) -> Future:
@@ -180,14 +186,14 @@ class ChainIterator:
     cfg: ChainConfig
     data: CorpusData
     show_progress: bool  # show a bar over the fold trainings
-    rf_jobs: int | None  # n_jobs of the utterance-level forests
+    rf_jobs: int | None  # n_jobs of the utterance-level forests (stage forest)
     seg: SegmentIndex  # the corpus cut into segments, the unit the networks train on
     seg_labels: np.ndarray  # each segment's utterance label
     y: np.ndarray  # one-hot `seg_labels`: the original targets the label rule mixes with posteriors
     plan: FoldPlan  # the protocol's scopes and their folds
     fold_of: np.ndarray  # each utterance's outer fold, for per-fold scores and records
     scored_segments: np.ndarray  # segments of utterances that are scored (fold >= 0)
-    groups: np.ndarray | None  # speaker ids when the forest CV must keep speakers apart
+    groups: np.ndarray | None  # speaker ids when the stage's CV must keep speakers apart
     fold_segments: list[list[np.ndarray]]  # per scope, per fold: its segments (where its targets change)
     test_segments: list[np.ndarray]  # per scope: the segments of its test utterances
     rule: LabelRule  # turns a fold's posteriors into its segments' next targets
@@ -201,10 +207,15 @@ class ChainIterator:
     n_jobs: int  # fold trainings per iteration, over all scopes
     pending: dict[Future, tuple[int, int, int]]  # running jobs -> (iteration, scope, fold)
     books: dict[int, _Iteration]  # iterations with jobs submitted and not yet finished
+    cache: StepCache | None  # serves and keeps fold trainings and scores (see `dsl.step_cache`)
+    keys: StepKeys | None  # the key parts fixed for this chain (with a cache)
 
     def __init__(self, cfg: ChainConfig, data: CorpusData, state: ChainState | None = None,
-                 runner: Runner | None = None, show_progress: bool = True, rf_jobs: int | None = None) -> None:
+                 runner: Runner | None = None, show_progress: bool = True, rf_jobs: int | None = None,
+                 step_cache: StepCache | None = None) -> None:
         self.cfg, self.data, self.show_progress, self.rf_jobs = cfg, data, show_progress, rf_jobs
+        self.cache = step_cache
+        self.keys = StepKeys.of(cfg, data) if step_cache is not None else None
         load_plugins(cfg.plugins)
         self.seg = build_segments(data.frame_offsets, cfg.segments, warn=state is None)
         self.seg_labels = data.labels[self.seg.utt]
@@ -283,14 +294,32 @@ class ChainIterator:
                        derive_seed(self.cfg.seed, it, s, f))
 
     def start_iteration(self, book: _Iteration, targets: list[np.ndarray]) -> None:
-        """Submit the iteration's jobs that are not running yet (all of them unless pipelined)."""
+        """Submit the iteration's jobs that are not running yet (all of them unless pipelined) and not cached."""
         todo = [(s, f) for s, scope in enumerate(self.plan.scopes) for f in range(len(scope.folds))
                 if (s, f) not in book.submitted]
-        jobs = [self.job(book.it, s, f, targets[s]) for s, f in todo]
+        jobs = {(s, f): self.job(book.it, s, f, targets[s]) for s, f in todo}
+        for s, f in todo:
+            if (cached := self.cached_output(book, s, f, jobs[(s, f)])) is not None:
+                self.track(book, s, f, cached)
+        todo = [sf for sf in todo if sf not in book.submitted]
         submit = self.submit
-        futures = [submit(j) for j in jobs] if submit is not None else [_done_future(o) for o in self.runner(jobs)]
+        futures = ([submit(jobs[sf]) for sf in todo] if submit is not None
+                   else [_done_future(o) for o in self.runner([jobs[sf] for sf in todo])])
         for (s, f), fut in zip(todo, futures):
             self.track(book, s, f, fut)
+
+    def cached_output(self, book: _Iteration, s: int, f: int, job: FoldJob) -> Future | None:
+        """With a step cache: note the job's key in `book` and return its cached output as a done future."""
+        if self.cache is None or self.keys is None:
+            return None
+        train_rows = job.targets[self.seg.of_utterances(job.train_utterances)]
+        key = book.keys[(s, f)] = self.keys.fold(job.iteration, job.seed, job.train_utterances,
+                                                  job.predict_utterances, train_rows)
+        out = self.cache.get_fold(key)
+        if out is None:
+            return None
+        book.cached.add((s, f))
+        return _done_future(out)
 
     def track(self, book: _Iteration, s: int, f: int, fut: Future) -> None:
         """Note that fold `f` of scope `s` runs (or ran) for `book`'s iteration."""
@@ -299,6 +328,8 @@ class ChainIterator:
 
     def record(self, book: _Iteration, s: int, f: int, out: FoldOutput) -> None:
         """Keep the output; the fold's segments get their targets for the next iteration right away."""
+        if self.cache is not None and (s, f) not in book.cached:
+            out = self.cache.put_fold(book.keys[(s, f)], out)  # the stored one: equal for every reader
         book.outputs[(s, f)] = out
         idx = self.fold_segments[s][f]
         q = out.posteriors[:len(idx)]
@@ -318,7 +349,8 @@ class ChainIterator:
             needed_done = all((s, h) in book.outputs for h in self.plan.scopes[s].needs(g))
             if (s, g) not in nxt.submitted and needed_done:
                 # The job reads only the rows of the folds it needs, and those rows are final.
-                self.track(nxt, s, g, self.submit(self.job(nxt.it, s, g, book.next_targets[s].copy())))
+                job = self.job(nxt.it, s, g, book.next_targets[s].copy())
+                self.track(nxt, s, g, self.cached_output(nxt, s, g, job) or self.submit(job))
 
     def posteriors(self, book: _Iteration) -> tuple[list[np.ndarray], np.ndarray]:
         """Per scope, its out-of-fold segment posteriors; and the posteriors the scores are taken from."""
@@ -336,32 +368,61 @@ class ChainIterator:
                 eval_post[idx] = scope_oos[s][idx]
         return scope_oos, eval_post
 
-    def forest_scores(self, scope_oos: list[np.ndarray],
-                      eval_post: np.ndarray) -> tuple[UtteranceScores, list[float] | None]:
-        """Utterance scores of a forest on the pooled segment posteriors, and under a held-out plan each
-        scope's validation UA (forest CV over its training utterances), which picks its iteration."""
-        seg, labels, k, cfg = self.seg, self.data.labels, self.data.n_classes, self.cfg
-        if self.plan.held_out:  # each scope's forest sees only its training utterances; their CV picks the iteration
+    def segment_vectors(self, book: _Iteration, s: int) -> tuple[dict[int, np.ndarray], list[list[np.ndarray]]]:
+        """What the utterance stage reads of scope `s` (`dsl.stages`): per training utterance its out-of-fold
+        segment vectors, and per fold network the test utterances' vectors (in `scope.test` order).
+        Posteriors as they are; embeddings standardised per network over its out-of-fold segments."""
+        scope, offsets = self.plan.scopes[s], self.seg.offsets
+        embedding = stage_input(self.cfg.stage) == "embedding"
+        train: dict[int, np.ndarray] = {}
+        views: list[list[np.ndarray]] = []
+        for f, fold in enumerate(scope.folds):  # in fold order, so the views' order does not depend on completion
+            out, n = book.outputs[(s, f)], len(self.fold_segments[s][f])
+            if embedding and out.embeddings is None:
+                raise RuntimeError(f"fold job ({book.it}, {s}, {f}) returned no embeddings for stage.input: "
+                                   "embedding (a runner built for another config?)")
+            x = standardised(out.embeddings, n) if embedding else out.posteriors
+            train.update(per_utterance(x[:n], offsets, fold))
+            if len(scope.test):
+                views.append(list(per_utterance(x[n:], offsets, scope.test).values()))
+        return train, views
+
+    def stage_scores(self, book: _Iteration) -> tuple[UtteranceScores, list[float] | None]:
+        """Utterance scores of the configured utterance stage (`dsl.stages`), and under a held-out plan each
+        scope's validation UA (a CV of the stage over its training utterances), which picks its iteration."""
+        labels, k, cfg = self.data.labels, self.data.n_classes, self.cfg
+        stage = make_stage(cfg.stage, k, self.rf_jobs, cfg.train.num_threads)
+        if self.plan.held_out:  # each scope's stage sees only its training utterances; their CV picks the iteration
             proba = np.zeros((self.data.n_utterances, k), dtype=np.float32)
             val_ua: list[float] = []
             for s, scope in enumerate(self.plan.scopes):
-                train_feats = utterance_features(scope_oos[s], seg.offsets, scope.train)
-                test_feats = utterance_features(eval_post, seg.offsets, scope.test)
-                proba[scope.test] = forest_proba(train_feats, labels[scope.train], test_feats, k, cfg.seed + s,
-                                                 self.rf_jobs)
+                vectors, views = self.segment_vectors(book, s)
+                train = [vectors[int(u)] for u in scope.train]
+                proba[scope.test] = stage.fit_proba(train, labels[scope.train], views, cfg.seed + s)
                 groups = self.groups[scope.train] if self.groups is not None else None
-                val_ua.append(validation_ua(train_feats, labels[scope.train], k, cfg.protocol.select_folds,
-                                            cfg.seed + s, groups, self.rf_jobs))
+                val_ua.append(stage.validation_ua(train, labels[scope.train], cfg.protocol.select_folds,
+                                                  cfg.seed + s, groups))
             return scores(labels, proba, self.fold_of, k), val_ua
-        # transductive: the forest is cross-validated over all utterances, as in the paper
-        proba, forest_fold = cross_validated_proba(utterance_features(eval_post, seg.offsets), labels, k,
-                                                   cfg.protocol.eval_folds, cfg.seed, self.groups, self.rf_jobs)
-        return scores(labels, proba, forest_fold, k), None
+        # transductive: the stage is cross-validated over all utterances, as in the paper
+        vectors, _ = self.segment_vectors(book, 0)
+        every = [vectors[u] for u in range(self.data.n_utterances)]
+        proba, stage_fold = stage.cross_validated_proba(every, labels, cfg.protocol.eval_folds, cfg.seed, self.groups)
+        return scores(labels, proba, stage_fold, k), None
+
+    def scores(self, book: _Iteration) -> tuple[UtteranceScores, list[float] | None, bool]:
+        """`stage_scores`, through the step cache when there is one; True when the cache served them."""
+        if self.cache is None or self.keys is None:
+            return (*self.stage_scores(book), False)
+        order = [(s, f) for s, scope in enumerate(self.plan.scopes) for f in range(len(scope.folds))]
+        key = self.keys.scores_of([book.keys[sf] for sf in order])
+        if (hit := self.cache.get_scores(key)) is not None:
+            return (*hit, True)
+        return (*self.cache.put_scores(key, *self.stage_scores(book)), False)
 
     def finish(self, book: _Iteration, since: float) -> tuple[IterationResult, ChainState]:
         """Score a finished iteration; the state after it carries its next targets and the history."""
-        scope_oos, eval_post = self.posteriors(book)
-        sc, val_ua = self.forest_scores(scope_oos, eval_post)
+        _, eval_post = self.posteriors(book)
+        sc, val_ua, scores_cached = self.scores(book)
         outputs = [book.outputs[(s, f)] for s, scope in enumerate(self.plan.scopes) for f in range(len(scope.folds))]
         changed, entropy, utt_entropy = book.label_stats  # type: ignore[misc]
         result = IterationResult(
@@ -373,7 +434,8 @@ class ChainIterator:
             segments_per_second=float(np.mean([o.segments_per_second for o in outputs])), val_ua=val_ua,
             utterances=utterance_records(self.data.paths, self.data.labels, self.fold_of, sc.probabilities,
                                          utt_entropy),
-            posteriors=eval_post, utterance_predictions=sc.predictions)
+            posteriors=eval_post, utterance_predictions=sc.predictions,
+            from_cache=scores_cached and len(book.cached) == self.n_jobs)
         history = self.state.history
         if val_ua is not None:
             picks, chosen = selected_scores([*history, result.to_dict()], self.data.n_classes)
@@ -382,8 +444,8 @@ class ChainIterator:
 
 
 def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None = None,
-                  runner: Runner | None = None, show_progress: bool = True,
-                  rf_jobs: int | None = None) -> Iterator[tuple[IterationResult, ChainState]]:
+                  runner: Runner | None = None, show_progress: bool = True, rf_jobs: int | None = None,
+                  step_cache: StepCache | None = None) -> Iterator[tuple[IterationResult, ChainState]]:
     """Run iterations `state.next_iteration .. cfg.iterations`, yielding each result and the state after it.
 
     With a runner that can `submit` single jobs and a label rule that is local to an utterance (every
@@ -393,7 +455,7 @@ def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None =
     rows); 5 folds on 2 workers then keep both busy instead of leaving one idle for a sixth of every
     iteration. `IterationResult.seconds` is the wall time since the previous iteration finished.
     """
-    yield from ChainIterator(cfg, data, state, runner, show_progress, rf_jobs)
+    yield from ChainIterator(cfg, data, state, runner, show_progress, rf_jobs, step_cache)
 
 
 @dataclass
@@ -431,14 +493,15 @@ RESULT_FORMAT = 2  # result JSON layout version (2: protocol, environment, per-u
 
 
 def run_chain(cfg: ChainConfig, data: CorpusData, runner: Runner | None = None, show_progress: bool = True,
-              on_iteration: Callable[[IterationResult], None] | None = None) -> ChainResult:
+              on_iteration: Callable[[IterationResult], None] | None = None,
+              step_cache: StepCache | None = None) -> ChainResult:
     """Run the whole chain (iteration 0 + `cfg.iterations` label updates) and collect the results."""
     start = time.perf_counter()
     results = []
     own = runner is None
     runner = runner or local_runner(data, cfg)
     try:
-        for result, _ in iterate_chain(cfg, data, runner=runner, show_progress=show_progress):
+        for result, _ in iterate_chain(cfg, data, runner=runner, show_progress=show_progress, step_cache=step_cache):
             results.append(result)
             if on_iteration:
                 on_iteration(result)

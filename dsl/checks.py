@@ -8,7 +8,7 @@ from .config import ChainConfig, ConfigError
 from .corpora import CORPUS_FORMATS
 from .plugins import load_plugins
 from .protocols import PROTOCOLS
-from .rules import RULES, key_applies
+from .rules import RULES, SSL_KEYS, key_applies
 from .schedules import SCHEDULES
 
 
@@ -81,10 +81,51 @@ def config_problems(cfg: ChainConfig) -> list[str]:
         p.append(f"train.val_fraction = {t.val_fraction}; must be in [0, 0.5)")
     if not 0.0 < t.epoch_fraction <= 1.0:
         p.append(f"train.epoch_fraction = {t.epoch_fraction}; must be in (0, 1]")
+    p += feature_problems(cfg)
+    p += stage_problems(cfg)
     if cfg.segments.length < 1 or cfg.segments.hop < 1:
         p.append(f"segments.length and segments.hop must be >= 1; got {cfg.segments}")
     if cfg.bad_files not in ("fail", "skip"):
         p.append(f"bad_files = {cfg.bad_files!r}; allowed: fail, skip")
+    return p
+
+
+def feature_problems(cfg: ChainConfig) -> list[str]:
+    """`features.kind` and, for `ssl`, the checkpoint directory (exists, loadable, layer in range)."""
+    from .config import FEATURE_KINDS, FeatureSpec
+
+    f = cfg.features
+    if f.kind not in FEATURE_KINDS:
+        return [f"features.kind {f.kind!r} is unknown; allowed: {', '.join(FEATURE_KINDS)}"]
+    given = [k for k in SSL_KEYS if getattr(f, k.split(".", 1)[1]) != getattr(FeatureSpec(), k.split(".", 1)[1])
+             and not key_applies(k, cfg.labels.rule, kind=f.kind, layer_sum=f.ssl_layer_sum)]
+    if given:
+        return [f"{', '.join(given)} given but not used: the ssl keys apply only to features.kind: ssl, and "
+                "features.ssl_layer only without features.ssl_layer_sum"]
+    if f.kind == "ssl":
+        from .ssl_features import checkpoint_problems
+
+        return checkpoint_problems(f)
+    return []
+
+
+def stage_problems(cfg: ChainConfig) -> list[str]:
+    """Problems of the utterance stage (`stage.*`)."""
+    from .config import STAGE_INPUTS
+    from .stages import STAGE_REGISTRY
+
+    st = cfg.stage
+    if st.name not in STAGE_REGISTRY:
+        return [f"stage.name {st.name!r} is unknown; allowed: {', '.join(STAGE_REGISTRY)}"]
+    if st.name != "acp":
+        return []
+    p = []
+    if st.input not in STAGE_INPUTS:
+        p.append(f"stage.input {st.input!r} is unknown; allowed: {', '.join(STAGE_INPUTS)}")
+    if not 0.0 <= st.epsilon < 1.0:
+        p.append(f"stage.epsilon = {st.epsilon} is outside [0, 1)")
+    if st.dim < 2 or st.epochs < 1 or st.batch_size < 1 or st.lr <= 0 or st.weight_decay < 0:
+        p.append(f"stage: dim >= 2, epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0 required; got {st}")
     return p
 
 

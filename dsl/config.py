@@ -20,7 +20,10 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Log-Mel front end (paper: 16 kHz, 25 ms Hann, 10 ms hop, 512 FFT, 64 HTK mels, 125-7500 Hz)."""
+    """Front end: log-Mel (paper: 16 kHz, 25 ms Hann, 10 ms hop, 512 FFT, 64 HTK mels, 125-7500 Hz), or a
+    self-supervised speech model's hidden states per frame (`kind: ssl`, see `dsl.ssl_features`)."""
+
+    kind: str = "logmel"  # logmel | ssl
 
     sample_rate: int = 16000
     n_fft: int = 512
@@ -30,6 +33,9 @@ class FeatureSpec:
     fmin: float = 125.0
     fmax: float = 7500.0
     log_eps: float = 1e-10
+    ssl_model: str = ""  # ssl: a local Hugging Face checkpoint directory (save_pretrained); nothing is downloaded
+    ssl_layer: int = -1  # ssl: index into the model's hidden_states (0: the CNN encoder's projection, -1: last)
+    ssl_layer_sum: bool = False  # ssl: cache every hidden state; a learned softmax-weighted sum feeds the network
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class SegmentSpec:
     hop: int = 1
 
 
+FEATURE_KINDS = ("logmel", "ssl")  # features.kind; see dsl.features.compute_features
 PRECISIONS = ("fp32", "bf16", "auto")  # train.precision (CPU); see dsl.train.resolve_precision
 
 
@@ -98,6 +105,28 @@ class ProtocolSpec:
     label_map: str = ""  # cross_corpus: NAME=SHARED,... on top of dsl.cross_corpus.SYNONYMS
 
 
+STAGES = ("forest", "acp")  # stage.name; see dsl.stages
+STAGE_INPUTS = ("embedding", "posterior")  # stage.input of the acp stage
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """The utterance stage that turns out-of-sample segment outputs into utterance labels (`dsl.stages`):
+    `forest` (the paper's random forest on 8 statistics per class of segment posteriors) or `acp`
+    (attentive correlation pooling, `dsl.acp`, on segment embeddings or posteriors). Every key but `name`
+    applies to `acp` only; it trains per scope per iteration on a few hundred utterances (seconds on a CPU)."""
+
+    name: str = "forest"
+    input: str = "embedding"  # acp: embedding (the backbone's penultimate layer) | posterior
+    epsilon: float = 0.1  # acp: label smoothing of its cross-entropy
+    dim: int = 32  # acp: channels after the learned projection; the correlation matrix is dim x dim
+    with_mean: bool = True  # acp: the attention-weighted channel means join the correlations
+    epochs: int = 20  # acp: EmoDB cpu preset, refinery, iteration 0: UA 72.1 % (forest 71.9 %), ~1 s CPU per fit
+    lr: float = 1e-2
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+
+
 @dataclass(frozen=True)
 class ChainConfig:
     """Everything one DSL chain needs besides the audio."""
@@ -112,6 +141,7 @@ class ChainConfig:
     train: TrainSpec = field(default_factory=TrainSpec)
     labels: LabelSpec = field(default_factory=LabelSpec)
     protocol: ProtocolSpec = field(default_factory=ProtocolSpec)
+    stage: StageSpec = field(default_factory=StageSpec)
     cache_dir: str = ""  # "" -> $DSL_CACHE_DIR or ~/.cache/dsl-sweeps
     bad_files: str = "fail"  # fail | skip: what to do with audio that fails validation
     plugins: tuple[str, ...] = ()  # modules registering own backbones/rules, imported in every worker
@@ -177,6 +207,7 @@ SHORT_NAMES: dict[str, str] = {
     "alpha_step": "labels.alpha_step",
     "epsilon": "labels.epsilon",
     "iterations": "iterations",
+    "stage": "stage.name",
     "protocol": "protocol.name",
     "folds": "protocol.folds",
     "inner_folds": "protocol.inner_folds",

@@ -22,13 +22,14 @@ class CorpusData:
     `frames` may be a read-only memmap or a Ray object-store view: nothing here writes to it.
     """
 
-    frames: np.ndarray  # float32 (total_frames + 1, n_mels); last row pads short utterances
+    frames: np.ndarray  # float32 (total_frames + 1, width); last row pads short utterances
     frame_offsets: np.ndarray  # int64 (n_utterances + 1,)
     labels: np.ndarray  # int64 (n_utterances,)
     speakers: np.ndarray  # str (n_utterances,)
     label_names: tuple[str, ...]
     paths: tuple[str, ...]
     skipped: dict[str, str] = field(default_factory=dict)  # bad files left out under bad_files=skip
+    layers: int = 1  # SSL layer sum: each frame row holds `layers` stacked hidden states (dsl.layer_sum)
 
     @property
     def n_utterances(self) -> int:
@@ -66,7 +67,7 @@ def _log_skipped(problems: dict[str, str]) -> None:
 
 def prepare_data(cfg: ChainConfig, corpus: Corpus | None = None, show_progress: bool = True,
                  skipped: dict[str, str] | None = None) -> CorpusData:
-    """Parse the corpus and load (or extract once) its log-Mel frames, honouring `cfg.bad_files`.
+    """Parse the corpus and load (or extract once) its frames (`cfg.features`), honouring `cfg.bad_files`.
 
     Under `skip`, files whose audio is unusable are dropped and listed in `CorpusData.skipped`
     (with any `skipped` already found while parsing); the good files' features stay cached.
@@ -87,4 +88,4 @@ def prepare_data(cfg: ChainConfig, corpus: Corpus | None = None, show_progress: 
     return CorpusData(
         frames=store.frames, frame_offsets=store.offsets, labels=corpus.labels,
         speakers=np.asarray(corpus.speakers, dtype=str), label_names=corpus.label_names,
-        paths=tuple(str(p) for p in corpus.paths), skipped=skipped)
+        paths=tuple(str(p) for p in corpus.paths), skipped=skipped, layers=store.layers)

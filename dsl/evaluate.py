@@ -9,6 +9,7 @@ utterances (`validation_ua`) is what picks the scope's iteration. WA is accuracy
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,10 +27,14 @@ def utterance_features(posteriors: np.ndarray, offsets: np.ndarray, utterances: 
     With `utterances`, only those rows, in that order.
     """
     utts = np.arange(len(offsets) - 1) if utterances is None else np.asarray(utterances)
-    k = posteriors.shape[1]
-    out = np.empty((len(utts), len(STAT_NAMES) * k), dtype=np.float32)
-    for row, u in enumerate(utts):
-        p = posteriors[offsets[u]:offsets[u + 1]]
+    return utterance_statistics([posteriors[offsets[u]:offsets[u + 1]] for u in utts], posteriors.shape[1])
+
+
+def utterance_statistics(per_utterance: Sequence[np.ndarray], n_classes: int | None = None) -> np.ndarray:
+    """(n_utterances, 8K) features of a list of per-utterance (segments, K) posteriors (see `utterance_features`)."""
+    k = n_classes if n_classes is not None else np.shape(per_utterance[0])[1]
+    out = np.empty((len(per_utterance), len(STAT_NAMES) * k), dtype=np.float32)
+    for row, p in enumerate(per_utterance):
         pct = np.percentile(p, [1, 99, 25, 50, 75], axis=0)
         out[row] = np.concatenate([p.mean(axis=0), pct[0], pct[1], pct[2], pct[3], pct[4],
                                  (p > 0.2).mean(axis=0), (p > 0.3).mean(axis=0)])

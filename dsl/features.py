@@ -1,12 +1,15 @@
-"""Log-Mel filterbank features exactly as in the paper, computed in batches with torch.
+"""Log-Mel filterbank features exactly as in the paper, computed in batches with torch; and the front-end
+dispatch (`compute_features`, `feature_identity`) that the cache and the fitted model share.
 
 `logmel_reference` is the direct librosa call the paper's recipe describes; `logmel_batch` computes
 the same numbers (to float32 rounding) with one batched STFT and one mel matmul, which is several
-times faster per clip. Tests hold the two equal.
+times faster per clip. Tests hold the two equal. `features.kind: ssl` is `dsl.ssl_features`.
 """
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,12 +67,44 @@ def logmel_batch(signals: list[np.ndarray], spec: FeatureSpec, batch_seconds: fl
     return out  # type: ignore[return-value]
 
 
+SSL_FIELDS = ("kind", "ssl_model", "ssl_layer", "ssl_layer_sum")
+
+
+def compute_features(signals: list[np.ndarray], spec: FeatureSpec) -> list[np.ndarray]:
+    """Per-utterance features of the spec's front end: (frames, n_mels) log-Mel, (frames, D) of one SSL
+    layer, or (frames, L, D) of every SSL hidden state."""
+    if spec.kind == "ssl":
+        from .ssl_features import ssl_batch
+
+        return ssl_batch(signals, spec)
+    return logmel_batch(signals, spec)
+
+
+def feature_identity(spec: FeatureSpec) -> dict[str, Any]:
+    """What the cache keys hash for these features. Log-Mel: the log-Mel fields alone (keys made before
+    `kind` existed stay valid); SSL: the whole spec plus the checkpoint's fingerprint."""
+    fields = dataclasses.asdict(spec)
+    if spec.kind == "ssl":
+        from .ssl_features import identity
+
+        return {**fields, **identity(spec)}
+    return {k: v for k, v in fields.items() if k not in SSL_FIELDS}
+
+
+def layers_of(per_utterance: list[np.ndarray] | tuple[np.ndarray, ...]) -> int:
+    """Stacked layers per frame: L of (frames, L, D) arrays (SSL layer sum), else 1."""
+    return int(per_utterance[0].shape[1]) if per_utterance and per_utterance[0].ndim == 3 else 1
+
+
 def stack_utterances(per_utterance: list[np.ndarray] | tuple[np.ndarray, ...],
                      spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
-    """One contiguous float32 (total_frames + 1, n_mels) array and its int64 offsets: utterance u is
-    `frames[offsets[u]:offsets[u+1]]`; the last row is silence (log of the floor), which pads utterances
-    shorter than one segment. The layout every chain, cache and model reads."""
-    lengths = [len(f) for f in per_utterance]
+    """One contiguous float32 (total_frames + 1, width) array and its int64 offsets: utterance u is
+    `frames[offsets[u]:offsets[u+1]]`; the last row pads utterances shorter than one segment (log-Mel:
+    silence, the log of the floor; SSL: zeros). (frames, L, D) inputs are flattened to width L*D. The
+    layout every chain, cache and model reads."""
+    flat = [f.reshape(len(f), -1) for f in per_utterance]
+    lengths = [len(f) for f in flat]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    pad = np.full((1, spec.n_mels), np.log(spec.log_eps), dtype=np.float32)
-    return np.concatenate([*per_utterance, pad]).astype(np.float32, copy=False), offsets
+    width = flat[0].shape[1] if flat else spec.n_mels
+    pad = np.full((1, width), 0.0 if spec.kind == "ssl" else np.log(spec.log_eps), dtype=np.float32)
+    return np.concatenate([*flat, pad]).astype(np.float32, copy=False), offsets

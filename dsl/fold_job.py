@@ -17,7 +17,16 @@ from .config import ChainConfig
 from .data import CorpusData
 from .plugins import load_plugins
 from .segments import SegmentIndex, build_segments
-from .train import FitStats, SegmentBatcher, fit, predict_proba, resolve_device, resolve_precision
+from .stages import stage_input
+from .train import (
+    FitStats,
+    SegmentBatcher,
+    fit,
+    predict_proba,
+    predict_with_embeddings,
+    resolve_device,
+    resolve_precision,
+)
 
 
 def derive_seed(*parts: int) -> int:
@@ -39,11 +48,14 @@ class FoldJob:
 
 @dataclass(frozen=True)
 class FoldOutput:
+    """What a fold job sends back (pickled between processes and Ray tasks: plain arrays and numbers)."""
+
     posteriors: np.ndarray  # (segments of predict_utterances, K)
     epochs: int
     best_epoch: int
     seconds: float
     segments_per_second: float
+    embeddings: np.ndarray | None = None  # (segments of predict_utterances, E) float16, only for stages that read them
 
 
 @dataclass
@@ -59,7 +71,7 @@ class TrainedFold:
 
 
 def normalisation_stats(frames: np.ndarray, offsets: np.ndarray, utterances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-mel-bin mean and std over the frames of `utterances` (the training folds only)."""
+    """Per-dimension (mel bin, SSL unit) mean and std over the frames of `utterances` (the training folds only)."""
     n = 0
     s = np.zeros(frames.shape[1], dtype=np.float64)
     ss = np.zeros(frames.shape[1], dtype=np.float64)
@@ -124,7 +136,7 @@ def train_fold(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: Segme
     targets = torch.from_numpy(np.ascontiguousarray(job.targets, dtype=np.float32))
     tr_t, va_t = torch.from_numpy(tr_seg).to(device), torch.from_numpy(va_seg).to(device)
     model, stats = fit(cfg.backbone, data.n_classes, batcher, rows[tr_t], targets[tr_seg].to(device),
-                       rows[va_t], targets[va_seg].to(device), cfg.train, job.seed)
+                       rows[va_t], targets[va_seg].to(device), cfg.train, job.seed, data.layers)
     return TrainedFold(model, stats, batcher, rows, mean, std)
 
 
@@ -133,6 +145,18 @@ def run_fold_job(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: Seg
     seg = segments if segments is not None else build_segments(data.frame_offsets, cfg.segments, warn=False)
     fold = train_fold(job, data, cfg, seg)
     pr_seg = torch.from_numpy(seg.of_utterances(job.predict_utterances)).to(fold.rows.device)
-    post = predict_proba(fold.model, fold.batcher, fold.rows[pr_seg], with_resolved_precision(cfg).train)
+    spec = with_resolved_precision(cfg).train
+    emb = None
+    if stage_input(cfg.stage) == "embedding":  # the acp stage reads the penultimate layer; the forest does not
+        post, emb32 = predict_with_embeddings(fold.model, fold.batcher, fold.rows[pr_seg], spec)
+        emb = compact(emb32)
+    else:
+        post = predict_proba(fold.model, fold.batcher, fold.rows[pr_seg], spec)
     s = fold.stats
-    return FoldOutput(post, s.epochs, s.best_epoch, s.seconds, s.segments_per_second)
+    return FoldOutput(post, s.epochs, s.best_epoch, s.seconds, s.segments_per_second, emb)
+
+
+def compact(embeddings: np.ndarray) -> np.ndarray:
+    """float16 (half the memory and transfer of float32) unless a value would overflow it."""
+    finite16 = float(np.finfo(np.float16).max) / 2
+    return embeddings.astype(np.float16) if np.abs(embeddings).max(initial=0.0) < finite16 else embeddings

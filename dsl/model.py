@@ -5,15 +5,19 @@ Faithful to the chain: the label updates run on all utterances up to the config'
 chain's own folds); the final network is trained on every utterance with the targets of iteration t; the
 random forest is trained on the utterance statistics of iteration t's out-of-sample segment posteriors
 (what the forest sees in the chain, and what unseen utterances look like). A leak-free protocol has no
-test set here, so the final model's labels come from its transductive twin over all utterances.
+test set here, so the final model's labels come from its transductive twin over all utterances. It
+supports the `forest` utterance stage only (`check_stage` says why not `acp`).
 
 Prediction reuses the fold job's preprocessing: frames stacked with a silence padding row
 (`features.stack_utterances`), segments (`segments.build_segments`), per-batch normalisation with the
 training frames' mean/std (`fold_job.frame_batcher`) and batched posteriors (`train.predict_proba`).
 
 Directory: `config.yaml` (ChainConfig), `model.json` (format, label names, iteration, provenance),
-`weights.pt` (network state dict), `normalisation.npz` (per-mel mean/std of the training frames),
-`forest.joblib` (random forest on the 8 statistics per class of segment posteriors).
+`weights.pt` (network state dict), `normalisation.npz` (per-dimension mean/std of the training frames),
+`forest.joblib` (random forest on the 8 statistics per class of segment posteriors). An SSL front end
+(`features.kind: ssl`) adds `ssl_model/`, a copy of the checkpoint's config and weight files (mtimes kept),
+so the directory (and the MLflow pyfunc made of it) computes the same features anywhere; `model.json` then
+records the original checkpoint path, its fingerprint and the stacked layers per frame.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import yaml
 
 from .config import ChainConfig, from_dict
 
-MODEL_FORMAT = 2  # 1: model.json without "format"
+MODEL_FORMAT = 3  # 1: model.json without "format"; 2: before SSL front ends ("layers", ssl_model/ copy)
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,18 @@ class Prediction:
     label: str
     probabilities: dict[str, float]
     segment_posteriors: np.ndarray  # (segments, K)
+
+
+def check_stage(cfg: ChainConfig) -> None:
+    """The final model predicts with the forest only: refuse another utterance stage before any work."""
+    from .config import ConfigError
+
+    if cfg.stage.name != "forest":
+        raise ConfigError(
+            f"stage.name {cfg.stage.name!r}: the final EmotionModel (dsl.model) supports stage.name: forest only. "
+            "An acp stage is fitted on the fold networks' out-of-fold embeddings, and a final network trained on "
+            "all data has an embedding space of its own, which that ACP never saw. Evaluate acp with `dsl-sweep "
+            "run`; train the final model with --set stage.name=forest")
 
 
 def final_config(cfg: ChainConfig) -> ChainConfig:
@@ -61,6 +77,7 @@ class EmotionModel:
         self.mean: np.ndarray | None = None
         self.std: np.ndarray | None = None
         self.forest = None
+        self.layers = 1  # stacked SSL layers per frame (learned layer sum), else 1
         self.info: dict[str, Any] = {}
 
     # -- training ---------------------------------------------------------------------------------
@@ -77,6 +94,7 @@ class EmotionModel:
 
         cfg = final_config(cfg or self.cfg)
         check_config(cfg)
+        check_stage(cfg)
         targets, last = self._chain_to(cfg, data, show_progress)
         seg = build_segments(data.frame_offsets, cfg.segments, warn=False)
         forest = RandomForestClassifier(random_state=cfg.seed).fit(utterance_features(last.posteriors, seg.offsets),
@@ -86,7 +104,13 @@ class EmotionModel:
         fold = train_fold(job, data, cfg, seg)
         self.cfg, self.label_names = cfg, tuple(data.label_names)
         self.network, self.mean, self.std, self.forest = fold.model.cpu().eval(), fold.mean, fold.std, forest
+        self.layers = data.layers
         self.info = {"iteration": cfg.iterations, "chain_wa": last.wa, "chain_ua": last.ua, **(info or {})}
+        if cfg.features.kind == "ssl":
+            from .ssl_features import checkpoint_fingerprint
+
+            self.info["ssl_model_source"] = str(Path(cfg.features.ssl_model).resolve())
+            self.info["ssl_fingerprint"] = checkpoint_fingerprint(cfg.features.ssl_model)
         return self
 
     @staticmethod
@@ -113,7 +137,8 @@ class EmotionModel:
             raise RuntimeError("EmotionModel is not fitted: call fit(...) or EmotionModel.load(directory)")
 
     def segment_posteriors(self, frames: np.ndarray) -> np.ndarray:
-        """(segments, K) network posteriors for one utterance's (frames, n_mels) log-Mel."""
+        """(segments, K) network posteriors for one utterance's frames ((frames, n_mels) log-Mel, (frames, D)
+        or (frames, L, D) SSL hidden states)."""
         return self._posteriors([frames])[0]
 
     def _posteriors(self, per_utterance: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -133,13 +158,15 @@ class EmotionModel:
                              dataclasses.replace(self.cfg.train, amp=False, precision="fp32"))
         return [post[seg.offsets[u]:seg.offsets[u + 1]] for u in range(len(per_utterance))]
 
-    def _logmel(self, paths: Sequence[str | Path]) -> list[np.ndarray]:
+    def _features(self, paths: Sequence[str | Path]) -> list[np.ndarray]:
+        """The training front end on new audio (`features.compute_features`, as the cache computes it)."""
         from .audio import load_audio
-        from .features import logmel_batch
+        from .features import compute_features
 
         assert self.cfg is not None
         spec = self.cfg.features
-        return logmel_batch([load_audio(p, spec.sample_rate, spec.win_length / spec.sample_rate) for p in paths], spec)
+        signals = [load_audio(p, spec.sample_rate, spec.win_length / spec.sample_rate) for p in paths]
+        return compute_features(signals, spec)
 
     def _forest_proba(self, post: np.ndarray) -> np.ndarray:
         from .evaluate import utterance_features
@@ -153,7 +180,7 @@ class EmotionModel:
         """Label, class probabilities and segment posteriors of each audio file."""
         self._check_fitted()
         out = []
-        for path, frames in zip(paths, self._logmel(paths)):
+        for path, frames in zip(paths, self._features(paths)):
             post = self.segment_posteriors(frames)
             proba = self._forest_proba(post)
             out.append(Prediction(str(path), self.label_names[int(np.argmax(proba))],
@@ -179,7 +206,9 @@ class EmotionModel:
         d.mkdir(parents=True, exist_ok=True)
         (d / "config.yaml").write_text(self.cfg.to_yaml())
         (d / "model.json").write_text(json.dumps({"format": MODEL_FORMAT, "label_names": list(self.label_names),
-                                                  **self.info}, indent=2))
+                                                  "layers": self.layers, **self.info}, indent=2))
+        if self.cfg.features.kind == "ssl":
+            _copy_checkpoint(Path(self.cfg.features.ssl_model), d / "ssl_model")
         torch.save({k: v.cpu() for k, v in self.network.state_dict().items()}, d / "weights.pt")
         np.savez(d / "normalisation.npz", mean=self.mean, std=self.std)
         joblib.dump(self.forest, d / "forest.joblib")
@@ -190,8 +219,8 @@ class EmotionModel:
         import joblib
         import torch
 
-        from .backbones import create_backbone
         from .formats import check_format
+        from .layer_sum import create_network
         from .plugins import load_plugins
 
         d = find_model_dir(directory)
@@ -200,9 +229,12 @@ class EmotionModel:
                      "loading it as the same layout")
         cfg = from_dict(yaml.safe_load((d / "config.yaml").read_text()))
         load_plugins(cfg.plugins)  # a plugin backbone must be registered before it can be built
+        if cfg.features.kind == "ssl":
+            cfg = _with_checkpoint(cfg, d, info.get("ssl_fingerprint"))
         model = cls(cfg)
         model.label_names = tuple(info.pop("label_names"))
-        net = create_backbone(cfg.backbone, len(model.label_names))
+        model.layers = int(info.pop("layers", 1))
+        net = create_network(cfg.backbone, len(model.label_names), model.layers)
         net.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True))
         model.network = net.eval()
         with np.load(d / "normalisation.npz") as z:
@@ -211,10 +243,41 @@ class EmotionModel:
         return model
 
 
+def _copy_checkpoint(src: Path, dst: Path) -> None:
+    """The checkpoint's config and weight files, mtimes kept (so its fingerprint is the same)."""
+    import shutil
+
+    from .ssl_features import FINGERPRINTED
+
+    if src.resolve() == dst.resolve():
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.suffix in FINGERPRINTED:
+            shutil.copy2(f, dst / f.name)
+
+
+def _with_checkpoint(cfg: ChainConfig, d: Path, fingerprint: list | None) -> ChainConfig:
+    """The config reading the model directory's own copy of the SSL checkpoint (when it has one); warns when
+    the checkpoint used differs from the one the network was trained on."""
+    import warnings
+
+    from .ssl_features import checkpoint_fingerprint
+
+    if (d / "ssl_model" / "config.json").is_file():
+        cfg = cfg.replace(**{"features.ssl_model": str(d / "ssl_model")})
+    path = Path(cfg.features.ssl_model)
+    if fingerprint is not None and path.is_dir() and checkpoint_fingerprint(path) != fingerprint:
+        warnings.warn(f"{path}: the SSL checkpoint differs from the one this model was trained with (file names, "
+                      "sizes or mtimes changed); its predictions may be off", UserWarning, stacklevel=3)
+    return cfg
+
+
 def train_final(cfg: ChainConfig, out_dir: str | Path, info: dict | None = None, show_progress: bool = True) -> Path:
     """Fit an `EmotionModel` on the config's whole corpus and save it under `out_dir`."""
     from .data import prepare_data
 
+    check_stage(cfg)  # before the features are extracted
     data = prepare_data(final_config(cfg), show_progress=show_progress)
     return EmotionModel(cfg).fit(data, show_progress=show_progress, info=info).save(out_dir)
 

@@ -1,7 +1,6 @@
 """MTL-AUG: the emotion network's encoder shared with two auxiliary tasks that need no labels:
 classifying which augmentation a segment got, and reconstructing the clean segment from the encoder's
-embedding (the input of the backbone's classifier, so any backbone works: timm's `get_classifier()`, else
-its last `nn.Linear`).
+embedding (the input of the backbone's classifier, `dsl.backbones.classifier_of`, so any backbone works).
 
 `train.aux: mtl_aug` trains on augmented segments with loss = emotion soft-CE + `aux_cls_weight` x
 augmentation CE + `aux_rec_weight` x reconstruction MSE; validation, early stopping and prediction use
@@ -14,17 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import augment_batch
+from .backbones import classifier_of
 from .config import TrainSpec
-
-
-def classifier_of(model: nn.Module) -> nn.Linear:
-    get = getattr(model, "get_classifier", None)
-    if callable(get) and isinstance(get(), nn.Linear):
-        return get()
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier: MTL-AUG needs one")
-    return linears[-1]
 
 
 class MTLAug(nn.Module):

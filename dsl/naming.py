@@ -11,7 +11,9 @@ from .rules import ALPHA_KEYS, AUX_KEYS, EPSILON_KEYS, key_applies
 # iterations are part of every name, other keys are shown dotted.
 _ABBREVIATED = {"lr": "lr", "segment_hop": "hop", "epochs": "ep", "batch_size": "bs", "seed": "seed"}
 _SHORT = {SHORT_NAMES[name]: shown for name, shown in _ABBREVIATED.items()}
-_SHOWN = {"backbone", "labels.rule", *ALPHA_KEYS, *EPSILON_KEYS, "train.aux", *AUX_KEYS, "iterations"}
+_STAGE_SHOWN = ("stage.input", "stage.epsilon", "stage.dim")  # in the stage's part of a name
+_SHOWN = {"backbone", "labels.rule", *ALPHA_KEYS, *EPSILON_KEYS, "train.aux", *AUX_KEYS, "stage.name", *_STAGE_SHOWN,
+          "iterations"}
 
 
 def _fmt(v: Any) -> str:
@@ -29,6 +31,9 @@ def describe(cfg: ChainConfig, overrides: Mapping[str, Any] | None = None) -> st
         parts.append(f"eps={_fmt(lab.epsilon)}")
     if cfg.train.aux != "none":
         parts.append(f"{cfg.train.aux}(cls={_fmt(cfg.train.aux_cls_weight)},rec={_fmt(cfg.train.aux_rec_weight)})")
+    if cfg.stage.name != "forest":
+        st = cfg.stage
+        parts.append(f"{st.name}({st.input},eps={_fmt(st.epsilon)},dim={st.dim})")
     parts.append(f"T={cfg.iterations}")
     for k, v in sorted((overrides or {}).items()):
         if k not in _SHOWN and not k.startswith("_"):

@@ -22,6 +22,7 @@ from .data import CorpusData
 from .environment import machine_info
 from .protocols import is_leak_free
 from .stats import mean_interval, paired_gain
+from .step_cache import StepCache
 
 log = logging.getLogger(__name__)
 STUDY_FORMAT = 1
@@ -109,7 +110,7 @@ def study_dict(cfg: ChainConfig, results: Sequence[Mapping[str, Any]], paths: Se
 
 def run_replicates(cfg: ChainConfig, data: CorpusData, study_path: str | Path, seeds: Sequence[int] | None = None,
                    jobs: int = 1, show_progress: bool = True, command: str = "",
-                   on_seed: Callable[[int, dict, bool], None] | None = None) -> dict:
+                   on_seed: Callable[[int, dict, bool], None] | None = None, step_cache: StepCache | None = None) -> dict:
     """Run (or read back) one chain per seed, writing each seed's JSON when done, then the study JSON.
 
     `jobs` seeds run at once, each with its own fold workers (`train.workers`); `on_seed(seed, result,
@@ -127,7 +128,7 @@ def run_replicates(cfg: ChainConfig, data: CorpusData, study_path: str | Path, s
         done = finished_seed(scfg, path)
         if done is not None:
             return done, True
-        res: ChainResult = run_chain(scfg, data, show_progress=show_progress and jobs == 1)
+        res: ChainResult = run_chain(scfg, data, show_progress=show_progress and jobs == 1, step_cache=step_cache)
         res.command = command
         d = res.to_dict()
         write_json(d, path)

@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import ConfigError
 from .environment import describe_machine
-from .stats import Interval
+from .stats import Interval, mean_interval
 from .sweep_tables import sweep_figure, sweep_tables
 
 
@@ -53,17 +53,37 @@ def study_from_disk(folder: Path) -> dict:
     return study
 
 
+def methods_of(config: Mapping[str, Any]) -> list[str]:
+    """The options beside the label rule that make a run another method: MTL-AUG training, an SSL front end,
+    the ACP utterance stage (configs written before an option existed lack its key)."""
+    out = []
+    if (config.get("features") or {}).get("kind", "logmel") != "logmel":
+        out.append(f"{config['features']['kind'].upper()} features")
+    if (config.get("train") or {}).get("aux", "none") == "mtl_aug":
+        out.append("MTL-AUG")
+    if (config.get("stage") or {}).get("name", "forest") != "forest":
+        out.append(f"{config['stage']['name'].upper()} stage")
+    return out
+
+
 def labels_of(config: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
-    """`baseline (iter. 0)` or e.g. `WDSL α=0.2 (iter. 1)`."""
+    """`baseline (iter. 0)`, e.g. `WDSL α=0.2 (iter. 1)`, `label_smoothing ε=0.1 (iter. 1)`, and the other
+    options that change the method: `MTL-AUG (iter. 0)`, `WDSL α=0.2 + ACP stage (iter. 1)`."""
     it = int(entry["iteration"])
+    extra = methods_of(config)
     if it == 0:
-        return "baseline (iter. 0)"
-    rule = str(config["labels"]["rule"])
+        return f"{' + '.join(extra) if extra else 'baseline'} (iter. 0)"
+    labels = config["labels"]
+    rule = str(labels["rule"])
     alpha = entry.get("alpha")
     if isinstance(alpha, dict):
         alpha = None
-    return f"{rule.upper() if rule in ('wdsl', 'bdsl', 'gsl', 'hdl') else rule}" + \
-        (f" α={alpha:.2g}" if alpha is not None else "") + f" (iter. {it})"
+    name = rule.upper() if rule in ("wdsl", "bdsl", "gsl", "hdl") else rule
+    if alpha is not None:
+        name += f" α={alpha:.2g}"
+    elif rule == "label_smoothing":
+        name += f" ε={labels.get('epsilon', 0.1):.2g}"
+    return " + ".join([name, *extra]) + f" (iter. {it})"
 
 
 def _leak(d: Mapping[str, Any]) -> str:
@@ -79,16 +99,35 @@ def _mins(seconds: float) -> str:
     return f"{int(seconds // 60)}:{int(round(seconds % 60)):02d}"
 
 
-def study_table(studies: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
-    head = ("| protocol | leak-free | labels | WA % | UA % | UA gain vs iter. 0 (paired) | selected UA % | "
+def paired_against(study: Mapping[str, Any], row: Mapping[str, Any], reference: Mapping[str, Any],
+                   key: str = "ua") -> Interval | None:
+    """`row`'s `key` minus the reference study's iteration 0, seed by seed over the seeds both ran (as
+    fractions; None when they share fewer than two seeds)."""
+    mine = dict(zip(study["seeds"], row[key]["values"]))
+    base = dict(zip(reference["seeds"], reference["iterations"][0][key]["values"]))
+    shared = [s for s in mine if s in base]
+    if len(shared) < 2:
+        return None
+    return mean_interval([mine[s] - base[s] for s in shared])
+
+
+def study_table(studies: Sequence[tuple[str, Mapping[str, Any]]], reference: Mapping[str, Any] | None = None) -> str:
+    """One row per study iteration; with a `reference` study, also each row's UA minus the reference's
+    iteration 0 paired by seed (how a method compares with the baseline on the same folds and seeds)."""
+    ref_head, ref_rule = (" UA vs baseline (paired) |", "---|") if reference is not None else ("", "")
+    head = (f"| protocol | leak-free | labels | WA % | UA % | UA gain vs iter. 0 (paired) |{ref_head} selected UA % | "
             "wall time / seed | seeds | command |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|---|" + ref_rule + "---|---|---|---|"]
     for _, st in studies:
         secs = Interval.from_dict(st["seconds_per_seed"])
         for i, row in enumerate(st["iterations"]):
+            ref = ""
+            if reference is not None:
+                diff = paired_against(st, row, reference)
+                ref = f" {diff.format() if diff is not None else '–'} |"
             lines.append(
                 f"| `{st['protocol']['name']}` | {_leak(st)} | {labels_of(st['config'], row)} | {_iv(row, 'wa')} | "
-                f"{_iv(row, 'ua')} | {_iv(row, 'gain_ua')} | {_iv(row, 'selected_ua')} | "
+                f"{_iv(row, 'ua')} | {_iv(row, 'gain_ua')} |{ref} {_iv(row, 'selected_ua')} | "
                 f"{_mins(secs.mean) if i == 0 else ''} | {','.join(map(str, st['seeds'])) if i == 0 else ''} | "
                 f"{'`' + st['command'] + '`' if i == 0 and st.get('command') else ''} |")
     return "\n".join(lines)
@@ -115,16 +154,22 @@ def machines(results: Sequence[Mapping[str, Any]]) -> list[str]:
     return [f"`{k}`: {v}" for k, v in seen.items()]
 
 
-def markdown(paths: Sequence[str | Path]) -> str:
-    """Tables of every study and every run among `paths`, then the machines they ran on."""
+def markdown(paths: Sequence[str | Path], paired_with: str | Path | None = None) -> str:
+    """Tables of every study and every run among `paths`, then the machines they ran on; `paired_with` (a
+    study) adds each study row's UA difference from that study's iteration 0, paired by seed."""
     loaded = [(str(p), load_result(p)) for p in paths]
+    reference = load_result(paired_with) if paired_with else None
+    if reference is not None and reference["kind"] != "study":
+        raise ConfigError(f"{paired_with}: --paired-with needs a replicate study (a `dsl-sweep run --seeds` result)")
     studies = [(p, d) for p, d in loaded if d["kind"] == "study"]
     runs = [(p, d) for p, d in loaded if d["kind"] not in ("study", "sweep")]
     parts = [sweep_tables(d) for _, d in loaded if d["kind"] == "sweep"]
     if studies:
         parts.append("Mean ± half-width of the 95 % t-interval over seeds. The gain is paired: each seed's "
                      "iteration minus the same seed's iteration 0. *Selected UA*: each outer fold's iteration "
-                     "picked on its own training utterances (leak-free protocols only).\n\n" + study_table(studies))
+                     "picked on its own training utterances (leak-free protocols only)." +
+                     (f" *UA vs baseline*: each row's UA minus iteration 0 of `{paired_with}`, seed by seed over the "
+                      "seeds both ran." if reference is not None else "") + "\n\n" + study_table(studies, reference))
     if runs:
         parts.append(run_table(runs))
     ms = machines([d for _, d in loaded])
@@ -171,8 +216,8 @@ def splice(document: str | Path, text: str, command: str, block: str = "") -> Pa
 
 
 def report_from_cli(paths: Sequence[str], out: str | None = None, figure: str | None = None,
-                    into: str | None = None, command: str = "", block: str = "") -> int:
-    text = markdown(paths)
+                    into: str | None = None, command: str = "", block: str = "", paired_with: str | None = None) -> int:
+    text = markdown(paths, paired_with)
     if figure:
         from .plots import study_plot
 

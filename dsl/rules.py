@@ -65,16 +65,28 @@ def get_rule(name: str) -> LabelRule:
 ALPHA_KEYS = ("labels.alpha", "labels.schedule", "labels.alpha_end", "labels.alpha_step")
 EPSILON_KEYS = ("labels.epsilon",)
 AUX_KEYS = ("train.aux_augs", "train.aux_cls_weight", "train.aux_rec_weight")  # MTL-AUG only
+SSL_KEYS = ("features.ssl_model", "features.ssl_layer", "features.ssl_layer_sum")  # features.kind: ssl only
+STAGE_KEYS = ("stage.input", "stage.epsilon", "stage.dim", "stage.with_mean", "stage.epochs", "stage.lr",
+              "stage.batch_size", "stage.weight_decay")  # the acp utterance stage only
 
 
-def key_applies(key: str, rule: str | LabelRule, schedule: str | None = None, aux: str | None = None) -> bool:
+def key_applies(key: str, rule: str | LabelRule, schedule: str | None = None, aux: str | None = None,
+                kind: str | None = None, layer_sum: bool | None = None, stage: str | None = None) -> bool:
     """Whether dotted ChainConfig key `key` means anything under label rule `rule` (a name or a LabelRule)
     and, when `schedule` is given, that alpha schedule: the alpha keys only for rules that use alpha,
     `labels.alpha_end` only for a non-constant schedule, `labels.alpha_step` only for the `step` schedule,
     `labels.epsilon` only for rules that use epsilon; with `aux` given, the MTL-AUG keys only for
-    `train.aux: mtl_aug`. Every other key applies. The one definition behind the conditional search space,
-    trial configs, config checks and trial names."""
+    `train.aux: mtl_aug`; with `kind` given, the SSL keys only for `features.kind: ssl`, and with
+    `layer_sum` given, `features.ssl_layer` only without the learned layer sum; with `stage` given
+    (`stage.name`), the ACP keys only for the `acp` stage. Every other key applies.
+    The one definition behind the conditional search space, trial configs, config checks and trial names."""
     if key in AUX_KEYS and aux is not None and aux != "mtl_aug":
+        return False
+    if key in STAGE_KEYS and stage is not None and stage != "acp":
+        return False
+    if key in SSL_KEYS and kind is not None and kind != "ssl":
+        return False
+    if key == "features.ssl_layer" and layer_sum:
         return False
     if key in ALPHA_KEYS or key in EPSILON_KEYS:
         r = get_rule(rule) if isinstance(rule, str) else rule

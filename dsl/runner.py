@@ -19,6 +19,7 @@ from .environment import machine_info
 from .protocols import is_leak_free
 from .replicates import _comparable, default_jobs, run_replicates, seeds_dir, write_json
 from .segments import build_segments
+from .step_cache import StepCache
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,12 @@ def format_row(r: IterationResult) -> str:
     sel = "-" if r.selected_ua is None else f"{100 * r.selected_ua:.2f}"
     return (f"{r.iteration:>4} {alpha:>6} {100 * r.wa:>7.2f} {100 * r.ua:>7.2f} {sel:>8} {100 * r.segment_accuracy:>9.2f} "
             f"{100 * r.changed_label_share:>9.2f} {r.epochs:>6.1f} {r.seconds:>7.1f}")
+
+
+def stage_text(cfg: ChainConfig) -> str:
+    """The utterance stage as the run's header names it, e.g. `forest` or `acp (embedding, eps 0.1, dim 32)`."""
+    st = cfg.stage
+    return st.name if st.name != "acp" else f"acp ({st.input}, eps {st.epsilon:g}, dim {st.dim})"
 
 
 def protocol_line(cfg: ChainConfig) -> str:
@@ -117,7 +124,8 @@ def load_state_for(cfg: ChainConfig, path: Path) -> ChainState:
 
 
 def run_resumable(cfg: ChainConfig, data: CorpusData, out: str | Path, resume: bool = False,
-                  show_progress: bool = True, on_iteration=None, command: str = "") -> ChainResult:
+                  show_progress: bool = True, on_iteration=None, command: str = "",
+                  step_cache: StepCache | None = None) -> ChainResult:
     """`run_chain` for `dsl-sweep run`, kept on disk as it goes and continued with `resume`.
 
     After each iteration the chain state goes to `state_file(out)` and the finished iterations to `out`
@@ -151,7 +159,7 @@ def run_resumable(cfg: ChainConfig, data: CorpusData, out: str | Path, resume: b
                            environment, command)
 
     kept = len(results)
-    chain = iterate_chain(cfg, data, state, show_progress=show_progress)
+    chain = iterate_chain(cfg, data, state, show_progress=show_progress, step_cache=step_cache)
     try:
         for result, after in chain:  # the next iteration's folds are running meanwhile
             results.append(result)
@@ -196,23 +204,28 @@ def _print_reported(result: ChainResult, path: Path, seconds: float) -> None:
     which = (f"validation-selected iterations {last.selected_iterations}" if last.selected_iterations is not None
              else f"final iteration {last.iteration}")
     print(f"reported ({which}): WA {100 * rep['wa']:.2f} %, UA {100 * rep['ua']:.2f} % | protocol "
-          f"{result.config.protocol.name}, leak_free: {str(result.leak_free).lower()} | {result.n_utterances} "
+          f"{result.config.protocol.name}, leak_free: {str(result.leak_free).lower()} | stage "
+          f"{stage_text(result.config)} | {result.n_utterances} "
           f"utterances, {result.n_segments} segments | {seconds:.0f} s | result: {path}", flush=True)
 
 
 def run_from_cli(config_path: str | None, preset: str | None, overrides: Mapping[str, Any], out: str,
-                 quiet: bool = False, command: str = "", seed_jobs: int = 0, resume: bool = False) -> int:
+                 quiet: bool = False, command: str = "", seed_jobs: int = 0, resume: bool = False,
+                 step_cache: str = "") -> int:
+    """`dsl-sweep run`: one chain or, with seeds, a replicate study; `step_cache` (a directory) reuses the fold
+    trainings and scores an earlier run with the same data, recipe, code and machine computed."""
     cfg = load_config(config_path, preset, overrides)
+    steps = StepCache(step_cache) if step_cache else None
     if not cfg.data:
         raise ConfigError("no data path: give --data DIR (or `data:` in the config file)")
     seeds = f"seeds {', '.join(map(str, cfg.seeds))}" if cfg.seeds else f"seed {cfg.seed}"
     print(f"corpus {cfg.corpus} at {cfg.data} | backbone {cfg.backbone} | rule {cfg.labels.rule} "
-          f"| iterations {cfg.iterations} | {seeds}\n{protocol_line(cfg)}", flush=True)
+          f"| stage {stage_text(cfg)} | iterations {cfg.iterations} | {seeds}\n{protocol_line(cfg)}", flush=True)
     if cfg.seeds:
         if resume:
             print(f"--resume: ignored with --seeds (a study always resumes: each finished seed in {seeds_dir(out)}/ "
                   "is read back)", flush=True)
-        return _study_from_cli(cfg, out, quiet, command, seed_jobs)
+        return _study_from_cli(cfg, out, quiet, command, seed_jobs, steps)
     start = time.perf_counter()
     printed_header = []
 
@@ -223,7 +236,8 @@ def run_from_cli(config_path: str | None, preset: str | None, overrides: Mapping
         print(format_row(r), flush=True)
 
     data = load_checked(cfg, not quiet)
-    result = run_resumable(cfg, data, out, resume, show_progress=not quiet, on_iteration=show, command=command)
+    result = run_resumable(cfg, data, out, resume, show_progress=not quiet, on_iteration=show, command=command,
+                           step_cache=steps)
     path = Path(out)
     figures = write_plots(result, path)
     _print_reported(result, path, time.perf_counter() - start)
@@ -231,7 +245,8 @@ def run_from_cli(config_path: str | None, preset: str | None, overrides: Mapping
     return 0
 
 
-def _study_from_cli(cfg: ChainConfig, out: str, quiet: bool, command: str, seed_jobs: int) -> int:
+def _study_from_cli(cfg: ChainConfig, out: str, quiet: bool, command: str, seed_jobs: int,
+                    steps: StepCache | None = None) -> int:
     from .report import format_study
 
     data = load_checked(cfg, not quiet)
@@ -245,7 +260,8 @@ def _study_from_cli(cfg: ChainConfig, out: str, quiet: bool, command: str, seed_
         print(f"seed {seed}: {took} | reported WA "
               f"{100 * rep.get('wa', float('nan')):.2f} %, UA {100 * rep.get('ua', float('nan')):.2f} %", flush=True)
 
-    study = run_replicates(cfg, data, out, jobs=jobs, show_progress=not quiet, command=command, on_seed=done)
+    study = run_replicates(cfg, data, out, jobs=jobs, show_progress=not quiet, command=command, on_seed=done,
+                           step_cache=steps)
     print(format_study(study), flush=True)
     print(f"study: {out}", flush=True)
     return 0

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import create_backbone
 from .config import TrainSpec
+from .layer_sum import create_network
 
 
 @dataclass(frozen=True)
@@ -92,16 +92,39 @@ def _autocast(device: torch.device, spec: TrainSpec):
 @torch.no_grad()
 def predict_proba(model: nn.Module, batcher: SegmentBatcher, rows: torch.Tensor, spec: TrainSpec) -> np.ndarray:
     """Softmax posteriors (n, K) in large batches."""
+    return _predict(model, batcher, rows, spec, embeddings=False)[0]
+
+
+@torch.no_grad()
+def predict_with_embeddings(model: nn.Module, batcher: SegmentBatcher, rows: torch.Tensor,
+                            spec: TrainSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Posteriors (n, K) and the segment embeddings (n, E) of the same forward passes: the input of the
+    backbone's classifier (`dsl.backbones.captured_embeddings`), as float32."""
+    post, emb = _predict(model, batcher, rows, spec, embeddings=True)
+    assert emb is not None
+    return post, emb
+
+
+def _predict(model: nn.Module, batcher: SegmentBatcher, rows: torch.Tensor, spec: TrainSpec,
+             embeddings: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    from contextlib import nullcontext
+
+    from .backbones import captured_embeddings
+
     model.eval()
     device = batcher.frames.device
-    out = []
-    for i in range(0, len(rows), spec.eval_batch_size):
-        with _autocast(device, spec):
-            logits = model(batcher(rows[i:i + spec.eval_batch_size]))
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    out, emb = [], []
+    with captured_embeddings(model) if embeddings else nullcontext([]) as kept:
+        for i in range(0, len(rows), spec.eval_batch_size):
+            with _autocast(device, spec):
+                logits = model(batcher(rows[i:i + spec.eval_batch_size]))
+            out.append(torch.softmax(logits.float(), dim=1).cpu())
+            if embeddings:
+                emb.append(kept.pop().float().cpu())
     if not out:
-        return np.zeros((0, 0), dtype=np.float32)
-    return torch.cat(out).numpy().astype(np.float32)
+        return np.zeros((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=np.float32) if embeddings else None
+    post = torch.cat(out).numpy().astype(np.float32)
+    return post, torch.cat(emb).numpy().astype(np.float32) if embeddings else None
 
 
 @torch.no_grad()
@@ -117,11 +140,13 @@ def _mean_loss(model: nn.Module, batcher: SegmentBatcher, rows: torch.Tensor, ta
 
 
 def fit(backbone: str, n_classes: int, batcher: SegmentBatcher, rows: torch.Tensor, targets: torch.Tensor,
-        val_rows: torch.Tensor, val_targets: torch.Tensor, spec: TrainSpec, seed: int) -> tuple[nn.Module, FitStats]:
-    """Train a fresh network: Adam, step decay, early stopping on validation loss (best weights kept)."""
+        val_rows: torch.Tensor, val_targets: torch.Tensor, spec: TrainSpec, seed: int,
+        layers: int = 1) -> tuple[nn.Module, FitStats]:
+    """Train a fresh network: Adam, step decay, early stopping on validation loss (best weights kept).
+    `layers` > 1: each frame holds that many stacked SSL layers, summed by a learned `LayerSum`."""
     device = batcher.frames.device
     torch.manual_seed(seed)
-    model = create_backbone(backbone, n_classes).to(device)
+    model = create_network(backbone, n_classes, layers).to(device)
     if spec.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if spec.compile else model  # shares the parameters of `model`

@@ -23,6 +23,8 @@ _RUN_FLAG_HELP: dict[str, str] = {
     "alpha_end": "final alpha of an annealing schedule",
     "epsilon": "label-smoothing epsilon",
     "iterations": "number of label updates after iteration 0",
+    "stage": "utterance stage: forest (8 statistics per class -> random forest) or acp (attentive correlation "
+             "pooling; its options: --set stage.input=embedding|posterior, stage.epsilon, stage.dim, ...)",
     "protocol": "fold plan: stratified (the paper's, transductive), speaker_transductive, "
                 "or the leak-free nested, speaker, refinery",
     "folds": "folds for out-of-sample posteriors (outer folds of held-out protocols)",
@@ -79,14 +81,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dsl.runner import run_from_cli
 
     return run_from_cli(args.config, args.preset, overrides_from(args), args.out, quiet=args.quiet,
-                        command=args.command_line, seed_jobs=args.seed_jobs, resume=args.resume)
+                        command=args.command_line, seed_jobs=args.seed_jobs, resume=args.resume,
+                        step_cache=args.step_cache)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from sweeps.sweep_report import report_from_cli
 
     return report_from_cli(args.results, args.out, args.figure, args.into, args.command_line, args.tracking_uri,
-                           args.save_sweep, args.block)
+                           args.save_sweep, args.block, args.paired_with)
 
 
 def cmd_agreement(args: argparse.Namespace) -> int:
@@ -134,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --seeds: seeds run side by side (default: cores / (workers x threads))")
     run.add_argument("--resume", action="store_true",
                      help="continue an interrupted run from <out stem>.state.npz (written after each iteration)")
+    run.add_argument("--step-cache", default="", metavar="DIR",
+                     help="reuse fold trainings and scores kept in DIR by earlier runs with the same data, recipe, "
+                          "code and machine, and keep this run's there (off by default)")
     add_run_flags(run)
     run.set_defaults(func=cmd_run)
 
@@ -152,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--data", help="override the corpus path of the sweep file")
     sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep with the same Optuna study")
     sw.add_argument("--trials", type=int, help="override the number of trials")
+    sw.add_argument("--no-step-cache", action="store_true",
+                    help="compute every trial's chain in full (default: trials share fold trainings and scores "
+                         "through <storage>/step_cache)")
     sw.set_defaults(func=cmd_sweep)
 
     best = sub.add_parser("best", help="re-evaluate the sweep's top configurations on fresh seeds, leak-free, "
@@ -179,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(`<!-- dsl-sweep report: begin NAME -->`), for documents with several")
     rep.add_argument("--save-sweep", help="write the sweep's trials read from MLflow to this JSON (commit it: "
                      "`dsl-sweep report FILE` renders the same tables)")
+    rep.add_argument("--paired-with", metavar="STUDY",
+                     help="a replicate study whose iteration 0 is the baseline: each study row also gets its UA "
+                          "minus that baseline, paired by seed (method comparisons on the same folds and seeds)")
     rep.add_argument("--out", help="also write the Markdown here")
     rep.add_argument("--figure", help="plot UA per iteration to this PNG (studies: mean and 95 %% interval; a "
                      "sweep: mean per rule)")

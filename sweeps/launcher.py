@@ -7,6 +7,7 @@ trials are not run again, interrupted and errored ones continue from their last 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import tempfile
@@ -19,7 +20,7 @@ import numpy as np
 import yaml
 
 from dsl.checks import check_data
-from dsl.config import ConfigError
+from dsl.config import ConfigError, FeatureSpec
 from dsl.data import CorpusData, load_corpus_for, prepare_data
 from dsl.naming import describe
 from dsl.protocols import is_leak_free
@@ -31,7 +32,7 @@ from .node_checks import node_preflight
 from .preflight import cluster_preflight
 from .report import TrialRow, best_row, format_table, rows_from_results
 from .session import check_resumable, init_ray, journal_path, quiet_ray, storage_root
-from .space import enumerate_grid
+from .space import enumerate_grid, feature_variants
 from .spec import SweepSpec, load_sweep
 from .tuner import build_tuner, num_trials
 
@@ -67,8 +68,15 @@ def contour_index(data: CorpusData, which: int | str) -> int:
 
 
 def load_data(spec: SweepSpec, cache_dir: str | None = None, shared_cache: str | None = None) -> CorpusData:
-    """Parse the corpus, check the base and the spec's sampled trial configs fit it, extract/load features once
-    (into `cache_dir`, default the base config's; mirrored to the URI `shared_cache` when given)."""
+    """The base config's corpus and features (see `load_feature_data`)."""
+    return next(iter(load_feature_data(spec, cache_dir, shared_cache).values()))
+
+
+def load_feature_data(spec: SweepSpec, cache_dir: str | None = None,
+                      shared_cache: str | None = None) -> dict[FeatureSpec, CorpusData]:
+    """Parse the corpus, check the base and the spec's sampled trial configs fit it, extract/load the features of
+    every front end the search can pick once, the base's first (into `cache_dir`, default the base config's;
+    mirrored to the URI `shared_cache` when given)."""
     from dsl.cache import corpus_key, default_cache_dir
 
     from .shared_storage import pull_dir, push_dir
@@ -77,16 +85,19 @@ def load_data(spec: SweepSpec, cache_dir: str | None = None, shared_cache: str |
     corpus, _ = load_corpus_for(base)
     for cfg in (base, *spec.samples):
         check_data(cfg, corpus.labels, np.asarray(corpus.speakers), corpus.label_names)
-    entry = key = None
-    if shared_cache:
-        key = corpus_key(corpus.paths, base.features)
-        entry = Path(base.cache_dir or default_cache_dir()) / "corpora" / key
-        if pull_dir(f"{shared_cache}/corpora/{key}", entry):
-            print(f"features: pulled from {shared_cache}/corpora/{key}", flush=True)
-    data = prepare_data(base, corpus, show_progress=os.environ.get("DSL_PROGRESS", "1") != "0")
-    if shared_cache and entry is not None and entry.exists() and push_dir(entry, f"{shared_cache}/corpora/{key}"):
-        print(f"features: kept under the storage path, {shared_cache}/corpora/{key}", flush=True)
-    return data
+    out: dict[FeatureSpec, CorpusData] = {}
+    for features in feature_variants(spec.space):
+        fcfg = dataclasses.replace(base, features=features)
+        entry = key = None
+        if shared_cache:
+            key = corpus_key(corpus.paths, features)
+            entry = Path(base.cache_dir or default_cache_dir()) / "corpora" / key
+            if pull_dir(f"{shared_cache}/corpora/{key}", entry):
+                print(f"features: pulled from {shared_cache}/corpora/{key}", flush=True)
+        out[features] = prepare_data(fcfg, corpus, show_progress=os.environ.get("DSL_PROGRESS", "1") != "0")
+        if shared_cache and entry is not None and entry.exists() and push_dir(entry, f"{shared_cache}/corpora/{key}"):
+            print(f"features: kept under the storage path, {shared_cache}/corpora/{key}", flush=True)
+    return out
 
 
 def sweep_params(spec: SweepSpec, n: int) -> dict[str, Any]:
@@ -131,10 +142,13 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
           f"{' | resuming' if resume else ''}", flush=True)
 
     check_access(uri)  # a server that refuses us fails here, before data, Ray and training
-    data = load_data(spec, feature_cache_dir(spec.base.cache_dir, root, on_cluster) or None,
-                     f"{root}/dsl-cache" if is_uri(root) else None)
-    print(f"corpus {spec.base.corpus}: {data.n_utterances} utterances, {data.frames.shape[0]} frames "
-          f"({data.frames.nbytes / 2**20:.0f} MiB, shared through the object store)", flush=True)
+    variants = load_feature_data(spec, feature_cache_dir(spec.base.cache_dir, root, on_cluster) or None,
+                                 f"{root}/dsl-cache" if is_uri(root) else None)
+    data = next(iter(variants.values()))
+    for features, d in variants.items():
+        print(f"corpus {spec.base.corpus} ({features.kind} features): {d.n_utterances} utterances, "
+              f"{d.frames.shape[0]} frames ({d.frames.nbytes / 2**20:.0f} MiB, shared through the object store)",
+              flush=True)
     c = client(uri)
     exp_id = sweep_runs.ensure_experiment(c, spec.name)
     print(f"MLflow UI: {sweep_runs.ui_link(uri, exp_id)}", flush=True)
@@ -146,11 +160,14 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
         cluster_preflight(uri, placement(spec.resources).bundles, remote=on_cluster)
         if on_cluster:  # from every node: the tracking server takes a run and an artifact, storage is writable
             node_preflight(uri, exp_id, root)
+        steps = step_cache_dir(spec, root)
+        print(f"step cache: {steps or 'off'}", flush=True)
         ctx = TrialContext(spec.name, spec.base, uri, exp_id, parent, spec.resources,
-                           contour_index(data, spec.contour_utterance), spec.objective)
+                           contour_index(data, spec.contour_utterance), spec.objective, steps)
         from ray import tune
 
-        trainable = tune.with_resources(with_corpus(train_chain, data, context=ctx), placement(ctx.resources))
+        trainable = tune.with_resources(with_corpus(train_chain, data, variants=variants, context=ctx),
+                                        placement(ctx.resources))
         callbacks = [ProgressPrinter(spec.base, n), FinalizeRuns(uri, exp_id, parent), *([mirror] if mirror else [])]
         tuner = build_tuner(spec, trainable, root, journal, n, grid, callbacks, resume, verbose)
         results = tuner.fit()
@@ -228,9 +245,24 @@ def finish(outcome: SweepOutcome, spec: SweepSpec, c) -> None:
         print(f"sweep interrupted: continue it with --resume (state in {outcome.experiment_path})", flush=True)
 
 
+def step_cache_dir(spec: SweepSpec, root: str) -> str:
+    """Where the sweep's trials share chain steps: `<storage>/step_cache` (every node and every later sweep
+    on the same storage path and data), or the local feature cache's `steps/` when the storage is a URI
+    (entries are small files written by rename, which an object store does not offer); "" when off."""
+    from dsl.cache import default_cache_dir
+
+    from .shared_storage import is_uri
+
+    if not spec.step_cache:
+        return ""
+    if is_uri(root):
+        return str(Path(spec.base.cache_dir or default_cache_dir()) / "steps")
+    return str(Path(root) / "step_cache")
+
+
 def sweep_from_cli(args: argparse.Namespace) -> int:
     spec = load_sweep(args.file, data=args.data, trials=None if args.resume else args.trials,
-                      storage_path=args.storage_path)
+                      storage_path=args.storage_path, step_cache=False if args.no_step_cache else None)
     if args.resume and args.trials:
         print("note: --trials is ignored with --resume (the sweep keeps its number of trials)", flush=True)
     outcome = run_sweep(spec, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume,

@@ -2,7 +2,9 @@
 
 `SearchSpace(params, base)(trial)` suggests through an Optuna trial only what applies to the branch
 taken: alpha and its schedule only for rules that use alpha (WDSL), the annealing end only for a
-non-constant schedule, the step only for the `step` schedule, epsilon only for label smoothing.
+non-constant schedule, the step only for the `step` schedule, epsilon only for label smoothing, the
+MTL-AUG weights only for `train.aux: mtl_aug`, the ACP keys (`stage.*`) only for `stage.name: acp`, the SSL
+feature keys only for `features.kind: ssl` (see `dsl.rules.key_applies`).
 Parameter names are dotted ChainConfig keys, so a trial's Tune config is a set of overrides of the
 base config (`trial_config`). Constants that apply to the branch are returned as a dict (OptunaSearch
 merges them into the trial's config without making them Optuna parameters).
@@ -15,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from dsl.config import ChainConfig, from_dict
+from dsl.config import ChainConfig, FeatureSpec, from_dict
 from dsl.rules import key_applies
 from dsl.trial_config import trial_config
 
-ORDER = ("backbone", "labels.rule", "labels.schedule", "labels.alpha", "labels.alpha_end", "labels.alpha_step",
-         "labels.epsilon", "train.aux", "train.aux_cls_weight", "train.aux_rec_weight", "iterations")
+ORDER = ("features.kind", "features.ssl_model", "features.ssl_layer_sum", "features.ssl_layer", "backbone",
+         "labels.rule", "labels.schedule", "labels.alpha", "labels.alpha_end", "labels.alpha_step",
+         "labels.epsilon", "train.aux", "train.aux_cls_weight", "train.aux_rec_weight", "stage.name", "iterations")
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,15 @@ class SearchSpace:
         self.base_schedule = self.base.labels.schedule
 
     def __call__(self, trial: Any) -> dict[str, Any] | None:
+        f = self.base.features
         chosen: dict[str, Any] = {"labels.rule": self.base_rule, "labels.schedule": self.base_schedule,
-                                  "train.aux": self.base.train.aux}
+                                  "train.aux": self.base.train.aux, "features.kind": f.kind,
+                                  "features.ssl_layer_sum": f.ssl_layer_sum, "stage.name": self.base.stage.name}
         constants: dict[str, Any] = {}
         for p in self.params:
-            if not key_applies(p.key, chosen["labels.rule"], chosen["labels.schedule"], chosen["train.aux"]):
+            if not key_applies(p.key, chosen["labels.rule"], chosen["labels.schedule"], chosen["train.aux"],
+                               kind=chosen["features.kind"], layer_sum=chosen["features.ssl_layer_sum"],
+                               stage=chosen["stage.name"]):
                 continue
             if p.kind == "const":
                 value = constants[p.key] = p.value
@@ -75,6 +82,20 @@ def suggest(trial: Any, p: ParamSpec, chosen: Mapping[str, Any]) -> Any:
         high = low + np.floor((high - low) / p.step + 1e-9) * p.step
         return trial.suggest_float(p.key, float(low), float(high), step=float(p.step))
     return trial.suggest_float(p.key, float(low), float(high), log=p.log)
+
+
+def feature_variants(space: SearchSpace) -> list[FeatureSpec]:
+    """Every front end the space's trials can ask for (the base's first): the branches of its `features.*`
+    choices, each as `trial_config` canonicalises it (keys that do not apply reset to their defaults)."""
+    params = [p for p in space.params if p.key.startswith("features.")]
+    out = [trial_config(space.base, {}).features]
+    if params:
+        for branch in enumerate_grid(SearchSpace(params, space.base)):
+            const = {p.key: p.value for p in params if p.kind == "const"}
+            f = trial_config(space.base, {**const, **branch}).features
+            if f not in out:
+                out.append(f)
+    return out
 
 
 def sample_configs(space: SearchSpace, n: int = 64, seed: int = 0) -> list[ChainConfig]:
@@ -140,4 +161,4 @@ def grid_size(space: SearchSpace) -> int:
     return len(enumerate_grid(space))
 
 
-__all__ = ["ParamSpec", "SearchSpace", "enumerate_grid", "grid_size", "sample_configs", "trial_config"]
+__all__ = ["ParamSpec", "SearchSpace", "enumerate_grid", "feature_variants", "grid_size", "sample_configs", "trial_config"]

@@ -40,10 +40,13 @@ from .space import ParamSpec, SearchSpace, sample_configs
 # Short names of the search parameters -> dotted ChainConfig keys (any dotted key works too).
 ALIASES: dict[str, str] = {name: SHORT_NAMES[name] for name in (
     "backbone", "rule", "alpha", "schedule", "alpha_end", "alpha_step", "epsilon", "iterations", "lr", "segment_hop",
-    "epochs", "batch_size")}
+    "epochs", "batch_size", "stage")}
+# Front-end keys a sweep may search (as lists of choices): the driver extracts each distinct front end once
+# and every trial reads the frames of its own (`sweeps.space.feature_variants`).
+SEARCHABLE_FEATURES = ("features.kind", "features.ssl_model", "features.ssl_layer", "features.ssl_layer_sum")
 UNSEARCHABLE = ("seed", "seeds")  # replicates are for re-evaluation, not for the search to pick
 TOP_KEYS = ("name", "base", "search", "objective", "select", "sampler", "scheduler", "num_samples", "max_concurrent",
-            "resources", "max_failures", "storage_path", "plots")
+            "resources", "max_failures", "storage_path", "plots", "step_cache")
 SAMPLERS = ("tpe", "random", "grid")
 SCHEDULERS = ("asha", "none")
 METRIC = "objective"  # what the searcher and the scheduler maximise (trainables.metrics.objective_value)
@@ -91,6 +94,7 @@ class SweepSpec:
     contour_utterance: int | str = 0  # utterance index or a substring of its path
     objective: str = "final"
     select: SelectSpec = field(default_factory=SelectSpec)
+    step_cache: bool = True  # trials share fold trainings and scores through `<storage>/step_cache` (dsl.step_cache)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
@@ -119,8 +123,10 @@ def _registry(key: str) -> dict | None:
     from dsl.backbones import BACKBONES
     from dsl.rules import RULES
     from dsl.schedules import SCHEDULES
+    from dsl.stages import STAGE_REGISTRY
 
-    return {"backbone": BACKBONES, "labels.rule": RULES, "labels.schedule": SCHEDULES}.get(key)
+    return {"backbone": BACKBONES, "labels.rule": RULES, "labels.schedule": SCHEDULES,
+            "stage.name": STAGE_REGISTRY}.get(key)
 
 
 def _check_names(name: str, key: str, values: list[Any], problems: list[str]) -> None:
@@ -222,8 +228,8 @@ def _sub(cls: type, raw: Any, where: str, problems: list[str], rename: Mapping[s
 
 
 def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | None = None,
-                storage_path: str | None = None) -> SweepSpec:
-    """Validate a sweep mapping; `data`, `trials` and `storage_path` override the file."""
+                storage_path: str | None = None, step_cache: bool | None = None) -> SweepSpec:
+    """Validate a sweep mapping; `data`, `trials`, `storage_path` and `step_cache` override the file."""
     problems: list[str] = []
     if not isinstance(raw, Mapping):
         raise ConfigError("sweep file: expected a mapping at the top level")
@@ -247,9 +253,16 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
         dup = sorted({k for k in keys if keys.count(k) > 1})
         if dup:
             problems.append(f"search: parameter(s) given twice: {', '.join(dup)}")
-        if any(k.startswith("features.") or k in ("corpus", "data", "cache_dir") for k in keys):
-            problems.append("search: features, corpus, data and cache_dir are shared by all trials (one feature "
-                            "extraction per sweep); set them in base")
+        shared = [k for k in keys if (k.startswith("features.") and k not in SEARCHABLE_FEATURES)
+                  or k in ("corpus", "data", "cache_dir")]
+        if shared:
+            problems.append(f"search: {', '.join(shared)}: features (but {', '.join(SEARCHABLE_FEATURES)}), corpus, "
+                            "data and cache_dir are shared by all trials (one feature extraction per front end); "
+                            "set them in base")
+        for p in params:
+            if p.key in SEARCHABLE_FEATURES and p.kind not in ("categorical", "const"):
+                problems.append(f"search.{p.key}: give a list of choices (each front end is extracted once, "
+                                "before the trials start)")
     sampler = _sub(SamplerSpec, raw.get("sampler"), "sampler", problems)
     if sampler.type not in SAMPLERS:
         problems.append(f"sampler.type {sampler.type!r} is unknown; allowed: {', '.join(SAMPLERS)}")
@@ -280,6 +293,9 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
         problems.append(f"select.protocol {select.protocol!r} is not a leak-free protocol; allowed: nested, refinery, speaker")
     if select.top_k < 1 or select.seeds < 2:
         problems.append(f"select: top_k >= 1 and seeds >= 2 (for an interval) required; got {select}")
+    use_cache = raw.get("step_cache", True) if step_cache is None else step_cache
+    if not isinstance(use_cache, bool):
+        problems.append(f"step_cache: expected true or false, got {use_cache!r}")
     plots = raw.get("plots") or {}
     contour = plots.get("contour_utterance", 0) if isinstance(plots, Mapping) else 0
     spec = None
@@ -289,7 +305,8 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
                          num_samples_given="num_samples" in raw or trials is not None,
                          resources=resources, max_failures=ints["max_failures"],
                          storage_path=str(storage_path or raw.get("storage_path") or "ray_results"),
-                         contour_utterance=contour, objective=objective, select=select, raw=dict(raw))
+                         contour_utterance=contour, objective=objective, select=select,
+                         step_cache=bool(use_cache), raw=dict(raw))
         problems.extend(space_problems(spec))
     if problems:
         raise ConfigError("invalid sweep definition:\n  " + "\n  ".join(problems))
@@ -320,12 +337,12 @@ def space_problems(spec: SweepSpec) -> list[str]:
 
 
 def load_sweep(path: str | Path, data: str | None = None, trials: int | None = None,
-               storage_path: str | None = None) -> SweepSpec:
+               storage_path: str | None = None, step_cache: bool | None = None) -> SweepSpec:
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read sweep file: {exc}") from exc
-    return parse_sweep(raw or {}, data, trials, storage_path)
+    return parse_sweep(raw or {}, data, trials, storage_path, step_cache)
 
 
 __all__ = ["ALIASES", "METRIC", "MODE", "ParamSpec", "ResourceSpec", "SamplerSpec", "SchedulerSpec", "SelectSpec",

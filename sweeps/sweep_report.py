@@ -57,8 +57,10 @@ def resolve_results(items: Sequence[str], tracking_uri: str | None, save_sweep: 
 
 
 def report_from_cli(items: Sequence[str], out: str | None, figure: str | None, into: str | None, command: str,
-                    tracking_uri: str | None = None, save_sweep: str | None = None, block: str = "") -> int:
+                    tracking_uri: str | None = None, save_sweep: str | None = None, block: str = "",
+                    paired_with: str | None = None) -> int:
     from dsl.report import report_from_cli as render
 
     with tempfile.TemporaryDirectory(prefix="dsl-report-") as tmp:
-        return render(resolve_results(items, tracking_uri, save_sweep, tmp), out, figure, into, command, block)
+        return render(resolve_results(items, tracking_uri, save_sweep, tmp), out, figure, into, command, block,
+                      paired_with)

@@ -61,13 +61,13 @@ def _moved(a: dict, b: dict, files: set[str]) -> list[str]:
     return out
 
 
-def _changed_fold_run(tones, cache, tmp_path, protocol: str) -> tuple[dict, dict, set[str], int]:
+def _changed_fold_run(tones, cache, tmp_path, protocol: str, **extra) -> tuple[dict, dict, set[str], int]:
     root, rows = tones
     original = _manifest(root, rows, "original.csv")
-    first = _run(original, cache, **{"protocol.name": protocol})
+    first = _run(original, cache, **{"protocol.name": protocol, **extra})
     assignment = tmp_path / "folds.json"  # fix the outer folds: the plan must not follow the changed labels
     assignment.write_text(json.dumps({u["file"]: u["fold"] for u in first["iterations"][0]["utterances"]}))
-    fixed = {"protocol.name": protocol, "protocol.assignment": str(assignment)}
+    fixed = {"protocol.name": protocol, "protocol.assignment": str(assignment), **extra}
     before = _run(original, cache, **fixed)
     fold = 0
     changed = {u["file"] for u in before["iterations"][0]["utterances"] if u["fold"] == fold}
@@ -75,9 +75,15 @@ def _changed_fold_run(tones, cache, tmp_path, protocol: str) -> tuple[dict, dict
     return before, after, changed, fold
 
 
-@pytest.mark.parametrize("protocol", ["nested", "refinery"])
-def test_leak_free_protocol_ignores_the_labels_of_its_test_fold(tones, feature_cache, tmp_path, protocol) -> None:
-    before, after, changed, fold = _changed_fold_run(tones, feature_cache, tmp_path, protocol)
+ACP_STAGE = {"stage.name": "acp", "stage.epochs": 10}  # attentive correlation pooling on the segment embeddings
+
+
+@pytest.mark.parametrize("protocol, stage", [("nested", {}), ("refinery", {}), ("refinery", ACP_STAGE)],
+                         ids=["nested", "refinery", "refinery-acp"])
+def test_leak_free_protocol_ignores_the_labels_of_its_test_fold(tones, feature_cache, tmp_path, protocol,
+                                                                stage) -> None:
+    before, after, changed, fold = _changed_fold_run(tones, feature_cache, tmp_path, protocol, **stage)
+    assert before["config"]["stage"]["name"] == stage.get("stage.name", "forest")
     assert before["protocol"]["leak_free"] is True
     assert 0 < len(changed) < 24
     assert _moved(before, after, changed) == []

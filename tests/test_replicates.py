@@ -98,3 +98,17 @@ def test_report_names_a_bad_file(tmp_path, capsys) -> None:
     with pytest.raises(ConfigError, match="not_a_result.json"):
         load_result(bad)
     assert main(["report", str(bad)]) == 2 and "not_a_result.json" in capsys.readouterr().err
+
+
+def test_paired_against_pairs_rows_with_the_reference_baseline_by_seed() -> None:
+    from dsl.report import paired_against
+
+    def study(seeds, uas):
+        return {"seeds": seeds, "iterations": [{"ua": {"values": uas}}]}
+
+    reference = study([0, 1, 2, 3], [0.60, 0.70, 0.50, 0.65])
+    other = study([3, 1, 0], [0.70, 0.72, 0.66])  # another order, one seed missing
+    diff = paired_against(other, other["iterations"][0], reference)
+    assert diff is not None and diff.n == 3
+    assert sorted(round(v, 6) for v in diff.values) == [0.02, 0.05, 0.06]
+    assert paired_against(study([7, 8], [0.5, 0.5]), {"ua": {"values": [0.5, 0.5]}}, reference) is None

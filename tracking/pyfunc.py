@@ -21,6 +21,12 @@ from dsl.model import EmotionModel
 # what loading and predicting imports (pip names); the versions pinned are the ones installed when logging
 PREDICT_REQUIREMENTS = ("torch", "timm", "numpy", "scikit-learn", "joblib", "librosa", "soundfile", "pandas",
                         "PyYAML")
+SSL_REQUIREMENTS = ("transformers", "safetensors")  # features.kind: ssl (the checkpoint travels in the model dir)
+
+
+def predict_requirements(features_kind: str = "logmel") -> tuple[str, ...]:
+    """What prediction imports for a model with this front end."""
+    return PREDICT_REQUIREMENTS + (SSL_REQUIREMENTS if features_kind == "ssl" else ())
 
 
 def pinned_requirements(names: Sequence[str] = PREDICT_REQUIREMENTS) -> list[str]:

@@ -26,7 +26,7 @@ def register_final(cfg: ChainConfig, tracking_uri: str, experiment_id: str, pare
     import mlflow
 
     from .client import client
-    from .pyfunc import DslPyfunc, code_paths, input_example, pinned_requirements, signature
+    from .pyfunc import DslPyfunc, code_paths, input_example, pinned_requirements, predict_requirements, signature
 
     print(f"training the final model ({cfg.backbone}, {cfg.labels.rule}, iteration {cfg.iterations}) on all data...",
           flush=True)
@@ -42,7 +42,8 @@ def register_final(cfg: ChainConfig, tracking_uri: str, experiment_id: str, pare
     with mlflow.start_run(run_id=run.info.run_id):
         info = mlflow.pyfunc.log_model(name="model", python_model=DslPyfunc(),
                                        artifacts={"model_dir": str(directory)},
-                                       pip_requirements=pinned_requirements(), code_paths=code_paths(),
+                                       pip_requirements=pinned_requirements(predict_requirements(cfg.features.kind)),
+                                       code_paths=code_paths(),
                                        signature=signature(label_names),
                                        input_example=input_example(example_wav(cfg)))
         mlflow.log_artifact(str(directory / "config.yaml"))

@@ -24,6 +24,7 @@ ROLE_TAG = "dsl.role"
 PATH_TAG = "dsl.sweep_path"
 ATTEMPTS_TAG = "dsl.attempts"  # how many times the trial (re)started: 1 unless retried or resumed
 STEP_KEY = "mean_fold_ua"  # every logged iteration has it: its history gives the steps already logged
+CACHED_TAG = "dsl.cached_iterations"  # iterations the step cache served whole (comma-separated; "" none)
 MISMATCH_TAG = "dsl.mlflow_mismatch"  # steps whose recomputed metrics differ from the values MLflow kept
 # MLflow 3's UI opens an experiment in its GenAI overview unless this tag says it holds model-training runs.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")

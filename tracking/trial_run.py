@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from .client import TrackingUnavailable, call, client
 from .schema import (
     ATTEMPTS_TAG,
+    CACHED_TAG,
     MISMATCH_TAG,
     PARENT_TAG,
     ROLE_TAG,
@@ -98,11 +99,11 @@ class TrialRun:
         A step is never logged twice: a skipped step whose STEP_KEY value differs from the one MLflow kept
         (an iteration computed again after a driver was killed before Tune's snapshot) is named in the tag
         `dsl.mlflow_mismatch` instead."""
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         have = set(skip) if skip is not None else self.logged_steps()
         done = []
-        for d in history:
+        for n, d in enumerate(history):
             it = int(d["iteration"])
             items = iteration_metrics(d)
             if it in have:
@@ -118,8 +119,11 @@ class TrialRun:
             now = int(time.time() * 1000)
             # the step key last, so a half-logged step is logged again rather than skipped
             items = sorted(items.items(), key=lambda kv: kv[0] == STEP_KEY)
-            self._call(self.client.log_batch, self.run_id, metrics=[Metric(k, v, now, it) for k, v in items])
             done.append(it)
+            # with the step's metrics, which of the iterations so far the step cache served
+            cached = ",".join(str(int(h["iteration"])) for h in history[:n + 1] if h.get("from_cache"))
+            self._call(self.client.log_batch, self.run_id, metrics=[Metric(k, v, now, it) for k, v in items],
+                       tags=[RunTag(CACHED_TAG, cached)])
         return done
 
     def log_files(self, paths: Iterable[str], artifact_path: str | None = None) -> None:

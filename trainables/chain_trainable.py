@@ -27,6 +27,7 @@ from dsl.config import ChainConfig
 from dsl.naming import run_name
 from dsl.protocols import is_leak_free
 from dsl.segments import build_segments
+from dsl.step_cache import StepCache
 from dsl.trial_config import trial_config
 from tracking.client import TrackingUnavailable
 from tracking.schema import flat_params
@@ -38,7 +39,7 @@ from .context import TrialContext
 from .fault import maybe_fail
 from .fold_runner import ray_runner
 from .metrics import report_metrics
-from .shared_data import CorpusMeta, attach, is_shared_view
+from .shared_data import CorpusMeta, attach, is_shared_view, select_variant
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +99,17 @@ def _runner(ctx: TrialContext, meta: CorpusMeta, data, run_cfg: ChainConfig):
     return local_runner(data, run_cfg)
 
 
-def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, context: TrialContext) -> None:
-    """Function trainable: `config` holds the trial's dotted overrides of `context.base` (a ChainConfig)."""
+def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, context: TrialContext,
+                variants: Mapping[Any, CorpusMeta] | None = None) -> None:
+    """Function trainable: `config` holds the trial's dotted overrides of `context.base` (a ChainConfig);
+    `variants` (FeatureSpec -> CorpusMeta) when the sweep searches the front end."""
     from ray import tune
 
     ctx = context
     trial_id = tune.get_context().get_trial_id() or "local"
     cfg = trial_config(ctx.base, config)
     check_config(cfg)
+    frames, meta = select_variant(frames, meta, variants, cfg.features)
     run_cfg = runtime_config(cfg, ctx)
     data = attach(frames, meta)  # zero-copy view of the object-store frames
     seg = build_segments(data.frame_offsets, cfg.segments, warn=False)
@@ -144,8 +148,9 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
         runner = _runner(ctx, meta, data, run_cfg)
         published, art = True, None
         try:
+            steps = StepCache(ctx.step_cache) if ctx.step_cache else None
             for result, state in iterate_chain(run_cfg, data, state, runner, show_progress=False,  # noqa: B020
-                                               rf_jobs=ctx.resources.head_threads):
+                                               rf_jobs=ctx.resources.head_threads, step_cache=steps):
                 assert result.posteriors is not None
                 contour[result.iteration] = np.asarray(result.posteriors[lo:hi], dtype=np.float32)
                 history = state.history

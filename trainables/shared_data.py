@@ -6,7 +6,7 @@ metadata, which also carries the ref itself so fold tasks can receive the frames
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ class CorpusMeta:
     paths: tuple[str, ...]
     skipped: dict[str, str] = field(default_factory=dict)
     frames_ref: Any = None
+    layers: int = 1
 
 
 def share_corpus(data: CorpusData) -> tuple[Any, CorpusMeta]:
@@ -34,22 +35,45 @@ def share_corpus(data: CorpusData) -> tuple[Any, CorpusMeta]:
 
     ref = ray.put(np.asarray(data.frames))
     meta = CorpusMeta(data.frame_offsets, data.labels, data.speakers, data.label_names, data.paths,
-                      dict(data.skipped), ref)
+                      dict(data.skipped), ref, data.layers)
     return ref, meta
 
 
 def attach(frames: np.ndarray, meta: CorpusMeta) -> CorpusData:
     """Rebuild `CorpusData` around the object-store view of the frames (never copied, never written)."""
     return CorpusData(frames=frames, frame_offsets=meta.frame_offsets, labels=meta.labels, speakers=meta.speakers,
-                      label_names=meta.label_names, paths=meta.paths, skipped=meta.skipped)
+                      label_names=meta.label_names, paths=meta.paths, skipped=meta.skipped,
+                      layers=getattr(meta, "layers", 1))
 
 
-def with_corpus(trainable: Callable, data: CorpusData, **params: Any) -> Callable:
-    """`tune.with_parameters(trainable, frames=<ref>, meta=<CorpusMeta>, **params)`."""
+def with_corpus(trainable: Callable, data: CorpusData, variants: Mapping[Any, CorpusData] | None = None,
+                **params: Any) -> Callable:
+    """`tune.with_parameters(trainable, frames=<ref>, meta=<CorpusMeta>, **params)`; with more than one front
+    end in `variants` (FeatureSpec -> data, `data` among them), also `variants={FeatureSpec: CorpusMeta}`:
+    a trial whose front end is not `data`'s attaches its own frames by the ref in its CorpusMeta."""
     from ray import tune
 
     ref, meta = share_corpus(data)
+    if variants and len(variants) > 1:
+        params["variants"] = {f: (meta if d is data else share_corpus(d)[1]) for f, d in variants.items()}
     return tune.with_parameters(trainable, frames=ref, meta=meta, **params)
+
+
+def select_variant(frames: np.ndarray, meta: CorpusMeta, variants: Mapping[Any, CorpusMeta] | None,
+                   features: Any) -> tuple[np.ndarray, CorpusMeta]:
+    """The frames and metadata of front end `features` (a FeatureSpec): the trial's own when the sweep shared
+    several, else the one corpus it was given."""
+    if not variants:
+        return frames, meta
+    if features not in variants:
+        raise ValueError(f"the sweep extracted no frames for this trial's front end {features}; it has "
+                         f"{len(variants)} front end(s) from the search space's features.* choices")
+    chosen = variants[features]
+    if chosen.frames_ref == meta.frames_ref:
+        return frames, meta
+    import ray
+
+    return ray.get(chosen.frames_ref), chosen
 
 
 def is_shared_view(arr: np.ndarray) -> bool:
