@@ -207,6 +207,10 @@ def run_overhead(data, cpu_cfg, short_cfg, k: int, log=print) -> dict[str, Any]:
         t = time.perf_counter()
         run_chain(short_cfg, data, show_progress=False)
         out["short_chain_direct_seconds"] = time.perf_counter() - t
+        prof = cProfile.Profile()  # the trials run under cProfile: what it costs the chain, measured here
+        t = time.perf_counter()
+        prof.runcall(run_chain, short_cfg, data, show_progress=False)
+        out["short_chain_direct_profiled_seconds"] = time.perf_counter() - t
     out["cpu_chain_seconds"] = out["short_chain_direct_seconds"] if same else cpu_seconds
     log(f"  {'reduced (--quick) ' if same else ''}cpu-preset chain directly ({out['cpu_chain']}): "
         f"{out['cpu_chain_seconds']:.1f} s", flush=True)
@@ -238,6 +242,7 @@ def run_overhead(data, cpu_cfg, short_cfg, k: int, log=print) -> dict[str, Any]:
     out["quick_sweep_per_trial_overhead_seconds"] = (c * first["overhead_seconds"] + (n - c) * steady) / n
     out["quick_sweep_per_trial_overhead_share_of_cpu_chain"] = out["quick_sweep_per_trial_overhead_seconds"] / cpu
     out["short_chain_in_trial_vs_direct"] = chain_total / len(trials) / out["short_chain_direct_seconds"]
+    out["short_chain_in_trial_vs_direct_profiled"] = chain_total / len(trials) / out["short_chain_direct_profiled_seconds"]
     out["meets_5_percent"] = out["quick_sweep_per_trial_overhead_share_of_cpu_chain"] <= 0.05
     log(f"  per-trial overhead as a share of the cpu chain ({cpu:.0f} s; goal <= 5 %): a new trial process "
         f"{first['overhead_seconds']:.1f} s = {100 * out['first_trial_overhead_share_of_cpu_chain']:.1f} %, a reused one "
