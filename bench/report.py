@@ -19,6 +19,7 @@ def render(results: dict) -> str:
         kind += f" ({', '.join(s)} only)"
     lines = [f"### {kind} of {m['date']}", "",
              f"- command: `{m['command']}`", f"- device: {m['device']}",
+             *([f"- CPU flags: {', '.join(m['cpu_flags']) or 'none of the SIMD flags read'}"] if "cpu_flags" in m else []),
              f"- python {m['python']}, torch {m['torch']} (default intra-op threads: {m['torch_default_threads']})",
              f"- load average (1/5/15 min) at start {m.get('load_average_start')}, at end {m.get('load_average_end')}; "
              f"{m['note']}", f"- total time: {_f(m.get('total_seconds', 0), 0)} s", ""]
@@ -112,40 +113,7 @@ def render(results: dict) -> str:
                           + "; ".join(f"`{t['function']}` {100 * t['share']:.0f} %" for t in p["top_tottime"][:6]), ""]
 
     if not skipped("sweep"):
-        r = s["sweep"]
-        lines += ["#### 4. Ray Tune: overhead and shared-feature memory", "",
-                  f"Short chain: {r['short_chain']}. Ray start-up: {_f(r['ray_init_seconds'])} s (once per sweep).", ""]
-        t = r.get("project_trial", {})
-        if "skipped" in t:
-            lines += [f"Project trial: skipped ({t['skipped']}).", ""]
-        elif t:
-            lines += ["| what | s |", "| --- | ---: |",
-                      f"| same chain called directly (1 thread) | {_f(r['direct_chain_seconds'])} |",
-                      f"| one `trainables.chain_trainable.train_chain` trial, `Tuner.fit` wall | {_f(t['tuner_fit_seconds'])} |",
-                      f"| chain time reported inside the trial | {_f(t['chain_seconds_inside_trial'])} |",
-                      f"| overhead per trial (Tuner.fit - direct) | {_f(t['overhead_seconds'])} ({_f(t['overhead_ratio'], 2)}x) |",
-                      f"| fixed cost per trial (Tuner.fit - chain inside the trial) | "
-                      f"{_f(t['tuner_fit_seconds'] - t['chain_seconds_inside_trial'])} |",
-                      "", f"Frames zero-copy in the trial: {t['frames_zero_copy']}. UA direct "
-                      f"{_f(100 * r['direct_ua'], 2)} %, in the trial {_f(100 * t['ua'], 2)} %.", ""]
-        mem = r.get("memory")
-        if mem:
-            one, four = mem["one"], mem["four"]
-            lines += [f"Feature memory (frames {one['frames_mib']} MiB, shared via {one['shared_by']}; read-only "
-                      f"object-store view in every trial: {one['frames_read_only_view'] and four['frames_read_only_view']}):", "",
-                      "| concurrent trials | private (USS) growth per trial on touching all frames, MiB | "
-                      "same for a private copy (control), MiB | feature memory = store + private, MiB | "
-                      "if each trial copied, MiB | peak summed USS / PSS / RSS of Ray workers, MiB |",
-                      "| ---: | --- | --- | ---: | ---: | --- |"]
-            for x in (one, four):
-                lines.append(f"| {x['trials']} | {x['per_trial_touch_delta_uss_mib']} | {x['per_trial_copy_control_delta_uss_mib']} | "
-                             f"{x['feature_memory_mib']} | {x['feature_memory_if_copied_mib']} | "
-                             f"{x['peak_sum_uss_workers_mib']} / {x['peak_sum_pss_workers_mib']} / {x['peak_sum_rss_workers_mib']} |")
-            lines += ["", f"Feature memory, 4 vs 1 concurrent trials: **{_f(mem['feature_memory_ratio_4_vs_1'], 3)}x** "
-                          f"(requirement < 1.5x: {'met' if mem['requirement_below_1_5x'] else 'NOT met'}; a copy per trial "
-                          f"would give {_f(mem['feature_memory_ratio_4_vs_1_if_copied'], 2)}x). Whole-trial private memory "
-                          f"(torch, model, per-fold normalised frames) grows {_f(mem['whole_trial_peak_uss_ratio_4_vs_1'], 2)}x, "
-                          "as expected for 4 processes.", ""]
+        lines += render_sweep(s["sweep"])
     return "\n".join(lines)
 
 
@@ -163,3 +131,89 @@ def update_markdown(path: Path, results: dict) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def render_sweep(r: dict) -> list[str]:
+    """Section 4: per-trial overhead, feature memory, the quick sweep three ways."""
+    lines = ["#### 4. Ray Tune sweeps: per-trial overhead, shared-feature memory, the quick sweep three ways", ""]
+    o = r.get("overhead", {})
+    if "error" in o:
+        lines += [f"Per-trial overhead: error: {o['error']}", ""]
+    elif o:
+        t = o["tune"]
+        lines += [f"Per-trial overhead: {t['k']} trials of the project trainable (`train_chain`, MLflow to SQLite, "
+                  f"actors reused as in a sweep) one after another, chain {o['short_chain']}, under cProfile; the "
+                  f"`cpu` chain ({o['cpu_chain']}) took **{_f(o['cpu_chain_seconds'])} s** directly in the same run "
+                  f"(the short chain {_f(o['short_chain_direct_seconds'])} s directly).", "",
+                  "| trial | process | wall s | chain s | overhead s | imports | MLflow open | MLflow other | plots | "
+                  "tune.report | start -> call | return -> complete |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for x in t["trials"]:
+            p = x["phases"]
+            other = sum(v for k, v in p.items() if k.startswith("mlflow:") and not k.startswith("mlflow: open"))
+            lines.append(f"| {x['i']} | {x['pid']} | {_f(x['wall_seconds'])} | {_f(p['chain (iterate_chain)'])} | "
+                         f"**{_f(x['overhead_seconds'])}** | {_f(p['imports'])} | "
+                         f"{_f(p['mlflow: open run (client, lookup, create)'])} | {_f(other)} | "
+                         f"{_f(p['plots: matplotlib rendering'])} | {_f(p['tune.report (incl. checkpoint upload)'])} | "
+                         f"{_f(x['driver_start_to_call'])} | {_f(x['return_to_driver_complete'])} |")
+        reduced = " (--quick: a reduced chain stands in for it)" if o.get("cpu_chain_is_reduced") else ""
+        lines += ["", f"Per-trial overhead as a share of the `cpu` chain{reduced}, goal <= 5 %:", "",
+                  "| what | s | share |", "| --- | ---: | ---: |",
+                  f"| a new trial process (first trial of a process) | {_f(o['first_trial_overhead_seconds'])} | "
+                  f"{_f(100 * o['first_trial_overhead_share_of_cpu_chain'])} % |",
+                  f"| a reused process (later trials; Tune `reuse_actors`) | {_f(o['steady_trial_overhead_seconds'])} | "
+                  f"{_f(100 * o['steady_overhead_share_of_cpu_chain'])} % |",
+                  f"| **per trial of the quick sweep (8 trials, 2 processes)** | "
+                  f"**{_f(o['quick_sweep_per_trial_overhead_seconds'])}** | "
+                  f"**{_f(100 * o['quick_sweep_per_trial_overhead_share_of_cpu_chain'])} %** |",
+                  f"| per trial of these {t['k']} trials (Tuner.fit wall - chain time) | "
+                  f"{_f(o['per_trial_overhead_seconds'])} | {_f(100 * o['per_trial_overhead_share_of_cpu_chain'])} % |",
+                  "", f"Goal (quick-sweep row): {'met' if o['meets_5_percent'] else 'NOT met'}. Chain time in the trial / "
+                  f"directly: {_f(o['short_chain_in_trial_vs_direct'], 2)}x, both under cProfile: "
+                  f"{_f(o.get('short_chain_in_trial_vs_direct_profiled', '-'), 2)}x. Once per sweep, not per "
+                  f"trial: Tuner.fit to the first trial start {_f(t['fit_to_first_start'])} s, last completion to return "
+                  f"{_f(t['last_complete_to_fit_end'])} s. The columns overlap (imports happen inside MLflow open, the "
+                  "chain and the first plot); imports inside the chain count as chain.", ""]
+    mem = r.get("memory")
+    if mem:
+        one, four = mem["one"], mem["four"]
+        lines += [f"Feature memory (frames {one['frames_mib']} MiB, shared via {one['shared_by']}; read-only "
+                  f"object-store view in every trial: {one['frames_read_only_view'] and four['frames_read_only_view']}):", "",
+                  "| concurrent trials | private (USS) growth per trial on touching all frames, MiB | "
+                  "same for a private copy (control), MiB | feature memory = store + private, MiB | "
+                  "if each trial copied, MiB | peak summed USS / PSS / RSS of Ray workers, MiB |",
+                  "| ---: | --- | --- | ---: | ---: | --- |"]
+        for x in (one, four):
+            lines.append(f"| {x['trials']} | {x['per_trial_touch_delta_uss_mib']} | {x['per_trial_copy_control_delta_uss_mib']} | "
+                         f"{x['feature_memory_mib']} | {x['feature_memory_if_copied_mib']} | "
+                         f"{x['peak_sum_uss_workers_mib']} / {x['peak_sum_pss_workers_mib']} / {x['peak_sum_rss_workers_mib']} |")
+        lines += ["", f"Feature memory, 4 vs 1 concurrent trials: **{_f(mem['feature_memory_ratio_4_vs_1'], 3)}x** "
+                      f"(requirement < 1.5x: {'met' if mem['requirement_below_1_5x'] else 'NOT met'}; a copy per trial "
+                      f"would give {_f(mem['feature_memory_ratio_4_vs_1_if_copied'], 2)}x).", ""]
+    tw = r.get("three_ways")
+    if tw:
+        lines += [f"The quick example sweep (`{tw['sweep_file']}`"
+                  + (f", reduced for --quick: {tw['quick_recipe']}" if tw.get("quick_recipe") else "")
+                  + "), each variant with its own Ray, storage and (empty) step cache:", ""]
+        if tw.get("note"):
+            lines += [f"Note: {tw['note']}.", ""]
+        lines += ["| trials | step cache s | no cache s | plain Tune + Optuna s | no cache / cache | plain / cache | "
+                  "iterations from the cache | WA/UA identical with and without the cache |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for n, row in tw["by_trials"].items():
+            def wall(k: str, row: dict = row) -> str:
+                v = row.get(k) or {}
+                return "error" if "error" in v else _f(v.get("wall_seconds", "-"))
+            eq = row.get("identical")
+            check = (f"{'PASS' if eq['identical'] else 'FAIL'}: {eq['values_compared']} values, "
+                     f"{eq['configs_in_both']} configurations, max diff {eq['max_abs_difference']:.3g}") if eq else "-"
+            cache = row.get("cache") or {}
+            served = f"{cache['iterations_from_cache']} of {cache['iterations_trained']}" if "iterations_trained" in cache else "-"
+            lines.append(f"| {n} | {wall('cache')} | {wall('nocache')} | {wall('plain')} | "
+                         f"**{_f(row.get('nocache_over_cache', '-'), 2)}x** | {_f(row.get('plain_over_cache', '-'), 2)}x | "
+                         f"{served} | {check} |")
+        if "meets_2x" in tw:
+            lines += ["", f"Goal >= 2x cache vs no cache: {'met' if tw['meets_2x'] else 'NOT met'}; ratio grows with the "
+                          f"number of trials: {'yes' if tw['ratio_grows_with_trials'] else 'no'}."]
+        lines.append("")
+    return lines

@@ -1,8 +1,9 @@
 """`python -m bench.run [--quick] [--only NAME[,NAME]] [--out bench/results.json]`: run the benchmarks.
 
 Sections (issue #5): `features` (log-Mel extraction), `throughput` (training segments/s per backbone),
-`chain` (the whole `cpu` preset chain, project vs plain loop), `sweep` (Ray Tune overhead and shared
-feature memory). Every ratio is measured side by side in this one run; absolute timings depend on the
+`chain` (the whole `cpu` preset chain, project vs plain loop), `sweep` (per-trial overhead in Ray Tune as a
+share of a `cpu` chain, shared feature memory, and the quick example sweep with and without the step cache
+and as a plain Ray Tune + OptunaSearch sweep, for `--trials` 8,24). Every ratio is measured side by side in this one run; absolute timings depend on the
 machine and on whatever else runs on it. Results go to the JSON file (rewritten after each section) and
 to a generated section of bench/RESULTS.md (text outside the generated markers is kept).
 """
@@ -95,7 +96,8 @@ def section_sweep(args, state) -> dict:
 
     cfg = state.setdefault("cfg", _cpu_cfg())
     data = state.setdefault("data", _data(cfg))
-    return run_sweep(data, cfg, quick=args.quick, log=log)
+    counts = [int(x) for x in args.trials.split(",") if x.strip()] if args.trials else None
+    return run_sweep(data, cfg, quick=args.quick, log=log, trial_counts=counts, save=state["save_partial"])
 
 
 RUNNERS = {"features": section_features, "throughput": section_throughput, "chain": section_chain,
@@ -110,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--md", default=str(REPO / "bench" / "RESULTS.md"), help="markdown file to update ('' to skip)")
     p.add_argument("--backbones", default="", help="comma-separated backbones for the throughput section")
     p.add_argument("--seeds", default="", help="comma-separated chain seeds for the chain section (default 0,1,2; --quick: 0)")
+    p.add_argument("--trials", default="", help="comma-separated trial counts of the sweep section's quick example "
+                   "sweep (default 8,24; --quick: 4)")
     p.add_argument("--profile", action="store_true", help="always profile one fold in the chain section")
     args = p.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()] or list(RUN_ORDER)
@@ -119,22 +123,32 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DSL_PROGRESS", "0")
     import torch
 
+    from dsl.environment import machine_info
+
     argv_text = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     meta = {
         "command": f"python -m bench.run {argv_text}".strip(),
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "device": device_description(), "python": platform.python_version(), "torch": torch.__version__,
+        "device": device_description(), "cpu_flags": machine_info()["cpu_flags"], "python": platform.python_version(), "torch": torch.__version__,
         "torch_default_threads": default_threads(), "quick": args.quick, "load_average_start": load_average(),
         "note": "ratios are measured side by side in one run; absolute timings are noisy (other jobs share the CPU)",
     }
     results: dict = {"meta": meta, "sections": {}}
     state: dict = {}
+    log(f"device: {meta['device']}; CPU flags: {', '.join(meta['cpu_flags']) or 'none read'}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     for name in only:
         log(f"[{name}]")
         t0 = time.perf_counter()
+
+        def save_partial(partial: dict, name: str = name) -> None:  # a killed run keeps the parts measured so far
+            results["sections"][name] = {**partial, "partial": True}
+            meta["total_seconds"] = time.perf_counter() - started
+            out.write_text(json.dumps(results, indent=2, default=float))
+
+        state["save_partial"] = save_partial
         try:
             res = RUNNERS[name](args, state)
             res["section_seconds"] = time.perf_counter() - t0

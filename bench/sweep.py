@@ -1,9 +1,8 @@
-"""Section 4: sweep overhead and memory of trials inside Ray Tune.
+"""Section 4: sweeps in Ray Tune: per-trial overhead, memory of shared features, and the quick sweep three ways.
 
-Overhead: one trial of the project's trainable (`trainables.chain_trainable.train_chain`, imported lazily;
-the section skips with a message if it is not there) running a short chain, against the same chain
-called directly in this process with the same thread count. Ray's start-up is reported separately
-(it is paid once per sweep, not per trial).
+Overhead (`bench.trial_overhead`): trials of the project's trainable with MLflow tracking, profiled,
+against a `cpu`-preset chain called directly in this process. The quick example sweep with and without
+the step cache and as plain Ray Tune + OptunaSearch: `bench.sweep_compare`.
 
 Memory of the shared features: the corpus frames go into the object store once
 (`trainables.shared_data.with_corpus`, or `ray.put` + `tune.with_parameters` when that module is missing)
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import Skip, mib, process_cmdlines, smaps_rollup, torch_threads
+from .common import Skip, mib, process_cmdlines, smaps_rollup
 
 PAGE = 4096
 
@@ -179,63 +178,57 @@ def _memory_run(data, cfg, n: int, storage: str, hold_s: float) -> dict:
     }
 
 
-def run_sweep(data, base_cfg, quick: bool = False, log=print) -> dict:
-    """Overhead of one project trial vs a direct chain, and feature memory of 1 vs 4 concurrent trials."""
+def overhead_configs(base_cfg, quick: bool):
+    """(the `cpu` chain whose wall time the overhead is a share of, the chain the overhead trials run).
+
+    Full: the `cpu` preset as a user runs it (2 workers x 1 thread), and the quick example sweep's recipe
+    (hop 16, 3 folds, 3 epochs) with the preset's iterations, so a trial reports, checkpoints and logs as
+    many iterations as a `cpu` chain. --quick: one reduced chain for both."""
+    short = base_cfg.replace(**{"segments.hop": 16, "protocol.folds": 3, "train.epochs": 3, "train.patience": 2,
+                                "train.workers": 1, "train.num_threads": 1})
+    if quick:
+        short = short.replace(**{"protocol.folds": 2, "train.epochs": 1, "segments.hop": 32})
+        return short, short
+    return base_cfg, short
+
+
+def run_sweep(data, base_cfg, quick: bool = False, log=print, trial_counts: list[int] | None = None,
+              save=lambda partial: None) -> dict:
+    """Per-trial overhead as a share of a `cpu` chain, feature memory of 1 vs 4 concurrent trials, and the
+    quick example sweep with/without the step cache and as plain Ray Tune (`bench.sweep_compare`).
+    `save(partial)` is called after each part, so a killed run keeps what it measured."""
     try:
         import ray
-        from ray import tune
     except ImportError as exc:
         raise Skip(f"ray is not installed ({exc})") from None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ["DSL_PROGRESS"] = "0"
-    from dsl.chain import run_chain
+    from sweeps.session import quiet_ray
+
+    quiet_ray()  # Tune's own tables and progress off (RAY_AIR_NEW_OUTPUT=0, verbose 0), as in a sweep
+    from .common import cache_dir, require_emodb
+    from .sweep_compare import run_three_ways
+    from .trial_overhead import run_overhead
+
+    out: dict[str, Any] = {}
+    cpu_cfg, short_cfg = overhead_configs(base_cfg, quick)
+    log("  per-trial overhead (project trainable, MLflow to SQLite, trials one after another):", flush=True)
+    try:
+        out["overhead"] = run_overhead(data, cpu_cfg, short_cfg, k=2 if quick else 3, log=log)
+    except Exception as exc:  # keep the other parts
+        out["overhead"] = {"error": f"{type(exc).__name__}: {exc}"}
+        log(f"  overhead: error: {out['overhead']['error']}", flush=True)
+    save(out)
 
     cfg = base_cfg.replace(**short_chain_overrides(quick))
-    out: dict[str, Any] = {"short_chain": short_chain_overrides(quick)}
-
-    # The same chain directly (same thread count as a 1-CPU trial).
-    with torch_threads(1):
-        start = time.perf_counter()
-        direct = run_chain(cfg, data, show_progress=False)
-        out["direct_chain_seconds"] = time.perf_counter() - start
-    out["direct_ua"] = direct.iterations[-1].ua
-    log(f"  direct chain: {out['direct_chain_seconds']:.1f} s, UA {100 * out['direct_ua']:.2f} %", flush=True)
-
+    out["short_chain"] = short_chain_overrides(quick)
     storage = tempfile.mkdtemp(prefix="dsl-bench-ray-")
     start = time.perf_counter()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     out["ray_init_seconds"] = time.perf_counter() - start
     try:
-        try:
-            from trainables.chain_trainable import train_chain
-            from trainables.context import TrialContext, TrialResources
-            from trainables.fold_runner import placement
-            from trainables.shared_data import with_corpus
-        except ImportError as exc:
-            out["project_trial"] = {"skipped": f"trainables.chain_trainable is not importable yet ({exc})"}
-            log(f"  project trial skipped: {out['project_trial']['skipped']}", flush=True)
-        else:
-            res = TrialResources(cpu=1)
-            ctx = TrialContext("bench", cfg, resources=res)
-            trainable = tune.with_resources(with_corpus(train_chain, data, context=ctx), placement(res))
-            start = time.perf_counter()
-            with MemorySampler() as sampler:
-                results = _tune(trainable, {"seed": cfg.seed}, 1, storage, "bench-overhead")
-            wall = time.perf_counter() - start
-            m = results[0].metrics
-            out["project_trial"] = {
-                "tuner_fit_seconds": wall, "chain_seconds_inside_trial": float(m.get("seconds", float("nan"))),
-                "ua": float(m.get("ua", float("nan"))), "frames_zero_copy": bool(m.get("frames_zero_copy", 0)),
-                "overhead_seconds": wall - out["direct_chain_seconds"],
-                "overhead_ratio": wall / out["direct_chain_seconds"],
-                "peak_sum_uss_workers_mib": mib(sampler.peak["uss"]),
-                "peak_sum_pss_workers_mib": mib(sampler.peak["Pss"]),
-            }
-            log(f"  project trial in Tune: {wall:.1f} s (chain inside {out['project_trial']['chain_seconds_inside_trial']:.1f} s), "
-                f"overhead {out['project_trial']['overhead_seconds']:.1f} s", flush=True)
-
         hold = 2.0 if quick else 5.0
         one = _memory_run(data, cfg, 1, storage, hold)
         log(f"  1 trial : features {one['feature_memory_mib']} MiB (frames {one['frames_mib']} MiB, "
@@ -258,4 +251,14 @@ def run_sweep(data, base_cfg, quick: bool = False, log=print) -> dict:
         import shutil
 
         shutil.rmtree(storage, ignore_errors=True)
+    save(out)
+
+    counts = trial_counts or ([4] if quick else [8, 24])
+    log(f"  quick example sweep three ways, {', '.join(map(str, counts))} trials:", flush=True)
+
+    def save_three(partial: dict) -> None:
+        out["three_ways"] = partial
+        save(out)
+
+    out["three_ways"] = run_three_ways(str(require_emodb()), cache_dir(), counts, quick, save_three, log)
     return out

@@ -76,10 +76,11 @@ class ProgressPrinter(tune.Callback):
 
 def _backfill(c, run_id: str, trial) -> None:
     """Log the steps of the trial's latest checkpoint that its MLflow run lacks (never one it has), and its
-    artifacts when the trial could not (stopped by Tune inside `tune.report`, before it logged them)."""
+    artifacts when the trial could not (stopped by Tune inside `tune.report`, or failed for good: a trial
+    renders its plots only when it finishes)."""
     from tracking.client import call
     from tracking.trial_run import TrialRun
-    from trainables.artifacts import RESULT_NAME, log_trial_artifacts
+    from trainables.artifacts import PLOT_DIR, log_trial_artifacts
     from trainables.checkpoint import TrialCheckpoint
 
     ckpt = trial.checkpoint
@@ -91,8 +92,8 @@ def _backfill(c, run_id: str, trial) -> None:
     done = run.log_iterations(saved.state.history)
     if done:
         print(f"MLflow: logged steps {done} of {_short(trial.trial_id)} from its last checkpoint", flush=True)
-    has_result = any(a.path == RESULT_NAME for a in call(c.list_artifacts, run_id))
-    if (done or not has_result) and saved.config is not None:
+    has_plots = any(a.path == PLOT_DIR for a in call(c.list_artifacts, run_id))  # a trial plots when it finishes
+    if (done or not has_plots) and saved.config is not None:
         iterations = int(saved.config.get("iterations", 0))
         log_trial_artifacts(run, saved, finished=saved.state.next_iteration > iterations)
 

@@ -112,3 +112,37 @@ def test_chain_section_runs_both_sides_per_seed_and_renders(tone_manifest, tmp_p
     text = render({"meta": {"date": "d", "command": "c", "device": "x", "python": "3", "torch": "t",
                             "torch_default_threads": 1, "note": "n"}, "sections": {"chain": res}})
     assert "| mean | **project** |" in text and "Speed-up (total plain / total project)" in text
+
+
+def test_sweep_three_ways_check_and_table() -> None:
+    """The cached-vs-computed check compares per configuration and iteration and fails on any difference; the
+    section renders the ratios and the verdict (no Ray: the sweeps themselves run in `bench.run --only sweep`)."""
+    from bench.sweep_compare import compare_metrics, config_key, summarise
+
+    assert config_key({"ray_trial_id": "a", "train.workers": "1", "labels.rule": "bdsl"}) == "labels.rule=bdsl"
+    cfg_a, cfg_b = config_key({"labels.rule": "bdsl", "iterations": "2"}), config_key({"labels.rule": "gsl"})
+    computed = [{"trial_id": "n1", "config": cfg_a, "ua": {0: 0.5, 1: 0.55, 2: 0.56}, "wa": {0: 0.6, 1: 0.61, 2: 0.62},
+                 "cached": []},
+                {"trial_id": "n2", "config": cfg_b, "ua": {0: 0.5}, "wa": {0: 0.6}, "cached": []}]
+    cached = [{"trial_id": "c1", "config": cfg_a, "ua": {0: 0.5, 1: 0.55}, "wa": {0: 0.6, 1: 0.61}, "cached": [0]}]
+    eq = compare_metrics(cached, computed)
+    assert eq["identical"] and eq["values_compared"] == 4 and eq["configs_in_both"] == 1
+    assert eq["configs_only_uncached"] == 1 and eq["max_abs_difference"] == 0.0
+    cached[0]["ua"][1] = 0.5501
+    eq = compare_metrics(cached, computed)
+    assert not eq["identical"] and eq["max_abs_difference"] == pytest.approx(1e-4)
+    assert eq["mismatches"][0]["iteration"] == 1
+    assert not compare_metrics([], computed)["identical"]  # nothing compared is no pass
+
+    row = {"cache": {"wall_seconds": 100.0, "trials": 8, "errors": 0, "runs": cached, "iterations_trained": 2,
+                     "iterations_from_cache": 1},
+           "nocache": {"wall_seconds": 250.0, "trials": 8, "errors": 0, "runs": computed},
+           "plain": {"wall_seconds": 300.0, "trials": 8, "errors": 0}}
+    summarise(row)
+    assert row["nocache_over_cache"] == 2.5 and row["plain_over_cache"] == 3.0
+    tw = {"sweep_file": "sweeps/examples/quick_emodb.yaml", "quick_recipe": None, "step_cache_supported": True,
+          "by_trials": {"8": row}, "meets_2x": True, "ratio_grows_with_trials": True}
+    text = render({"meta": {"date": "d", "command": "c", "device": "x", "python": "3", "torch": "t",
+                            "torch_default_threads": 1, "note": "n"}, "sections": {"sweep": {"three_ways": tw}}})
+    assert "| 8 | 100.0 | 250.0 | 300.0 | **2.50x** | 3.00x | 1 of 2 | FAIL" in text
+    assert "Goal >= 2x cache vs no cache: met" in text

@@ -98,6 +98,32 @@ def test_driver_logs_the_artifacts_of_a_trial_stopped_before_it_could(tmp_path: 
     assert r["finished"] is False and r["trial_id"] == "t1" and r["label_names"] == ["anger", "neutral"]
 
 
+def test_a_trial_plots_once_and_the_driver_plots_a_trial_that_failed_for_good(tmp_path: Path) -> None:
+    """Mid-run the trial refreshes only result.json (plots cost ~0.5 s each, bench/trial_overhead.py); a trial
+    that never finished, all of its steps logged, still gets its plots from the driver."""
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+    from ray import tune
+
+    from sweeps.callbacks import _backfill
+    from trainables.artifacts import log_trial_artifacts
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = c.create_run(c.create_experiment("y")).info.run_id
+    state = ChainState(1, [np.eye(2, dtype=np.float32)], [_it(0, [0.5, 0.5], 0.5)])
+    ckpt = TrialCheckpoint(state, run_id, {0: np.random.rand(5, 2)}, {**ChainConfig().to_dict(), "iterations": 2},
+                           ["anger", "neutral"], "u.wav", "t2")
+    run = TrialRun(c, run_id)
+    run.log_iterations(state.history)
+    log_trial_artifacts(run, ckpt, finished=False, plots_too=False)
+    assert {a.path for a in c.list_artifacts(run_id)} == {"result.json"}
+    ckpt.save(tmp_path / "ckpt")
+    _backfill(c, run_id, SimpleNamespace(checkpoint=tune.Checkpoint.from_directory(tmp_path / "ckpt"), trial_id="t2"))
+    assert len(c.list_artifacts(run_id, "plots")) == 3
+    assert [m.step for m in c.get_metric_history(run_id, "mean_fold_ua")] == [0]  # no step logged twice
+
+
 def test_fault_hook_raises_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DSL_SWEEP_FAIL_ONCE", str(tmp_path / "marker"))
     maybe_fail(1, "t")  # not the configured iteration

@@ -1,7 +1,10 @@
 """A trial's MLflow artifacts, written from its checkpoint: the result JSON and three plots.
 
-One function for the trial (each iteration) and the driver (`FinalizeRuns`, for a trial Tune stopped
-inside `tune.report`, before the trial could log them), so both write the same files.
+One function for the trial and the driver (`FinalizeRuns`, for a trial Tune stopped inside `tune.report`
+or one that failed for good, before the trial could log them), so both write the same files. The trial
+refreshes the result JSON after every iteration (cheap) and renders the plots once, when it finishes:
+matplotlib took ~0.5 s a plot, the largest per-trial cost of a sweep after the first trial of a process
+(bench/trial_overhead.py); a trial that does not finish gets its plots from the driver.
 """
 from __future__ import annotations
 
@@ -32,9 +35,9 @@ def trial_result(ckpt: TrialCheckpoint, finished: bool) -> dict:
             "iterations": history}
 
 
-def log_trial_artifacts(run, ckpt: TrialCheckpoint, finished: bool) -> None:
-    """Log `result.json` and `plots/{confusion_matrix,accuracy_per_iteration,segment_posteriors}.png` to
-    `run` (a `TrialRun`), replacing earlier versions."""
+def log_trial_artifacts(run, ckpt: TrialCheckpoint, finished: bool, plots_too: bool = True) -> None:
+    """Log `result.json` and (`plots_too`) `plots/{confusion_matrix,accuracy_per_iteration,segment_posteriors}.png`
+    to `run` (a `TrialRun`), replacing earlier versions."""
     history = ckpt.state.history
     if not history:
         return
@@ -43,6 +46,8 @@ def log_trial_artifacts(run, ckpt: TrialCheckpoint, finished: bool) -> None:
         last = history[-1]
         (t / RESULT_NAME).write_text(json.dumps(trial_result(ckpt, finished), indent=1))
         run.log_files([str(t / RESULT_NAME)])
+        if not plots_too:
+            return
         files = [
             plots.confusion_plot(last["confusion"], ckpt.label_names, t / "confusion_matrix.png",
                                  f"iteration {last['iteration']}: UA {100 * last['ua']:.1f} %"),

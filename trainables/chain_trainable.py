@@ -163,7 +163,7 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
                 maybe_fail(result.iteration, trial_id)
                 finished = state.next_iteration > cfg.iterations
                 def art(c: TrialCheckpoint = ckpt, f: bool = finished) -> None:
-                    log_trial_artifacts(run, c, finished=f)
+                    log_trial_artifacts(run, c, finished=f, plots_too=f)  # plots once, at the end
 
                 published = _publish(run, logged, history, art, wait=False)
         finally:
