@@ -3,6 +3,8 @@ losses, is a config error where it does not apply, and a chain with it gives the
 worker processes."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,6 @@ from dsl.data import CorpusData
 from dsl.fold_job import FoldJob, train_fold
 from dsl.mtl import MTLAug
 from dsl.rules import one_hot
-from dsl.step_cache import StepKeys
 from dsl.train import SegmentBatcher, fit, predict_proba, soft_cross_entropy
 from dsl.trial_config import trial_config
 from tests.support.data import TINY, write_tone
@@ -106,7 +107,7 @@ def _synthetic_data(aux: bool) -> CorpusData:
                       aux_frames=aux_frames, aux_offsets=np.arange(6, dtype=np.int64) * per if aux else None)
 
 
-def test_without_aux_data_a_fold_ignores_aux_frames_and_the_step_cache_key_covers_them(tmp_path) -> None:
+def test_without_aux_data_a_fold_ignores_aux_frames(tmp_path) -> None:
     torch.set_num_threads(1)
     cfg = ChainConfig().replace(**{"segments.length": 32, "segments.hop": 8, "train.epochs": 1,
                                    "train.batch_size": 16, "train.aux": "mtl_aug", "train.num_threads": 1,
@@ -123,13 +124,6 @@ def test_without_aux_data_a_fold_ignores_aux_frames_and_the_step_cache_key_cover
     assert not all(torch.equal(x, y) for x, y in zip(_weights(a.model), _weights(c.model)))
     with pytest.raises(ValueError, match="carries no aux frames"):
         train_fold(job, plain, aux_cfg)
-    # the step cache: other (or no) unlabelled frames never hit an MTL-AUG entry; without MTL-AUG they do not matter
-    other = CorpusData(**{**with_frames.__dict__, "aux_frames": with_frames.aux_frames + 1.0})
-    keys = {name: StepKeys.of(aux_cfg, d).folds for name, d in (("none", plain), ("aux", with_frames), ("other", other))}
-    assert len(set(keys.values())) == 3, keys
-    assert StepKeys.of(aux_cfg.replace(**{"train.aux_data": "/elsewhere"}), with_frames).folds == keys["aux"]
-    no_mtl = cfg.replace(**{"train.aux": "none"})
-    assert StepKeys.of(no_mtl, plain) == StepKeys.of(no_mtl, with_frames)
 
 
 def test_aux_data_config_errors(tmp_path) -> None:
@@ -191,3 +185,25 @@ def test_chain_with_aux_data_runs_locally_and_in_worker_processes_alike(tone_cor
     np.testing.assert_array_equal(serial.posteriors, parallel.posteriors)
     without = run_chain(cfg.replace(**{"train.aux_data": ""}), data, show_progress=False).iterations[0]
     assert not np.array_equal(serial.posteriors, without.posteriors)
+
+
+URDU = Path("/work/shared/data/urdu")
+
+
+@pytest.mark.slow
+@pytest.mark.emodb
+def test_cpu_chain_on_emodb_with_urdu_as_unlabelled_audio(emodb_path, feature_cache) -> None:
+    """Structure only: the `cpu` preset on EmoDB, iteration 0, 2 folds, 1 epoch, Urdu audio for the aux tasks."""
+    if not URDU.is_dir():
+        pytest.skip(f"the Urdu corpus is not at {URDU}")
+    from dsl.config import load_config
+    from dsl.runner import protocol_line, run
+
+    cfg = load_config(preset_name="cpu", overrides={
+        "data": str(emodb_path), "cache_dir": str(feature_cache), "iterations": 0, "protocol.folds": 2,
+        "protocol.eval_folds": 2, "train.epochs": 1, "train.aux": "mtl_aug", "train.aux_data": str(URDU)})
+    assert f"train.aux_data: {URDU}" in protocol_line(cfg)
+    result = run(cfg, show_progress=False)
+    it = result.iterations[0]
+    assert result.n_utterances == 535 and len(it.posteriors) > 0 and np.isfinite(it.ua)
+    assert np.allclose(it.posteriors.sum(axis=1), 1.0, atol=1e-4)
