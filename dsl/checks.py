@@ -64,6 +64,9 @@ def config_problems(cfg: ChainConfig) -> list[str]:
 
     if t.aux not in ("none", "mtl_aug"):
         p.append(f"train.aux {t.aux!r} is unknown; allowed: none, mtl_aug")
+    elif t.aux_data and not key_applies("train.aux_data", lab.rule, aux=t.aux):
+        p.append(f"train.aux_data {t.aux_data!r} given but not used: it applies only to train.aux: mtl_aug "
+                 f"(got train.aux: {t.aux})")
     elif t.aux == "mtl_aug":
         from .augment import AUGMENTATIONS
 

@@ -70,6 +70,7 @@ class TrainSpec:
     aux_augs: tuple[str, ...] = ("none", "noise", "time_mask", "freq_mask", "pitch_shift", "speed")
     aux_cls_weight: float = 0.3  # mtl_aug: weight of the augmentation-classification loss
     aux_rec_weight: float = 0.3  # mtl_aug: weight of the reconstruction loss
+    aux_data: str = ""  # mtl_aug: a folder of unlabelled wav/flac (recursive) that also feeds the auxiliary tasks
     num_threads: int = 0  # 0: leave torch's setting (Ray sets OMP_NUM_THREADS per trial)
     channels_last: bool = False
     compile: bool = False  # torch.compile the network (CPU: ~1.1x per step for small_cnn, ~20 s to compile)

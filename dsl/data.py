@@ -30,6 +30,9 @@ class CorpusData:
     paths: tuple[str, ...]
     skipped: dict[str, str] = field(default_factory=dict)  # bad files left out under bad_files=skip
     layers: int = 1  # SSL layer sum: each frame row holds `layers` stacked hidden states (dsl.layer_sum)
+    # `train.aux_data` (MTL-AUG's unlabelled corpus): its frames and per-file offsets, laid out like `frames`
+    aux_frames: np.ndarray | None = None
+    aux_offsets: np.ndarray | None = None
 
     @property
     def n_utterances(self) -> int:
@@ -71,6 +74,7 @@ def prepare_data(cfg: ChainConfig, corpus: Corpus | None = None, show_progress: 
 
     Under `skip`, files whose audio is unusable are dropped and listed in `CorpusData.skipped`
     (with any `skipped` already found while parsing); the good files' features stay cached.
+    With `train.aux_data`, the unlabelled corpus's frames are extracted (or loaded) too (`dsl.aux_data`).
     """
     skipped = dict(skipped or {})
     if corpus is None:
@@ -85,7 +89,14 @@ def prepare_data(cfg: ChainConfig, corpus: Corpus | None = None, show_progress: 
         skipped.update(exc.problems)
         corpus = corpus.subset([i for i, p in enumerate(corpus.paths) if str(p) not in exc.problems])
         store = extract_corpus(corpus.paths, cfg.features, cfg.cache_dir or None, show_progress)
+    aux = None
+    if cfg.train.aux_data:
+        from .aux_data import load_aux_frames
+
+        aux, aux_skipped = load_aux_frames(cfg, show_progress)
+        skipped.update(aux_skipped)
     return CorpusData(
         frames=store.frames, frame_offsets=store.offsets, labels=corpus.labels,
         speakers=np.asarray(corpus.speakers, dtype=str), label_names=corpus.label_names,
-        paths=tuple(str(p) for p in corpus.paths), skipped=skipped, layers=store.layers)
+        paths=tuple(str(p) for p in corpus.paths), skipped=skipped, layers=store.layers,
+        aux_frames=None if aux is None else aux.frames, aux_offsets=None if aux is None else aux.offsets)

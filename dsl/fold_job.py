@@ -119,6 +119,20 @@ def with_resolved_precision(cfg: ChainConfig) -> ChainConfig:
     return cfg if precision == cfg.train.precision else cfg.replace(**{"train.precision": precision})
 
 
+def unlabelled_segments(data: CorpusData, cfg: ChainConfig, mean: np.ndarray, std: np.ndarray,
+                        device: torch.device) -> tuple[SegmentBatcher | None, torch.Tensor | None]:
+    """MTL-AUG's unlabelled segments (`train.aux_data`), cut like the corpus's and normalised with the fold's
+    training statistics; (None, None) when the run has none."""
+    if cfg.train.aux != "mtl_aug" or not cfg.train.aux_data:
+        return None, None
+    if data.aux_frames is None or data.aux_offsets is None:
+        raise ValueError(f"train.aux_data {cfg.train.aux_data!r} is set but the data carries no aux frames; "
+                         "prepare the data with dsl.data.prepare_data and this config")
+    seg = build_segments(data.aux_offsets, cfg.segments, warn=False)
+    return (frame_batcher(data.aux_frames, mean, std, cfg, device),
+            torch.from_numpy(seg.rows.astype(np.int64)).to(device))
+
+
 def train_fold(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: SegmentIndex | None = None) -> TrainedFold:
     """Train one fresh network on the job's training utterances (frames are normalised per batch, so the
     corpus stays shared between folds, processes and trials instead of being copied per fold)."""
@@ -135,8 +149,10 @@ def train_fold(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: Segme
     rows = torch.from_numpy(seg.rows.astype(np.int64)).to(device)
     targets = torch.from_numpy(np.ascontiguousarray(job.targets, dtype=np.float32))
     tr_t, va_t = torch.from_numpy(tr_seg).to(device), torch.from_numpy(va_seg).to(device)
+    aux_batcher, aux_rows = unlabelled_segments(data, cfg, mean, std, device)
     model, stats = fit(cfg.backbone, data.n_classes, batcher, rows[tr_t], targets[tr_seg].to(device),
-                       rows[va_t], targets[va_seg].to(device), cfg.train, job.seed, data.layers)
+                       rows[va_t], targets[va_seg].to(device), cfg.train, job.seed, data.layers,
+                       aux_batcher, aux_rows)
     return TrainedFold(model, stats, batcher, rows, mean, std)
 
 

@@ -64,7 +64,7 @@ def get_rule(name: str) -> LabelRule:
 # the smoothing epsilon (rules with `uses_epsilon`).
 ALPHA_KEYS = ("labels.alpha", "labels.schedule", "labels.alpha_end", "labels.alpha_step")
 EPSILON_KEYS = ("labels.epsilon",)
-AUX_KEYS = ("train.aux_augs", "train.aux_cls_weight", "train.aux_rec_weight")  # MTL-AUG only
+AUX_KEYS = ("train.aux_augs", "train.aux_cls_weight", "train.aux_rec_weight", "train.aux_data")  # MTL-AUG only
 SSL_KEYS = ("features.ssl_model", "features.ssl_layer", "features.ssl_layer_sum")  # features.kind: ssl only
 STAGE_KEYS = ("stage.input", "stage.epsilon", "stage.dim", "stage.with_mean", "stage.epochs", "stage.lr",
               "stage.batch_size", "stage.weight_decay")  # the acp utterance stage only

@@ -51,9 +51,14 @@ def protocol_line(cfg: ChainConfig) -> str:
         how = ("leak_free: false (transductive): test-fold labels reach later iterations' targets and the "
                "forest is cross-validated over all utterances; the reported iteration is the final one")
     if pr.name == "cross_corpus":
-        return (f"protocol cross_corpus: trained on {cfg.corpus} ({cfg.data}), tested on {pr.test_corpus} "
+        line = (f"protocol cross_corpus: trained on {cfg.corpus} ({cfg.data}), tested on {pr.test_corpus} "
                 f"({pr.test_data}), shared classes only | {how.replace('per outer fold', 'by a forest CV')}")
-    return f"protocol {pr.name} ({pr.folds} folds) | {how}"
+    else:
+        line = f"protocol {pr.name} ({pr.folds} folds) | {how}"
+    if cfg.train.aux == "mtl_aug" and cfg.train.aux_data:
+        line += (f" | train.aux_data: {cfg.train.aux_data} (unlabelled audio for MTL-AUG's auxiliary tasks only; no "
+                 "label is read, but audio of the test utterances there makes training transductive in the audio)")
+    return line
 
 
 def run(cfg: ChainConfig, show_progress: bool = True, on_iteration=None) -> ChainResult:

@@ -47,11 +47,11 @@ from .environment import machine_info
 STEP_CACHE_FORMAT = 1  # layout of an entry; part of every key, so a new layout never reads an old one
 
 # Config keys that cannot change a step's numbers: a fold's targets carry the label rule and alphas (and an
-# iteration's scores depend only on its folds' outputs), the data's content hash carries the corpus, paths and
-# bad-file handling; the rest are execution-only settings or the length of the chain.
+# iteration's scores depend only on its folds' outputs), the data's content hash carries the corpus, paths,
+# train.aux_data's frames and bad-file handling; the rest are execution-only settings or the length of the chain.
 _NOT_IN_KEY_PREFIXES = ("labels.",)
 _NOT_IN_KEY = ("iterations", "seeds", "data", "cache_dir", "bad_files", "corpus", "train.workers",
-               "protocol.test_data", "protocol.test_corpus")
+               "protocol.test_data", "protocol.test_corpus", "train.aux_data")
 
 
 def _plain(obj: Any) -> Any:
@@ -100,10 +100,15 @@ def code_fingerprint(plugins: Sequence[str] = ()) -> dict[str, str]:
             "source": _source_hash(tuple(plugins))}
 
 
-def data_fingerprint(data: Any) -> str:
-    """Hash of a `CorpusData`'s content: frames, offsets, labels, speakers, class names and file names."""
-    return _hash(np.asarray(data.frames), np.asarray(data.frame_offsets), np.asarray(data.labels),
-                 [str(s) for s in data.speakers], list(data.label_names), [Path(p).name for p in data.paths])
+def data_fingerprint(data: Any, with_aux: bool = True) -> str:
+    """Hash of a `CorpusData`'s content: frames, offsets, labels, speakers, class names and file names, and
+    (`with_aux`, when present) the frames and offsets of the `train.aux_data` corpus."""
+    parts: list[Any] = [np.asarray(data.frames), np.asarray(data.frame_offsets), np.asarray(data.labels),
+                        [str(s) for s in data.speakers], list(data.label_names), [Path(p).name for p in data.paths]]
+    aux = getattr(data, "aux_frames", None)
+    if with_aux and aux is not None:
+        parts += ["aux", np.asarray(aux), np.asarray(data.aux_offsets)]
+    return _hash(*parts)
 
 
 def config_fingerprint(cfg: ChainConfig, *, for_folds: bool) -> dict[str, Any]:
@@ -133,7 +138,7 @@ class StepKeys:
 
     @classmethod
     def of(cls, cfg: ChainConfig, data: Any) -> StepKeys:
-        common = (code_fingerprint(cfg.plugins), data_fingerprint(data))
+        common = (code_fingerprint(cfg.plugins), data_fingerprint(data, with_aux=cfg.train.aux == "mtl_aug"))
         return cls(_hash("folds", *common, config_fingerprint(cfg, for_folds=True)),
                    _hash("scores", *common, config_fingerprint(cfg, for_folds=False)))
 

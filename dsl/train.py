@@ -141,9 +141,12 @@ def _mean_loss(model: nn.Module, batcher: SegmentBatcher, rows: torch.Tensor, ta
 
 def fit(backbone: str, n_classes: int, batcher: SegmentBatcher, rows: torch.Tensor, targets: torch.Tensor,
         val_rows: torch.Tensor, val_targets: torch.Tensor, spec: TrainSpec, seed: int,
-        layers: int = 1) -> tuple[nn.Module, FitStats]:
+        layers: int = 1, aux_batcher: SegmentBatcher | None = None,
+        aux_rows: torch.Tensor | None = None) -> tuple[nn.Module, FitStats]:
     """Train a fresh network: Adam, step decay, early stopping on validation loss (best weights kept).
-    `layers` > 1: each frame holds that many stacked SSL layers, summed by a learned `LayerSum`."""
+    `layers` > 1: each frame holds that many stacked SSL layers, summed by a learned `LayerSum`.
+    `aux_batcher`/`aux_rows` (MTL-AUG with `train.aux_data`): unlabelled segments, as many per step as the
+    labelled batch, drawn from a generator seeded from `seed`, for the auxiliary losses only."""
     device = batcher.frames.device
     torch.manual_seed(seed)
     model = create_network(backbone, n_classes, layers).to(device)
@@ -156,6 +159,8 @@ def fit(backbone: str, n_classes: int, batcher: SegmentBatcher, rows: torch.Tens
 
         shape = tuple(batcher(rows[:1]).shape[-2:])
         aux = MTLAug(model, spec, shape, seed).to(device)
+    unlabelled = aux is not None and aux_batcher is not None and aux_rows is not None and len(aux_rows) > 0
+    aux_gen = torch.Generator().manual_seed(seed + 1299709) if unlabelled else None
     opt = torch.optim.Adam([*model.parameters(), *(aux.parameters() if aux is not None else [])], lr=spec.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=spec.lr_decay_every, gamma=spec.lr_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -175,8 +180,12 @@ def fit(backbone: str, n_classes: int, batcher: SegmentBatcher, rows: torch.Tens
                     logits = net(batcher(rows[idx]))
                 loss = soft_cross_entropy(logits, targets[idx])
             else:  # MTL-AUG: augmented input, emotion + augmentation + reconstruction losses
+                x_u = None
+                if unlabelled:
+                    pick = torch.randint(len(aux_rows), (len(idx),), generator=aux_gen).to(aux_rows.device)
+                    x_u = aux_batcher(aux_rows[pick])
                 with _autocast(device, spec):
-                    loss = aux.loss(net, batcher(rows[idx]), targets[idx], soft_cross_entropy)
+                    loss = aux.loss(net, batcher(rows[idx]), targets[idx], soft_cross_entropy, x_u)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -200,8 +200,9 @@ def _base_config(raw: Any, data: str | None, problems: list[str]) -> ChainConfig
         return None
     if cfg.data and "://" not in cfg.data:
         cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
-    if cfg.protocol.test_data and "://" not in cfg.protocol.test_data:  # trials run in other directories
-        cfg = cfg.replace(**{"protocol.test_data": str(Path(cfg.protocol.test_data).expanduser().resolve())})
+    for key, value in (("protocol.test_data", cfg.protocol.test_data), ("train.aux_data", cfg.train.aux_data)):
+        if value and "://" not in value:  # trials run in other directories
+            cfg = cfg.replace(**{key: str(Path(value).expanduser().resolve())})
     return cfg
 
 
@@ -254,10 +255,10 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
         if dup:
             problems.append(f"search: parameter(s) given twice: {', '.join(dup)}")
         shared = [k for k in keys if (k.startswith("features.") and k not in SEARCHABLE_FEATURES)
-                  or k in ("corpus", "data", "cache_dir")]
+                  or k in ("corpus", "data", "cache_dir", "train.aux_data")]
         if shared:
             problems.append(f"search: {', '.join(shared)}: features (but {', '.join(SEARCHABLE_FEATURES)}), corpus, "
-                            "data and cache_dir are shared by all trials (one feature extraction per front end); "
+                            "data, train.aux_data and cache_dir are shared by all trials (one feature extraction per front end); "
                             "set them in base")
         for p in params:
             if p.key in SEARCHABLE_FEATURES and p.kind not in ("categorical", "const"):

@@ -182,3 +182,21 @@ def test_unreadable_entry_is_recomputed_with_a_warning_naming_it(tmp_path) -> No
         assert cache.get_fold(key) is None  # computed again, and the broken entry is removed ...
     assert cache.put_fold(key, _output(0.75)).posteriors[0, 0] == 0.75  # ... so the new result can be kept
     assert cache.get_fold(key) is not None
+
+
+def test_key_covers_the_unlabelled_corpus_of_mtl_aug(tone_data) -> None:
+    """`train.aux_data`'s frames are part of the data's hash: other (or no) unlabelled frames never hit an MTL-AUG
+    entry, its path alone does not matter, and without MTL-AUG the unlabelled frames do not split the cache."""
+    import dataclasses
+
+    cfg, data = tone_data
+    rng = np.random.default_rng(0)
+    unlabelled = rng.normal(size=(81, data.frames.shape[1])).astype(np.float32)
+    offsets = np.array([0, 40, 80], dtype=np.int64)
+    with_aux = dataclasses.replace(data, aux_frames=unlabelled, aux_offsets=offsets)
+    changed = dataclasses.replace(data, aux_frames=unlabelled + 1.0, aux_offsets=offsets)
+    mtl = cfg.replace(**{"train.aux": "mtl_aug", "train.aux_data": "/unlabelled"})
+    keys = {name: StepKeys.of(mtl, d).folds for name, d in (("none", data), ("aux", with_aux), ("changed", changed))}
+    assert len(set(keys.values())) == 3, keys
+    assert StepKeys.of(mtl.replace(**{"train.aux_data": "/moved"}), with_aux).folds == keys["aux"]
+    assert StepKeys.of(cfg, with_aux) == StepKeys.of(cfg, data)  # aux none: the unlabelled frames are never read

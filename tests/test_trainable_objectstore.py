@@ -127,3 +127,25 @@ def test_sweep_with_parallel_fold_tasks(tmp_path_factory: pytest.TempPathFactory
         out = run_sweep(parse_sweep(raw), tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
     assert not out.interrupted and out.errors == 0
     assert [r.status for r in out.rows] == ["done"] and out.rows[0].iterations_done == 1
+
+
+def test_aux_data_frames_travel_by_reference_zero_copy(ray_local) -> None:
+    """`train.aux_data`'s frames go into the object store once, next to the corpus's, and a fold task attaches
+    a read-only view of them (never re-extracted, never copied)."""
+    import dataclasses
+
+    from trainables.shared_data import attach, is_shared_view, share_corpus
+
+    data = _synthetic()
+    aux = np.arange(41 * 64, dtype=np.float32).reshape(41, 64)
+    data = dataclasses.replace(data, aux_frames=aux, aux_offsets=np.array([0, 20, 40], dtype=np.int64))
+    ref, meta = share_corpus(data)
+
+    @ray_local.remote
+    def task(frames, meta):
+        got = attach(frames, meta)
+        return is_shared_view(got.aux_frames), float(got.aux_frames.astype(np.float64).sum()), got.aux_offsets.tolist()
+
+    shared, total, offsets = ray_local.get(task.remote(ref, meta))
+    assert shared and total == float(aux.astype(np.float64).sum()) and offsets == [0, 20, 40]
+    assert attach(ray_local.get(ref), dataclasses.replace(meta, aux_ref=None)).aux_frames is None

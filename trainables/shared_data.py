@@ -27,23 +27,35 @@ class CorpusMeta:
     skipped: dict[str, str] = field(default_factory=dict)
     frames_ref: Any = None
     layers: int = 1
+    aux_offsets: np.ndarray | None = None  # train.aux_data: the unlabelled frames travel like `frames`, by ref
+    aux_ref: Any = None
 
 
 def share_corpus(data: CorpusData) -> tuple[Any, CorpusMeta]:
-    """Put the frames into the object store once; returns (ObjectRef, metadata holding the same ref)."""
+    """Put the frames (and any `train.aux_data` frames) into the object store once; returns (ObjectRef,
+    metadata holding the same ref and the aux frames' ref)."""
     import ray
 
     ref = ray.put(np.asarray(data.frames))
+    aux_ref = None if data.aux_frames is None else ray.put(np.asarray(data.aux_frames))
     meta = CorpusMeta(data.frame_offsets, data.labels, data.speakers, data.label_names, data.paths,
-                      dict(data.skipped), ref, data.layers)
+                      dict(data.skipped), ref, data.layers, data.aux_offsets, aux_ref)
     return ref, meta
 
 
 def attach(frames: np.ndarray, meta: CorpusMeta) -> CorpusData:
-    """Rebuild `CorpusData` around the object-store view of the frames (never copied, never written)."""
+    """Rebuild `CorpusData` around the object-store view of the frames (never copied, never written); the
+    aux frames, when the sweep has them, are fetched by their ref: also a zero-copy read-only view."""
+    aux_ref = getattr(meta, "aux_ref", None)
+    aux_frames = None
+    if aux_ref is not None:
+        import ray
+
+        aux_frames = ray.get(aux_ref)
     return CorpusData(frames=frames, frame_offsets=meta.frame_offsets, labels=meta.labels, speakers=meta.speakers,
                       label_names=meta.label_names, paths=meta.paths, skipped=meta.skipped,
-                      layers=getattr(meta, "layers", 1))
+                      layers=getattr(meta, "layers", 1), aux_frames=aux_frames,
+                      aux_offsets=getattr(meta, "aux_offsets", None) if aux_frames is not None else None)
 
 
 def with_corpus(trainable: Callable, data: CorpusData, variants: Mapping[Any, CorpusData] | None = None,
