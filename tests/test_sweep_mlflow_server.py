@@ -30,6 +30,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip("EmoDB not found (../shared/data/emodb or $DSL_EMODB): the sweep integration tests need it")
     from sweeps.best import best_from_cli
     from sweeps.launcher import sweep_from_cli
+    from sweeps.cli import build_parser
 
     base = tmp_path_factory.getbasetemp()
     data = tiny_emodb(root, base / "tiny_emodb")
@@ -43,8 +44,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory):
         mp.setenv("DSL_SWEEP_FAIL_ONCE", str(marker))
         mp.setenv("DSL_SWEEP_FAIL_AFTER", "0")
         mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        rc = sweep_from_cli(argparse.Namespace(file=str(tmp / "sweep.yaml"), address=None, storage_path=None,
-                                               tracking_uri=server.uri, data=None, resume=False, trials=None))
+        # through the real parser, so the arguments are the CLI's (every option and its default)
+        rc = sweep_from_cli(build_parser().parse_args(["sweep", str(tmp / "sweep.yaml"), "--tracking-uri", server.uri]))
         mp.delenv("DSL_SWEEP_FAIL_ONCE")
         best_rc = best_from_cli(argparse.Namespace(sweep="server_sweep", tracking_uri=server.uri,
                                                    out=str(tmp / "best.yaml"), register=False, model_name=None,
