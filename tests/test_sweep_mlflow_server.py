@@ -29,8 +29,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory):
     if root is None:
         pytest.skip("EmoDB not found (../shared/data/emodb or $DSL_EMODB): the sweep integration tests need it")
     from sweeps.best import best_from_cli
-    from sweeps.launcher import sweep_from_cli
     from sweeps.cli import build_parser
+    from sweeps.launcher import sweep_from_cli
 
     base = tmp_path_factory.getbasetemp()
     data = tiny_emodb(root, base / "tiny_emodb")
