@@ -112,14 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--against", type=Path, help="the same study in fp32")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
-    backbones = args.backbones.split(",")
+    backbones = [b for b in args.backbones.split(",") if b]  # --backbones '': the UA comparison only
     info = machine_info()
     print(f"device: {device_description()} | CPU flags: {', '.join(info['cpu_flags'])} | native bf16: "
           f"{native_bf16()} | load average {load_average()}", flush=True)
     res: dict = {"device": device_description(), "environment": info, "native_bf16": native_bf16(),
                  "auto_resolves_to": {b: resolve_precision("auto", b) for b in backbones},
                  "load_average_before": load_average()}
-    res["throughput"] = throughput(backbones, args.steps, args.rounds)
+    if backbones:
+        res["throughput"] = throughput(backbones, args.steps, args.rounds)
     if args.study and args.against:
         res["ua"] = paired_ua(args.study, args.against)
     res["load_average_after"] = load_average()

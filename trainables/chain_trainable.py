@@ -58,12 +58,15 @@ def _open_run(ctx: TrialContext, cfg: ChainConfig, overrides: Mapping[str, Any],
                          run_name(cfg, overrides, trial_id), known_run_id)
 
 
-def _publish(run, logged: set[int], history: list[dict], artifacts, wait: bool) -> bool:
+def _publish(run, logged: set[int], history: list[dict], artifacts, wait: bool, refresh: bool = False) -> bool:
     """Log the steps of `history` MLflow lacks, then the artifacts. `wait=False`: give an unreachable server
     a few seconds and return False (the steps are logged on a later call); `wait=True`: raise
-    `TrackingUnavailable` after `$DSL_MLFLOW_TIMEOUT` seconds."""
+    `TrackingUnavailable` after `$DSL_MLFLOW_TIMEOUT` seconds. `refresh` (after a call that failed): first
+    ask the server which steps it has, since a batch whose reply was lost may still have been stored."""
     try:
         with run.briefly(None if wait else QUICK):
+            if refresh:
+                logged.update(run.logged_steps())
             logged.update(run.log_iterations(history, skip=logged))
             artifacts()
         return True
@@ -165,11 +168,11 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
                 def art(c: TrialCheckpoint = ckpt, f: bool = finished) -> None:
                     log_trial_artifacts(run, c, finished=f, plots_too=f)  # plots once, at the end
 
-                published = _publish(run, logged, history, art, wait=False)
+                published = _publish(run, logged, history, art, wait=False, refresh=not published)
         finally:
             getattr(runner, "close", lambda: None)()
         if not published:  # the server was away at the last iteration: wait for it
-            _publish(run, logged, state.history, art, wait=True)
+            _publish(run, logged, state.history, art, wait=True, refresh=True)
         run.end("FINISHED")
     except SystemExit as exc:
         if exc.code not in (0, None):
