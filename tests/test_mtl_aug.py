@@ -1,14 +1,14 @@
 """MTL-AUG: augmentations, auxiliary losses that reach the encoder, and a conditional search space."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from dsl.augment import AUGMENTATIONS, augment_batch
 from dsl.checks import check_config
 from dsl.config import ChainConfig, ConfigError, TrainSpec
-from dsl.train import SegmentBatcher, fit, predict_proba
+from dsl.train import fit, predict_proba
+from tests.support.segments import separable_segments
 
 
 def test_each_augmentation_keeps_the_shape_and_changes_the_segment() -> None:
@@ -25,11 +25,7 @@ def test_each_augmentation_keeps_the_shape_and_changes_the_segment() -> None:
 
 
 def _data(n: int = 160):
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, n)
-    frames = (rng.normal(size=(n, 32, 64)) + 1.5 * labels[:, None, None]).astype(np.float32).reshape(-1, 64)
-    rows = torch.from_numpy(np.arange(n * 32).reshape(n, 32).astype(np.int64))
-    return labels, SegmentBatcher(torch.from_numpy(frames)), rows, torch.from_numpy(np.eye(2, dtype=np.float32)[labels])
+    return separable_segments(n)
 
 
 def test_auxiliary_losses_change_the_encoder_and_the_network_still_learns() -> None:

@@ -19,16 +19,13 @@ from dsl.rules import one_hot
 from dsl.train import SegmentBatcher, fit, predict_proba, soft_cross_entropy
 from dsl.trial_config import trial_config
 from tests.support.data import TINY, write_tone
+from tests.support.segments import separable_segments
 
 SPEC = TrainSpec(epochs=2, batch_size=16, lr=3e-3, patience=2, aux="mtl_aug")
 
 
 def _labelled(n: int = 64):
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, n)
-    frames = (rng.normal(size=(n, 32, 64)) + 1.5 * labels[:, None, None]).astype(np.float32).reshape(-1, 64)
-    rows = torch.from_numpy(np.arange(n * 32).reshape(n, 32).astype(np.int64))
-    return labels, SegmentBatcher(torch.from_numpy(frames)), rows, torch.from_numpy(np.eye(2, dtype=np.float32)[labels])
+    return separable_segments(n)
 
 
 def _unlabelled(frames: np.ndarray) -> tuple[SegmentBatcher, torch.Tensor]:
