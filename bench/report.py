@@ -198,7 +198,7 @@ def render_sweep(r: dict) -> list[str]:
         if tw.get("note"):
             lines += [f"Note: {tw['note']}.", ""]
         lines += ["| trials | step cache s | no cache s | plain Tune + Optuna s | no cache / cache | plain / cache | "
-                  "iterations from the cache | WA/UA identical with and without the cache |",
+                  "iterations (and fold trainings) from the cache | WA/UA identical with and without the cache |",
                   "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for n, row in tw["by_trials"].items():
             def wall(k: str, row: dict = row) -> str:
@@ -209,6 +209,8 @@ def render_sweep(r: dict) -> list[str]:
                      f"{eq['configs_in_both']} configurations, max diff {eq['max_abs_difference']:.3g}") if eq else "-"
             cache = row.get("cache") or {}
             served = f"{cache['iterations_from_cache']} of {cache['iterations_trained']}" if "iterations_trained" in cache else "-"
+            if "folds_from_cache" in cache:
+                served += f" ({cache['folds_from_cache']} fold trainings)"
             lines.append(f"| {n} | {wall('cache')} | {wall('nocache')} | {wall('plain')} | "
                          f"**{_f(row.get('nocache_over_cache', '-'), 2)}x** | {_f(row.get('plain_over_cache', '-'), 2)}x | "
                          f"{served} | {check} |")

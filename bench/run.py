@@ -97,7 +97,9 @@ def section_sweep(args, state) -> dict:
     cfg = state.setdefault("cfg", _cpu_cfg())
     data = state.setdefault("data", _data(cfg))
     counts = [int(x) for x in args.trials.split(",") if x.strip()] if args.trials else None
-    return run_sweep(data, cfg, quick=args.quick, log=log, trial_counts=counts, save=state["save_partial"])
+    plain = [int(x) for x in args.plain_trials.split(",") if x.strip()] if args.plain_trials else None
+    return run_sweep(data, cfg, quick=args.quick, log=log, trial_counts=counts, save=state["save_partial"],
+                     plain_counts=plain)
 
 
 RUNNERS = {"features": section_features, "throughput": section_throughput, "chain": section_chain,
@@ -114,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="", help="comma-separated chain seeds for the chain section (default 0,1,2; --quick: 0)")
     p.add_argument("--trials", default="", help="comma-separated trial counts of the sweep section's quick example "
                    "sweep (default 8,24; --quick: 4)")
+    p.add_argument("--plain-trials", default="", help="trial counts at which the sweep section also runs the plain "
+                   "Ray Tune + OptunaSearch sweep (default: every --trials count)")
     p.add_argument("--profile", action="store_true", help="always profile one fold in the chain section")
     args = p.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()] or list(RUN_ORDER)

@@ -193,7 +193,7 @@ def overhead_configs(base_cfg, quick: bool):
 
 
 def run_sweep(data, base_cfg, quick: bool = False, log=print, trial_counts: list[int] | None = None,
-              save=lambda partial: None) -> dict:
+              save=lambda partial: None, plain_counts: list[int] | None = None) -> dict:
     """Per-trial overhead as a share of a `cpu` chain, feature memory of 1 vs 4 concurrent trials, and the
     quick example sweep with/without the step cache and as plain Ray Tune (`bench.sweep_compare`).
     `save(partial)` is called after each part, so a killed run keeps what it measured."""
@@ -260,5 +260,5 @@ def run_sweep(data, base_cfg, quick: bool = False, log=print, trial_counts: list
         out["three_ways"] = partial
         save(out)
 
-    out["three_ways"] = run_three_ways(str(require_emodb()), cache_dir(), counts, quick, save_three, log)
+    out["three_ways"] = run_three_ways(str(require_emodb()), cache_dir(), counts, quick, save_three, log, plain_counts)
     return out

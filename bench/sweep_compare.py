@@ -82,7 +82,8 @@ def run_project_sweep(raw: dict, trials: int, step_cache: bool | None, workdir: 
     runs = trial_metrics(uri, outcome.experiment_id, outcome.parent_run_id)
     return {"wall_seconds": wall, "trials": trials, "errors": outcome.errors, "interrupted": outcome.interrupted,
             "runs": runs, "iterations_trained": sum(len(r["ua"]) for r in runs),
-            "iterations_from_cache": sum(len(r["cached"]) for r in runs)}
+            "iterations_from_cache": sum(len(r["cached"]) for r in runs),
+            "folds_from_cache": sum(r["cached_folds"] for r in runs)}
 
 
 def trial_metrics(uri: str, experiment_id: str, parent_run_id: str) -> list[dict[str, Any]]:
@@ -93,10 +94,11 @@ def trial_metrics(uri: str, experiment_id: str, parent_run_id: str) -> list[dict
     c = client(uri)
     out = []
     for r in child_runs(c, experiment_id, parent_run_id):
-        hist = {m: {int(x.step): float(x.value) for x in c.get_metric_history(r.info.run_id, m)} for m in ("ua", "wa")}
+        hist = {m: {int(x.step): float(x.value) for x in c.get_metric_history(r.info.run_id, m)}
+                for m in ("ua", "wa", "cached_folds")}
         cached = r.data.tags.get(CACHE_TAG, "")
         out.append({"trial_id": r.data.tags.get("ray_trial_id", ""), "config": config_key(r.data.params),
-                    "ua": hist["ua"], "wa": hist["wa"],
+                    "ua": hist["ua"], "wa": hist["wa"], "cached_folds": int(sum(hist["cached_folds"].values())),
                     "cached": [int(x) for x in cached.split(",") if x.strip()]})
     return out
 
@@ -194,8 +196,9 @@ def run_plain_sweep(raw: dict, trials: int, workdir: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ driver
 
 def run_three_ways(data_root: str, cache_dir: str, trial_counts: list[int], quick: bool,
-                   save: Callable[[dict], None], log=print) -> dict[str, Any]:
-    """For each number of trials: cached, uncached, plain; results handed to `save` after each part."""
+                   save: Callable[[dict], None], log=print, plain_counts: list[int] | None = None) -> dict[str, Any]:
+    """For each number of trials: cached, uncached, plain (only at `plain_counts` if given); results handed to
+    `save` after each part."""
     os.environ["DSL_PROGRESS"] = "0"
     raw = sweep_raw(data_root, cache_dir, quick)
     supported = step_cache_supported()
@@ -219,12 +222,13 @@ def run_three_ways(data_root: str, cache_dir: str, trial_counts: list[int], quic
                     row[label] = {"error": f"{type(exc).__name__}: {exc}"}
                 log(f"    {_wall(row[label])}", flush=True)
                 save(out)
-            log(f"  {n} trials, plain Ray Tune + OptunaSearch:", flush=True)
-            try:
-                row["plain"] = run_plain_sweep(raw, n, workdir)
-            except Exception as exc:
-                row["plain"] = {"error": f"{type(exc).__name__}: {exc}"}
-            log(f"    {_wall(row['plain'])}", flush=True)
+            if plain_counts is None or n in plain_counts:
+                log(f"  {n} trials, plain Ray Tune + OptunaSearch:", flush=True)
+                try:
+                    row["plain"] = run_plain_sweep(raw, n, workdir)
+                except Exception as exc:
+                    row["plain"] = {"error": f"{type(exc).__name__}: {exc}"}
+                log(f"    {_wall(row['plain'])}", flush=True)
             summarise(row)
             for k in ("nocache_over_cache", "plain_over_cache", "plain_over_nocache"):
                 if k in row:
@@ -264,4 +268,6 @@ def _wall(r: dict) -> str:
     extra = ""
     if "iterations_from_cache" in r:
         extra = f", {r['iterations_trained']} trial-iterations, {r['iterations_from_cache']} served from the cache"
+        if "folds_from_cache" in r:
+            extra += f" ({r['folds_from_cache']} fold trainings)"
     return f"{r['wall_seconds']:.1f} s ({r['trials']} trials, {r['errors']} errors{extra})"

@@ -14,6 +14,7 @@ the stage over its training utterances (`dsl.selection`), so no scored label rea
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -46,6 +47,7 @@ from .segments import SegmentIndex, build_segments
 from .selection import reported_iteration, selected_scores
 from .stages import make_stage, per_utterance, stage_input, standardised
 from .step_cache import StepCache, StepKeys
+from .step_claims import StepElsewhere, claim_of, is_live
 
 __all__ = ["ChainIterator", "ChainResult", "ChainState", "FoldJob", "FoldOutput", "IterationResult", "LocalRunner",
            "Runner", "TrainedFold", "derive_seed", "iterate_chain", "local_runner", "normalisation_stats", "run_chain",
@@ -103,6 +105,7 @@ class IterationResult:
     selected_wa: float | None = None
     selected_ua: float | None = None
     from_cache: bool = False  # every fold training and the scores were served by the step cache
+    cached_folds: int = 0  # fold trainings the step cache served (stored before, or by a concurrent trial)
     utterances: list[dict] = field(default_factory=list, repr=False)  # corpus order: file, fold, label, predicted, proba
     posteriors: np.ndarray | None = field(default=None, repr=False)  # out-of-sample, (n_segments, K)
     utterance_predictions: np.ndarray | None = field(default=None, repr=False)
@@ -166,12 +169,16 @@ class _Iteration:
     label_stats: tuple[float, float, np.ndarray] | None = None  # of the targets this iteration trains on
     keys: dict[tuple[int, int], str] = field(default_factory=dict)  # step-cache key of each fold training
     cached: set[tuple[int, int]] = field(default_factory=set)  # fold trainings the step cache served
+    jobs: dict[tuple[int, int], FoldJob] = field(default_factory=dict)  # as submitted (with a cache: claimed)
 
 
 def _done_future(value: FoldOutput) -> Future:
     fut: Future = Future()
     fut.set_result(value)
     return fut
+
+
+WAIT_POLL_S = 0.5  # how often a chain looks for the steps it waits for (`dsl.step_claims`)
 
 
 class ChainIterator:
@@ -206,6 +213,7 @@ class ChainIterator:
     pipelined: bool  # a fold of iteration t+1 may start while iteration t still runs
     n_jobs: int  # fold trainings per iteration, over all scopes
     pending: dict[Future, tuple[int, int, int]]  # running jobs -> (iteration, scope, fold)
+    waiting: set[tuple[int, int, int]]  # jobs another process computes: their entries are awaited in the cache
     books: dict[int, _Iteration]  # iterations with jobs submitted and not yet finished
     cache: StepCache | None  # serves and keeps fold trainings and scores (see `dsl.step_cache`)
     keys: StepKeys | None  # the key parts fixed for this chain (with a cache)
@@ -237,6 +245,7 @@ class ChainIterator:
         self.pipelined = self.submit is not None and self.rule.local and self.last > self.first
         self.n_jobs = sum(len(scope.folds) for scope in self.plan.scopes)
         self.pending = {}
+        self.waiting = set()
         self.books = {}
 
     def __iter__(self) -> Iterator[tuple[IterationResult, ChainState]]:
@@ -250,12 +259,22 @@ class ChainIterator:
         try:
             self.start_iteration(self.books[self.first], self.state.targets)
             current = self.first
-            while self.pending:
-                done, _ = wait(list(self.pending), return_when=FIRST_COMPLETED)
+            while self.pending or self.waiting:
+                if self.pending:
+                    done, _ = wait(list(self.pending), timeout=WAIT_POLL_S if self.waiting else None,
+                                   return_when=FIRST_COMPLETED)
+                else:
+                    time.sleep(WAIT_POLL_S)
+                    done = set()
                 for fut in sorted(done, key=lambda d: self.pending[d]):
                     it, s, f = self.pending.pop(fut)
-                    self.record(self.books[it], s, f, fut.result())
+                    out = fut.result()
+                    if isinstance(out, StepElsewhere):
+                        self.waiting.add((it, s, f))
+                        continue
+                    self.record(self.books[it], s, f, out)
                     bar.update(1)
+                bar.update(self.poll_waiting())
                 while current in self.books and len(self.books[current].outputs) == self.n_jobs:
                     result, self.state = self.finish(self.books.pop(current), since)
                     since = time.perf_counter()
@@ -297,19 +316,20 @@ class ChainIterator:
         """Submit the iteration's jobs that are not running yet (all of them unless pipelined) and not cached."""
         todo = [(s, f) for s, scope in enumerate(self.plan.scopes) for f in range(len(scope.folds))
                 if (s, f) not in book.submitted]
-        jobs = {(s, f): self.job(book.it, s, f, targets[s]) for s, f in todo}
         for s, f in todo:
-            if (cached := self.cached_output(book, s, f, jobs[(s, f)])) is not None:
+            if (cached := self.cached_output(book, s, f, self.job(book.it, s, f, targets[s]))) is not None:
                 self.track(book, s, f, cached)
         todo = [sf for sf in todo if sf not in book.submitted]
-        submit = self.submit
-        futures = ([submit(jobs[sf]) for sf in todo] if submit is not None
-                   else [_done_future(o) for o in self.runner([jobs[sf] for sf in todo])])
+        jobs = [book.jobs[sf] for sf in todo]
+        futures = ([self.submit(job) for job in jobs] if self.submit is not None
+                   else [_done_future(o) for o in self.runner(jobs)])
         for (s, f), fut in zip(todo, futures):
             self.track(book, s, f, fut)
 
     def cached_output(self, book: _Iteration, s: int, f: int, job: FoldJob) -> Future | None:
-        """With a step cache: note the job's key in `book` and return its cached output as a done future."""
+        """Note in `book` the job to submit; with a step cache, its key, and its cached output as a done future
+        if there is one. A job that misses is submitted with a claim on its step (`dsl.step_claims`)."""
+        book.jobs[(s, f)] = job
         if self.cache is None or self.keys is None:
             return None
         train_rows = job.targets[self.seg.of_utterances(job.train_utterances)]
@@ -317,9 +337,29 @@ class ChainIterator:
                                                   job.predict_utterances, train_rows)
         out = self.cache.get_fold(key)
         if out is None:
+            book.jobs[(s, f)] = dataclasses.replace(job, claim=claim_of(self.cache, key))
             return None
         book.cached.add((s, f))
         return _done_future(out)
+
+    def poll_waiting(self) -> int:
+        """Record the awaited steps another process has stored; resubmit, without a claim, those whose claim
+        died without an entry (so no job waits twice). Returns how many were recorded."""
+        assert self.cache is not None or not self.waiting
+        recorded = 0
+        for it, s, f in sorted(self.waiting):
+            book = self.books[it]
+            key = book.keys[(s, f)]
+            if (out := self.cache.get_fold(key)) is not None:
+                self.waiting.discard((it, s, f))
+                book.cached.add((s, f))
+                self.record(book, s, f, out)
+                recorded += 1
+            elif not is_live(claim_of(self.cache, key).path):
+                self.waiting.discard((it, s, f))
+                job = book.jobs[(s, f)] = dataclasses.replace(book.jobs[(s, f)], claim=None)
+                self.pending[self.submit(job) if self.submit is not None else _done_future(self.runner([job])[0])] = (it, s, f)
+        return recorded
 
     def track(self, book: _Iteration, s: int, f: int, fut: Future) -> None:
         """Note that fold `f` of scope `s` runs (or ran) for `book`'s iteration."""
@@ -350,7 +390,7 @@ class ChainIterator:
             if (s, g) not in nxt.submitted and needed_done:
                 # The job reads only the rows of the folds it needs, and those rows are final.
                 job = self.job(nxt.it, s, g, book.next_targets[s].copy())
-                self.track(nxt, s, g, self.cached_output(nxt, s, g, job) or self.submit(job))
+                self.track(nxt, s, g, self.cached_output(nxt, s, g, job) or self.submit(nxt.jobs[(s, g)]))
 
     def posteriors(self, book: _Iteration) -> tuple[list[np.ndarray], np.ndarray]:
         """Per scope, its out-of-fold segment posteriors; and the posteriors the scores are taken from."""
@@ -435,7 +475,7 @@ class ChainIterator:
             utterances=utterance_records(self.data.paths, self.data.labels, self.fold_of, sc.probabilities,
                                          utt_entropy),
             posteriors=eval_post, utterance_predictions=sc.predictions,
-            from_cache=scores_cached and len(book.cached) == self.n_jobs)
+            from_cache=scores_cached and len(book.cached) == self.n_jobs, cached_folds=len(book.cached))
         history = self.state.history
         if val_ua is not None:
             picks, chosen = selected_scores([*history, result.to_dict()], self.data.n_classes)

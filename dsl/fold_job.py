@@ -18,6 +18,7 @@ from .data import CorpusData
 from .plugins import load_plugins
 from .segments import SegmentIndex, build_segments
 from .stages import stage_input
+from .step_claims import StepClaim, StepElsewhere, run_claimed
 from .train import (
     FitStats,
     SegmentBatcher,
@@ -44,6 +45,7 @@ class FoldJob:
     predict_utterances: np.ndarray  # held-out fold, then the scope's test utterances
     targets: np.ndarray  # (n_segments, K) targets; only rows of training segments are read
     seed: int
+    claim: StepClaim | None = None  # with a step cache: train only under this claim (`dsl.step_claims`)
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,16 @@ def train_fold(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: Segme
     return TrainedFold(model, stats, batcher, rows, mean, std)
 
 
-def run_fold_job(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: SegmentIndex | None = None) -> FoldOutput:
-    """Train one fresh network on the job's training utterances and predict its held-out ones."""
+def run_fold_job(job: FoldJob, data: CorpusData, cfg: ChainConfig,
+                 segments: SegmentIndex | None = None) -> FoldOutput | StepElsewhere:
+    """Train one fresh network on the job's training utterances and predict its held-out ones. A job with a
+    claim trains only if it gets the claim, and stores its output in the step cache before dropping it."""
+    if job.claim is not None:
+        return run_claimed(job.claim, lambda: _train_and_predict(job, data, cfg, segments))  # type: ignore[return-value]
+    return _train_and_predict(job, data, cfg, segments)
+
+
+def _train_and_predict(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: SegmentIndex | None) -> FoldOutput:
     seg = segments if segments is not None else build_segments(data.frame_offsets, cfg.segments, warn=False)
     fold = train_fold(job, data, cfg, seg)
     pr_seg = torch.from_numpy(seg.of_utterances(job.predict_utterances)).to(fold.rows.device)

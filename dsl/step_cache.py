@@ -20,8 +20,10 @@ in the key: oneDNN's reductions may round differently with another. The runner t
 
 Entries are files written to a temporary name and renamed into place, so a killed writer leaves no half
 entry (only a `.tmp-*` file that nothing reads, removed by `prune_temporaries`). Two trials that need the
-same missing step at once both compute it; the first rename wins and `put_*` returns the stored winner, so
-every later reader, and both writers, carry the same numbers.
+same missing fold training at once compute it once: the job runs under a claim (`dsl.step_claims`) and the
+other trial's job waits for the entry while its chain goes on with other folds. Should both compute a step
+anyway (a claim taken over, scores), the first rename wins and `put_*` returns the stored winner, so every
+later reader, and both writers, carry the same numbers.
 """
 from __future__ import annotations
 
@@ -223,6 +225,10 @@ class StepCache:
             return FoldOutput(**values)
         except TypeError:  # a field this code needs is missing from the entry
             return None
+
+    def has_fold(self, key: str) -> bool:
+        """Whether the fold training is stored (entries appear whole, so an existing file is complete)."""
+        return self._path("folds", key).exists()
 
     def put_fold(self, key: str, output):
         """Store a computed `FoldOutput`; returns the stored one (another writer's if it was first)."""

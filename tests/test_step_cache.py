@@ -117,6 +117,7 @@ def _chain_in_process(cfg_dict: dict, cache_dir: str, out: str) -> None:
     cfg = from_dict(cfg_dict)
     res = run_chain(cfg, prepare_data(cfg, show_progress=False), show_progress=False, step_cache=StepCache(cache_dir))
     np.save(out, np.stack([r.posteriors for r in res.iterations]))
+    Path(out).with_suffix(".served").write_text(str(sum(r.cached_folds for r in res.iterations)))
 
 
 def test_concurrent_trials_needing_the_same_steps_do_not_corrupt_the_cache(tone_data, tmp_path) -> None:
@@ -136,6 +137,11 @@ def test_concurrent_trials_needing_the_same_steps_do_not_corrupt_the_cache(tone_
     assert not list(cache_dir.glob("*/*/.tmp-*"))
     a, b = np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy")
     np.testing.assert_array_equal(a, b)  # both trials carry the stored winner's numbers
+    # each of the 4 fold trainings was trained by one process only (under its claim); the other's chain got it
+    # from the cache, whether it was stored already or the chain waited for it while training other folds
+    served = [int((tmp_path / f"{i}.served").read_text()) for i in range(2)]
+    assert sum(served) == 4, served
+    assert not list(cache_dir.glob("claims/*/*")), "claims are dropped once their steps are stored"
     served = run_chain(cfg, data, show_progress=False, step_cache=cache).iterations
     assert all(r.from_cache for r in served)
     np.testing.assert_array_equal(np.stack([r.posteriors for r in served]), a)
@@ -200,3 +206,71 @@ def test_key_covers_the_unlabelled_corpus_of_mtl_aug(tone_data) -> None:
     assert len(set(keys.values())) == 3, keys
     assert StepKeys.of(mtl.replace(**{"train.aux_data": "/moved"}), with_aux).folds == keys["aux"]
     assert StepKeys.of(cfg, with_aux) == StepKeys.of(cfg, data)  # aux none: the unlabelled frames are never read
+
+
+def test_a_claim_is_taken_over_only_when_its_owner_is_gone(tmp_path) -> None:
+    import json
+    import socket
+    import time
+
+    from dsl import step_claims
+    from dsl.step_claims import StepClaim, try_claim
+
+    claim = StepClaim(str(tmp_path), "aa" * 20)
+    assert try_claim(claim) and not try_claim(claim)  # held by this (live) process
+    claim.path.unlink()
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = {"host": socket.gethostname(), "pid": int(done.stdout), "since": time.time()}
+    claim.path.write_text(json.dumps(dead))
+    assert try_claim(claim)  # its owner on this host has exited
+    assert json.loads(claim.path.read_text())["pid"] == os.getpid()
+    other_node = {"host": "some-other-node", "pid": 1, "since": time.time()}
+    claim.path.write_text(json.dumps(other_node))
+    assert not try_claim(claim)  # another node's claim, touched recently: alive as far as we can tell
+    old = time.time() - step_claims.STALE_AFTER_S - 1
+    os.utime(claim.path, (old, old))
+    assert try_claim(claim)  # no heartbeat for too long: taken over
+
+
+def _fold_keys(cache_dir: Path) -> list[str]:
+    return sorted(p.stem for p in cache_dir.glob("folds/*/*.npz"))
+
+
+@pytest.mark.parametrize("owner_stores_it", [True, False])
+def test_a_chain_waits_for_a_step_another_process_holds(tone_data, tmp_path, owner_stores_it) -> None:
+    """A fold whose step another process has claimed is not trained: the chain trains its other folds, then
+    takes the entry when it appears; if the claim is dropped without an entry, the chain trains the fold."""
+    import shutil
+    import threading
+    import time
+
+    from dsl.step_claims import StepClaim, try_claim
+
+    cfg, data = tone_data
+    cfg = cfg.replace(**{"iterations": 0, "train.epochs": 1})
+    reference = run_chain(cfg, data, show_progress=False, step_cache=StepCache(tmp_path / "ref")).iterations[0]
+    keys = _fold_keys(tmp_path / "ref")
+    held = keys[0]
+    claim = StepClaim(str(tmp_path / "steps"), held)
+    assert try_claim(claim)  # "another process" holds fold `held` (this process: alive)
+    results = []
+    chain = threading.Thread(target=lambda: results.append(
+        run_chain(cfg, data, show_progress=False, step_cache=StepCache(tmp_path / "steps")).iterations[0]))
+    chain.start()
+    deadline = time.time() + 120
+    while _fold_keys(tmp_path / "steps") != keys[1:] and time.time() < deadline:
+        time.sleep(0.2)
+    assert _fold_keys(tmp_path / "steps") == keys[1:]  # the other folds are trained ...
+    time.sleep(1.5)
+    assert chain.is_alive()  # ... and the chain waits for the claimed one
+    if owner_stores_it:
+        entry = next((tmp_path / "ref").glob(f"folds/*/{held}.npz"))
+        target = tmp_path / "steps" / "folds" / held[:2] / entry.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(entry, target)
+    claim.path.unlink()
+    chain.join(120)
+    assert not chain.is_alive() and results
+    result = results[0]
+    assert result.cached_folds == (1 if owner_stores_it else 0)
+    _same(result, reference)

@@ -30,7 +30,7 @@ MISMATCH_TAG = "dsl.mlflow_mismatch"  # steps whose recomputed metrics differ fr
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 SCALARS = ("wa", "ua", "selected_wa", "selected_ua", "segment_accuracy", "changed_label_share", "target_entropy",
-           "epochs", "seconds", "segments_per_second", "alpha")
+           "epochs", "seconds", "segments_per_second", "alpha", "cached_folds")
 
 
 def iteration_metrics(d: Mapping[str, Any]) -> dict[str, float]:
