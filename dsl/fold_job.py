@@ -100,12 +100,39 @@ def split_validation(utterances: np.ndarray, labels: np.ndarray, fraction: float
     return np.sort(tr), np.sort(va)
 
 
+# The corpus frames on an accelerator, kept for the next fold job of this process: (the array it was copied
+# from, held so its buffer cannot be freed and reused, its buffer address, shape, dtype and device; the tensor).
+_device_frames: tuple[np.ndarray, tuple, torch.Tensor] | None = None
+
+
 def shared_frames(frames: np.ndarray, device: torch.device) -> torch.Tensor:
-    """The corpus frames as a tensor without a copy on the CPU (memory-mapped or object-store arrays
-    are read-only; nothing writes to them, so torch's non-writable warning does not apply)."""
+    """The corpus frames as a tensor: without a copy on the CPU (memory-mapped or object-store arrays are
+    read-only; nothing writes to them, so torch's non-writable warning does not apply), and on an accelerator
+    copied once per process, not once per fold: a worker that trains several folds (a Ray task worker or a
+    pool process) reuses the copy while the frames it gets are the same buffer (the object store hands each
+    task a new array over the same memory)."""
+    global _device_frames
+    arr = np.asarray(frames)
+    key = (arr.__array_interface__["data"][0], arr.shape, arr.dtype.str, str(device))
+    if device.type != "cpu" and _device_frames is not None and _device_frames[1] == key:
+        return _device_frames[2]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(np.asarray(frames)).to(device)
+        tensor = torch.from_numpy(arr).to(device)
+    if device.type != "cpu":
+        _device_frames = None  # the old copy goes before the next corpus's is kept
+        _device_frames = (arr, key, tensor)
+    return tensor
+
+
+def release_device_memory() -> None:
+    """Drop the kept accelerator copy of the frames and hand the allocator's cached blocks back to the
+    driver: several trials share one GPU (fractional `gpu`), and a trial process that Tune reuses would
+    otherwise keep the memory of its last fold."""
+    global _device_frames
+    _device_frames = None
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def frame_batcher(frames: np.ndarray, mean: np.ndarray, std: np.ndarray, cfg: ChainConfig,
@@ -162,9 +189,13 @@ def run_fold_job(job: FoldJob, data: CorpusData, cfg: ChainConfig,
                  segments: SegmentIndex | None = None) -> FoldOutput | StepElsewhere:
     """Train one fresh network on the job's training utterances and predict its held-out ones. A job with a
     claim trains only if it gets the claim, and stores its output in the step cache before dropping it."""
-    if job.claim is not None:
-        return run_claimed(job.claim, lambda: _train_and_predict(job, data, cfg, segments))  # type: ignore[return-value]
-    return _train_and_predict(job, data, cfg, segments)
+    try:
+        if job.claim is not None:
+            return run_claimed(job.claim, lambda: _train_and_predict(job, data, cfg, segments))  # type: ignore[return-value]
+        return _train_and_predict(job, data, cfg, segments)
+    finally:
+        if resolve_device(cfg.train.device).type == "cuda":
+            torch.cuda.empty_cache()  # the fold's model and activations are gone: free their cached blocks
 
 
 def _train_and_predict(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: SegmentIndex | None) -> FoldOutput:

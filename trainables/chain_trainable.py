@@ -24,6 +24,7 @@ import numpy as np
 from dsl.chain import ChainState, iterate_chain, local_runner
 from dsl.checks import check_config
 from dsl.config import ChainConfig
+from dsl.fold_job import release_device_memory
 from dsl.naming import run_name
 from dsl.protocols import is_leak_free
 from dsl.segments import build_segments
@@ -45,8 +46,11 @@ log = logging.getLogger(__name__)
 
 
 def runtime_config(cfg: ChainConfig, ctx: TrialContext) -> ChainConfig:
-    """Execution-only settings for inside a trial: Ray provides the parallelism, torch threads match it."""
-    return cfg.replace(**{"train.workers": 1, "train.num_threads": ctx.resources.threads})
+    """Execution-only settings for inside a trial: Ray provides the parallelism, torch threads match it. A
+    trial that asks for a GPU trains on CUDA by name: with fold tasks the trial's own bundle has no GPU, so
+    `auto` would read as the CPU here (and in the step cache's key) while its folds train on the GPU."""
+    gpu = {"train.device": "cuda"} if ctx.resources.gpu > 0 and cfg.train.device == "auto" else {}
+    return cfg.replace(**{"train.workers": 1, "train.num_threads": ctx.resources.threads, **gpu})
 
 
 def _open_run(ctx: TrialContext, cfg: ChainConfig, overrides: Mapping[str, Any], trial_id: str,
@@ -171,6 +175,7 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
                 published = _publish(run, logged, history, art, wait=False, refresh=not published)
         finally:
             getattr(runner, "close", lambda: None)()
+            release_device_memory()  # Tune may reuse this process for a trial that shares the GPU
         if not published:  # the server was away at the last iteration: wait for it
             _publish(run, logged, state.history, art, wait=True, refresh=True)
         run.end("FINISHED")

@@ -27,8 +27,30 @@ def placement(res: TrialResources):
     return tune.PlacementGroupFactory([{"CPU": res.head_cpu}] + [dict(fold) for _ in range(res.fold_workers)])
 
 
+# Ray sets CUDA_VISIBLE_DEVICES to the GPU of each call; CUDA reads it once per process, so a reused worker
+# would stay on its first call's GPU. Fold workers are reused (a new process per fold would import torch and
+# start CUDA again), so they see every GPU of their node and each call picks the one Ray assigned to it.
+GPU_TASK_ENV = {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}
+
+
+def on_assigned_gpu(cfg: ChainConfig, gpu_ids: list) -> ChainConfig:
+    """`cfg` on the GPU Ray assigned to this call (`ray.get_gpu_ids()`: physical ids), if it trains on CUDA."""
+    if not gpu_ids or cfg.train.device not in ("auto", "cuda"):
+        return cfg
+    return cfg.replace(**{"train.device": f"cuda:{int(gpu_ids[0])}"})
+
+
 def _fold_task(job: FoldJob, frames, meta: CorpusMeta, cfg: ChainConfig) -> FoldOutput:
-    return run_fold_job(job, attach(frames, meta), cfg)
+    import ray
+
+    return run_fold_job(job, attach(frames, meta), on_assigned_gpu(cfg, ray.get_gpu_ids()))
+
+
+def task_options(res: TrialResources) -> dict:
+    """Ray options of one fold task: its CPU and GPU share, one retry, and on GPUs the worker environment
+    above. `max_calls` stays at Ray's default for a function declared without GPUs (0: workers are reused)."""
+    gpu = {"num_gpus": res.gpu, "runtime_env": {"env_vars": dict(GPU_TASK_ENV)}} if res.gpu else {"num_gpus": 0}
+    return {"num_cpus": res.cpu, "max_retries": 1, **gpu}
 
 
 class RayRunner(SubmittingRunner):
@@ -41,7 +63,7 @@ class RayRunner(SubmittingRunner):
         import ray
 
         self.meta, self.cfg = meta, cfg
-        self._task = ray.remote(_fold_task).options(num_cpus=res.cpu, num_gpus=res.gpu or 0, max_retries=1)
+        self._task = ray.remote(_fold_task).options(**task_options(res))
         self._refs: list = []
 
     def submit(self, job: FoldJob) -> Future:
