@@ -210,7 +210,8 @@ class ChainIterator:
     state: ChainState  # after the last finished iteration: `finish` extends its history
     first: int  # the first iteration this pass runs
     last: int  # the last iteration of the chain (`cfg.iterations`)
-    pipelined: bool  # a fold of iteration t+1 may start while iteration t still runs
+    concurrent: bool  # the runner's jobs run beside this thread (`SubmittingRunner.concurrent`), not in it
+    pipelined: bool  # a fold of iteration t+1 may start while iteration t still runs (a concurrent runner)
     n_jobs: int  # fold trainings per iteration, over all scopes
     pending: dict[Future, tuple[int, int, int]]  # running jobs -> (iteration, scope, fold)
     waiting: set[tuple[int, int, int]]  # jobs another process computes: their entries are awaited in the cache
@@ -242,7 +243,8 @@ class ChainIterator:
         self.test_segments = [self.seg.of_utterances(scope.test) for scope in self.plan.scopes]
         self.submit = submitter(self.runner)
         self.first, self.last = self.state.next_iteration, cfg.iterations
-        self.pipelined = self.submit is not None and self.rule.local and self.last > self.first
+        self.concurrent = self.submit is not None and getattr(self.runner, "concurrent", True)
+        self.pipelined = self.concurrent and self.rule.local and self.last > self.first
         self.n_jobs = sum(len(scope.folds) for scope in self.plan.scopes)
         self.pending = {}
         self.waiting = set()
@@ -277,11 +279,14 @@ class ChainIterator:
                 bar.update(self.poll_waiting())
                 while current in self.books and len(self.books[current].outputs) == self.n_jobs:
                     result, self.state = self.finish(self.books.pop(current), since)
-                    since = time.perf_counter()
                     current += 1
-                    if current <= self.last:
+                    if current <= self.last and self.concurrent:  # the workers go on while the result is handled
                         self.start_iteration(self.open_iteration(current, self.state.targets), self.state.targets)
+                    since = time.perf_counter()
                     yield result, self.state
+                    if current <= self.last and not self.concurrent:  # report first: training blocks this thread
+                        since = time.perf_counter()
+                        self.start_iteration(self.open_iteration(current, self.state.targets), self.state.targets)
         finally:
             for fut in self.pending:
                 fut.cancel()
@@ -488,8 +493,9 @@ def iterate_chain(cfg: ChainConfig, data: CorpusData, state: ChainState | None =
                   step_cache: StepCache | None = None) -> Iterator[tuple[IterationResult, ChainState]]:
     """Run iterations `state.next_iteration .. cfg.iterations`, yielding each result and the state after it.
 
-    With a runner that can `submit` single jobs and a label rule that is local to an utterance (every
-    built-in rule), fold f of iteration t+1 starts as soon as the other folds of iteration t are done:
+    With a runner that can `submit` single jobs to run concurrently (worker processes, Ray tasks) and a
+    label rule that is local to an utterance (every built-in rule), fold f of iteration t+1 starts as soon
+    as the other folds of iteration t are done:
     its training segments lie in those folds, so their new targets are already known. Results equal
     the iteration-by-iteration schedule exactly (each job carries its seed and reads only its training
     rows); 5 folds on 2 workers then keep both busy instead of leaving one idle for a sixth of every

@@ -15,6 +15,7 @@ from torch import nn
 
 from .config import ChainConfig
 from .data import CorpusData
+from .fold_output import FoldOutput
 from .plugins import load_plugins
 from .segments import SegmentIndex, build_segments
 from .stages import stage_input
@@ -46,18 +47,6 @@ class FoldJob:
     targets: np.ndarray  # (n_segments, K) targets; only rows of training segments are read
     seed: int
     claim: StepClaim | None = None  # with a step cache: train only under this claim (`dsl.step_claims`)
-
-
-@dataclass(frozen=True)
-class FoldOutput:
-    """What a fold job sends back (pickled between processes and Ray tasks: plain arrays and numbers)."""
-
-    posteriors: np.ndarray  # (segments of predict_utterances, K)
-    epochs: int
-    best_epoch: int
-    seconds: float
-    segments_per_second: float
-    embeddings: np.ndarray | None = None  # (segments of predict_utterances, E) float16, only for stages that read them
 
 
 @dataclass

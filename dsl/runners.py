@@ -40,6 +40,11 @@ class Runner(Protocol):
 class SubmittingRunner(ABC):
     """A runner that starts one job at a time; calling it runs a batch and waits for all of it."""
 
+    # Whether `submit` returns while the job runs elsewhere (worker processes, Ray tasks). A runner that
+    # trains in the caller's process returns a finished future instead: starting the next iteration's
+    # folds early then only delays the report of this one (and a scheduler's decision to stop the trial).
+    concurrent: bool = True
+
     @abstractmethod
     def submit(self, job: FoldJob) -> Future: ...
 
@@ -320,6 +325,7 @@ class LocalRunner(SubmittingRunner):
     def __init__(self, data: CorpusData, cfg: ChainConfig):
         self.data, self.cfg = data, cfg
         self.workers = max(1, cfg.train.workers)
+        self.concurrent = self.workers > 1
         self._seg = None
         self._pool = None
         self._watch: _PoolWatch | None = None

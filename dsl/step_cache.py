@@ -45,6 +45,7 @@ import numpy as np
 
 from .config import ChainConfig, flatten
 from .environment import machine_info
+from .fold_output import FoldOutput
 
 STEP_CACHE_FORMAT = 1  # layout of an entry; part of every key, so a new layout never reads an old one
 
@@ -212,8 +213,6 @@ class StepCache:
     # fold trainings -------------------------------------------------------------------------------------
     def get_fold(self, key: str):
         """The cached `FoldOutput` of a fold training, or None."""
-        from .fold_job import FoldOutput
-
         entry = self._read("folds", key)
         if entry is None:
             return None

@@ -145,4 +145,31 @@ def test_sweep_three_ways_check_and_table() -> None:
     text = render({"meta": {"date": "d", "command": "c", "device": "x", "python": "3", "torch": "t",
                             "torch_default_threads": 1, "note": "n"}, "sections": {"sweep": {"three_ways": tw}}})
     assert "| 8 | 100.0 | 250.0 | 300.0 | **2.50x** | 3.00x | 1 of 2 | FAIL" in text
-    assert "Goal >= 2x cache vs no cache: met" in text
+    assert "Goal >= 2x cache vs no cache: 8 trials met (2.50x); ratio grows with the number of trials: yes." in text
+    # a count measured without the plain sweep (--plain-trials), and one below the goal
+    tw["by_trials"]["24"] = {"cache": {**row["cache"], "folds_from_cache": 3}, "nocache": row["nocache"]}
+    summarise(tw["by_trials"]["24"])
+    tw["by_trials"]["24"]["nocache_over_cache"] = 1.5
+    text = render({"meta": {"date": "d", "command": "c", "device": "x", "python": "3", "torch": "t",
+                            "torch_default_threads": 1, "note": "n"}, "sections": {"sweep": {"three_ways": tw}}})
+    assert "| 24 | 100.0 | 250.0 | - | **1.50x** | - | 1 of 2 (3 fold trainings) |" in text
+    assert "8 trials met (2.50x), 24 trials NOT met (1.50x)" in text
+
+
+def test_report_command_rewrites_the_block_of_a_results_file(tmp_path) -> None:
+    import json
+
+    from bench.report import main
+
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Benchmarks\n\nprose that stays\n")
+    results = {"meta": {"date": "d", "command": "c", "device": "x", "python": "3", "torch": "t",
+                        "torch_default_threads": 1, "note": "n"}, "sections": {"sweep": {}}}
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    assert main([str(tmp_path / "r.json"), "--md", str(md)]) == 0
+    text = md.read_text()
+    assert "prose that stays" in text and "<!-- bench:full-sweep:begin -->" in text
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "bad.json"), "--md", str(md)])
+    assert exc.value.code == 2

@@ -123,6 +123,36 @@ def test_next_iteration_starts_early_only_for_local_rules(tone_corpus, feature_c
         assert a.ua == b.ua
 
 
+class InProcessFake(SubmittingFake):
+    """Trains in the caller's thread, as `LocalRunner` with one worker: `submit` returns a finished future."""
+
+    concurrent = False
+
+    def submit(self, job: FoldJob) -> Future:
+        with self.lock:
+            self.log.append(("submit", job.iteration, job.fold))
+        fut: Future = Future()
+        fut.set_result(self._run(job))
+        return fut
+
+
+def test_an_in_process_runner_reports_each_iteration_before_training_the_next(tone_corpus, feature_cache) -> None:
+    """Starting iteration t+1's folds early gains nothing when they train in the caller's thread; it would only
+    delay iteration t's report, and a scheduler that stops the trial there would have paid for t+1."""
+    from dsl.runners import LocalRunner
+    from dsl.segments import build_segments
+
+    cfg = _cfg(tone_corpus, feature_cache, **{"protocol.folds": 3, "iterations": 2})
+    data = prepare_data(cfg, show_progress=False)
+    seg = build_segments(data.frame_offsets, cfg.segments, warn=False)
+    fake = InProcessFake(data, lambda utts: len(seg.of_utterances(utts)))
+    for result, _ in iterate_chain(cfg, data, runner=fake, show_progress=False):
+        assert max(e[1] for e in fake.log) == result.iteration, fake.log  # nothing of the next iteration yet
+    fake.close()
+    assert not LocalRunner(data, cfg.replace(**{"train.workers": 1})).concurrent
+    assert LocalRunner(data, cfg.replace(**{"train.workers": 2})).concurrent
+
+
 def test_local_runner_close_kills_a_running_fold(tone_corpus, feature_cache) -> None:
     """A chain stopped early (scheduler, Ctrl+C) must not wait for a fold that is still training."""
     from dsl.runners import LocalRunner

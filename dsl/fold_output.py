@@ -1,0 +1,18 @@
+"""What one fold training sends back; its own module so the step cache can store it without importing training."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FoldOutput:
+    """What a fold job sends back (pickled between processes and Ray tasks: plain arrays and numbers)."""
+
+    posteriors: np.ndarray  # (segments of predict_utterances, K)
+    epochs: int
+    best_epoch: int
+    seconds: float
+    segments_per_second: float
+    embeddings: np.ndarray | None = None  # (segments of predict_utterances, E) float16, only for stages that read them
