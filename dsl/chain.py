@@ -363,8 +363,12 @@ class ChainIterator:
             elif not is_live(claim_of(self.cache, key).path):
                 self.waiting.discard((it, s, f))
                 job = book.jobs[(s, f)] = dataclasses.replace(book.jobs[(s, f)], claim=None)
-                self.pending[self.submit(job) if self.submit is not None else _done_future(self.runner([job])[0])] = (it, s, f)
+                self.pending[self.start_job(job)] = (it, s, f)
         return recorded
+
+    def start_job(self, job: FoldJob) -> Future:
+        """Start one job: submitted to a submitting runner, else run as a batch of one."""
+        return self.submit(job) if self.submit is not None else _done_future(self.runner([job])[0])
 
     def track(self, book: _Iteration, s: int, f: int, fut: Future) -> None:
         """Note that fold `f` of scope `s` runs (or ran) for `book`'s iteration."""
@@ -395,7 +399,7 @@ class ChainIterator:
             if (s, g) not in nxt.submitted and needed_done:
                 # The job reads only the rows of the folds it needs, and those rows are final.
                 job = self.job(nxt.it, s, g, book.next_targets[s].copy())
-                self.track(nxt, s, g, self.cached_output(nxt, s, g, job) or self.submit(nxt.jobs[(s, g)]))
+                self.track(nxt, s, g, self.cached_output(nxt, s, g, job) or self.start_job(nxt.jobs[(s, g)]))
 
     def posteriors(self, book: _Iteration) -> tuple[list[np.ndarray], np.ndarray]:
         """Per scope, its out-of-fold segment posteriors; and the posteriors the scores are taken from."""

@@ -103,13 +103,14 @@ def shared_frames(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     global _device_frames
     arr = np.asarray(frames)
     key = (arr.__array_interface__["data"][0], arr.shape, arr.dtype.str, str(device))
-    if device.type != "cpu" and _device_frames is not None and _device_frames[1] == key:
-        return _device_frames[2]
+    if device.type != "cpu":
+        if _device_frames is not None and _device_frames[1] == key:
+            return _device_frames[2]
+        _device_frames = None  # the old copy is freed before the new one is made
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         tensor = torch.from_numpy(arr).to(device)
     if device.type != "cpu":
-        _device_frames = None  # the old copy goes before the next corpus's is kept
         _device_frames = (arr, key, tensor)
     return tensor
 

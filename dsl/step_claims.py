@@ -90,9 +90,10 @@ def try_claim(claim: StepClaim) -> bool:
         except FileExistsError:
             if is_live(path):
                 return False
+            dead = path.with_name(f".dead-{os.getpid()}-{path.name}")
             try:  # move the dead claim aside (atomic), so two processes taking it over do not both remove a new one
-                os.replace(path, path.with_name(f".dead-{os.getpid()}-{path.name}"))
-                path.with_name(f".dead-{os.getpid()}-{path.name}").unlink(missing_ok=True)
+                os.replace(path, dead)
+                dead.unlink()
             except FileNotFoundError:
                 pass
             continue
