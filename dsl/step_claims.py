@@ -71,13 +71,14 @@ def _owner_alive(info: dict) -> bool:
 def is_live(path: Path) -> bool:
     """Whether a claim file exists and its owner is alive and touched it within `STALE_AFTER_S`."""
     try:
-        age = time.time() - path.stat().st_mtime
+        if time.time() - path.stat().st_mtime >= STALE_AFTER_S:
+            return False  # untouched too long, whatever it says (also a damaged claim file)
         info = json.loads(path.read_text() or "{}")
     except FileNotFoundError:
         return False
-    except (OSError, ValueError):  # being written right now
+    except (OSError, ValueError):  # being written right now (or damaged: stale once it is old enough)
         return True
-    return age < STALE_AFTER_S and _owner_alive(info)
+    return _owner_alive(info)
 
 
 def try_claim(claim: StepClaim) -> bool:

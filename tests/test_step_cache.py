@@ -230,6 +230,10 @@ def test_a_claim_is_taken_over_only_when_its_owner_is_gone(tmp_path) -> None:
     old = time.time() - step_claims.STALE_AFTER_S - 1
     os.utime(claim.path, (old, old))
     assert try_claim(claim)  # no heartbeat for too long: taken over
+    claim.path.write_text("{not json")  # a damaged claim file: live while young, taken over once stale
+    assert not try_claim(claim)
+    os.utime(claim.path, (old, old))
+    assert try_claim(claim)
 
 
 def _fold_keys(cache_dir: Path) -> list[str]:
