@@ -1,7 +1,7 @@
 """Section 3: the whole `cpu` preset chain, the project's runner vs the plain-loop runner of bench/plain_chain.py.
 
-Both go through `dsl.chain.run_chain` with the same config (same folds, seeds, rules, evaluation); only
-the runner differs. The project's runner is `dsl.chain.local_runner` as configured by the preset (folds
+Both go through `dsl.pipeline.chain.run_chain` with the same config (same folds, seeds, rules, evaluation); only
+the runner differs. The project's runner is `dsl.pipeline.chain.local_runner` as configured by the preset (folds
 in `train.workers` = 2 spawned processes with 1 thread each, channels_last, SegmentBatcher); the plain
 runner trains the folds in series in this process with torch's default threads. Wall time covers the
 whole chain including the spawn of the project's worker processes and the random-forest evaluation.
@@ -47,7 +47,7 @@ def _mean(xs) -> float:
 def run_chains(data, cfg, seeds=(0,), log=print, shrink: dict | None = None) -> dict:
     """Both runners on the same chain for each seed, alternating (project first); totals and mean UAs.
     `shrink`: overrides applied to both sides after the plain recipe (a quick run)."""
-    from dsl.chain import run_chain
+    from dsl.pipeline.chain import run_chain
 
     from .plain_chain import plain_runner
 
@@ -100,10 +100,10 @@ def _top(profile: cProfile.Profile, n: int = 12) -> list[dict]:
 
 def profile_one_fold(data, cfg, shrink: dict | None = None) -> dict:
     """cProfile of fold 0 of iteration 0 trained both ways (project at the preset's 1 thread, plain at default)."""
-    from dsl.chain import FoldJob, derive_seed, run_fold_job
-    from dsl.protocols import make_plan
-    from dsl.rules import one_hot
-    from dsl.segments import build_segments
+    from dsl.data.segments import build_segments
+    from dsl.method.rules import one_hot
+    from dsl.pipeline.chain import FoldJob, derive_seed, run_fold_job
+    from dsl.protocols.plans import make_plan
 
     from .plain_chain import plain_fit_predict
 

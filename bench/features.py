@@ -1,9 +1,9 @@
 """Section 1: log-Mel extraction, per-file librosa (the usual recipe) vs the project's batched torch path.
 
 Plain path, per file: `librosa.load(path, sr=16000)` then `librosa.feature.melspectrogram` (through
-`dsl.features.logmel_reference`, the same call with the paper's settings).
-Project path: `dsl.audio.load_audio` per file, then `dsl.features.logmel_batch` on chunks of 32 files
-(what `dsl.cache.extract_corpus` does).
+`dsl.data.frontend.logmel_reference`, the same call with the paper's settings).
+Project path: `dsl.data.audio.load_audio` per file, then `dsl.data.frontend.logmel_batch` on chunks of 32 files
+(what `dsl.data.feature_cache.extract_corpus` does).
 
 Loading (decode + resample 22.05 -> 16 kHz with soxr) is the same work in both and is timed separately,
 so both the end-to-end ratio and the feature-only ratio are reported. Repeats alternate the two paths
@@ -26,7 +26,7 @@ from .common import median, timed
 LOG_TOLERANCE = 1e-2  # nats (1 %) on bins with power > POWER_FLOOR x peak
 POWER_FLOOR = 1e-6
 POWER_TOLERANCE = 1e-5  # |P_ref - P_ours| / peak(P_ref), all bins
-CHUNK = 32  # files per logmel_batch call, as in dsl.cache.extract_corpus
+CHUNK = 32  # files per logmel_batch call, as in dsl.data.feature_cache.extract_corpus
 
 
 def plain_load(paths: Sequence[Path], rate: int) -> list[np.ndarray]:
@@ -36,19 +36,19 @@ def plain_load(paths: Sequence[Path], rate: int) -> list[np.ndarray]:
 
 
 def project_load(paths: Sequence[Path], rate: int) -> list[np.ndarray]:
-    from dsl.audio import load_audio
+    from dsl.data.audio import load_audio
 
     return [load_audio(p, rate) for p in paths]
 
 
 def plain_features(signals: Sequence[np.ndarray], spec) -> list[np.ndarray]:
-    from dsl.features import logmel_reference
+    from dsl.data.frontend import logmel_reference
 
     return [logmel_reference(s, spec) for s in signals]
 
 
 def project_features(signals: Sequence[np.ndarray], spec) -> list[np.ndarray]:
-    from dsl.features import logmel_batch
+    from dsl.data.frontend import logmel_batch
 
     out: list[np.ndarray] = []
     for i in range(0, len(signals), CHUNK):

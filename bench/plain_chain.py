@@ -1,8 +1,8 @@
-"""The same DSL chain trained the plain way: a `dsl.chain` runner built on DataLoader over materialised tensors.
+"""The same DSL chain trained the plain way: a `dsl.pipeline.chain` runner built on DataLoader over materialised tensors.
 
-Everything but the training loop is the project's: `dsl.chain.run_chain` makes the jobs (folds from
-`dsl.protocols.make_plan`, seeds from `dsl.chain.derive_seed`), applies the label rule and evaluates with
-`dsl.evaluate`; per fold this runner uses the project's `split_validation` and `normalisation_stats`.
+Everything but the training loop is the project's: `dsl.pipeline.chain.run_chain` makes the jobs (folds from
+`dsl.protocols.plans.make_plan`, seeds from `dsl.pipeline.chain.derive_seed`), applies the label rule and evaluates with
+`dsl.method.evaluate`; per fold this runner uses the project's `split_validation` and `normalisation_stats`.
 What differs is the typical research-code training loop:
 
 * every segment of the fold is copied out once into (N, 1, 64, 32) float32 NCHW tensors,
@@ -43,9 +43,9 @@ def plain_fit_predict(job, data, cfg, seg, batch_size: int = PLAIN_BATCH):
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from dsl.backbones import create_backbone
-    from dsl.chain import FoldOutput, normalisation_stats, split_validation
-    from dsl.train import soft_cross_entropy
+    from dsl.pipeline.chain import FoldOutput, normalisation_stats, split_validation
+    from dsl.training.backbones import create_backbone
+    from dsl.training.train import soft_cross_entropy
 
     train_utts, val_utts = split_validation(job.train_utterances, data.labels, cfg.train.val_fraction, job.seed)
     mean, std = normalisation_stats(data.frames, data.frame_offsets, job.train_utterances)
@@ -106,8 +106,8 @@ def plain_fit_predict(job, data, cfg, seg, batch_size: int = PLAIN_BATCH):
 
 
 def plain_runner(data, cfg, batch_size: int = PLAIN_BATCH, threads: int | None = None):
-    """A `dsl.chain` runner training its jobs one after another in this process (default threads)."""
-    from dsl.segments import build_segments
+    """A `dsl.pipeline.chain` runner training its jobs one after another in this process (default threads)."""
+    from dsl.data.segments import build_segments
 
     from .common import torch_threads
 

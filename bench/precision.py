@@ -26,8 +26,8 @@ def step_rate(backbone: str, precision: str, steps: int, batch: int = 128, n_cla
     """Training segments/s of `steps` Adam steps (after 3 warm-up steps) under `precision`."""
     import torch
 
-    from dsl.backbones import create_backbone
-    from dsl.train import soft_cross_entropy
+    from dsl.training.backbones import create_backbone
+    from dsl.training.train import soft_cross_entropy
 
     torch.manual_seed(0)
     model = create_backbone(backbone, n_classes).to(memory_format=torch.channels_last).train()
@@ -80,7 +80,7 @@ def _seed_uas(study: Path) -> dict[int, list[float]]:
 
 
 def paired_ua(bf16_study: Path, fp32_study: Path) -> dict:
-    from dsl.stats import mean_interval
+    from dsl.results.stats import mean_interval
 
     bf16, fp32 = _seed_uas(bf16_study), _seed_uas(fp32_study)
     seeds = sorted(set(bf16) & set(fp32))
@@ -101,8 +101,8 @@ def paired_ua(bf16_study: Path, fp32_study: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dsl.environment import machine_info
-    from dsl.train import native_bf16, resolve_precision
+    from dsl.runtime.environment import machine_info
+    from dsl.training.train import native_bf16, resolve_precision
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backbones", default="small_cnn,efficientnet_b0")

@@ -2,14 +2,14 @@
 
     python -m bench.recipes '[{"plugins": ["bench.probe_backbones"], "backbone": "patch_s"}]' --seeds 3,4
 
-None of them kept small_cnn's UA, so they stay here and are not in `dsl.backbones` (tiny_cnn is, for
+None of them kept small_cnn's UA, so they stay here and are not in `dsl.training.backbones` (tiny_cnn is, for
 smoke sweeps).
 """
 from __future__ import annotations
 
 from torch import nn
 
-from dsl.backbones import SmallCNN, _conv_bn_relu, register_backbone
+from dsl.training.backbones import SmallCNN, _conv_bn_relu, register_backbone
 
 
 class PatchCNN(nn.Module):

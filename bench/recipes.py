@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     args = p.parse_args(argv)
     os.environ.setdefault("DSL_PROGRESS", "0")
-    from dsl.chain import run_chain
+    from dsl.pipeline.chain import run_chain
 
     from .common import load_average
     from .run import _cpu_cfg, _data

@@ -59,7 +59,7 @@ def render(results: dict) -> str:
         r = s["throughput"]
         lines += ["#### 2. Training throughput (segments/s, batch 128)", "",
                   f"{r['n_segments']} EmoDB segments (32 frames, hop 8); plain = materialised (N,1,64,32) tensor "
-                  f"({_f(r['materialised_tensor_mib'])} MiB) + `DataLoader(shuffle=True)`, NCHW; project = `dsl.train.fit` "
+                  f"({_f(r['materialised_tensor_mib'])} MiB) + `DataLoader(shuffle=True)`, NCHW; project = `dsl.training.train.fit` "
                   "+ `SegmentBatcher`, channels_last. Best of the interleaved rounds.", "",
                   "| backbone | steps | plain, default threads | plain, 1 thread | project, 1 thread | project, 2 threads "
                   "| project 1t / plain | project 2t / plain | project 1t / plain 1t |",

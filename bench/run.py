@@ -41,7 +41,7 @@ def _cpu_cfg():
 
 
 def _data(cfg):
-    from dsl.data import prepare_data
+    from dsl.data.bundle import prepare_data
 
     return prepare_data(cfg, show_progress=False)
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DSL_PROGRESS", "0")
     import torch
 
-    from dsl.environment import machine_info
+    from dsl.runtime.environment import machine_info
 
     argv_text = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     meta = {

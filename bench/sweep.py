@@ -51,8 +51,8 @@ def feature_probe(config: dict, frames: np.ndarray, meta) -> None:
     """Function trainable: memory deltas of touching the shared frames and of a private copy, then a short chain."""
     from ray import tune
 
-    from dsl.chain import run_chain
     from dsl.config import from_dict
+    from dsl.pipeline.chain import run_chain
 
     before = smaps_rollup()
     touch(frames)
@@ -83,7 +83,7 @@ def _attach(frames, meta):
 
         return attach(frames, meta)
     except ImportError:
-        from dsl.data import CorpusData
+        from dsl.data.bundle import CorpusData
 
         return CorpusData(frames=frames, **meta)
 
@@ -205,7 +205,7 @@ def run_sweep(data, base_cfg, quick: bool = False, log=print, trial_counts: list
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ["DSL_PROGRESS"] = "0"
-    from sweeps.session import quiet_ray
+    from sweeps.search.session import quiet_ray
 
     quiet_ray()  # Tune's own tables and progress off (RAY_AIR_NEW_OUTPUT=0, verbose 0), as in a sweep
     from .common import cache_dir, require_emodb

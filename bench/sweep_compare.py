@@ -1,10 +1,10 @@
 """The quick example sweep three ways: with the step cache, without it, and as a plain Ray Tune + OptunaSearch sweep.
 
-(1) `dsl-sweep sweep sweeps/examples/quick_emodb.yaml` as the project runs it (`sweeps.launcher.run_sweep`,
+(1) `dsl-sweep sweep sweeps/examples/quick_emodb.yaml` as the project runs it (`sweeps.search.launcher.run_sweep`,
 MLflow to a SQLite store, step cache on); (2) the same with `step_cache: false`; (3) plain Ray Tune: the
 same search space (the sweep's define-by-run `SearchSpace`) under `ray.tune.search.optuna.OptunaSearch`
 with the same TPE sampler and seed, the same ASHA settings, concurrency and trial resources, and a
-function trainable that loads the corpus (from the feature cache on disk) and calls `dsl.chain.run_chain`,
+function trainable that loads the corpus (from the feature cache on disk) and calls `dsl.pipeline.chain.run_chain`,
 reporting each iteration; no sharing, no checkpoints, no MLflow. Each variant starts its own Ray and
 uses its own fresh storage (so its own, empty step cache). Wall time is the whole call, as a user waits.
 
@@ -39,7 +39,7 @@ def step_cache_supported() -> bool:
     """True once `SweepSpec.step_cache` exists (the step cache of issue 11)."""
     import dataclasses
 
-    from sweeps.spec import SweepSpec
+    from sweeps.search.spec import SweepSpec
 
     return any(f.name == "step_cache" for f in dataclasses.fields(SweepSpec))
 
@@ -58,7 +58,7 @@ def sweep_raw(data_root: str, cache_dir: str, quick: bool) -> dict[str, Any]:
 
 
 def _spec(raw: dict, name: str, storage: str, trials: int, step_cache: bool | None):
-    from sweeps.spec import parse_sweep
+    from sweeps.search.spec import parse_sweep
 
     raw = copy.deepcopy(raw)
     raw["name"] = name
@@ -69,7 +69,7 @@ def _spec(raw: dict, name: str, storage: str, trials: int, step_cache: bool | No
 
 def run_project_sweep(raw: dict, trials: int, step_cache: bool | None, workdir: Path) -> dict[str, Any]:
     """One `run_sweep` in a fresh storage and MLflow store; per-trial metrics read back from MLflow."""
-    from sweeps.launcher import run_sweep
+    from sweeps.search.launcher import run_sweep
 
     label = "cache" if step_cache else "nocache"
     storage = workdir / f"{label}-{trials}"
@@ -141,10 +141,10 @@ def plain_trial(config: dict, base: dict) -> None:
     import torch
     from ray import tune
 
-    from dsl.chain import run_chain
     from dsl.config import from_dict
-    from dsl.data import prepare_data
-    from dsl.trial_config import trial_config
+    from dsl.data.bundle import prepare_data
+    from dsl.pipeline.chain import run_chain
+    from dsl.pipeline.trial_config import trial_config
 
     torch.set_num_threads(1)
     cfg = trial_config(from_dict(base), config).replace(**{"train.workers": 1, "train.num_threads": 1})
@@ -163,7 +163,7 @@ def run_plain_sweep(raw: dict, trials: int, workdir: Path) -> dict[str, Any]:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from sweeps.searcher import make_sampler
+    from sweeps.search.searcher import make_sampler
 
     storage = workdir / f"plain-{trials}"
     storage.mkdir(parents=True)

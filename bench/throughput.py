@@ -2,7 +2,7 @@
 
 Plain loop (typical research code): every segment materialised once as an (N, 1, 64, 32) float32 tensor,
 `TensorDataset` + `DataLoader(batch_size=128, shuffle=True)`, NCHW, torch's default thread count.
-Project loop: `dsl.train.fit` with `SegmentBatcher` (batches gathered by index from the frames tensor)
+Project loop: `dsl.training.train.fit` with `SegmentBatcher` (batches gathered by index from the frames tensor)
 and the `cpu` preset's settings (channels_last), at 1 and at 2 intra-op threads. The `cpu` preset runs
 two single-threaded folds side by side, so on 2 cores its aggregate rate is about twice the 1-thread one.
 The plain loop is also timed at 1 thread, which separates the input pipeline/memory format from threading.
@@ -42,9 +42,9 @@ class SegmentSet:
 
 def segment_set(data, segment_spec) -> SegmentSet:
     """Segments of all utterances, frames normalised with the corpus-wide statistics."""
-    from dsl.chain import normalisation_stats
-    from dsl.rules import one_hot
-    from dsl.segments import build_segments
+    from dsl.data.segments import build_segments
+    from dsl.method.rules import one_hot
+    from dsl.pipeline.chain import normalisation_stats
 
     seg = build_segments(data.frame_offsets, segment_spec, warn=False)
     mean, std = normalisation_stats(data.frames, data.frame_offsets, np.arange(data.n_utterances))
@@ -66,8 +66,8 @@ def plain_steps(backbone: str, x, targets, warmup: int, steps: int, seed: int = 
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from dsl.backbones import create_backbone
-    from dsl.train import soft_cross_entropy
+    from dsl.training.backbones import create_backbone
+    from dsl.training.train import soft_cross_entropy
 
     torch.manual_seed(seed)
     model = create_backbone(backbone, targets.shape[1])
@@ -97,11 +97,11 @@ def plain_steps(backbone: str, x, targets, warmup: int, steps: int, seed: int = 
 
 def project_steps(backbone: str, s: SegmentSet, warmup: int, steps: int, seed: int = 0, batch_size: int = 128,
                   channels_last: bool = True) -> float:
-    """Segments/s of `dsl.train.fit` over exactly `steps` batches (one epoch, no validation), after a warm-up fit."""
+    """Segments/s of `dsl.training.train.fit` over exactly `steps` batches (one epoch, no validation), after a warm-up fit."""
     import torch
 
     from dsl.config import TrainSpec
-    from dsl.train import SegmentBatcher, fit
+    from dsl.training.train import SegmentBatcher, fit
 
     spec = TrainSpec(epochs=1, batch_size=batch_size, channels_last=channels_last, device="cpu", amp=False)
     batcher = SegmentBatcher(torch.from_numpy(s.frames), channels_last)

@@ -190,7 +190,7 @@ def run_overhead(data, cpu_cfg, short_cfg, k: int, log=print) -> dict[str, Any]:
 
     import ray
 
-    from dsl.chain import run_chain
+    from dsl.pipeline.chain import run_chain
 
     from .common import torch_threads
 

@@ -15,16 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .chain import (
-        ChainResult,
-        ChainState,
-        FoldJob,
-        IterationResult,
-        iterate_chain,
-        run_chain,
-        run_fold_job,
-    )
-    from .config import (
+    from dsl.config import (
         ChainConfig,
         ConfigError,
         FeatureSpec,
@@ -35,16 +26,27 @@ if TYPE_CHECKING:
         TrainSpec,
         load_config,
     )
-    from .data import CorpusData, prepare_data
-    from .runners import FoldWorkerError
+    from dsl.data.bundle import CorpusData, prepare_data
+    from dsl.execution.fold_runners import FoldWorkerError
+    from dsl.pipeline.chain import (
+        ChainResult,
+        ChainState,
+        FoldJob,
+        IterationResult,
+        iterate_chain,
+        run_chain,
+        run_fold_job,
+    )
 
 _WHERE = {
     **dict.fromkeys(("ChainResult", "ChainState", "FoldJob", "IterationResult", "iterate_chain", "run_chain",
-                     "run_fold_job"), "chain"),
+                     "run_fold_job"), "pipeline.chain"),
     **dict.fromkeys(("ChainConfig", "ConfigError", "FeatureSpec", "LabelSpec", "ProtocolSpec", "SegmentSpec",
                      "StageSpec", "TrainSpec", "load_config"), "config"),
-    **dict.fromkeys(("CorpusData", "prepare_data"), "data"),
-    "FoldWorkerError": "runners",
+    **dict.fromkeys(("CorpusData", "prepare_data"), "data.bundle"),
+    "FoldWorkerError": "execution.fold_runners",
+    "run": "studies.run",
+    "EmotionModel": "pipeline.model",
 }
 
 
@@ -62,7 +64,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ChainConfig", "ChainResult", "ChainState", "ConfigError", "CorpusData", "FeatureSpec", "FoldJob", "FoldWorkerError",
-    "IterationResult", "LabelSpec", "ProtocolSpec", "SegmentSpec", "StageSpec", "TrainSpec", "iterate_chain", "load_config",
-    "prepare_data", "run_chain", "run_fold_job",
+    "EmotionModel", "IterationResult", "LabelSpec", "ProtocolSpec", "SegmentSpec", "StageSpec", "TrainSpec", "iterate_chain", "load_config",
+    "prepare_data", "run", "run_chain", "run_fold_job",
 ]
 __version__ = "0.1.0"

@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class FeatureSpec:
     """Front end: log-Mel (paper: 16 kHz, 25 ms Hann, 10 ms hop, 512 FFT, 64 HTK mels, 125-7500 Hz), or a
-    self-supervised speech model's hidden states per frame (`kind: ssl`, see `dsl.ssl_features`)."""
+    self-supervised speech model's hidden states per frame (`kind: ssl`, see `dsl.data.ssl_features`)."""
 
     kind: str = "logmel"  # logmel | ssl
 
@@ -46,8 +46,8 @@ class SegmentSpec:
     hop: int = 1
 
 
-FEATURE_KINDS = ("logmel", "ssl")  # features.kind; see dsl.features.compute_features
-PRECISIONS = ("fp32", "bf16", "auto")  # train.precision (CPU); see dsl.train.resolve_precision
+FEATURE_KINDS = ("logmel", "ssl")  # features.kind; see dsl.data.frontend.compute_features
+PRECISIONS = ("fp32", "bf16", "auto")  # train.precision (CPU); see dsl.training.train.resolve_precision
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class TrainSpec:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA only
     precision: str = "fp32"  # CPU: fp32 | bf16 (autocast) | auto (bf16 only with native bf16 and a backbone that gains)
-    aux: str = "none"  # none | mtl_aug (dsl.mtl: augmentation classification + reconstruction share the encoder)
+    aux: str = "none"  # none | mtl_aug (dsl.training.mtl: augmentation classification + reconstruction share the encoder)
     aux_augs: tuple[str, ...] = ("none", "noise", "time_mask", "freq_mask", "pitch_shift", "speed")
     aux_cls_weight: float = 0.3  # mtl_aug: weight of the augmentation-classification loss
     aux_rec_weight: float = 0.3  # mtl_aug: weight of the reconstruction loss
@@ -92,7 +92,7 @@ class LabelSpec:
 
 @dataclass(frozen=True)
 class ProtocolSpec:
-    """Fold plan (see `dsl.protocols`): `stratified` (the paper's, transductive), `speaker_transductive`, or
+    """Fold plan (see `dsl.protocols.plans`): `stratified` (the paper's, transductive), `speaker_transductive`, or
     the leak-free `nested`, `speaker` (nested, grouped by speaker), `refinery` and `cross_corpus`."""
 
     name: str = "stratified"
@@ -103,18 +103,18 @@ class ProtocolSpec:
     assignment: str = ""  # JSON of file -> outer fold (or a result JSON): a plan that cannot depend on labels
     test_corpus: str = ""  # cross_corpus: the test corpus's format (e.g. urdu) ...
     test_data: str = ""  # ... and its folder; the training corpus is `corpus`/`data`
-    label_map: str = ""  # cross_corpus: NAME=SHARED,... on top of dsl.cross_corpus.SYNONYMS
+    label_map: str = ""  # cross_corpus: NAME=SHARED,... on top of dsl.data.cross_corpus.SYNONYMS
 
 
-STAGES = ("forest", "acp")  # stage.name; see dsl.stages
+STAGES = ("forest", "acp")  # stage.name; see dsl.method.stages
 STAGE_INPUTS = ("embedding", "posterior")  # stage.input of the acp stage
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    """The utterance stage that turns out-of-sample segment outputs into utterance labels (`dsl.stages`):
+    """The utterance stage that turns out-of-sample segment outputs into utterance labels (`dsl.method.stages`):
     `forest` (the paper's random forest on 8 statistics per class of segment posteriors) or `acp`
-    (attentive correlation pooling, `dsl.acp`, on segment embeddings or posteriors). Every key but `name`
+    (attentive correlation pooling, `dsl.method.acp`, on segment embeddings or posteriors). Every key but `name`
     applies to `acp` only; it trains per scope per iteration on a few hundred utterances (seconds on a CPU)."""
 
     name: str = "forest"

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Iterable
 
-from .config import ConfigError
+from dsl.config import ConfigError
 
 
 def load_plugins(modules: Iterable[str]) -> None:

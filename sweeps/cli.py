@@ -78,7 +78,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from dsl.runner import run_from_cli
+    from dsl.studies.run import run_from_cli
 
     return run_from_cli(args.config, args.preset, overrides_from(args), args.out, quiet=args.quiet,
                         command=args.command_line, seed_jobs=args.seed_jobs, resume=args.resume,
@@ -93,25 +93,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_agreement(args: argparse.Namespace) -> int:
-    from dsl.listeners import agreement_from_cli
+    from dsl.results.listeners import agreement_from_cli
 
     return agreement_from_cli(args.results, args.listeners, args.out, args.into, args.block, args.command_line)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from dsl.validate import validate_from_cli
+    from dsl.data.validate import validate_from_cli
 
     return validate_from_cli(args.data, args.corpus, args.report, args.folds)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from sweeps.launcher import sweep_from_cli
+    from sweeps.search.launcher import sweep_from_cli
 
     return sweep_from_cli(args)
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from sweeps.best import best_from_cli
+    from sweeps.selection.best import best_from_cli
 
     return best_from_cli(args)
 
@@ -224,10 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = "dsl-sweep " + shlex.join(argv)  # recorded in result JSONs, so each row can be rerun
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    from dsl.audio import BadAudioError
     from dsl.config import ConfigError
-    from dsl.corpora import CorpusError
-    from dsl.runners import FoldWorkerError
+    from dsl.data.audio import BadAudioError
+    from dsl.data.corpora import CorpusError
+    from dsl.execution.fold_runners import FoldWorkerError
     from tracking.client import TrackingUnavailable
 
     try:

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from dsl.model import EmotionModel, find_model_dir
+from dsl.pipeline.model import EmotionModel, find_model_dir
 
 
 def resolve_model(model: str, tracking_uri: str | None, tmp: str) -> Path:
@@ -20,7 +20,7 @@ def resolve_model(model: str, tracking_uri: str | None, tmp: str) -> Path:
 
 def predict_from_cli(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from dsl.plots import contour_plot
+    from dsl.results.plots import contour_plot
 
     with tempfile.TemporaryDirectory() as tmp:
         model = EmotionModel.load(resolve_model(args.model, args.tracking_uri, tmp))

@@ -1,8 +1,8 @@
-"""`dsl-sweep report SWEEP`: a sweep's MLflow runs as the paper's tables (see `dsl.sweep_tables`).
+"""`dsl-sweep report SWEEP`: a sweep's MLflow runs as the paper's tables (see `dsl.results.paper_tables`).
 
 An argument that is not a file or folder is taken as a sweep name: its experiment's latest parent run is
 exported from MLflow to a `kind: sweep` JSON (kept with `--save-sweep`, so the README's tables come from
-a committed file), which `dsl.report` renders like any other result.
+a committed file), which `dsl.results.report` renders like any other result.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def export_sweep(name: str, tracking_uri: str | None) -> dict:
 
 def resolve_results(items: Sequence[str], tracking_uri: str | None, save_sweep: str | None,
                     tmp: str) -> list[str]:
-    """Paths for `dsl.report`: files and folders as given; sweep names exported from MLflow (to
+    """Paths for `dsl.results.report`: files and folders as given; sweep names exported from MLflow (to
     `save_sweep` when given, else into `tmp`)."""
     paths = []
     names = [i for i in items if not Path(i).exists()]
@@ -59,7 +59,7 @@ def resolve_results(items: Sequence[str], tracking_uri: str | None, save_sweep: 
 def report_from_cli(items: Sequence[str], out: str | None, figure: str | None, into: str | None, command: str,
                     tracking_uri: str | None = None, save_sweep: str | None = None, block: str = "",
                     paired_with: Sequence[str] = ()) -> int:
-    from dsl.report import report_from_cli as render
+    from dsl.results.report import report_from_cli as render
 
     with tempfile.TemporaryDirectory(prefix="dsl-report-") as tmp:
         return render(resolve_results(items, tracking_uri, save_sweep, tmp), out, figure, into, command, block,

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from dsl import ChainConfig, prepare_data
-from dsl.acp import ACP
-from dsl.checks import check_config
 from dsl.config import ConfigError, StageSpec, load_config
-from dsl.fold_job import FoldJob, run_fold_job
-from dsl.rules import key_applies
-from dsl.stages import stage_input
-from dsl.trial_config import trial_config
+from dsl.execution.fold_job import FoldJob, run_fold_job
+from dsl.method.acp import ACP
+from dsl.method.rules import key_applies
+from dsl.method.stages import stage_input
+from dsl.pipeline.checks import check_config
+from dsl.pipeline.trial_config import trial_config
 from sweeps.cli import main
 from tests.support.data import TINY
 
@@ -82,8 +82,8 @@ def test_fold_jobs_return_embeddings_only_for_the_acp_stage(tone_corpus, feature
     cfg = ChainConfig(corpus="csv", data=str(tone_corpus), cache_dir=str(feature_cache)).replace(
         **{**TINY, "train.epochs": 1})
     data = prepare_data(cfg, show_progress=False)
-    from dsl.rules import one_hot
-    from dsl.segments import build_segments
+    from dsl.data.segments import build_segments
+    from dsl.method.rules import one_hot
 
     seg = build_segments(data.frame_offsets, cfg.segments, warn=False)
     utts = np.arange(data.n_utterances)
@@ -119,7 +119,7 @@ def test_acp_chain_transductive_via_cli(tone_corpus, feature_cache, tmp_path, ca
 
 
 def test_acp_chain_held_out(tone_corpus, feature_cache) -> None:
-    from dsl.runner import run
+    from dsl.studies.run import run
 
     cfg = ChainConfig(corpus="csv", data=str(tone_corpus), cache_dir=str(feature_cache)).replace(
         **{**TINY, "iterations": 1, "train.epochs": 2, "protocol.name": "refinery", "protocol.select_folds": 2,
@@ -149,7 +149,7 @@ def test_stage_config_checks_and_conditional_search_space() -> None:
 
     import optuna
 
-    from sweeps.spec import parse_sweep
+    from sweeps.search.spec import parse_sweep
 
     with pytest.raises(ConfigError, match="search.stage: unknown pool"):
         parse_sweep({"name": "s", "base": {"corpus": "emodb", "data": "/x"}, "search": {"stage": ["forest", "pool"]}})
@@ -168,7 +168,7 @@ def test_stage_config_checks_and_conditional_search_space() -> None:
 
 
 def test_final_model_refuses_the_acp_stage(tmp_path) -> None:
-    from dsl.model import train_final
+    from dsl.pipeline.model import train_final
 
     cfg = ChainConfig(data=str(tmp_path / "nowhere")).replace(**{"stage.name": "acp"})
     with pytest.raises(ConfigError, match="supports stage.name: forest only"):
@@ -179,7 +179,7 @@ def test_final_model_refuses_the_acp_stage(tmp_path) -> None:
 @pytest.mark.emodb
 def test_acp_stage_on_emodb_cpu_preset_refinery(emodb_path, feature_cache) -> None:
     """The `cpu` preset on the whole EmoDB, iteration 0, leak-free refinery protocol, ACP on the embeddings."""
-    from dsl.runner import run
+    from dsl.studies.run import run
 
     cfg = load_config(preset_name="cpu", overrides={"data": str(emodb_path), "cache_dir": str(feature_cache),
                                                     "iterations": 0, "protocol.name": "refinery",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import dsl.cache as cache
+import dsl.data.feature_cache as cache
 from sweeps.cli import main
 from tests.support.data import write_tone
 
@@ -109,7 +109,7 @@ def test_manifest_duplicates_and_missing_files_reported(tmp_path, capsys) -> Non
 
 def test_validate_groups_notes_by_kind_with_a_count() -> None:
     """588 stereo files make one line with a count and examples, not 588 lines (the full list is in --report)."""
-    from dsl.validate import ValidationReport
+    from dsl.data.validate import ValidationReport
 
     report = ValidationReport("emovo", "emovo", files=589, usable=588, problems={"bad.wav": "truncated"},
                               notes={f"f{i:03d}.wav": "2 channels (averaged to mono)" for i in range(588)})

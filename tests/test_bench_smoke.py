@@ -64,7 +64,7 @@ def test_plain_and_project_loops_both_train() -> None:
     # the plain input equals what SegmentBatcher gathers for the same rows
     import torch
 
-    from dsl.train import SegmentBatcher
+    from dsl.training.train import SegmentBatcher
 
     gathered = SegmentBatcher(torch.from_numpy(frames))(torch.from_numpy(rows[:5].astype(np.int64)))
     assert torch.equal(gathered, x[:5])

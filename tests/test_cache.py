@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import dsl.cache as cache
-from dsl.audio import BadAudioError, load_audio
+import dsl.data.feature_cache as cache
 from dsl.config import FeatureSpec
-from dsl.features import logmel_reference
+from dsl.data.audio import BadAudioError, load_audio
+from dsl.data.frontend import logmel_reference
 from tests.support.data import write_tone
 
 SPEC = FeatureSpec()

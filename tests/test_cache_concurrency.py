@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dsl.cache as cache
+import dsl.data.feature_cache as cache
 from dsl.config import FeatureSpec
 from tests.support.data import write_tone
 
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-import dsl.cache as cache
+import dsl.data.feature_cache as cache
 from dsl.config import ChainConfig
-from dsl.data import prepare_data
+from dsl.data.bundle import prepare_data
 
 manifest, cache_dir, out, ready, go = sys.argv[1:6]
 reads = []

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dsl import ChainConfig, ChainState, iterate_chain, prepare_data, run_chain
-from dsl.runner import run
+from dsl.studies.run import run
 from sweeps.cli import main
 from tests.support.data import TINY
 

@@ -22,8 +22,8 @@ def test_trials_spread_over_nodes_and_share_frames(tmp_path_factory: pytest.Temp
     data, cache = tiny_data(tmp_path_factory)
     from mlflow import MlflowClient
 
-    from sweeps.launcher import run_sweep
-    from sweeps.spec import load_sweep
+    from sweeps.search.launcher import run_sweep
+    from sweeps.search.spec import load_sweep
 
     tmp = tmp_path_factory.mktemp("multinode")
     sweep = write_sweep(tmp, "multinode", data, cache, num_samples=2, max_concurrent=2,
@@ -35,7 +35,7 @@ def test_trials_spread_over_nodes_and_share_frames(tmp_path_factory: pytest.Temp
         out = run_sweep(load_sweep(sweep), address=cluster.address, tracking_uri=uri)
         import argparse
 
-        from sweeps.best import best_from_cli
+        from sweeps.selection.best import best_from_cli
 
         # best --register --address: the final model trains as a Ray task on the cluster, reaches MLflow
         assert best_from_cli(argparse.Namespace(sweep="multinode", tracking_uri=uri, out=str(tmp / "best.yaml"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import optuna
 
-from sweeps.importance import param_importances
+from sweeps.search.importance import param_importances
 from tracking.comparison import TrialSummary, table_rows, write_comparison
 
 
@@ -111,7 +111,7 @@ def test_report_names_an_unknown_sweep(tmp_path: Path) -> None:
 
 
 def test_report_fills_a_named_block_and_leaves_the_others(tmp_path: Path) -> None:
-    from dsl.report import splice
+    from dsl.results.report import splice
 
     doc = tmp_path / "README.md"
     doc.write_text("a\n<!-- dsl-sweep report: begin -->\nold\n<!-- dsl-sweep report: end -->\nb\n"

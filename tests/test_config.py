@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dsl.checks import check_config, check_data
 from dsl.config import ChainConfig, ConfigError, from_dict, load_config
+from dsl.pipeline.checks import check_config, check_data
 
 
 def test_layering_and_round_trip(tmp_path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsl.corpora import CORPUS_FORMATS, Corpus, CorpusError, list_corpora, load_corpus
+from dsl.data.corpora import CORPUS_FORMATS, Corpus, CorpusError, list_corpora, load_corpus
 
 
 def touch(root: Path, *names: str) -> None:

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from dsl import ChainConfig, prepare_data, run_chain
-from dsl.checks import check_config
 from dsl.config import ConfigError
-from dsl.corpora import load_corpus
-from dsl.cross_corpus import shared_corpus
+from dsl.data.corpora import load_corpus
+from dsl.data.cross_corpus import shared_corpus
+from dsl.pipeline.checks import check_config
 from tests.support.data import TINY, write_tone
 
 BASES = {"class0": 200.0, "class1": 800.0, "class2": 2400.0, "class3": 5000.0}

@@ -7,10 +7,10 @@ import librosa
 import numpy as np
 import pytest
 
-from dsl.audio import BadAudioError, load_audio
 from dsl.config import FeatureSpec, SegmentSpec
-from dsl.features import logmel_batch, logmel_reference, n_frames
-from dsl.segments import ShortUtteranceWarning, build_segments
+from dsl.data.audio import BadAudioError, load_audio
+from dsl.data.frontend import logmel_batch, logmel_reference, n_frames
+from dsl.data.segments import ShortUtteranceWarning, build_segments
 from tests.support.data import write_tone
 
 SPEC = FeatureSpec()

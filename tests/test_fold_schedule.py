@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from dsl import ChainConfig, prepare_data, run_chain
-from dsl.chain import FoldJob, FoldOutput, iterate_chain, run_fold_job
-from dsl.rules import RULES, register_rule
-from dsl.train import SegmentBatcher
+from dsl.method.rules import RULES, register_rule
+from dsl.pipeline.chain import FoldJob, FoldOutput, iterate_chain, run_fold_job
+from dsl.training.train import SegmentBatcher
 from tests.support.data import TINY
 
 FAKE_SECONDS = 0.3
@@ -96,7 +96,7 @@ def test_next_iteration_starts_early_only_for_local_rules(tone_corpus, feature_c
     cfg = _cfg(tone_corpus, feature_cache, **{"protocol.folds": 5, "iterations": 1,
                                               "labels.rule": nonlocal_rule if rule == "nonlocal" else rule})
     data = prepare_data(cfg, show_progress=False)
-    from dsl.segments import build_segments
+    from dsl.data.segments import build_segments
 
     seg = build_segments(data.frame_offsets, cfg.segments, warn=False)
     def n_segments_of(utts):
@@ -139,8 +139,8 @@ class InProcessFake(SubmittingFake):
 def test_an_in_process_runner_reports_each_iteration_before_training_the_next(tone_corpus, feature_cache) -> None:
     """Starting iteration t+1's folds early gains nothing when they train in the caller's thread; it would only
     delay iteration t's report, and a scheduler that stops the trial there would have paid for t+1."""
-    from dsl.runners import LocalRunner
-    from dsl.segments import build_segments
+    from dsl.data.segments import build_segments
+    from dsl.execution.fold_runners import LocalRunner
 
     cfg = _cfg(tone_corpus, feature_cache, **{"protocol.folds": 3, "iterations": 2})
     data = prepare_data(cfg, show_progress=False)
@@ -155,7 +155,7 @@ def test_an_in_process_runner_reports_each_iteration_before_training_the_next(to
 
 def test_local_runner_close_kills_a_running_fold(tone_corpus, feature_cache) -> None:
     """A chain stopped early (scheduler, Ctrl+C) must not wait for a fold that is still training."""
-    from dsl.runners import LocalRunner
+    from dsl.execution.fold_runners import LocalRunner
 
     cfg = _cfg(tone_corpus, feature_cache, **{"train.workers": 2, "train.epochs": 100_000, "train.patience": 100_000})
     data = prepare_data(cfg, show_progress=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dsl.config import TrainSpec
-from dsl.train import SegmentBatcher, fit, predict_proba
+from dsl.training.train import SegmentBatcher, fit, predict_proba
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")]

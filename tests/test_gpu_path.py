@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dsl import fold_job
 from dsl.config import TrainSpec
-from dsl.fold_job import release_device_memory, shared_frames
-from dsl.train import _autocast, resolve_device
+from dsl.execution import fold_job
+from dsl.execution.fold_job import release_device_memory, shared_frames
+from dsl.training.train import _autocast, resolve_device
 
 
 def test_auto_device_is_cuda_exactly_when_torch_sees_one(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dsl.config import ConfigError
-from dsl.listeners import agreement, agreement_table, load_recognition
+from dsl.results.listeners import agreement, agreement_table, load_recognition
 from tests.support.data import emodb_root
 
 
@@ -63,7 +63,7 @@ def test_real_listener_file_covers_the_corpus() -> None:
     root = emodb_root()
     if root is None or not (root / "erkennung.txt").is_file():
         pytest.skip("EmoDB with erkennung.txt not found (../shared/data/emodb or $DSL_EMODB)")
-    from dsl.corpora import load_corpus
+    from dsl.data.corpora import load_corpus
 
     rates = load_recognition(root / "erkennung.txt")
     names = {p.name for p in load_corpus("emodb", root).paths}

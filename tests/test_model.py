@@ -1,4 +1,4 @@
-"""`dsl.model.EmotionModel`: fit on a corpus, predict new audio, save/load with a format version."""
+"""`dsl.pipeline.model.EmotionModel`: fit on a corpus, predict new audio, save/load with a format version."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from dsl.config import ChainConfig
-from dsl.data import prepare_data
-from dsl.model import MODEL_FORMAT, EmotionModel, final_config
+from dsl.data.bundle import prepare_data
+from dsl.pipeline.model import MODEL_FORMAT, EmotionModel, final_config
 from tests.support.data import TINY
 
 

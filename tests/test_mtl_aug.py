@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsl.augment import AUGMENTATIONS, augment_batch
-from dsl.checks import check_config
 from dsl.config import ChainConfig, ConfigError, TrainSpec
-from dsl.train import fit, predict_proba
+from dsl.pipeline.checks import check_config
+from dsl.training.augment import AUGMENTATIONS, augment_batch
+from dsl.training.train import fit, predict_proba
 from tests.support.segments import separable_segments
 
 
@@ -47,7 +47,7 @@ def test_mtl_aug_config_and_conditional_search_space() -> None:
         check_config(ChainConfig().replace(**{"train.aux": "mtl"}))
     with pytest.raises(ConfigError, match="need at least two of"):
         check_config(ChainConfig().replace(**{"train.aux": "mtl_aug", "train.aux_augs": ("none",)}))
-    from sweeps.spec import parse_sweep
+    from sweeps.search.spec import parse_sweep
 
     spec = parse_sweep({"name": "m", "base": {"corpus": "emodb", "data": "/x"},
                         "search": {"train.aux": ["none", "mtl_aug"], "train.aux_cls_weight": [0.1, 0.5]}})

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from dsl import ChainConfig, prepare_data, run_chain
-from dsl.checks import check_config
 from dsl.config import ConfigError, TrainSpec
-from dsl.data import CorpusData
-from dsl.fold_job import FoldJob, train_fold
-from dsl.mtl import MTLAug
-from dsl.rules import one_hot
-from dsl.train import SegmentBatcher, fit, predict_proba, soft_cross_entropy
-from dsl.trial_config import trial_config
+from dsl.data.bundle import CorpusData
+from dsl.execution.fold_job import FoldJob, train_fold
+from dsl.method.rules import one_hot
+from dsl.pipeline.checks import check_config
+from dsl.pipeline.trial_config import trial_config
+from dsl.training.mtl import MTLAug
+from dsl.training.train import SegmentBatcher, fit, predict_proba, soft_cross_entropy
 from tests.support.data import TINY, write_tone
 from tests.support.segments import separable_segments
 
@@ -63,7 +63,7 @@ def test_the_emotion_loss_sees_only_labelled_segments_and_a_silent_corpus_still_
     torch.set_num_threads(1)
     _, batcher, rows, targets = _labelled()
     torch.manual_seed(0)
-    from dsl.layer_sum import create_network
+    from dsl.training.layer_sum import create_network
 
     net = create_network("small_cnn", 2)
     aux = MTLAug(net, SPEC, (64, 32), seed=0)
@@ -133,7 +133,7 @@ def test_aux_data_config_errors(tmp_path) -> None:
     base = ChainConfig().replace(**{"train.aux": "mtl_aug", "train.aux_data": str(folder)})
     assert trial_config(base, {"train.aux": "none"}).train.aux_data == ""
     # a missing or empty folder: a ConfigError naming it, when the data are prepared
-    from dsl.aux_data import aux_audio_files
+    from dsl.data.aux_data import aux_audio_files
 
     with pytest.raises(ConfigError, match=f"train.aux_data '{folder / 'nope'}': not a folder"):
         aux_audio_files(folder / "nope")
@@ -141,7 +141,7 @@ def test_aux_data_config_errors(tmp_path) -> None:
     with pytest.raises(ConfigError, match=f"train.aux_data '{folder}': no .wav or .flac files"):
         aux_audio_files(folder)
     # sweeps: not searchable, and made absolute in the base
-    from sweeps.spec import parse_sweep
+    from sweeps.search.spec import parse_sweep
 
     with pytest.raises(ConfigError, match="train.aux_data"):
         parse_sweep({"name": "m", "base": {"corpus": "emodb", "data": "/x", "train": {"aux": "mtl_aug"}},
@@ -166,7 +166,7 @@ def test_chain_with_aux_data_runs_locally_and_in_worker_processes_alike(tone_cor
     (folder / "bad.wav").write_bytes(b"not audio")
     cfg = ChainConfig(corpus="csv", data=str(tone_corpus), cache_dir=str(feature_cache)).replace(
         **{**TINY, "iterations": 0, "train.epochs": 2, "train.aux": "mtl_aug", "train.aux_data": str(folder)})
-    from dsl.audio import BadAudioError
+    from dsl.data.audio import BadAudioError
 
     with pytest.raises(BadAudioError, match="bad.wav"):
         prepare_data(cfg, show_progress=False)
@@ -174,7 +174,7 @@ def test_chain_with_aux_data_runs_locally_and_in_worker_processes_alike(tone_cor
     data = prepare_data(cfg, show_progress=False)
     assert data.aux_offsets is not None and len(data.aux_offsets) == 4 and str(folder / "bad.wav") in data.skipped
     assert data.aux_frames.shape[1] == data.frames.shape[1]
-    from dsl.runner import protocol_line
+    from dsl.studies.run import protocol_line
 
     assert "train.aux_data" in protocol_line(cfg) and "transductive in the audio" in protocol_line(cfg)
     serial = run_chain(cfg, data, show_progress=False).iterations[0]
@@ -194,7 +194,7 @@ def test_cpu_chain_on_emodb_with_urdu_as_unlabelled_audio(emodb_path, feature_ca
     if not URDU.is_dir():
         pytest.skip(f"the Urdu corpus is not at {URDU}")
     from dsl.config import load_config
-    from dsl.runner import protocol_line, run
+    from dsl.studies.run import protocol_line, run
 
     cfg = load_config(preset_name="cpu", overrides={
         "data": str(emodb_path), "cache_dir": str(feature_cache), "iterations": 0, "protocol.folds": 2,

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from dsl import ChainConfig, prepare_data, run_chain
-from dsl.checks import check_config
 from dsl.config import ConfigError, load_config
-from sweeps.spec import parse_sweep
+from dsl.pipeline.checks import check_config
+from sweeps.search.spec import parse_sweep
 from tests.support.data import TINY
 
 PLUGIN = '''
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dsl.backbones import register_backbone
-from dsl.rules import register_rule
+from dsl.training.backbones import register_backbone
+from dsl.method.rules import register_rule
 
 
 class Prior(nn.Module):
@@ -103,9 +103,9 @@ def test_sweep_search_may_name_plugin_backbones(plugin, tone_corpus) -> None:
 def test_saved_model_with_a_plugin_backbone_loads_in_a_fresh_registry(plugin, tmp_path) -> None:
     from sklearn.ensemble import RandomForestClassifier
 
-    from dsl.backbones import BACKBONES, create_backbone
-    from dsl.model import EmotionModel
-    from dsl.rules import RULES
+    from dsl.method.rules import RULES
+    from dsl.pipeline.model import EmotionModel
+    from dsl.training.backbones import BACKBONES, create_backbone
 
     cfg = ChainConfig(plugins=(plugin,), backbone=f"{plugin}_prior")
     check_config(cfg)

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-import dsl.train as train
-from dsl.checks import check_config
+import dsl.training.train as train
 from dsl.config import ChainConfig, ConfigError, TrainSpec
-from dsl.fold_job import with_resolved_precision
+from dsl.execution.fold_job import with_resolved_precision
+from dsl.pipeline.checks import check_config
 
 
 def test_bf16_autocast_runs_the_convolutions_in_bf16() -> None:
-    from dsl.backbones import create_backbone
+    from dsl.training.backbones import create_backbone
 
     model = create_backbone("small_cnn", 3).eval()
     seen: dict[str, torch.dtype] = {}

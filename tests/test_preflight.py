@@ -5,8 +5,8 @@ import logging
 
 import pytest
 
-from sweeps.preflight import is_machine_local, resource_problem, tracking_problem
-from sweeps.session import _resource_warnings_only
+from sweeps.cluster.preflight import is_machine_local, resource_problem, tracking_problem
+from sweeps.search.session import _resource_warnings_only
 
 
 @pytest.mark.parametrize("uri,local", [
@@ -45,7 +45,7 @@ def test_tune_resource_warnings_get_through_the_quiet_console() -> None:
 
 
 def test_node_check_names_an_unwritable_storage_path_and_a_dead_tracking_server(tmp_path, monkeypatch) -> None:
-    from sweeps.node_checks import check_storage, check_this_node, check_tracking
+    from sweeps.cluster.node_probe import check_storage, check_this_node, check_tracking
 
     assert check_storage(str(tmp_path / "ok")) is None and not list((tmp_path / "ok").iterdir())
     blocked = tmp_path / "file"
@@ -62,7 +62,7 @@ def test_node_check_names_an_unwritable_storage_path_and_a_dead_tracking_server(
 def test_node_check_logs_and_deletes_a_probe_artifact(tmp_path) -> None:
     from mlflow import MlflowClient
 
-    from sweeps.node_checks import check_tracking
+    from sweeps.cluster.node_probe import check_tracking
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     c = MlflowClient(uri)

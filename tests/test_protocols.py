@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dsl.config import ProtocolSpec
-from dsl.protocols import PROTOCOLS, make_plan
+from dsl.protocols.plans import PROTOCOLS, make_plan
 
 LABELS = np.repeat(np.arange(4), 12)
 SPEAKERS = np.tile(np.array([f"s{i}" for i in range(6)]), 8)

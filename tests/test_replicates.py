@@ -8,11 +8,12 @@ import pytest
 
 from dsl import ChainConfig, prepare_data
 from dsl.config import ConfigError, load_config
-from dsl.environment import machine_info
-from dsl.replicates import aggregate, run_replicates, seed_path
-from dsl.report import load_result, markdown
-from dsl.selection import select_iterations, selected_scores
-from dsl.stats import mean_interval, paired_gain
+from dsl.protocols.selection import select_iterations, selected_scores
+from dsl.results.report import load_result, markdown
+from dsl.results.stats import mean_interval, paired_gain
+from dsl.results.study import aggregate, seed_path
+from dsl.runtime.environment import machine_info
+from dsl.studies.replicates import run_replicates
 from sweeps.cli import main
 from tests.support.data import TINY
 
@@ -101,7 +102,7 @@ def test_report_names_a_bad_file(tmp_path, capsys) -> None:
 
 
 def test_paired_against_pairs_rows_with_the_reference_baseline_by_seed() -> None:
-    from dsl.report import paired_against
+    from dsl.results.report import paired_against
 
     def study(seeds, uas):
         return {"seeds": seeds, "iterations": [{"ua": {"values": uas}}]}

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsl.rules import RULES, get_rule, one_hot
-from dsl.schedules import SCHEDULES, alpha_at
+from dsl.method.rules import RULES, get_rule, one_hot
+from dsl.method.schedules import SCHEDULES, alpha_at
 
 
 @st.composite

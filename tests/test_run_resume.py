@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import dsl.runner as runner
-from dsl.chain import ChainState
-from dsl.fold_job import derive_seed
-from dsl.runners import FoldWorkerError
+import dsl.studies.run as runner
+from dsl.execution.fold_job import derive_seed
+from dsl.execution.fold_runners import FoldWorkerError
+from dsl.pipeline.chain import ChainState
 from sweeps.cli import main
 from tests.support.data import TINY
 
@@ -120,7 +120,7 @@ import time
 import torch
 from torch import nn
 
-from dsl.backbones import register_backbone
+from dsl.training.backbones import register_backbone
 
 
 class Mortal(nn.Module):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sweeps.shared_storage import JournalMirror, feature_cache_dir, pull_dir, pull_file, push_dir, remote_size
+from sweeps.cluster.shared_storage import JournalMirror, feature_cache_dir, pull_dir, pull_file, push_dir, remote_size
 
 
 def test_feature_cache_goes_under_a_local_storage_path_on_a_cluster_only() -> None:

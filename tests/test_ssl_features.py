@@ -11,11 +11,11 @@ import torch
 
 pytest.importorskip("transformers")
 
-from dsl import cache
-from dsl.checks import check_config
 from dsl.config import ChainConfig, ConfigError, FeatureSpec, TrainSpec
-from dsl.layer_sum import LayerSum, create_network
-from dsl.train import SegmentBatcher, fit
+from dsl.data import feature_cache as cache
+from dsl.pipeline.checks import check_config
+from dsl.training.layer_sum import LayerSum, create_network
+from dsl.training.train import SegmentBatcher, fit
 from tests.support.data import TINY, write_tone
 
 HIDDEN, LAYERS = 32, 2  # hidden size; transformer layers (hidden_states: LAYERS + 1)
@@ -85,8 +85,8 @@ def test_features_have_the_model_frames_and_are_cached_per_checkpoint(checkpoint
 
 
 def test_waveform_normalisation_follows_the_checkpoint(tmp_path, wavs) -> None:
-    from dsl.audio import load_audio
-    from dsl.ssl_features import ssl_batch
+    from dsl.data.audio import load_audio
+    from dsl.data.ssl_features import ssl_batch
 
     x = load_audio(wavs[0], 16000)
     for name, pre, invariant in (("plain", False, True), ("norm", True, True)):
@@ -166,7 +166,7 @@ def ssl_chain_cfg(tone_corpus, checkpoint, tmp_path_factory) -> ChainConfig:
 
 @pytest.mark.parametrize("layer_sum", [False, True], ids=["one_layer", "layer_sum"])
 def test_chain_runs_on_ssl_features(ssl_chain_cfg, layer_sum) -> None:
-    from dsl.runner import run
+    from dsl.studies.run import run
 
     result = run(ssl_chain_cfg.replace(**{"features.ssl_layer_sum": layer_sum}), show_progress=False)
     assert [r.iteration for r in result.iterations] == [0, 1]
@@ -177,8 +177,8 @@ def test_chain_runs_on_ssl_features(ssl_chain_cfg, layer_sum) -> None:
 def test_emotion_model_computes_the_same_features_and_carries_its_checkpoint(ssl_chain_cfg, tmp_path) -> None:
     import shutil
 
-    from dsl.data import prepare_data
-    from dsl.model import EmotionModel
+    from dsl.data.bundle import prepare_data
+    from dsl.pipeline.model import EmotionModel
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(ssl_chain_cfg.features.ssl_model, ckpt)
@@ -213,8 +213,8 @@ def test_emotion_model_computes_the_same_features_and_carries_its_checkpoint(ssl
 def test_front_end_is_searchable_and_ssl_keys_are_conditional(checkpoint) -> None:
     import optuna
 
-    from sweeps.space import feature_variants
-    from sweeps.spec import parse_sweep
+    from sweeps.search.space import feature_variants
+    from sweeps.search.spec import parse_sweep
 
     spec = parse_sweep({"name": "fe", "base": {"corpus": "emodb", "data": "/x",
                                                "features": {"kind": "ssl", "ssl_model": str(checkpoint)}},
@@ -251,7 +251,7 @@ def test_front_end_is_searchable_and_ssl_keys_are_conditional(checkpoint) -> Non
 def test_cpu_chain_on_emodb_with_the_tiny_ssl_model(emodb_path, checkpoint, tmp_path) -> None:
     """Structure only (the model is random): a `cpu` preset chain on the real EmoDB copy over the layer sum."""
     from dsl.config import load_config
-    from dsl.runner import run
+    from dsl.studies.run import run
 
     cfg = load_config(preset_name="cpu", overrides={
         "data": str(emodb_path), "cache_dir": str(tmp_path / "cache"), "iterations": 0, "protocol.folds": 2,
@@ -269,8 +269,8 @@ def test_sweep_searches_the_front_end(checkpoint, tmp_path_factory) -> None:
     """A grid over features.kind: the driver extracts both front ends and each trial trains on its own frames."""
     import ray
 
-    from sweeps.launcher import run_sweep
-    from sweeps.spec import parse_sweep
+    from sweeps.search.launcher import run_sweep
+    from sweeps.search.spec import parse_sweep
     from tests.support.sweep import tiny_data, tiny_sweep
 
     data, cache_dir = tiny_data(tmp_path_factory)
@@ -297,8 +297,8 @@ def test_sweep_searches_the_front_end(checkpoint, tmp_path_factory) -> None:
 def test_ssl_example_sweep_parses(checkpoint) -> None:
     import yaml
 
-    from sweeps.space import feature_variants
-    from sweeps.spec import parse_sweep
+    from sweeps.search.space import feature_variants
+    from sweeps.search.spec import parse_sweep
 
     raw = yaml.safe_load((Path(__file__).parents[1] / "sweeps" / "examples" / "ssl_emodb.yaml").read_text())
     raw["base"]["features"]["ssl_model"] = str(checkpoint)

@@ -1,4 +1,4 @@
-"""The chain-step cache (`dsl.step_cache`): served steps equal computed ones, a changed recipe or code misses,
+"""The chain-step cache (`dsl.execution.step_cache`): served steps equal computed ones, a changed recipe or code misses,
 concurrent writers do not corrupt it, and a killed writer leaves no half entry."""
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from dsl import ChainConfig, prepare_data, run_chain
-from dsl.fold_job import FoldOutput
-from dsl.step_cache import StepCache, StepKeys
+from dsl.execution.fold_job import FoldOutput
+from dsl.execution.step_cache import StepCache, StepKeys
 from tests.support.data import TINY
 
 FIELDS = ("wa", "ua", "fold_wa", "fold_ua", "confusion", "segment_accuracy", "changed_label_share", "target_entropy",
@@ -83,7 +83,7 @@ def test_iteration_zero_is_shared_by_every_rule_and_a_changed_recipe_misses(tone
 
 def test_key_covers_code_and_machine(tone_data, monkeypatch) -> None:
     cfg, data = tone_data
-    import dsl.step_cache as sc
+    import dsl.execution.step_cache as sc
 
     before = StepKeys.of(cfg, data)
     real = sc.code_fingerprint
@@ -150,8 +150,8 @@ def test_concurrent_trials_needing_the_same_steps_do_not_corrupt_the_cache(tone_
 WRITER = textwrap.dedent("""
     import os, sys, time
     import numpy as np
-    from dsl.fold_job import FoldOutput
-    from dsl.step_cache import StepCache
+    from dsl.execution.fold_job import FoldOutput
+    from dsl.execution.step_cache import StepCache
 
     def stall(*a, **k):  # the entry's bytes are on disk under a temporary name: be killed before the rename
         print("written", flush=True)
@@ -213,8 +213,8 @@ def test_a_claim_is_taken_over_only_when_its_owner_is_gone(tmp_path) -> None:
     import socket
     import time
 
-    from dsl import step_claims
-    from dsl.step_claims import StepClaim, try_claim
+    from dsl.execution import step_claims
+    from dsl.execution.step_claims import StepClaim, try_claim
 
     claim = StepClaim(str(tmp_path), "aa" * 20)
     assert try_claim(claim) and not try_claim(claim)  # held by this (live) process
@@ -248,7 +248,7 @@ def test_a_chain_waits_for_a_step_another_process_holds(tone_data, tmp_path, own
     import threading
     import time
 
-    from dsl.step_claims import StepClaim, try_claim
+    from dsl.execution.step_claims import StepClaim, try_claim
 
     cfg, data = tone_data
     cfg = cfg.replace(**{"iterations": 0, "train.epochs": 1})

@@ -28,9 +28,9 @@ def sweep(tmp_path_factory: pytest.TempPathFactory):
     root = emodb_root()
     if root is None:
         pytest.skip("EmoDB not found (../shared/data/emodb or $DSL_EMODB): the sweep integration tests need it")
-    from sweeps.best import best_from_cli
     from sweeps.cli import build_parser
-    from sweeps.launcher import sweep_from_cli
+    from sweeps.search.launcher import sweep_from_cli
+    from sweeps.selection.best import best_from_cli
 
     base = tmp_path_factory.getbasetemp()
     data = tiny_emodb(root, base / "tiny_emodb")
@@ -124,7 +124,7 @@ def test_failed_trial_resumed_in_its_own_run(sweep) -> None:
 def test_optuna_study_matches_the_sweep(sweep) -> None:
     import optuna
 
-    from sweeps.searcher import journal_storage
+    from sweeps.search.searcher import journal_storage
 
     study = optuna.load_study(study_name="server_sweep",
                               storage=journal_storage(sweep.tmp / "ray_results" / "server_sweep" / "optuna.journal"))
@@ -167,7 +167,7 @@ def test_best_yaml_is_a_reevaluated_top_config(sweep) -> None:
 
 
 def test_best_yaml_reproduces_the_trial(sweep) -> None:
-    from dsl.runner import run_from_cli
+    from dsl.studies.run import run_from_cli
 
     out = sweep.tmp / "rerun.json"
     assert run_from_cli(str(sweep.tmp / "best.yaml"), None, {}, str(out), quiet=True) == 0
@@ -183,8 +183,8 @@ def test_best_yaml_reproduces_the_trial(sweep) -> None:
 
 
 def test_register_and_predict(sweep, capsys: pytest.CaptureFixture[str]) -> None:
-    from sweeps.best import best_from_cli
     from sweeps.predict import predict_from_cli
+    from sweeps.selection.best import best_from_cli
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DSL_PROGRESS", "0")

@@ -87,7 +87,7 @@ def test_interrupt_and_resume(tmp_path_factory: pytest.TempPathFactory) -> None:
     import optuna
     from mlflow import MlflowClient
 
-    from sweeps.searcher import journal_storage
+    from sweeps.search.searcher import journal_storage
 
     base = tmp_path_factory.getbasetemp()
     data = tiny_emodb(root, base / "tiny_emodb")

@@ -7,8 +7,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweeps.searcher import ChainOptunaSearch, journal_storage, make_sampler, outcome
-from sweeps.spec import METRIC, SamplerSpec, parse_sweep
+from sweeps.search.searcher import ChainOptunaSearch, journal_storage, make_sampler, outcome
+from sweeps.search.spec import METRIC, SamplerSpec, parse_sweep
 
 
 def _searcher(tmp_path: Path, name: str = "s") -> ChainOptunaSearch:
@@ -75,7 +75,7 @@ def test_finish_ends_runs_orphaned_by_a_killed_driver(tmp_path: Path, capsys: py
     the trial again under a new id, so the finished sweep must end the orphan instead of leaving it RUNNING."""
     from mlflow import MlflowClient
 
-    from sweeps.launcher import SweepOutcome, finish
+    from sweeps.search.launcher import SweepOutcome, finish
     from tracking.schema import PARENT_TAG, ROLE_TAG
 
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -7,12 +7,12 @@ import optuna
 import pytest
 import yaml
 
-from dsl.checks import check_config
 from dsl.config import ChainConfig, ConfigError
-from dsl.rules import RULES
-from dsl.trial_config import trial_config
-from sweeps.space import SearchSpace, enumerate_grid
-from sweeps.spec import parse_sweep
+from dsl.method.rules import RULES
+from dsl.pipeline.checks import check_config
+from dsl.pipeline.trial_config import trial_config
+from sweeps.search.space import SearchSpace, enumerate_grid
+from sweeps.search.spec import parse_sweep
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "sweeps" / "examples"
 ALL_RULES = ["baseline", "bdsl", "wdsl", "gsl", "hdl", "label_smoothing"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dsl.config import TrainSpec
-from dsl.train import SegmentBatcher, fit, predict_proba
+from dsl.training.train import SegmentBatcher, fit, predict_proba
 
 
 @pytest.mark.slow
@@ -27,7 +27,7 @@ def test_compiled_fit_matches_eager() -> None:
     # float reassociation in the fused kernels drifts over 2 epochs; a compiled copy that did not train the
     # shared parameters would stay at the initial network's outputs instead
     np.testing.assert_allclose(out[True][0], out[False][0], atol=0.03)
-    from dsl.backbones import create_backbone
+    from dsl.training.backbones import create_backbone
 
     torch.manual_seed(0)
     untrained = create_backbone("small_cnn", 2).to(memory_format=torch.channels_last)

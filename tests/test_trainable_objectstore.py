@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dsl.config import ChainConfig
-from dsl.data import CorpusData
+from dsl.data.bundle import CorpusData
 from tests.support.data import emodb_root, tiny_emodb
 from tests.support.sweep import tiny_sweep
 
@@ -87,7 +87,7 @@ def test_trial_frames_are_the_object_store_buffer(ray_local, tmp_path) -> None:
 
 
 def test_ray_fold_runner_matches_local_runner(ray_local) -> None:
-    from dsl.chain import iterate_chain
+    from dsl.pipeline.chain import iterate_chain
     from trainables.context import TrialResources
     from trainables.fold_runner import ray_runner
     from trainables.shared_data import share_corpus
@@ -113,8 +113,8 @@ def test_sweep_with_parallel_fold_tasks(tmp_path_factory: pytest.TempPathFactory
         pytest.skip("EmoDB not found (../shared/data/emodb or $DSL_EMODB): the sweep integration tests need it")
     if ray.is_initialized():
         ray.shutdown()
-    from sweeps.launcher import run_sweep
-    from sweeps.spec import parse_sweep
+    from sweeps.search.launcher import run_sweep
+    from sweeps.search.spec import parse_sweep
 
     base = tmp_path_factory.getbasetemp()
     data = tiny_emodb(root, base / "tiny_emodb")

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsl.chain import ChainState
 from dsl.config import ChainConfig
-from dsl.plots import accuracy_plot, confusion_plot, contour_plot
-from sweeps.best import at_iteration
+from dsl.pipeline.chain import ChainState
+from dsl.results.plots import accuracy_plot, confusion_plot, contour_plot
+from sweeps.selection.best import at_iteration
 from tests.support.mlflow_server import free_port
 from tracking.client import redact_uri
 from tracking.schema import iteration_metrics
@@ -76,7 +76,7 @@ def test_driver_logs_the_artifacts_of_a_trial_stopped_before_it_could(tmp_path: 
     from mlflow import MlflowClient
     from ray import tune
 
-    from sweeps.callbacks import _backfill
+    from sweeps.search.callbacks import _backfill
 
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = c.create_run(c.create_experiment("x")).info.run_id
@@ -106,7 +106,7 @@ def test_a_trial_plots_once_and_the_driver_plots_a_trial_that_failed_for_good(tm
     from mlflow import MlflowClient
     from ray import tune
 
-    from sweeps.callbacks import _backfill
+    from sweeps.search.callbacks import _backfill
     from trainables.artifacts import log_trial_artifacts
 
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -151,8 +151,8 @@ def test_redact_uri() -> None:
 def test_schedule_cut_at_best_iteration() -> None:
     base = ChainConfig().replace(**{"iterations": 5, "labels.rule": "wdsl", "labels.alpha": 0.9,
                                     "labels.alpha_end": 0.1})
-    from dsl.checks import config_problems
-    from dsl.schedules import alpha_at, schedule_alpha
+    from dsl.method.schedules import alpha_at, schedule_alpha
+    from dsl.pipeline.checks import config_problems
 
     for schedule in ("constant", "step", "linear", "exponential", "cosine"):
         cfg = base.replace(**{"labels.schedule": schedule})

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from dsl import ChainConfig
-from dsl.fold_job import derive_seed
-from dsl.runner import run
-from dsl.runners import FoldWorkerError
+from dsl.execution.fold_job import derive_seed
+from dsl.execution.fold_runners import FoldWorkerError
+from dsl.studies.run import run
 from sweeps.cli import main
 from tests.support.data import write_tone
 
@@ -35,7 +35,7 @@ import time
 import torch
 from torch import nn
 
-from dsl.backbones import register_backbone
+from dsl.training.backbones import register_backbone
 
 DOOMED_SEED = {seed}
 
@@ -126,7 +126,7 @@ def _assert_no_zombie_children() -> None:
 
 SCRIPT = '''
 from dsl import ChainConfig
-from dsl.runner import run
+from dsl.studies.run import run
 
 cfg = ChainConfig(corpus="csv", data={data!r}, cache_dir={cache!r}).replace(**{overrides!r})
 result = run(cfg, show_progress=False)
@@ -150,7 +150,7 @@ def test_script_without_main_guard_fails_fast_and_says_why(tiny_tones, feature_c
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert seconds < 30, seconds
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("dsl.runners.FoldWorkerError: iteration 0,") and "at start-up" in last, proc.stderr
+    assert last.startswith("dsl.execution.fold_runners.FoldWorkerError: iteration 0,") and "at start-up" in last, proc.stderr
     assert 'if __name__ == "__main__":' in last and "re-imported" in last
     print(f"unguarded script failed after {seconds:.1f} s")
 
@@ -208,8 +208,8 @@ def test_wrapped_future_keeps_the_future_interface() -> None:
     pool's future; only a broken pool becomes a FoldWorkerError."""
     from concurrent.futures import FIRST_COMPLETED, Future, wait
 
-    from dsl.fold_job import FoldJob
-    from dsl.runners import _Board, _FoldFuture, _Payload, _PoolWatch
+    from dsl.execution.fold_job import FoldJob
+    from dsl.execution.fold_runners import _Board, _FoldFuture, _Payload, _PoolWatch
 
     job = FoldJob(2, 0, 3, np.arange(3), np.arange(2), np.zeros((5, 2), np.float32), 7)
     watch = _PoolWatch(None, _Board(multiprocessing.get_context("spawn"), 1), _Payload())

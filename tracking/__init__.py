@@ -6,7 +6,7 @@
 - `trial_run`: a trial's child run (`TrialRun`; `NoRun` without tracking).
 - `sweep_runs`: the sweep's experiment, parent run, child runs and their final statuses.
 - `registry`: the final model logged as a pyfunc and registered; downloaded back for `predict`.
-- `pyfunc`: the MLflow pyfunc wrapper of `dsl.model.EmotionModel`.
+- `pyfunc`: the MLflow pyfunc wrapper of `dsl.pipeline.model.EmotionModel`.
 
 Modules import `mlflow` lazily, inside functions, so commands that do not track start fast.
 """

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsl import plots
+from dsl.results import plots
 
 from .client import call
 from .sweep_runs import child_runs
@@ -129,11 +129,11 @@ EXPORT_FORMAT = 1
 
 
 def sweep_export(c, experiment_id: str, parent_run_id: str, name: str) -> dict[str, Any]:
-    """The sweep's trials as plain data (`kind: sweep`) for `dsl.sweep_tables`: flat params and UA/WA per
+    """The sweep's trials as plain data (`kind: sweep`) for `dsl.results.paper_tables`: flat params and UA/WA per
     iteration of every child run, the protocol, seeds and data, and the machine of its first result."""
     trials = trial_summaries(c, experiment_id, parent_run_id)
     first = trials[0].params if trials else {}
-    from dsl.protocols import is_leak_free
+    from dsl.protocols.plans import is_leak_free
 
     protocol = first.get("protocol.name", "")
     environment = None

@@ -1,4 +1,4 @@
-"""The MLflow pyfunc of a DSL model directory (`dsl.model.EmotionModel`), servable by `mlflow models serve`.
+"""The MLflow pyfunc of a DSL model directory (`dsl.pipeline.model.EmotionModel`), servable by `mlflow models serve`.
 
 Input: a DataFrame with a `path` column (audio files the server can read) or an `audio` column (the
 file's bytes, base64-encoded, for clients on other machines); one row per utterance. Output: `label`
@@ -16,7 +16,7 @@ from typing import Any
 
 import mlflow.pyfunc
 
-from dsl.model import EmotionModel
+from dsl.pipeline.model import EmotionModel
 
 # what loading and predicting imports (pip names); the versions pinned are the ones installed when logging
 PREDICT_REQUIREMENTS = ("torch", "timm", "numpy", "scikit-learn", "joblib", "librosa", "soundfile", "pandas",

@@ -1,4 +1,4 @@
-"""The final model in MLflow: trained (`dsl.model.train_final`), logged as a pyfunc in a `final-model`
+"""The final model in MLflow: trained (`dsl.pipeline.model.train_final`), logged as a pyfunc in a `final-model`
 child run of the sweep's parent, registered under a name; and a `models:/`/`runs:/` URI downloaded back
 to a local model directory."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from dsl.config import ChainConfig
-from dsl.model import find_model_dir, train_final
+from dsl.pipeline.model import find_model_dir, train_final
 
 from .client import call, resolve_tracking_uri
 from .schema import PARENT_TAG, ROLE_TAG
@@ -66,7 +66,7 @@ def register_final(cfg: ChainConfig, tracking_uri: str, experiment_id: str, pare
 
 def example_wav(cfg: ChainConfig) -> Path:
     """The shortest utterance of the training corpus (the model's input example)."""
-    from dsl.data import load_corpus_for
+    from dsl.data.bundle import load_corpus_for
 
     corpus, _ = load_corpus_for(cfg)
     return min((Path(p) for p in corpus.paths), key=lambda p: p.stat().st_size)

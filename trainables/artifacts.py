@@ -12,11 +12,11 @@ import json
 import tempfile
 from pathlib import Path
 
-from dsl import plots
-from dsl.chain import RESULT_FORMAT
-from dsl.environment import machine_info
-from dsl.protocols import is_leak_free
-from dsl.selection import reported_iteration
+from dsl.pipeline.chain import RESULT_FORMAT
+from dsl.protocols.plans import is_leak_free
+from dsl.protocols.selection import reported_iteration
+from dsl.results import plots
+from dsl.runtime.environment import machine_info
 
 from .checkpoint import TrialCheckpoint
 

@@ -7,7 +7,7 @@ step the checkpoints lack. While the tracking server is away the trial keeps tra
 a few seconds per iteration) and catches up when the server is back; at the end it waits
 `$DSL_MLFLOW_TIMEOUT` seconds for it, then fails with `TrackingUnavailable` and its retry logs the
 missing steps from the last checkpoint. A trial that Tune stops inside `tune.report` has its last steps
-logged by the driver (`sweeps.callbacks.FinalizeRuns`). A retried or restored trial starts from
+logged by the driver (`sweeps.search.callbacks.FinalizeRuns`). A retried or restored trial starts from
 `tune.get_checkpoint()`: it re-logs steps MLflow lacks from the checkpoint's history and continues at
 `next_iteration`; it never starts over.
 """
@@ -21,15 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from dsl.chain import ChainState, iterate_chain, local_runner
-from dsl.checks import check_config
 from dsl.config import ChainConfig
-from dsl.fold_job import release_device_memory
-from dsl.naming import run_name
-from dsl.protocols import is_leak_free
-from dsl.segments import build_segments
-from dsl.step_cache import StepCache
-from dsl.trial_config import trial_config
+from dsl.data.segments import build_segments
+from dsl.execution.fold_job import release_device_memory
+from dsl.execution.step_cache import StepCache
+from dsl.pipeline.chain import ChainState, iterate_chain, local_runner
+from dsl.pipeline.checks import check_config
+from dsl.pipeline.trial_config import trial_config
+from dsl.protocols.plans import is_leak_free
+from dsl.results.naming import run_name
 from tracking.client import TrackingUnavailable
 from tracking.schema import flat_params
 from tracking.trial_run import QUICK, NoRun, TrialRun

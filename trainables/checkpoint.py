@@ -1,6 +1,6 @@
 """A trial checkpoint: the ChainState, the MLflow run id, the contour utterance's posteriors so far, and what
 the trial's MLflow artifacts need (config, class names, plot title), so the driver can write them for a
-trial that Tune stopped before it could (`sweeps.callbacks.FinalizeRuns`)."""
+trial that Tune stopped before it could (`sweeps.search.callbacks.FinalizeRuns`)."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from dsl.chain import ChainState
 from dsl.formats import check_format
+from dsl.pipeline.chain import ChainState
 
 STATE, INFO, CONTOUR = "chain_state.npz", "trial.json", "contour.npz"
 FORMAT = 2  # 1: no "format" key, no config / label_names / contour_title

@@ -41,4 +41,4 @@ class TrialContext:
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     contour_utterance: int = 0
     objective: str = "final"  # final | selected (see trainables.metrics)
-    step_cache: str = ""  # directory of the shared step cache (dsl.step_cache); "" turns it off
+    step_cache: str = ""  # directory of the shared step cache (dsl.execution.step_cache); "" turns it off

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 
-from dsl.chain import FoldJob, FoldOutput, run_fold_job
 from dsl.config import ChainConfig
-from dsl.runners import SubmittingRunner
+from dsl.execution.fold_runners import SubmittingRunner
+from dsl.pipeline.chain import FoldJob, FoldOutput, run_fold_job
 
 from .context import TrialResources
 from .shared_data import CorpusMeta, attach
@@ -54,7 +54,7 @@ def task_options(res: TrialResources) -> dict:
 
 
 class RayRunner(SubmittingRunner):
-    """A `dsl.chain` runner submitting each fold as a Ray task (frames passed by reference).
+    """A `dsl.pipeline.chain` runner submitting each fold as a Ray task (frames passed by reference).
 
     `submit` lets the chain start a fold of the next iteration while the last ones of this iteration run.
     """

@@ -4,7 +4,7 @@ sweep objective.
 The sweep's `objective` is the score at a rule fixed in advance, never a running maximum over
 iterations: `final` is the UA of the iteration just finished (so a finished trial is judged at its last
 iteration), `selected` is the UA of each outer fold's iteration picked on its own training utterances
-(held-out protocols only; see `dsl.selection`).
+(held-out protocols only; see `dsl.protocols.selection`).
 """
 from __future__ import annotations
 

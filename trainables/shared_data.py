@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from dsl.data import CorpusData
+from dsl.data.bundle import CorpusData
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dsl.train import SegmentBatcher
+from dsl.training.train import SegmentBatcher
 
 
 def separable_segments(n: int) -> tuple[np.ndarray, SegmentBatcher, torch.Tensor, torch.Tensor]:

@@ -66,7 +66,7 @@ def study(tmp: Path, name: str):
     """The Optuna study of sweep `name` whose storage path is `tmp/ray_results`."""
     import optuna
 
-    from sweeps.searcher import journal_storage
+    from sweeps.search.searcher import journal_storage
 
     return optuna.load_study(study_name=name, storage=journal_storage(tmp / "ray_results" / name / "optuna.journal"))
 

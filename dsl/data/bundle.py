@@ -1,0 +1,102 @@
+"""Corpus + cached features in the one picklable, zero-copy-friendly bundle a chain consumes."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dsl.config import ChainConfig
+from dsl.data.audio import BadAudioError
+from dsl.data.corpora import Corpus, CorpusError, load_corpus
+from dsl.data.feature_cache import extract_corpus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CorpusData:
+    """Frames of all utterances plus per-utterance labels and speakers.
+
+    `frames` may be a read-only memmap or a Ray object-store view: nothing here writes to it.
+    """
+
+    frames: np.ndarray  # float32 (total_frames + 1, width); last row pads short utterances
+    frame_offsets: np.ndarray  # int64 (n_utterances + 1,)
+    labels: np.ndarray  # int64 (n_utterances,)
+    speakers: np.ndarray  # str (n_utterances,)
+    label_names: tuple[str, ...]
+    paths: tuple[str, ...]
+    skipped: dict[str, str] = field(default_factory=dict)  # bad files left out under bad_files=skip
+    layers: int = 1  # SSL layer sum: each frame row holds `layers` stacked hidden states (dsl.training.layer_sum)
+    # `train.aux_data` (MTL-AUG's unlabelled corpus): its frames and per-file offsets, laid out like `frames`
+    aux_frames: np.ndarray | None = None
+    aux_offsets: np.ndarray | None = None
+
+    @property
+    def n_utterances(self) -> int:
+        return len(self.labels)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.label_names)
+
+    def speaker_ids(self) -> np.ndarray:
+        return np.unique(self.speakers, return_inverse=True)[1]
+
+
+def load_corpus_for(cfg: ChainConfig) -> tuple[Corpus, dict[str, str]]:
+    """The config's corpus; under `bad_files: skip`, unlabelled or missing files are left out and returned."""
+    try:
+        corpus = load_corpus(cfg.corpus, Path(cfg.data))
+        if cfg.protocol.name == "cross_corpus":  # both corpora, over their shared classes
+            from dsl.data.cross_corpus import shared_corpus
+
+            corpus = shared_corpus(corpus, load_corpus(cfg.protocol.test_corpus, Path(cfg.protocol.test_data)),
+                                   cfg.protocol.label_map)
+        return corpus, {}
+    except CorpusError as exc:
+        if cfg.bad_files != "skip" or exc.partial is None or len(exc.partial) == 0:
+            raise
+        _log_skipped(exc.problems)
+        return exc.partial, exc.problems
+
+
+def _log_skipped(problems: dict[str, str]) -> None:
+    log.warning("skipping %d bad file(s):\n  %s", len(problems),
+                "\n  ".join(f"{p}: {why}" for p, why in problems.items()))
+
+
+def prepare_data(cfg: ChainConfig, corpus: Corpus | None = None, show_progress: bool = True,
+                 skipped: dict[str, str] | None = None) -> CorpusData:
+    """Parse the corpus and load (or extract once) its frames (`cfg.features`), honouring `cfg.bad_files`.
+
+    Under `skip`, files whose audio is unusable are dropped and listed in `CorpusData.skipped`
+    (with any `skipped` already found while parsing); the good files' features stay cached.
+    With `train.aux_data`, the unlabelled corpus's frames are extracted (or loaded) too (`dsl.data.aux_data`).
+    """
+    skipped = dict(skipped or {})
+    if corpus is None:
+        corpus, parse_skipped = load_corpus_for(cfg)
+        skipped.update(parse_skipped)
+    try:
+        store = extract_corpus(corpus.paths, cfg.features, cfg.cache_dir or None, show_progress)
+    except BadAudioError as exc:
+        if cfg.bad_files != "skip":
+            raise
+        _log_skipped(exc.problems)
+        skipped.update(exc.problems)
+        corpus = corpus.subset([i for i, p in enumerate(corpus.paths) if str(p) not in exc.problems])
+        store = extract_corpus(corpus.paths, cfg.features, cfg.cache_dir or None, show_progress)
+    aux = None
+    if cfg.train.aux_data:
+        from dsl.data.aux_data import load_aux_frames
+
+        aux, aux_skipped = load_aux_frames(cfg, show_progress)
+        skipped.update(aux_skipped)
+    return CorpusData(
+        frames=store.frames, frame_offsets=store.offsets, labels=corpus.labels,
+        speakers=np.asarray(corpus.speakers, dtype=str), label_names=corpus.label_names,
+        paths=tuple(str(p) for p in corpus.paths), skipped=skipped, layers=store.layers,
+        aux_frames=None if aux is None else aux.frames, aux_offsets=None if aux is None else aux.offsets)

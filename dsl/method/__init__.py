@@ -1,0 +1,1 @@
+"""The pieces of the method: label-update rules, alpha schedules and the utterance stages (forest, ACP)."""

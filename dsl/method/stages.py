@@ -1,0 +1,150 @@
+"""Utterance stages: what turns an iteration's out-of-sample segment outputs into utterance labels.
+
+`stage.name` picks one from a small registry with one interface (`UtteranceStage`):
+
+- `forest` (the paper's): 8 statistics per class of the segment posteriors -> random forest (`dsl.method.evaluate`).
+- `acp`: attentive correlation pooling (`dsl.method.acp`) over the segment embeddings (the backbone's
+  penultimate layer, `stage.input: embedding`) or the segment posteriors (`stage.input: posterior`),
+  trained with label smoothing `stage.epsilon`.
+
+A transductive plan cross-validates the stage over all utterances (`cross_validated_proba`); a held-out
+plan fits it per scope on the scope's training utterances and predicts the scope's test utterances
+(`fit_proba`), and a CV of the stage over those training utterances (`validation_ua`) picks the scope's
+iteration. For `acp` that CV trains `protocol.select_folds` ACPs per scope and iteration (a few seconds
+each on a CPU at the `cpu` preset): the selector is the same model as the one scored, and it reads no
+test label.
+
+Embedding-space caveat. Each fold network has its own embedding space (independently trained networks
+agree on neither the order nor the scale of their channels). A training utterance's vectors come from the
+one network that did not see it (out-of-fold, as for the posteriors), so an ACP trains on a mixture of
+the fold networks' spaces; each network's vectors are standardised per channel with the mean/std over
+its own out-of-fold segments (no labels, no test utterance) to align at least their scales. A test
+utterance is seen by every fold network of its scope: its embeddings are NOT averaged across networks
+(meaningless between spaces); the ACP predicts from each network's view and its probabilities are
+averaged. The forest averages the posteriors instead, which share the class space.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score
+
+from dsl.config import StageSpec
+from dsl.method.evaluate import cross_validated_proba, cv_splits, forest_proba, utterance_statistics, validation_ua
+
+
+def stage_input(spec: StageSpec) -> str:
+    """What the stage reads per segment: `posterior` or `embedding` (then the fold jobs return embeddings)."""
+    return "posterior" if spec.name == "forest" else spec.input
+
+
+def select_folds(labels: np.ndarray, folds: int) -> int:
+    """The validation CV's folds, capped at the smallest class's size (so small corpora still get one)."""
+    counts = np.bincount(np.asarray(labels))
+    return max(2, min(folds, int(counts[counts > 0].min())))
+
+
+class UtteranceStage(ABC):
+    """One utterance classifier over per-utterance sequences of segment vectors (each (segments, D))."""
+
+    name: str = ""
+
+    def __init__(self, spec: StageSpec, n_classes: int, n_jobs: int | None = None, num_threads: int = 0):
+        self.spec, self.n_classes, self.n_jobs, self.num_threads = spec, n_classes, n_jobs, num_threads
+
+    @abstractmethod
+    def fit_proba(self, train: Sequence[np.ndarray], labels: np.ndarray,
+                  views: Sequence[Sequence[np.ndarray]], seed: int) -> np.ndarray:
+        """Fit on the `train` utterances; (n_test, K) probabilities of the test utterances, given as one or
+        more `views` (the same utterances, in the same order, through different fold networks)."""
+
+    def cross_validated_proba(self, X: Sequence[np.ndarray], labels: np.ndarray, folds: int, seed: int,
+                              groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Out-of-fold probabilities of every utterance and each one's CV fold (fold i fits with seed + i)."""
+        labels = np.asarray(labels)
+        proba = np.zeros((len(labels), self.n_classes), dtype=np.float32)
+        fold_of = np.zeros(len(labels), dtype=np.int64)
+        for i, (tr, te) in enumerate(cv_splits(labels, folds, seed, groups)):
+            proba[te] = self.fit_proba([X[j] for j in tr], labels[tr], [[X[j] for j in te]], seed + i)
+            fold_of[te] = i
+        return proba, fold_of
+
+    def validation_ua(self, X: Sequence[np.ndarray], labels: np.ndarray, folds: int, seed: int,
+                      groups: np.ndarray | None = None) -> float:
+        """UA of a CV over a scope's training utterances: the held-out protocols' iteration selector."""
+        proba, _ = self.cross_validated_proba(X, labels, select_folds(labels, folds), seed, groups)
+        return float(balanced_accuracy_score(labels, np.argmax(proba, axis=1)))
+
+
+def mean_view(views: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """Per utterance, the mean of its segment vectors over the views (summed in view order, float32)."""
+    out = []
+    for j in range(len(views[0])):
+        acc = np.zeros(np.shape(views[0][j]), dtype=np.float32)
+        for v in views:
+            acc += v[j] / len(views)
+        out.append(acc)
+    return out
+
+
+class ForestStage(UtteranceStage):
+    """The paper's stage: statistics of the posteriors (averaged over fold networks) -> random forest."""
+
+    name = "forest"
+
+    def fit_proba(self, train, labels, views, seed):
+        test = views[0] if len(views) == 1 else mean_view(views)
+        return forest_proba(utterance_statistics(train), labels, utterance_statistics(test), self.n_classes, seed,
+                            self.n_jobs)
+
+    def cross_validated_proba(self, X, labels, folds, seed, groups=None):  # the statistics once, not per fold
+        return cross_validated_proba(utterance_statistics(X), labels, self.n_classes, folds, seed, groups,
+                                     self.n_jobs)
+
+    def validation_ua(self, X, labels, folds, seed, groups=None):
+        return validation_ua(utterance_statistics(X), labels, self.n_classes, folds, seed, groups, self.n_jobs)
+
+
+class ACPStage(UtteranceStage):
+    """Attentive correlation pooling; test probabilities averaged over the fold networks' views."""
+
+    name = "acp"
+
+    def model(self, seed: int):
+        from dsl.method.acp import ACP
+
+        s = self.spec
+        return ACP(self.n_classes, dim=s.dim, epsilon=s.epsilon, with_mean=s.with_mean, epochs=s.epochs, lr=s.lr,
+                   batch_size=s.batch_size, weight_decay=s.weight_decay, seed=seed, num_threads=self.num_threads)
+
+    def fit_proba(self, train, labels, views, seed):
+        acp = self.model(seed).fit(train, labels)
+        proba = np.zeros((len(views[0]), self.n_classes), dtype=np.float32)
+        for v in views:
+            proba += acp.predict_proba(v) / len(views)
+        return proba
+
+
+STAGE_REGISTRY: dict[str, type[UtteranceStage]] = {"forest": ForestStage, "acp": ACPStage}
+
+
+def make_stage(spec: StageSpec, n_classes: int, n_jobs: int | None = None, num_threads: int = 0) -> UtteranceStage:
+    if spec.name not in STAGE_REGISTRY:
+        raise KeyError(f"unknown stage {spec.name!r}; known: {', '.join(STAGE_REGISTRY)}")
+    return STAGE_REGISTRY[spec.name](spec, n_classes, n_jobs, num_threads)
+
+
+def standardised(x: np.ndarray, n_reference: int) -> np.ndarray:
+    """float32 `x` standardised per column with the mean/std of its first `n_reference` rows."""
+    x = np.asarray(x, dtype=np.float32)
+    ref = x[:n_reference]
+    return (x - ref.mean(axis=0)) / np.maximum(ref.std(axis=0), 1e-6)
+
+
+def per_utterance(rows: np.ndarray, offsets: np.ndarray, utterances: np.ndarray) -> dict[int, np.ndarray]:
+    """Views of `rows` (the segments of `utterances`, concatenated in that order) per utterance."""
+    utterances = np.asarray(utterances)
+    starts = np.concatenate([[0], np.cumsum(offsets[utterances + 1] - offsets[utterances])])
+    return {int(u): rows[starts[j]:starts[j + 1]] for j, u in enumerate(utterances)}

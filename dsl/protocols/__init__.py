@@ -1,0 +1,1 @@
+"""Fold plans (leak-free or transductive) and the choice of the reported iteration."""

@@ -1,0 +1,239 @@
+"""Fold plans, all split at the utterance level, in a registry that says which ones are leak-free.
+
+A plan is a list of *scopes*. A scope is one independent label chain: its `train` utterances get
+targets that are updated every iteration from posteriors over its `folds`; its `test` utterances are
+only ever predicted, by the scope's fold models and by a forest trained on the scope's `train`
+utterances. Two kinds of plan:
+
+- *transductive* (`stratified`, the paper's protocol, and `speaker_transductive`): one scope over all
+  utterances, no test set. The targets of iteration t+1 come from models that were trained on the
+  labels of the utterances they are later scored on, and the forest is cross-validated over all of
+  them. Results carry `leak_free: false`.
+- *held out* (`nested`, `speaker`, `refinery`): every utterance is the test utterance of exactly one
+  scope, and nothing that produces its score (targets, normalisation, early stopping, forest, choice
+  of iteration) ever reads its label. Results carry `leak_free: true`; `tests/test_leakage.py`
+  changes the labels of one outer test fold and checks that none of its predictions move.
+
+`refinery` costs what `stratified` costs: per outer fold one model per iteration, trained on the
+outer training utterances, which then relabels the utterances it was trained on (in-sample, as in
+Label Refinery) and predicts the outer test fold (`Scope.in_sample`).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold, StratifiedKFold
+
+from dsl.config import ConfigError, ProtocolSpec
+
+
+@dataclass(frozen=True)
+class Scope:
+    train: np.ndarray  # utterance ids whose targets this scope updates
+    folds: tuple[np.ndarray, ...]  # partition of `train` into held-out folds (one fold = all of it if in_sample)
+    test: np.ndarray  # utterance ids only predicted (held-out plans); empty for transductive plans
+    in_sample: bool = False  # each fold job trains on all of `train` and relabels it (refinery)
+
+    def job_train(self, f: int) -> np.ndarray:
+        """Training utterances of fold job `f` (its validation split for early stopping is carved from them)."""
+        return self.train if self.in_sample else np.setdiff1d(self.train, self.folds[f])
+
+    def needs(self, f: int) -> list[int]:
+        """Folds whose targets job `f` trains on: every other fold, or all of them when in-sample."""
+        return [h for h in range(len(self.folds)) if self.in_sample or h != f]
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    protocol: str
+    scopes: tuple[Scope, ...]
+    speaker_grouped: bool  # the random-forest stage must then group its folds by speaker too
+    leak_free: bool = False
+    partial: bool = False  # the test sets cover only some utterances (cross_corpus); the rest are never scored
+
+    @property
+    def held_out(self) -> bool:
+        """Every utterance is scored as the test utterance of one scope (else: forest CV over all)."""
+        return all(len(s.test) for s in self.scopes)
+
+    def outer_fold(self, n_utterances: int) -> np.ndarray:
+        """Per utterance, the outer fold it is scored in: its scope (held out) or its fold (transductive)."""
+        out = np.full(n_utterances, -1, dtype=np.int64)
+        if self.held_out:
+            for s, scope in enumerate(self.scopes):
+                out[scope.test] = s
+        else:
+            for f, fold in enumerate(self.scopes[0].folds):
+                out[fold] = f
+        return out
+
+
+PlanFn = Callable[[np.ndarray, np.ndarray, ProtocolSpec, int, "tuple[np.ndarray, ...] | None"], FoldPlan]
+
+
+@dataclass(frozen=True)
+class ProtocolInfo:
+    name: str
+    fn: PlanFn
+    leak_free: bool
+    description: str
+
+
+PROTOCOLS: dict[str, ProtocolInfo] = {}
+
+
+def register_protocol(name: str, *, leak_free: bool = False) -> Callable[[PlanFn], PlanFn]:
+    """Register a plan function `(labels, speakers, spec, seed, outer) -> FoldPlan`.
+
+    `outer` is a fixed outer partition (from `protocol.assignment`) or None. Registering with
+    `leak_free=True` is a promise that `make_plan` checks in part (every utterance is the test of exactly
+    one scope that does not train on it) and `tests/test_leakage.py` checks end to end.
+    """
+    def wrap(fn: PlanFn) -> PlanFn:
+        PROTOCOLS[name] = ProtocolInfo(name, fn, leak_free, (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+    return wrap
+
+
+def is_leak_free(name: str) -> bool:
+    return name in PROTOCOLS and PROTOCOLS[name].leak_free
+
+
+def make_plan(labels: np.ndarray, speakers: np.ndarray, spec: ProtocolSpec, seed: int,
+              outer: tuple[np.ndarray, ...] | None = None) -> FoldPlan:
+    if spec.name not in PROTOCOLS:
+        raise KeyError(f"unknown protocol {spec.name!r}; known: {', '.join(sorted(PROTOCOLS))}")
+    info = PROTOCOLS[spec.name]
+    plan = info.fn(np.asarray(labels), np.asarray(speakers), spec, seed, outer)
+    plan = FoldPlan(plan.protocol, plan.scopes, plan.speaker_grouped, info.leak_free, plan.partial)
+    if info.leak_free:
+        _check_held_out(plan, len(labels))
+    return plan
+
+
+def _check_held_out(plan: FoldPlan, n: int) -> None:
+    tests = np.concatenate([s.test for s in plan.scopes]) if plan.scopes else np.zeros(0, dtype=np.int64)
+    if len(np.unique(tests)) != len(tests) or (len(tests) != n and not plan.partial) or not len(tests):
+        raise ValueError(f"protocol {plan.protocol!r} is registered leak-free but its test sets do not "
+                         "partition the utterances")
+    for s in plan.scopes:
+        if np.intersect1d(s.train, s.test).size:
+            raise ValueError(f"protocol {plan.protocol!r} is registered leak-free but a scope trains on its test set")
+
+
+def stratified_folds(labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Held-out index arrays of a shuffled stratified K-fold."""
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return tuple(np.sort(test) for _, test in skf.split(np.zeros(len(labels)), labels))
+
+
+def speaker_folds(labels: np.ndarray, speakers: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Leave-one-speaker-out when k equals the number of speakers, else speaker-grouped stratified K-fold."""
+    n_speakers = len(np.unique(speakers))
+    if k > n_speakers:
+        raise ValueError(f"{k} folds but only {n_speakers} speakers under the speaker protocol")
+    splitter = LeaveOneGroupOut() if k == n_speakers else StratifiedGroupKFold(n_splits=k, shuffle=True,
+                                                                               random_state=seed)
+    return tuple(np.sort(test) for _, test in splitter.split(np.zeros(len(labels)), labels, speakers))
+
+
+def load_assignment(path: str | Path, files: tuple[str, ...] | list[str]) -> tuple[np.ndarray, ...]:
+    """A stored outer-fold assignment, so the plan cannot depend on the labels (e.g. in a leak test).
+
+    The file is JSON: `{"file name": fold, ...}`, or a result JSON of `dsl-sweep run`, whose first
+    iteration lists every utterance's `file` and `fold`. Files are matched by base name.
+    """
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{p}: cannot read the fold assignment: {exc}") from exc
+    if isinstance(raw, dict) and "iterations" in raw:
+        raw = {u["file"]: u["fold"] for u in raw["iterations"][0].get("utterances", [])}
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{p}: expected a mapping of file name -> outer fold, or a result JSON with utterances")
+    by_name = {Path(k).name: int(v) for k, v in raw.items()}
+    missing = [f for f in files if Path(f).name not in by_name]
+    if missing:
+        raise ConfigError(f"{p}: no fold for {len(missing)} file(s), e.g. {Path(missing[0]).name}")
+    fold = np.array([by_name[Path(f).name] for f in files], dtype=np.int64)
+    return tuple(np.flatnonzero(fold == k) for k in np.unique(fold))
+
+
+def _outer(labels, speakers, spec, seed, outer, grouped: bool) -> tuple[np.ndarray, ...]:
+    if outer is not None:
+        return outer
+    return speaker_folds(labels, speakers, spec.folds, seed) if grouped else stratified_folds(labels, spec.folds, seed)
+
+
+@register_protocol("stratified")
+def stratified(labels, speakers, spec, seed, outer=None) -> FoldPlan:
+    """The paper's protocol: one K-fold chain over all utterances (transductive)."""
+    utts = np.arange(len(labels))
+    return FoldPlan("stratified", (Scope(utts, _outer(labels, speakers, spec, seed, outer, False), utts[:0]),), False)
+
+
+@register_protocol("speaker_transductive")
+def speaker_transductive(labels, speakers, spec, seed, outer=None) -> FoldPlan:
+    """Speaker-grouped folds in one chain over all utterances (held-out speakers' labels reach iteration 1)."""
+    utts = np.arange(len(labels))
+    folds = _outer(labels, speakers, spec, seed, outer, True)
+    return FoldPlan("speaker_transductive", (Scope(utts, folds, utts[:0]),), True)
+
+
+def _nested(name, labels, speakers, spec, seed, outer, grouped: bool) -> FoldPlan:
+    scopes = []
+    for o, test in enumerate(_outer(labels, speakers, spec, seed, outer, grouped)):
+        train = np.setdiff1d(np.arange(len(labels)), test)
+        inner = (speaker_folds(labels[train], speakers[train], spec.inner_folds, seed + 1000 + o) if grouped
+                 else stratified_folds(labels[train], spec.inner_folds, seed + 1000 + o))
+        scopes.append(Scope(train, tuple(train[f] for f in inner), test))
+    return FoldPlan(name, tuple(scopes), grouped)
+
+
+@register_protocol("nested", leak_free=True)
+def nested(labels, speakers, spec, seed, outer=None) -> FoldPlan:
+    """Outer stratified folds; within each outer training set an inner K-fold chain and a forest."""
+    return _nested("nested", labels, speakers, spec, seed, outer, False)
+
+
+@register_protocol("speaker", leak_free=True)
+def speaker(labels, speakers, spec, seed, outer=None) -> FoldPlan:
+    """Nested with outer and inner folds grouped by speaker (LOSO when folds = number of speakers)."""
+    return _nested("speaker", labels, speakers, spec, seed, outer, True)
+
+
+@register_protocol("refinery", leak_free=True)
+def refinery(labels, speakers, spec, seed, outer=None) -> FoldPlan:
+    """Per outer fold, one chain on its training utterances that relabels them in-sample (Label Refinery)."""
+    scopes = []
+    for test in _outer(labels, speakers, spec, seed, outer, False):
+        train = np.setdiff1d(np.arange(len(labels)), test)
+        scopes.append(Scope(train, (train,), test, in_sample=True))
+    return FoldPlan("refinery", tuple(scopes), False)
+
+
+@register_protocol("cross_corpus", leak_free=True)
+def cross_corpus(labels, speakers, spec, seed, outer=None) -> FoldPlan:
+    """Train on one corpus, test on another (`dsl.data.cross_corpus`): one scope, an inner K-fold chain over the
+    training corpus, the test corpus only predicted; its utterances are the one outer fold."""
+    if outer is None or len(outer) != 1:
+        raise ConfigError("protocol cross_corpus needs protocol.test_corpus and protocol.test_data")
+    test = np.sort(outer[0])
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    inner = stratified_folds(labels[train], spec.inner_folds, seed + 1000)
+    return FoldPlan("cross_corpus", (Scope(train, tuple(train[f] for f in inner), test),), False, partial=True)
+
+
+def outer_folds(spec: ProtocolSpec, paths: tuple[str, ...] | list[str]) -> tuple[np.ndarray, ...] | None:
+    """Outer folds fixed before any label is read: a stored assignment, or (cross_corpus) the test corpus."""
+    if spec.name == "cross_corpus":
+        from dsl.data.cross_corpus import test_utterances
+
+        return (test_utterances(paths, spec.test_data),)
+    return load_assignment(spec.assignment, paths) if spec.assignment else None
+

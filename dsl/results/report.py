@@ -1,0 +1,260 @@
+"""`dsl-sweep report RESULTS...`: result JSONs (single runs, replicate studies, sweep exports) as Markdown tables.
+
+The README's results are produced by this from the JSON files under `docs/results/`, so no figure is
+typed by hand. Every row names its protocol (and whether it is leak-free), seeds and command; the
+machines the numbers came from are listed under the table.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dsl.config import ConfigError
+from dsl.results.paper_tables import sweep_figure, sweep_tables
+from dsl.results.stats import Interval, mean_interval
+from dsl.runtime.environment import describe_machine
+
+
+def load_result(path: str | Path) -> dict:
+    """A run or study JSON, or a study's `<name>.seeds/` folder (aggregated from the seeds on disk so far),
+    with a clear error naming the file if it is not one."""
+    p = Path(path)
+    if p.is_dir():
+        return study_from_disk(p)
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{p}: cannot read a result JSON: {exc}") from exc
+    if isinstance(d, dict) and d.get("kind") == "sweep" and "trials" in d:
+        return d  # a sweep export (`dsl-sweep report SWEEP --save-sweep`): the paper's tables
+    if not isinstance(d, dict) or "iterations" not in d or "config" not in d:
+        raise ConfigError(f"{p}: not a result of `dsl-sweep run` (no config and iterations)")
+    d.setdefault("kind", "run")
+    if "protocol" not in d:  # written before format 2: the protocol is in the config, leak-freedom unknown
+        d["protocol"] = {"name": d["config"]["protocol"]["name"], "leak_free": None}
+    return d
+
+
+def study_from_disk(folder: Path) -> dict:
+    """A study of the seed results found in `folder` (a study still running, or one that was stopped)."""
+    from dsl.config import from_dict
+    from dsl.results.study import study_dict
+
+    files = sorted(folder.glob("seed*.json"), key=lambda f: int(f.stem[4:]) if f.stem[4:].isdigit() else -1)
+    if not files:
+        raise ConfigError(f"{folder}: no seed<N>.json results in this folder")
+    runs = [load_result(f) for f in files]
+    cfg = from_dict({**runs[0]["config"], "seed": 0})
+    study = study_dict(cfg.replace(seeds=[int(r["config"]["seed"]) for r in runs]), runs, files,
+                       folder.parent / (folder.name[:-len(".seeds")] + ".json"), runs[0].get("command", ""))
+    study["command"] = (study["command"] + f"  # {len(runs)} seed(s) on disk so far").strip()
+    return study
+
+
+def methods_of(config: Mapping[str, Any]) -> list[str]:
+    """The options beside the label rule that make a run another method: MTL-AUG training, an SSL front end,
+    the ACP utterance stage (configs written before an option existed lack its key)."""
+    out = []
+    if (config.get("features") or {}).get("kind", "logmel") != "logmel":
+        out.append(f"{config['features']['kind'].upper()} features")
+    if (config.get("train") or {}).get("aux", "none") == "mtl_aug":
+        out.append("MTL-AUG")
+    if (config.get("stage") or {}).get("name", "forest") != "forest":
+        out.append(f"{config['stage']['name'].upper()} stage")
+    return out
+
+
+def labels_of(config: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
+    """`baseline (iter. 0)`, e.g. `WDSL α=0.2 (iter. 1)`, `label_smoothing ε=0.1 (iter. 1)`, and the other
+    options that change the method: `MTL-AUG (iter. 0)`, `WDSL α=0.2 + ACP stage (iter. 1)`."""
+    it = int(entry["iteration"])
+    extra = methods_of(config)
+    if it == 0:
+        return f"{' + '.join(extra) if extra else 'baseline'} (iter. 0)"
+    labels = config["labels"]
+    rule = str(labels["rule"])
+    alpha = entry.get("alpha")
+    if isinstance(alpha, dict):
+        alpha = None
+    name = rule.upper() if rule in ("wdsl", "bdsl", "gsl", "hdl") else rule
+    if alpha is not None:
+        name += f" α={alpha:.2g}"
+    elif rule == "label_smoothing":
+        name += f" ε={labels.get('epsilon', 0.1):.2g}"
+    return " + ".join([name, *extra]) + f" (iter. {it})"
+
+
+def _leak(d: Mapping[str, Any]) -> str:
+    lf = d["protocol"].get("leak_free")
+    return "unknown" if lf is None else ("yes" if lf else "**no**")
+
+
+def _iv(row: Mapping[str, Any], key: str) -> str:
+    return Interval.from_dict(row[key]).format() if key in row else "–"
+
+
+def _mins(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(round(seconds % 60)):02d}"
+
+
+def paired_against(study: Mapping[str, Any], row: Mapping[str, Any], reference: Mapping[str, Any],
+                   key: str = "ua") -> Interval | None:
+    """`row`'s `key` minus the reference study's iteration 0, seed by seed over the seeds both ran (as
+    fractions; None when they share fewer than two seeds)."""
+    mine = dict(zip(study["seeds"], row[key]["values"]))
+    base = dict(zip(reference["seeds"], reference["iterations"][0][key]["values"]))
+    shared = [s for s in mine if s in base]
+    if len(shared) < 2:
+        return None
+    return mean_interval([mine[s] - base[s] for s in shared])
+
+
+def setting(study: Mapping[str, Any]) -> tuple[str, str, str]:
+    """What a baseline must share with a study to be paired with it: corpus, protocol, test corpus."""
+    cfg = study["config"]
+    return cfg["corpus"], cfg["protocol"]["name"], cfg["protocol"].get("test_corpus", "")
+
+
+def reference_for(study: Mapping[str, Any], references: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The reference study run in the same setting as `study` (None if there is none)."""
+    return next((r for r in references if setting(r) == setting(study)), None)
+
+
+def study_table(studies: Sequence[tuple[str, Mapping[str, Any]]],
+                references: Sequence[Mapping[str, Any]] = ()) -> str:
+    """One row per study iteration; with `references` (baseline studies), also each row's UA minus the
+    iteration 0 of the reference in the same setting (corpus, protocol, test corpus), paired by seed: how a
+    method compares with the baseline on the same folds and seeds."""
+    ref_head, ref_rule = (" UA vs baseline (paired) |", "---|") if references else ("", "")
+    head = (f"| protocol | leak-free | labels | WA % | UA % | UA gain vs iter. 0 (paired) |{ref_head} selected UA % | "
+            "wall time / seed | seeds | command |")
+    lines = [head, "|---|---|---|---|---|---|" + ref_rule + "---|---|---|---|"]
+    for _, st in studies:
+        secs = Interval.from_dict(st["seconds_per_seed"])
+        for i, row in enumerate(st["iterations"]):
+            ref = ""
+            reference = reference_for(st, references)
+            if references:
+                diff = paired_against(st, row, reference) if reference is not None else None
+                ref = f" {diff.format() if diff is not None else '–'} |"
+            corpus, protocol, test = setting(st)
+            where = f"`{protocol}`" + (f" {corpus} → {test}" if test else "")
+            lines.append(
+                f"| {where} | {_leak(st)} | {labels_of(st['config'], row)} | {_iv(row, 'wa')} | "
+                f"{_iv(row, 'ua')} | {_iv(row, 'gain_ua')} |{ref} {_iv(row, 'selected_ua')} | "
+                f"{_mins(secs.mean) if i == 0 else ''} | {','.join(map(str, st['seeds'])) if i == 0 else ''} | "
+                f"{'`' + st['command'] + '`' if i == 0 and st.get('command') else ''} |")
+    return "\n".join(lines)
+
+
+def run_table(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    lines = ["| protocol | leak-free | seed | labels | WA % | UA % | selected UA % | wall time | command |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in runs:
+        for i, it in enumerate(r["iterations"]):
+            sel = f"{100 * it['selected_ua']:.1f}" if it.get("selected_ua") is not None else "–"
+            lines.append(f"| `{r['protocol']['name']}` | {_leak(r)} | {r['config']['seed']} | {labels_of(r['config'], it)} | "
+                         f"{100 * it['wa']:.1f} | {100 * it['ua']:.1f} | {sel} | "
+                         f"{_mins(r['seconds']) if i == 0 else ''} | "
+                         f"{'`' + r['command'] + '`' if i == 0 and r.get('command') else ''} |")
+    return "\n".join(lines)
+
+
+def machines(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    seen: dict[str, str] = {}
+    for d in results:
+        for env in d.get("environments") or ([d["environment"]] if "environment" in d else []):
+            seen.setdefault(env.get("fingerprint", "?"), describe_machine(env))
+    return [f"`{k}`: {v}" for k, v in seen.items()]
+
+
+def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = ()) -> str:
+    """Tables of every study and every run among `paths`, then the machines they ran on; `paired_with`
+    (baseline studies) adds each study row's UA difference from the iteration 0 of the baseline run in the
+    same setting, paired by seed."""
+    loaded = [(str(p), load_result(p)) for p in paths]
+    references = [load_result(p) for p in paired_with]
+    for p, r in zip(paired_with, references):
+        if r["kind"] != "study":
+            raise ConfigError(f"{p}: --paired-with needs a replicate study (a `dsl-sweep run --seeds` result)")
+    studies = [(p, d) for p, d in loaded if d["kind"] == "study"]
+    runs = [(p, d) for p, d in loaded if d["kind"] not in ("study", "sweep")]
+    parts = [sweep_tables(d) for _, d in loaded if d["kind"] == "sweep"]
+    if studies:
+        parts.append("Mean ± half-width of the 95 % t-interval over seeds. The gain is paired: each seed's "
+                     "iteration minus the same seed's iteration 0. *Selected UA*: each outer fold's iteration "
+                     "picked on its own training utterances (leak-free protocols only)." +
+                     (" *UA vs baseline*: each row's UA minus iteration 0 of " +
+                      ", ".join(f"`{p}`" for p in paired_with) + " (the one with the same corpus, protocol and test "
+                      "corpus), seed by seed over the seeds both ran." if references else "") + "\n\n" +
+                     study_table(studies, references))
+    if runs:
+        parts.append(run_table(runs))
+    ms = machines([d for _, d in loaded])
+    if ms:
+        parts.append("Machines: " + "; ".join(ms) + ".")
+    parts.append("Files: " + ", ".join(f"`{p}`" for p, _ in loaded) + ".")
+    return "\n\n".join(parts) + "\n"
+
+
+def format_study(study: Mapping[str, Any]) -> str:
+    """A terminal table of a study: per iteration, mean ± 95 % interval of WA/UA and the paired UA gain."""
+    pr = study["protocol"]
+    lines = [f"{len(study['seeds'])} seeds ({', '.join(map(str, study['seeds']))}) | protocol {pr['name']}, "
+             f"leak_free: {str(pr['leak_free']).lower()} | mean ± 95 % interval",
+             f"{'iter':>4} {'WA %':>12} {'UA %':>12} {'UA gain':>12} {'sel UA %':>12}"]
+    for row in study["iterations"]:
+        lines.append(f"{row['iteration']:>4} {_iv(row, 'wa'):>12} {_iv(row, 'ua'):>12} {_iv(row, 'gain_ua'):>12} "
+                     f"{_iv(row, 'selected_ua'):>12}")
+    lines.append(f"wall time per seed: {_mins(Interval.from_dict(study['seconds_per_seed']).mean)}")
+    return "\n".join(lines)
+
+
+BEGIN, END = "<!-- dsl-sweep report: begin -->", "<!-- dsl-sweep report: end -->"
+
+
+def markers(block: str = "") -> tuple[str, str]:
+    """The comment lines around a generated block (`block` names one of several in a document)."""
+    if not block:
+        return BEGIN, END
+    return f"<!-- dsl-sweep report: begin {block} -->", f"<!-- dsl-sweep report: end {block} -->"
+
+
+def splice(document: str | Path, text: str, command: str, block: str = "") -> Path:
+    """Replace what stands between the report markers (of `block`) in `document` (e.g. the README) with `text`."""
+    begin, end = markers(block)
+    doc = Path(document)
+    body = doc.read_text()
+    if begin not in body or end not in body:
+        raise ConfigError(f"{doc}: no '{begin}' ... '{end}' block to fill")
+    head, rest = body.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{begin}\n<!-- generated by: {command} -->\n\n{text}\n{end}{tail}")
+    return doc
+
+
+def report_from_cli(paths: Sequence[str], out: str | None = None, figure: str | None = None,
+                    into: str | None = None, command: str = "", block: str = "",
+                    paired_with: Sequence[str] = ()) -> int:
+    text = markdown(paths, paired_with)
+    if figure:
+        from dsl.results.plots import study_plot
+
+        loaded = [load_result(p) for p in paths]
+        studies = [d for d in loaded if d["kind"] == "study"]
+        sweeps = [d for d in loaded if d["kind"] == "sweep"]
+        if sweeps:
+            fig = sweep_figure(sweeps[0], figure)
+            text += f"\n![UA per iteration by rule]({Path(fig).as_posix()})\n"
+        elif studies:
+            fig = study_plot(studies, figure, title="UA per iteration, mean and 95 % interval over seeds")
+            text += f"\n![UA per iteration over seeds]({Path(fig).as_posix()})\n"
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+    if into:
+        splice(into, text, command, block)
+    print(text, end="")
+    return 0

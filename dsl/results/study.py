@@ -1,0 +1,103 @@
+"""A seed-replicate study as files: one result JSON per seed (`<study>.seeds/seed<N>.json`) and the study JSON
+that aggregates them, per iteration, into means with 95 % intervals and paired gains over iteration 0.
+
+Reading and aggregating needs no chain, so the report reads studies while they still run (`dsl.results.report`);
+running them is `dsl.studies.replicates`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dsl.config import ChainConfig
+from dsl.protocols.plans import is_leak_free
+from dsl.results.stats import mean_interval, paired_gain
+
+log = logging.getLogger(__name__)
+STUDY_FORMAT = 1
+METRICS = ("wa", "ua", "selected_wa", "selected_ua")
+
+
+def seeds_dir(study_path: str | Path) -> Path:
+    p = Path(study_path)
+    return p.with_name(p.stem + ".seeds")
+
+
+def seed_path(study_path: str | Path, seed: int) -> Path:
+    return seeds_dir(study_path) / f"seed{seed}.json"
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Atomic write: a reader (or a resumed study) never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a config that decide a seed's numbers (execution-only settings are left out)."""
+    out = json.loads(json.dumps(config))
+    out.pop("seeds", None)
+    out.pop("cache_dir", None)
+    for k in ("workers", "num_threads", "device"):
+        out.get("train", {}).pop(k, None)
+    return out
+
+
+def finished_seed(cfg: ChainConfig, path: Path) -> dict | None:
+    """The seed's result on disk if it was computed with this config, else None (and a warning if it differs)."""
+    if not path.is_file():
+        return None
+    try:
+        done = json.loads(path.read_text())
+    except ValueError:
+        log.warning("%s: unreadable, the seed is run again", path)
+        return None
+    if comparable_config(done.get("config", {})) != comparable_config(cfg.to_dict()):
+        log.warning("%s holds another config: the seed is run again and the file replaced", path)
+        return None
+    return done
+
+
+def aggregate(results: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Per iteration present in every seed: intervals of WA/UA (and the selected figures, where held out) and
+    paired gains over iteration 0."""
+    n_it = min(len(r["iterations"]) for r in results)
+    rows = []
+    for i in range(n_it):
+        its = [r["iterations"][i] for r in results]
+        row: dict[str, Any] = {"iteration": its[0]["iteration"], "alpha": its[0].get("alpha"),
+                               "seconds": mean_interval([it["seconds"] for it in its]).to_dict()}
+        for m in METRICS:
+            vals = [it.get(m) for it in its]
+            if any(v is None for v in vals):
+                continue
+            row[m] = mean_interval(vals).to_dict()
+            if i > 0:
+                row[f"gain_{m}"] = paired_gain(vals, [r["iterations"][0][m] for r in results]).to_dict()
+        rows.append(row)
+    return rows
+
+
+def study_dict(cfg: ChainConfig, results: Sequence[Mapping[str, Any]], paths: Sequence[Path], study_path: Path,
+               command: str) -> dict:
+    pr = cfg.protocol
+    envs = {r["environment"].get("fingerprint"): r["environment"] for r in results if "environment" in r}
+    return {"format": STUDY_FORMAT, "kind": "study", "command": command,
+            "protocol": {"name": pr.name, "leak_free": is_leak_free(pr.name), "folds": pr.folds,
+                         "inner_folds": pr.inner_folds, "eval_folds": pr.eval_folds},
+            "seeds": [int(r["config"]["seed"]) for r in results], "environments": list(envs.values()),
+            "config": {**cfg.to_dict(), "seed": None}, "label_names": results[0]["label_names"],
+            "n_utterances": results[0]["n_utterances"], "n_segments": results[0]["n_segments"],
+            "seconds_per_seed": mean_interval([r["seconds"] for r in results]).to_dict(),
+            "seed_files": [os.path.relpath(p, study_path.parent) for p in paths],
+            "iterations": aggregate(results)}
+
+

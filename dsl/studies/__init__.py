@@ -1,0 +1,1 @@
+"""One chain run with its result JSON and --resume, and seed-replicate studies."""

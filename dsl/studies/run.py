@@ -1,0 +1,273 @@
+"""`dsl-sweep run`: config -> data -> chain, with a per-iteration table and a JSON result."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsl.config import ChainConfig, ConfigError, load_config
+from dsl.data.bundle import CorpusData, load_corpus_for, prepare_data
+from dsl.data.segments import build_segments
+from dsl.execution.step_cache import StepCache
+from dsl.pipeline.chain import ChainResult, ChainState, IterationResult, iterate_chain, run_chain
+from dsl.pipeline.checks import check_config, check_data
+from dsl.protocols.plans import is_leak_free
+from dsl.results.study import comparable_config, seeds_dir, write_json
+from dsl.runtime.environment import machine_info
+from dsl.studies.replicates import default_jobs, run_replicates
+
+log = logging.getLogger(__name__)
+
+HEADER = (f"{'iter':>4} {'alpha':>6} {'WA %':>7} {'UA %':>7} {'sel UA %':>8} {'seg acc %':>9} {'changed %':>9} "
+          f"{'epochs':>6} {'time s':>7}")
+
+
+def format_row(r: IterationResult) -> str:
+    """One row of the per-iteration table; `sel UA` is the validation-selected UA so far (held out only)."""
+    alpha = "-" if r.alpha is None else f"{r.alpha:.2f}"
+    sel = "-" if r.selected_ua is None else f"{100 * r.selected_ua:.2f}"
+    return (f"{r.iteration:>4} {alpha:>6} {100 * r.wa:>7.2f} {100 * r.ua:>7.2f} {sel:>8} {100 * r.segment_accuracy:>9.2f} "
+            f"{100 * r.changed_label_share:>9.2f} {r.epochs:>6.1f} {r.seconds:>7.1f}")
+
+
+def stage_text(cfg: ChainConfig) -> str:
+    """The utterance stage as the run's header names it, e.g. `forest` or `acp (embedding, eps 0.1, dim 32)`."""
+    st = cfg.stage
+    return st.name if st.name != "acp" else f"acp ({st.input}, eps {st.epsilon:g}, dim {st.dim})"
+
+
+def protocol_line(cfg: ChainConfig) -> str:
+    """How to read the numbers: the protocol, and whether test labels can reach them."""
+    pr = cfg.protocol
+    if is_leak_free(pr.name):
+        how = ("leak_free: true; each utterance is scored by a forest and networks that never saw its label, "
+               "and the reported iteration is picked per outer fold on its training utterances")
+    else:
+        how = ("leak_free: false (transductive): test-fold labels reach later iterations' targets and the "
+               "forest is cross-validated over all utterances; the reported iteration is the final one")
+    if pr.name == "cross_corpus":
+        line = (f"protocol cross_corpus: trained on {cfg.corpus} ({cfg.data}), tested on {pr.test_corpus} "
+                f"({pr.test_data}), shared classes only | {how.replace('per outer fold', 'by a forest CV')}")
+    else:
+        line = f"protocol {pr.name} ({pr.folds} folds) | {how}"
+    if cfg.train.aux == "mtl_aug" and cfg.train.aux_data:
+        line += (f" | train.aux_data: {cfg.train.aux_data} (unlabelled audio for MTL-AUG's auxiliary tasks only; no "
+                 "label is read, but audio of the test utterances there makes training transductive in the audio)")
+    return line
+
+
+def run(cfg: ChainConfig, show_progress: bool = True, on_iteration=None) -> ChainResult:
+    """Check the config, load the corpus and features, run the chain: the one-call Python API."""
+    data = load_checked(cfg, show_progress)
+    return run_chain(cfg, data, show_progress=show_progress, on_iteration=on_iteration)
+
+
+def load_checked(cfg: ChainConfig, show_progress: bool = True) -> CorpusData:
+    """Check the config, parse the corpus, check it fits, load (or extract once) its features."""
+    check_config(cfg)
+    corpus, skipped = load_corpus_for(cfg)
+    check_data(cfg, corpus.labels, np.asarray(corpus.speakers), corpus.label_names)
+    data = prepare_data(cfg, corpus, show_progress, skipped)
+    check_data(cfg, data.labels, data.speakers, data.label_names)  # skipped audio may shrink a class
+    return data
+
+
+def write_result(result: ChainResult, out: str | Path) -> Path:
+    return write_json(result.to_dict(), out)
+
+
+def state_file(out: str | Path) -> Path:
+    """Where `dsl-sweep run` keeps the chain state while its run is unfinished: `<out stem>.state.npz`."""
+    p = Path(out)
+    return p.with_name(p.stem + ".state.npz")
+
+
+def _save_state(state: ChainState, cfg: ChainConfig, path: Path) -> None:
+    """Atomic, like the JSON: a resume never reads half a state (with the config it was computed with)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    try:
+        dataclasses.replace(state, config=cfg.to_dict()).save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def load_state_for(cfg: ChainConfig, path: Path) -> ChainState:
+    """The saved state, if it was computed with this config (execution-only settings such as
+    `train.workers` may differ: they do not change the numbers); else a ConfigError naming the file."""
+    try:
+        state = ChainState.load(path)
+    except Exception as exc:
+        raise ConfigError(f"--resume: cannot read the chain state {path} ({exc}); delete it or rerun "
+                          "without --resume to start over") from exc
+    if state.config is None:
+        raise ConfigError(f"--resume: {path} does not record the config it was computed with; rerun without "
+                          "--resume to start over")
+    theirs, ours = comparable_config(state.config), comparable_config(cfg.to_dict())
+    if theirs != ours:
+        raise ConfigError(f"--resume: {path} was computed with another config (differs in: "
+                          f"{', '.join(_differences(theirs, ours))}); resume with the config it was computed with, "
+                          "or rerun without --resume to start over")
+    return state
+
+
+def run_resumable(cfg: ChainConfig, data: CorpusData, out: str | Path, resume: bool = False,
+                  show_progress: bool = True, on_iteration=None, command: str = "",
+                  step_cache: StepCache | None = None) -> ChainResult:
+    """`run_chain` for `dsl-sweep run`, kept on disk as it goes and continued with `resume`.
+
+    After each iteration the chain state goes to `state_file(out)` and the finished iterations to `out`
+    (`"finished": false`), both atomically; at the end `out` holds the same result an uninterrupted run
+    writes (`"finished": true`) and the state file is removed. `seconds` adds up the iterations read back
+    and this run's. `on_iteration` sees the iterations read back too.
+    """
+    out = Path(out)
+    spath = state_file(out)
+    state: ChainState | None = None
+    if resume and spath.is_file():
+        state = load_state_for(cfg, spath)
+        print(f"resuming from {spath}: {state.next_iteration} finished iteration(s) read back", flush=True)
+    elif resume:
+        print(f"--resume: no chain state at {spath}, running from the start", flush=True)
+    elif spath.is_file():
+        print(f"ignoring the chain state of an unfinished earlier run at {spath} (no --resume): it will be "
+              "overwritten", flush=True)
+    results = [IterationResult(**d) for d in (state.history if state else [])]
+    for r in results:
+        if on_iteration:
+            on_iteration(r)
+    earlier = sum(r.seconds for r in results)
+    n_segments = build_segments(data.frame_offsets, cfg.segments, warn=False).n_segments
+    environment = machine_info()
+    start = time.perf_counter()
+
+    def result_so_far() -> ChainResult:
+        return ChainResult(cfg, data.label_names, list(results), data.n_utterances, n_segments,
+                           earlier + time.perf_counter() - start, dict(data.skipped), is_leak_free(cfg.protocol.name),
+                           environment, command)
+
+    kept = len(results)
+    chain = iterate_chain(cfg, data, state, show_progress=show_progress, step_cache=step_cache)
+    try:
+        for result, after in chain:  # the next iteration's folds are running meanwhile
+            results.append(result)
+            _save_state(after, cfg, spath)
+            write_json({**result_so_far().to_dict(), "finished": False}, out)
+            kept = len(results)
+            if on_iteration:
+                on_iteration(result)
+    except BaseException:
+        if kept:
+            print(f"{kept} finished iteration(s) kept in {spath} (and {out}): rerun the same command with "
+                  "--resume to continue", flush=True)
+        raise
+    finally:
+        chain.close()
+    final = result_so_far()
+    write_json({**final.to_dict(), "finished": True}, out)
+    spath.unlink(missing_ok=True)
+    return final
+
+
+def write_plots(result: ChainResult, json_path: Path) -> list[Path]:
+    """WA/UA per iteration and the final iteration's confusion matrix, next to the JSON result."""
+    from dsl.results import plots
+
+    history = [r.to_dict() for r in result.iterations]
+    final = result.iterations[-1]
+    stem = json_path.with_suffix("")
+    pr = result.config.protocol
+    return [
+        plots.accuracy_plot(history, f"{stem}_accuracy.png",
+                            f"{pr.name} ({'leak-free' if result.leak_free else 'transductive'}), "
+                            f"{result.config.labels.rule}, seed {result.config.seed}"),
+        plots.confusion_plot(final.confusion, result.label_names, f"{stem}_confusion.png",
+                             f"{pr.name}, iteration {final.iteration}: UA {100 * final.ua:.1f} %"),
+    ]
+
+
+def _print_reported(result: ChainResult, path: Path, seconds: float) -> None:
+    rep = result.reported()
+    last = result.iterations[-1]
+    which = (f"validation-selected iterations {last.selected_iterations}" if last.selected_iterations is not None
+             else f"final iteration {last.iteration}")
+    print(f"reported ({which}): WA {100 * rep['wa']:.2f} %, UA {100 * rep['ua']:.2f} % | protocol "
+          f"{result.config.protocol.name}, leak_free: {str(result.leak_free).lower()} | stage "
+          f"{stage_text(result.config)} | {result.n_utterances} "
+          f"utterances, {result.n_segments} segments | {seconds:.0f} s | result: {path}", flush=True)
+
+
+def run_from_cli(config_path: str | None, preset: str | None, overrides: Mapping[str, Any], out: str,
+                 quiet: bool = False, command: str = "", seed_jobs: int = 0, resume: bool = False,
+                 step_cache: str = "") -> int:
+    """`dsl-sweep run`: one chain or, with seeds, a replicate study; `step_cache` (a directory) reuses the fold
+    trainings and scores an earlier run with the same data, recipe, code and machine computed."""
+    cfg = load_config(config_path, preset, overrides)
+    steps = StepCache(step_cache) if step_cache else None
+    if not cfg.data:
+        raise ConfigError("no data path: give --data DIR (or `data:` in the config file)")
+    seeds = f"seeds {', '.join(map(str, cfg.seeds))}" if cfg.seeds else f"seed {cfg.seed}"
+    print(f"corpus {cfg.corpus} at {cfg.data} | backbone {cfg.backbone} | rule {cfg.labels.rule} "
+          f"| stage {stage_text(cfg)} | iterations {cfg.iterations} | {seeds}\n{protocol_line(cfg)}", flush=True)
+    if cfg.seeds:
+        if resume:
+            print(f"--resume: ignored with --seeds (a study always resumes: each finished seed in {seeds_dir(out)}/ "
+                  "is read back)", flush=True)
+        return _study_from_cli(cfg, out, quiet, command, seed_jobs, steps)
+    start = time.perf_counter()
+    printed_header = []
+
+    def show(r: IterationResult) -> None:
+        if not printed_header:
+            print(HEADER, flush=True)
+            printed_header.append(True)
+        print(format_row(r), flush=True)
+
+    data = load_checked(cfg, not quiet)
+    result = run_resumable(cfg, data, out, resume, show_progress=not quiet, on_iteration=show, command=command,
+                           step_cache=steps)
+    path = Path(out)
+    figures = write_plots(result, path)
+    _print_reported(result, path, time.perf_counter() - start)
+    print("plots: " + ", ".join(str(f) for f in figures), flush=True)
+    return 0
+
+
+def _study_from_cli(cfg: ChainConfig, out: str, quiet: bool, command: str, seed_jobs: int,
+                    steps: StepCache | None = None) -> int:
+    from dsl.results.report import format_study
+
+    data = load_checked(cfg, not quiet)
+    jobs = seed_jobs or default_jobs(cfg)
+    print(f"replicate study: {len(cfg.seeds)} seeds, {jobs} at a time; each seed's result goes to "
+          f"{seeds_dir(out)}/ as soon as it is done (rerun the same command to resume)", flush=True)
+
+    def done(seed: int, d: dict, from_disk: bool) -> None:
+        rep = d.get("reported") or {}
+        took = "read back from disk" if from_disk else f"{d['seconds']:.0f} s"
+        print(f"seed {seed}: {took} | reported WA "
+              f"{100 * rep.get('wa', float('nan')):.2f} %, UA {100 * rep.get('ua', float('nan')):.2f} %", flush=True)
+
+    study = run_replicates(cfg, data, out, jobs=jobs, show_progress=not quiet, command=command, on_seed=done,
+                           step_cache=steps)
+    print(format_study(study), flush=True)
+    print(f"study: {out}", flush=True)
+    return 0

@@ -1,0 +1,1 @@
+"""Backbones and the training of one freshly initialised network on soft segment targets."""

@@ -1,0 +1,351 @@
+"""Sweep definitions: the YAML schema, parsed into typed, validated dataclasses.
+
+A sweep file has `name`, `base` (a ChainConfig mapping, optionally `preset: cpu|paper` plus
+overrides; its `protocol` is the one the search runs under), `search` (parameters to sample),
+`objective` (`final` or `selected`: the score at a rule fixed in advance), `select` (how `dsl-sweep
+best` re-evaluates the top configurations: a leak-free protocol, how many, on how many fresh seeds),
+`sampler`, `scheduler`, `num_samples`, `max_concurrent`, `resources`, `max_failures`, `storage_path`
+and `plots`. Every problem is reported at once in one `ConfigError`. `seed` is not searchable: a
+sweep that picks its seed picks noise.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dsl.config import (
+    SHORT_NAMES,
+    ChainConfig,
+    ConfigError,
+    field_default,
+    flatten,
+    from_dict,
+    load_config,
+)
+from dsl.pipeline.checks import check_config
+from dsl.plugins import load_plugins
+from dsl.protocols.plans import is_leak_free
+
+# ParamSpec stays importable from here too: the tuner.pkl of a sweep started before it moved names it so.
+from sweeps.search.space import ParamSpec, SearchSpace, sample_configs
+from trainables.context import ResourceSpec
+from trainables.metrics import OBJECTIVES
+
+# Short names of the search parameters -> dotted ChainConfig keys (any dotted key works too).
+ALIASES: dict[str, str] = {name: SHORT_NAMES[name] for name in (
+    "backbone", "rule", "alpha", "schedule", "alpha_end", "alpha_step", "epsilon", "iterations", "lr", "segment_hop",
+    "epochs", "batch_size", "stage")}
+# Front-end keys a sweep may search (as lists of choices): the driver extracts each distinct front end once
+# and every trial reads the frames of its own (`sweeps.search.space.feature_variants`).
+SEARCHABLE_FEATURES = ("features.kind", "features.ssl_model", "features.ssl_layer", "features.ssl_layer_sum")
+UNSEARCHABLE = ("seed", "seeds")  # replicates are for re-evaluation, not for the search to pick
+TOP_KEYS = ("name", "base", "search", "objective", "select", "sampler", "scheduler", "num_samples", "max_concurrent",
+            "resources", "max_failures", "storage_path", "plots", "step_cache")
+SAMPLERS = ("tpe", "random", "grid")
+SCHEDULERS = ("asha", "none")
+METRIC = "objective"  # what the searcher and the scheduler maximise (trainables.metrics.objective_value)
+MODE = "max"
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    type: str = "tpe"
+    seed: int | None = 0
+    options: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of the Optuna sampler
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """ASHA over chain iterations (`time_attr = iteration`)."""
+
+    type: str = "asha"
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+
+
+@dataclass(frozen=True)
+class SelectSpec:
+    """How `dsl-sweep best` re-evaluates: the `top_k` configurations on `seeds` fresh seeds under `protocol`."""
+
+    protocol: str = "refinery"
+    top_k: int = 3
+    seeds: int = 5
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    base: ChainConfig
+    search: tuple[ParamSpec, ...]
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    scheduler: SchedulerSpec | None = None
+    num_samples: int = 8
+    num_samples_given: bool = False  # by the file or --trials (a grid then runs at most that many, else all of it)
+    max_concurrent: int = 2
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    max_failures: int = 1
+    storage_path: str = "ray_results"
+    contour_utterance: int | str = 0  # utterance index or a substring of its path
+    objective: str = "final"
+    select: SelectSpec = field(default_factory=SelectSpec)
+    step_cache: bool = True  # trials share fold trainings and scores through `<storage>/step_cache` (dsl.execution.step_cache)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @cached_property
+    def space(self) -> SearchSpace:
+        """The conditional search space over `base` (built once per spec)."""
+        return SearchSpace(self.search, self.base)
+
+    @cached_property
+    def samples(self) -> tuple[ChainConfig, ...]:
+        """Distinct random trial configs of the space (sampled once per spec), to check before the sweep starts."""
+        return tuple(sample_configs(self.space, n=64))
+
+    def param(self, key: str) -> ParamSpec | None:
+        return next((p for p in self.search if p.key == key), None)
+
+    def max_iterations(self) -> int:
+        p = self.param("iterations")
+        if p is None:
+            return self.base.iterations
+        if p.kind == "categorical":
+            return int(max(p.choices))
+        return int(p.value if p.kind == "const" else p.high)
+
+
+def _registry(key: str) -> dict | None:
+    from dsl.method.rules import RULES
+    from dsl.method.schedules import SCHEDULES
+    from dsl.method.stages import STAGE_REGISTRY
+    from dsl.training.backbones import BACKBONES
+
+    return {"backbone": BACKBONES, "labels.rule": RULES, "labels.schedule": SCHEDULES,
+            "stage.name": STAGE_REGISTRY}.get(key)
+
+
+def _check_names(name: str, key: str, values: list[Any], problems: list[str]) -> None:
+    known = _registry(key)
+    bad = [v for v in values if known is not None and v not in known]
+    if bad:
+        problems.append(f"search.{name}: unknown {', '.join(map(str, bad))}; allowed: {', '.join(sorted(known))}")
+
+
+def parse_param(name: str, raw: Any, problems: list[str]) -> ParamSpec | None:
+    key = ALIASES.get(name, name)
+    if key in UNSEARCHABLE:
+        problems.append(f"search.{name}: the seed is not searchable (a sweep that picks its seed picks noise); "
+                        "set base.seed, and `dsl-sweep best` re-evaluates the top configurations on fresh seeds")
+        return None
+    try:
+        default = field_default(key)
+    except KeyError:
+        problems.append(f"search.{name}: unknown parameter; use one of {', '.join(ALIASES)} or a dotted "
+                        f"config key such as train.batch_size")
+        return None
+    _check_names(name, key, raw if isinstance(raw, list) else [] if isinstance(raw, Mapping) else [raw], problems)
+    if isinstance(raw, list):
+        if not raw:
+            problems.append(f"search.{name}: empty list of choices")
+            return None
+        if len(raw) == 1:
+            return ParamSpec(key, "const", value=raw[0])
+        return ParamSpec(key, "categorical", choices=tuple(raw))
+    if isinstance(raw, Mapping):
+        unknown = set(raw) - {"low", "high", "step", "log"}
+        if unknown or "low" not in raw or "high" not in raw:
+            problems.append(f"search.{name}: a range needs low and high (optional step, log); got {dict(raw)}")
+            return None
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            problems.append(f"search.{name}: a range needs a numeric parameter; {key} is {type(default).__name__}")
+            return None
+        kind = "int" if isinstance(default, int) else "float"
+        low, high = raw["low"], raw["high"]
+        if not (isinstance(low, (int, float)) and isinstance(high, (int, float))) or low > high:
+            problems.append(f"search.{name}: need numbers low <= high; got low={low!r}, high={high!r}")
+            return None
+        if raw.get("log") and raw.get("step"):
+            problems.append(f"search.{name}: log and step cannot be combined")
+        if raw.get("log") and low <= 0:
+            problems.append(f"search.{name}: a log range needs low > 0")
+        return ParamSpec(key, kind, low=low, high=high, step=raw.get("step"), log=bool(raw.get("log", False)))
+    return ParamSpec(key, "const", value=raw)
+
+
+def _base_config(raw: Any, data: str | None, problems: list[str]) -> ChainConfig | None:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        problems.append("base: expected a mapping (a ChainConfig, optionally with `preset: cpu|paper`)")
+        return None
+    raw = dict(raw)
+    preset = raw.pop("preset", None)
+    flat = flatten(raw)
+    if data:
+        flat["data"] = data
+    try:
+        cfg = load_config(preset_name=preset, overrides=flat)
+    except ConfigError as exc:
+        problems.append(f"base: {exc}")
+        return None
+    try:
+        load_plugins(cfg.plugins)  # before the search's backbone/rule names are checked against the registries
+    except ConfigError as exc:
+        problems.append(f"base: {exc}")
+        return None
+    if cfg.data and "://" not in cfg.data:
+        cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
+    for key, value in (("protocol.test_data", cfg.protocol.test_data), ("train.aux_data", cfg.train.aux_data)):
+        if value and "://" not in value:  # trials run in other directories
+            cfg = cfg.replace(**{key: str(Path(value).expanduser().resolve())})
+    return cfg
+
+
+def _sub(cls: type, raw: Any, where: str, problems: list[str], rename: Mapping[str, str] | None = None) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where}: expected a mapping")
+        return cls()
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs, extra = {}, {}
+    for k, v in raw.items():
+        k = (rename or {}).get(k, k)
+        (kwargs if k in names else extra)[k] = v
+    if extra and "options" in names:
+        kwargs["options"] = {**kwargs.get("options", {}), **extra}
+    elif extra:
+        problems.append(f"{where}: unknown key(s) {', '.join(sorted(extra))}; allowed: {', '.join(sorted(names))}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        problems.append(f"{where}: {exc}")
+        return cls()
+
+
+def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | None = None,
+                storage_path: str | None = None, step_cache: bool | None = None) -> SweepSpec:
+    """Validate a sweep mapping; `data`, `trials`, `storage_path` and `step_cache` override the file."""
+    problems: list[str] = []
+    if not isinstance(raw, Mapping):
+        raise ConfigError("sweep file: expected a mapping at the top level")
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(TOP_KEYS)}")
+    name = str(raw.get("name") or "")
+    if not name or any(c in name for c in "/\\ "):
+        problems.append(f"name: a non-empty name without spaces or slashes is required, got {name!r}")
+    base = _base_config(raw.get("base"), data, problems)
+    search_raw = raw.get("search") or {}
+    params = []
+    if not isinstance(search_raw, Mapping):
+        problems.append("search: expected a mapping of parameter -> choices | range | constant")
+    else:
+        for pname, prange in search_raw.items():
+            p = parse_param(str(pname), prange, problems)
+            if p is not None:
+                params.append(p)
+        keys = [p.key for p in params]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            problems.append(f"search: parameter(s) given twice: {', '.join(dup)}")
+        shared = [k for k in keys if (k.startswith("features.") and k not in SEARCHABLE_FEATURES)
+                  or k in ("corpus", "data", "cache_dir", "train.aux_data")]
+        if shared:
+            problems.append(f"search: {', '.join(shared)}: features (but {', '.join(SEARCHABLE_FEATURES)}), corpus, "
+                            "data, train.aux_data and cache_dir are shared by all trials (one feature extraction per front end); "
+                            "set them in base")
+        for p in params:
+            if p.key in SEARCHABLE_FEATURES and p.kind not in ("categorical", "const"):
+                problems.append(f"search.{p.key}: give a list of choices (each front end is extracted once, "
+                                "before the trials start)")
+    sampler = _sub(SamplerSpec, raw.get("sampler"), "sampler", problems)
+    if sampler.type not in SAMPLERS:
+        problems.append(f"sampler.type {sampler.type!r} is unknown; allowed: {', '.join(SAMPLERS)}")
+    sched_raw = raw.get("scheduler")
+    scheduler = None
+    if sched_raw not in (None, "none") and not (isinstance(sched_raw, Mapping) and sched_raw.get("type") == "none"):
+        scheduler = _sub(SchedulerSpec, sched_raw if isinstance(sched_raw, Mapping) else {"type": sched_raw},
+                         "scheduler", problems)
+        if scheduler.type not in SCHEDULERS:
+            problems.append(f"scheduler.type {scheduler.type!r} is unknown; allowed: {', '.join(SCHEDULERS)}")
+    resources = _sub(ResourceSpec, raw.get("resources"), "resources", problems)
+    if resources.cpu <= 0 or resources.gpu < 0 or resources.fold_workers < 0:
+        problems.append(f"resources: cpu > 0, gpu >= 0, fold_workers >= 0 required; got {resources}")
+    ints = {k: raw.get(k, d) for k, d in (("num_samples", 8), ("max_concurrent", 2), ("max_failures", 1))}
+    for k, v in ints.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if k == "max_failures" else 1):
+            problems.append(f"{k}: expected an integer >= {0 if k == 'max_failures' else 1}, got {v!r}")
+    if trials is not None:
+        ints["num_samples"] = trials
+    objective = str(raw.get("objective", "final"))
+    if objective not in OBJECTIVES:
+        problems.append(f"objective {objective!r} is unknown; allowed: {', '.join(OBJECTIVES)}")
+    elif objective == "selected" and base is not None and not is_leak_free(base.protocol.name):
+        problems.append(f"objective 'selected' needs a leak-free search protocol (nested, speaker, refinery); "
+                        f"base.protocol.name is {base.protocol.name!r}")
+    select = _sub(SelectSpec, raw.get("select"), "select", problems)
+    if not is_leak_free(select.protocol):
+        problems.append(f"select.protocol {select.protocol!r} is not a leak-free protocol; allowed: nested, refinery, speaker")
+    if select.top_k < 1 or select.seeds < 2:
+        problems.append(f"select: top_k >= 1 and seeds >= 2 (for an interval) required; got {select}")
+    use_cache = raw.get("step_cache", True) if step_cache is None else step_cache
+    if not isinstance(use_cache, bool):
+        problems.append(f"step_cache: expected true or false, got {use_cache!r}")
+    plots = raw.get("plots") or {}
+    contour = plots.get("contour_utterance", 0) if isinstance(plots, Mapping) else 0
+    spec = None
+    if not problems and base is not None:
+        spec = SweepSpec(name=name, base=base, search=tuple(params), sampler=sampler, scheduler=scheduler,
+                         num_samples=ints["num_samples"], max_concurrent=ints["max_concurrent"],
+                         num_samples_given="num_samples" in raw or trials is not None,
+                         resources=resources, max_failures=ints["max_failures"],
+                         storage_path=str(storage_path or raw.get("storage_path") or "ray_results"),
+                         contour_utterance=contour, objective=objective, select=select,
+                         step_cache=bool(use_cache), raw=dict(raw))
+        problems.extend(space_problems(spec))
+    if problems:
+        raise ConfigError("invalid sweep definition:\n  " + "\n  ".join(problems))
+    assert spec is not None
+    return spec
+
+
+def space_problems(spec: SweepSpec) -> list[str]:
+    """Check the base and a spread of sampled trial configs with `dsl.pipeline.checks` (all problems, deduplicated)."""
+    problems: list[str] = []
+    if not spec.base.data:
+        problems.append("base.data: no corpus path; give --data DIR or `data:` under base")
+    try:
+        check_config(spec.base)
+    except ConfigError as exc:
+        problems.append(f"base: {exc}")
+    if problems:
+        return problems
+    seen: set[str] = set()
+    for cfg in spec.samples:
+        try:
+            check_config(cfg)
+        except ConfigError as exc:
+            if str(exc) not in seen:
+                seen.add(str(exc))
+                problems.append(f"search: a sampled trial config is invalid: {exc}")
+    return problems
+
+
+def load_sweep(path: str | Path, data: str | None = None, trials: int | None = None,
+               storage_path: str | None = None, step_cache: bool | None = None) -> SweepSpec:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read sweep file: {exc}") from exc
+    return parse_sweep(raw or {}, data, trials, storage_path, step_cache)
+
+
+__all__ = ["ALIASES", "METRIC", "MODE", "ParamSpec", "ResourceSpec", "SamplerSpec", "SchedulerSpec", "SelectSpec",
+           "SweepSpec",
+           "flatten", "from_dict", "load_sweep", "parse_sweep"]

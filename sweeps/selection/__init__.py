@@ -1,0 +1,1 @@
+"""After the sweep: re-evaluating the top configurations and choosing one."""
