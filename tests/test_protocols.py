@@ -18,7 +18,7 @@ def _check_partition(folds, universe):
 
 
 def test_stratified_one_scope_partitions_everything() -> None:
-    plan = make_plan(LABELS, SPEAKERS, ProtocolSpec("stratified", folds=4), seed=0)
+    plan = make_plan(LABELS, SPEAKERS, ProtocolSpec("stratified", folds=4, outer="stratified"), seed=0)
     (scope,) = plan.scopes
     _check_partition(scope.folds, np.arange(len(LABELS)))
     for f in scope.folds:

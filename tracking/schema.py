@@ -29,8 +29,11 @@ MISMATCH_TAG = "dsl.mlflow_mismatch"  # steps whose recomputed metrics differ fr
 # MLflow 3's UI opens an experiment in its GenAI overview unless this tag says it holds model-training runs.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
-SCALARS = ("wa", "ua", "selected_wa", "selected_ua", "segment_accuracy", "changed_label_share", "target_entropy",
-           "epochs", "seconds", "segments_per_second", "alpha", "cached_folds")
+# Held-out protocols: share of outer folds whose validation-selected iteration is the one their test fold
+# would have preferred (`dsl.protocols.selection.selector_agreement`).
+SELECTOR_AGREEMENT = "selector_agreement"
+SCALARS = ("wa", "ua", "selected_wa", "selected_ua", SELECTOR_AGREEMENT, "segment_accuracy", "changed_label_share",
+           "target_entropy", "epochs", "seconds", "segments_per_second", "alpha", "cached_folds")
 
 
 def iteration_metrics(d: Mapping[str, Any]) -> dict[str, float]:

@@ -21,7 +21,9 @@ the fold networks' spaces; each network's vectors are standardised per channel w
 its own out-of-fold segments (no labels, no test utterance) to align at least their scales. A test
 utterance is seen by every fold network of its scope: its embeddings are NOT averaged across networks
 (meaningless between spaces); the ACP predicts from each network's view and its probabilities are
-averaged. The forest averages the posteriors instead, which share the class space.
+averaged. The forest reads the mean of the posteriors (`stage.test_views: mean`, they share the class
+space) or, like the ACP, each network's view (`each`): it trains on one network's posteriors per
+utterance, and a mean of several networks' posteriors is smoother than any one of them.
 """
 from __future__ import annotations
 
@@ -32,7 +34,14 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
 from dsl.config import StageSpec
-from dsl.method.evaluate import cross_validated_proba, cv_splits, forest_proba, utterance_statistics, validation_ua
+from dsl.method.evaluate import (
+    cross_validated_proba,
+    cv_splits,
+    fit_forest,
+    forest_predict,
+    utterance_statistics,
+    validation_ua,
+)
 
 
 def stage_input(spec: StageSpec) -> str:
@@ -90,14 +99,20 @@ def mean_view(views: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
 
 
 class ForestStage(UtteranceStage):
-    """The paper's stage: statistics of the posteriors (averaged over fold networks) -> random forest."""
+    """The paper's stage: statistics of the posteriors -> random forest; a test utterance's fold networks are
+    averaged before the statistics (`stage.test_views: mean`) or its probabilities after (`each`)."""
 
     name = "forest"
 
     def fit_proba(self, train, labels, views, seed):
+        rf = fit_forest(utterance_statistics(train), labels, seed, self.n_jobs)
+        if self.spec.test_views == "each" and len(views) > 1:
+            proba = np.zeros((len(views[0]), self.n_classes), dtype=np.float32)
+            for v in views:  # in view (fold) order: the sum does not depend on completion order
+                proba += forest_predict(rf, utterance_statistics(v), self.n_classes) / len(views)
+            return proba
         test = views[0] if len(views) == 1 else mean_view(views)
-        return forest_proba(utterance_statistics(train), labels, utterance_statistics(test), self.n_classes, seed,
-                            self.n_jobs)
+        return forest_predict(rf, utterance_statistics(test), self.n_classes)
 
     def cross_validated_proba(self, X, labels, folds, seed, groups=None):  # the statistics once, not per fold
         return cross_validated_proba(utterance_statistics(X), labels, self.n_classes, folds, seed, groups,

@@ -46,6 +46,10 @@ def config_problems(cfg: ChainConfig) -> list[str]:
     pr = cfg.protocol
     if pr.name not in PROTOCOLS:
         p.append(f"protocol.name {pr.name!r} is unknown; allowed: {', '.join(sorted(PROTOCOLS))}")
+    from dsl.config import OUTER_PARTITIONS
+
+    if pr.outer not in OUTER_PARTITIONS:
+        p.append(f"protocol.outer {pr.outer!r} is unknown; allowed: {', '.join(OUTER_PARTITIONS)}")
     nested_like = pr.name in ("nested", "speaker", "cross_corpus")
     if pr.name == "cross_corpus":
         from dsl.data.corpora import list_corpora
@@ -114,15 +118,19 @@ def feature_problems(cfg: ChainConfig) -> list[str]:
 
 def stage_problems(cfg: ChainConfig) -> list[str]:
     """Problems of the utterance stage (`stage.*`)."""
-    from dsl.config import STAGE_INPUTS
+    from dsl.config import STAGE_FIT_ON, STAGE_INPUTS, STAGE_TEST_VIEWS
     from dsl.method.stages import STAGE_REGISTRY
 
     st = cfg.stage
     if st.name not in STAGE_REGISTRY:
         return [f"stage.name {st.name!r} is unknown; allowed: {', '.join(STAGE_REGISTRY)}"]
-    if st.name != "acp":
-        return []
     p = []
+    if st.fit_on not in STAGE_FIT_ON:
+        p.append(f"stage.fit_on {st.fit_on!r} is unknown; allowed: {', '.join(STAGE_FIT_ON)}")
+    if st.test_views not in STAGE_TEST_VIEWS:
+        p.append(f"stage.test_views {st.test_views!r} is unknown; allowed: {', '.join(STAGE_TEST_VIEWS)}")
+    if st.name != "acp":
+        return p
     if st.input not in STAGE_INPUTS:
         p.append(f"stage.input {st.input!r} is unknown; allowed: {', '.join(STAGE_INPUTS)}")
     if not 0.0 <= st.epsilon < 1.0:

@@ -17,18 +17,27 @@ utterances. Two kinds of plan:
 `refinery` costs what `stratified` costs: per outer fold one model per iteration, trained on the
 outer training utterances, which then relabels the utterances it was trained on (in-sample, as in
 Label Refinery) and predicts the outer test fold (`Scope.in_sample`).
+
+The outer partition (`protocol.outer`) reads no label by default (`balanced`): utterance-level plans cut a
+seeded order of the utterances, keyed by file name, into folds of equal size; speaker-grouped plans deal
+speakers, in a seeded order, to the fold with the fewest utterances so far (`balanced_folds`,
+`balanced_speaker_folds`). So relabelling a test fold cannot move an utterance between folds, and a leak test
+need not fix the plan first. `outer: stratified` keeps the label-stratified split (`stratified_folds`,
+`speaker_folds`); results name the partition (`outer_partition`). Inner folds (nested, speaker) stay
+stratified: they read only their scope's own training labels.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold, StratifiedKFold
 
-from dsl.config import ConfigError, ProtocolSpec
+from dsl.config import OUTER_PARTITIONS, ConfigError, ProtocolSpec
 
 
 @dataclass(frozen=True)
@@ -81,20 +90,24 @@ class ProtocolInfo:
     fn: PlanFn
     leak_free: bool
     description: str
+    grouped: bool = False  # its outer folds keep speakers apart (the balanced partition then deals speakers)
 
 
 PROTOCOLS: dict[str, ProtocolInfo] = {}
 
 
-def register_protocol(name: str, *, leak_free: bool = False) -> Callable[[PlanFn], PlanFn]:
+def register_protocol(name: str, *, leak_free: bool = False, grouped: bool = False) -> Callable[[PlanFn], PlanFn]:
     """Register a plan function `(labels, speakers, spec, seed, outer) -> FoldPlan`.
 
-    `outer` is a fixed outer partition (from `protocol.assignment`) or None. Registering with
+    `outer` is the outer partition the plan must use: a stored assignment (`protocol.assignment`), the test
+    corpus (cross_corpus) or, under `protocol.outer: balanced` (the default), the label-free balanced
+    partition: of speakers for a `grouped` protocol, else of utterances. It is None only under
+    `protocol.outer: stratified`, where the plan cuts its own (label-stratified) outer folds. Registering with
     `leak_free=True` is a promise that `make_plan` checks in part (every utterance is the test of exactly
-    one scope that does not train on it) and `tests/test_leakage.py` checks end to end.
+    one scope that does not train on it) and `dsl-sweep leakcheck` (`dsl.protocols.leakcheck`) checks end to end.
     """
     def wrap(fn: PlanFn) -> PlanFn:
-        PROTOCOLS[name] = ProtocolInfo(name, fn, leak_free, (fn.__doc__ or "").strip().split("\n")[0])
+        PROTOCOLS[name] = ProtocolInfo(name, fn, leak_free, (fn.__doc__ or "").strip().split("\n")[0], grouped)
         return fn
     return wrap
 
@@ -103,12 +116,29 @@ def is_leak_free(name: str) -> bool:
     return name in PROTOCOLS and PROTOCOLS[name].leak_free
 
 
+def outer_partition(spec: ProtocolSpec) -> str:
+    """How the outer folds of a run with `spec` were cut, as results name it: `balanced` (label-free),
+    `stratified` (by label), `assignment` (a stored file) or `test corpus` (cross_corpus)."""
+    if spec.name == "cross_corpus":
+        return "test corpus"
+    return "assignment" if spec.assignment else spec.outer
+
+
 def make_plan(labels: np.ndarray, speakers: np.ndarray, spec: ProtocolSpec, seed: int,
-              outer: tuple[np.ndarray, ...] | None = None) -> FoldPlan:
+              outer: tuple[np.ndarray, ...] | None = None, files: Sequence[str] | None = None) -> FoldPlan:
+    """The protocol's plan. Without a fixed `outer` and under `protocol.outer: balanced`, the outer folds are
+    the balanced partition of `files` (file names; default: the utterances' positions) or of `speakers`."""
     if spec.name not in PROTOCOLS:
         raise KeyError(f"unknown protocol {spec.name!r}; known: {', '.join(sorted(PROTOCOLS))}")
+    if spec.outer not in OUTER_PARTITIONS:
+        raise ConfigError(f"protocol.outer {spec.outer!r} is unknown; allowed: {', '.join(OUTER_PARTITIONS)}")
     info = PROTOCOLS[spec.name]
-    plan = info.fn(np.asarray(labels), np.asarray(speakers), spec, seed, outer)
+    speakers = np.asarray(speakers)
+    if outer is None and spec.outer == "balanced":
+        outer = (balanced_speaker_folds(speakers, spec.folds, seed) if info.grouped
+                 else balanced_folds([str(i) for i in range(len(labels))] if files is None else files,
+                                     spec.folds, seed))
+    plan = info.fn(np.asarray(labels), speakers, spec, seed, outer)
     plan = FoldPlan(plan.protocol, plan.scopes, plan.speaker_grouped, info.leak_free, plan.partial)
     if info.leak_free:
         _check_held_out(plan, len(labels))
@@ -123,6 +153,38 @@ def _check_held_out(plan: FoldPlan, n: int) -> None:
     for s in plan.scopes:
         if np.intersect1d(s.train, s.test).size:
             raise ValueError(f"protocol {plan.protocol!r} is registered leak-free but a scope trains on its test set")
+
+
+def _order_key(seed: int, name: str) -> bytes:
+    return hashlib.blake2b(f"{seed}\x00{name}".encode(), digest_size=16).digest()
+
+
+def balanced_folds(files: Sequence[str], k: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Held-out index arrays of `k` folds of equal size (within one) that read no label: the utterances in an
+    order set by a hash of the seed and each file's base name, cut into `k` runs. So the partition depends on
+    which files there are and the seed, not on their labels or listing order."""
+    names = [Path(str(f)).name for f in files]
+    if k > len(names):
+        raise ValueError(f"{k} folds but only {len(names)} utterances")
+    order = sorted(range(len(names)), key=lambda i: (_order_key(seed, names[i]), i))
+    return tuple(np.sort(np.asarray(part, dtype=np.int64)) for part in np.array_split(np.asarray(order), k))
+
+
+def balanced_speaker_folds(speakers: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Held-out index arrays of `k` speaker-disjoint folds that read no label: speakers, in an order set by a
+    hash of the seed and their names, each go to the fold with the fewest utterances so far (one speaker per
+    fold when `k` is the number of speakers: leave-one-speaker-out)."""
+    names, inverse, counts = np.unique(np.asarray(speakers).astype(str), return_inverse=True, return_counts=True)
+    if k > len(names):
+        raise ValueError(f"{k} folds but only {len(names)} speakers under the speaker protocol")
+    load = np.zeros(k, dtype=np.int64)
+    fold_of_speaker = np.zeros(len(names), dtype=np.int64)
+    for i in sorted(range(len(names)), key=lambda i: (_order_key(seed, str(names[i])), i)):
+        f = int(np.argmin(load))  # the first fold with the fewest utterances: every fold gets one before a second
+        fold_of_speaker[i] = f
+        load[f] += counts[i]
+    fold = fold_of_speaker[inverse]
+    return tuple(np.flatnonzero(fold == f) for f in range(k))
 
 
 def stratified_folds(labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, ...]:
@@ -165,6 +227,7 @@ def load_assignment(path: str | Path, files: tuple[str, ...] | list[str]) -> tup
 
 
 def _outer(labels, speakers, spec, seed, outer, grouped: bool) -> tuple[np.ndarray, ...]:
+    """The given outer partition, else (`protocol.outer: stratified`) the label-stratified one."""
     if outer is not None:
         return outer
     return speaker_folds(labels, speakers, spec.folds, seed) if grouped else stratified_folds(labels, spec.folds, seed)
@@ -177,7 +240,7 @@ def stratified(labels, speakers, spec, seed, outer=None) -> FoldPlan:
     return FoldPlan("stratified", (Scope(utts, _outer(labels, speakers, spec, seed, outer, False), utts[:0]),), False)
 
 
-@register_protocol("speaker_transductive")
+@register_protocol("speaker_transductive", grouped=True)
 def speaker_transductive(labels, speakers, spec, seed, outer=None) -> FoldPlan:
     """Speaker-grouped folds in one chain over all utterances (held-out speakers' labels reach iteration 1)."""
     utts = np.arange(len(labels))
@@ -197,11 +260,11 @@ def _nested(name, labels, speakers, spec, seed, outer, grouped: bool) -> FoldPla
 
 @register_protocol("nested", leak_free=True)
 def nested(labels, speakers, spec, seed, outer=None) -> FoldPlan:
-    """Outer stratified folds; within each outer training set an inner K-fold chain and a forest."""
+    """Outer folds; within each outer training set an inner stratified K-fold chain and a forest."""
     return _nested("nested", labels, speakers, spec, seed, outer, False)
 
 
-@register_protocol("speaker", leak_free=True)
+@register_protocol("speaker", leak_free=True, grouped=True)
 def speaker(labels, speakers, spec, seed, outer=None) -> FoldPlan:
     """Nested with outer and inner folds grouped by speaker (LOSO when folds = number of speakers)."""
     return _nested("speaker", labels, speakers, spec, seed, outer, True)

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from dsl.config import ChainConfig
-from dsl.protocols.plans import is_leak_free
+from dsl.protocols.plans import is_leak_free, outer_partition
 from dsl.results.stats import mean_interval, paired_gain
 
 log = logging.getLogger(__name__)
 STUDY_FORMAT = 1
-METRICS = ("wa", "ua", "selected_wa", "selected_ua")
+METRICS = ("wa", "ua", "selected_wa", "selected_ua", "selector_agreement")
+GAIN_METRICS = ("wa", "ua", "selected_wa", "selected_ua")  # paired gains over iteration 0 (the agreement is 1 there)
 
 
 def seeds_dir(study_path: str | Path) -> Path:
@@ -80,7 +81,7 @@ def aggregate(results: Sequence[Mapping[str, Any]]) -> list[dict]:
             if any(v is None for v in vals):
                 continue
             row[m] = mean_interval(vals).to_dict()
-            if i > 0:
+            if i > 0 and m in GAIN_METRICS:
                 row[f"gain_{m}"] = paired_gain(vals, [r["iterations"][0][m] for r in results]).to_dict()
         rows.append(row)
     return rows
@@ -91,7 +92,8 @@ def study_dict(cfg: ChainConfig, results: Sequence[Mapping[str, Any]], paths: Se
     pr = cfg.protocol
     envs = {r["environment"].get("fingerprint"): r["environment"] for r in results if "environment" in r}
     return {"format": STUDY_FORMAT, "kind": "study", "command": command,
-            "protocol": {"name": pr.name, "leak_free": is_leak_free(pr.name), "folds": pr.folds,
+            "protocol": {"name": pr.name, "leak_free": is_leak_free(pr.name), "outer": outer_partition(pr),
+                         "folds": pr.folds,
                          "inner_folds": pr.inner_folds, "eval_folds": pr.eval_folds},
             "seeds": [int(r["config"]["seed"]) for r in results], "environments": list(envs.values()),
             "config": {**cfg.to_dict(), "seed": None}, "label_names": results[0]["label_names"],
