@@ -1,4 +1,4 @@
-"""`dsl-sweep`: run one chain, validate a corpus, run a sweep, pick the best config, predict.
+"""`dsl-sweep`: run one chain, validate a corpus, run a sweep, pick the best config, check for leaks, predict.
 
 Heavy imports (torch, Ray, MLflow) happen inside each command so `dsl-sweep --help` is instant.
 """
@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     agr.add_argument("--into", help="replace a report block of this Markdown file")
     agr.add_argument("--block", default="", help="the block's name (`<!-- dsl-sweep report: begin NAME -->`)")
     agr.set_defaults(func=cmd_agreement)
+
+    from sweeps.leakcheck_cli import add_parser as add_leakcheck
+
+    add_leakcheck(sub, add_run_flags)
 
     pred = sub.add_parser("predict", help="predict the emotion of utterances with a trained model")
     pred.add_argument("model", help="model directory or MLflow model URI (models:/NAME/VERSION)")
