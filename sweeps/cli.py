@@ -89,7 +89,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sweeps.sweep_report import report_from_cli
 
     return report_from_cli(args.results, args.out, args.figure, args.into, args.command_line, args.tracking_uri,
-                           args.save_sweep, args.block, args.paired_with)
+                           args.save_sweep, args.block, args.paired_with, args.same_iteration)
 
 
 def cmd_agreement(args: argparse.Namespace) -> int:
@@ -192,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a replicate study whose iteration 0 is the baseline (repeatable: one per corpus/protocol/"
                           "test corpus): each study row in that setting also gets its UA minus that baseline, paired "
                           "by seed (method comparisons on the same folds and seeds)")
+    rep.add_argument("--same-iteration", action="store_true",
+                     help="with --paired-with: pair each row with the reference's iteration of the same number "
+                          "(not its iteration 0), for UA and selected UA: a change that is not a DSL iteration, such "
+                          "as the stage input, on the same folds and seeds")
     rep.add_argument("--out", help="also write the Markdown here")
     rep.add_argument("--figure", help="plot UA per iteration to this PNG (studies: mean and 95 %% interval; a "
                      "sweep: mean per rule)")

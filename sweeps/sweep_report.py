@@ -58,9 +58,9 @@ def resolve_results(items: Sequence[str], tracking_uri: str | None, save_sweep: 
 
 def report_from_cli(items: Sequence[str], out: str | None, figure: str | None, into: str | None, command: str,
                     tracking_uri: str | None = None, save_sweep: str | None = None, block: str = "",
-                    paired_with: Sequence[str] = ()) -> int:
+                    paired_with: Sequence[str] = (), same_iteration: bool = False) -> int:
     from dsl.results.report import report_from_cli as render
 
     with tempfile.TemporaryDirectory(prefix="dsl-report-") as tmp:
         return render(resolve_results(items, tracking_uri, save_sweep, tmp), out, figure, into, command, block,
-                      paired_with)
+                      paired_with, same_iteration)

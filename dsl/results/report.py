@@ -1,8 +1,9 @@
 """`dsl-sweep report RESULTS...`: result JSONs (single runs, replicate studies, sweep exports) as Markdown tables.
 
 The README's results are produced by this from the JSON files under `docs/results/`, so no figure is
-typed by hand. Every row names its protocol (and whether it is leak-free), seeds and command; the
-machines the numbers came from are listed under the table.
+typed by hand. Every row names its protocol (and whether it is leak-free, and how its outer folds were cut
+when not label-free), seeds and command; the machines the numbers came from are listed under the table.
+Results written before `protocol.outer` existed were cut stratified by label, and say so.
 """
 from __future__ import annotations
 
@@ -34,7 +35,35 @@ def load_result(path: str | Path) -> dict:
     d.setdefault("kind", "run")
     if "protocol" not in d:  # written before format 2: the protocol is in the config, leak-freedom unknown
         d["protocol"] = {"name": d["config"]["protocol"]["name"], "leak_free": None}
+    if d["kind"] == "study" and d["protocol"].get("leak_free") and not any(
+            "selector_agreement" in row for row in d["iterations"]):
+        d["iterations"] = _with_agreement(d, p)
     return d
+
+
+def _with_agreement(study: dict, path: Path) -> list[dict]:
+    """A study written before selector agreement existed, aggregated again from its seed files (which hold
+    what it is computed from); as it is when they are not beside it."""
+    from dsl.results.study import aggregate
+
+    files = [path.parent / f for f in study.get("seed_files", [])]
+    if not files or not all(f.is_file() for f in files):
+        return study["iterations"]
+    return aggregate([json.loads(f.read_text()) for f in files])
+
+
+def outer_of(d: Mapping[str, Any]) -> str:
+    """How a result's outer folds were cut (`dsl.protocols.plans.outer_partition`); results written before
+    `protocol.outer` existed were cut stratified by label."""
+    given = d.get("protocol", {}).get("outer") or (d.get("config") or {}).get("protocol", {}).get("outer")
+    if given:
+        return "assignment" if given == "balanced" and d["config"]["protocol"].get("assignment") else given
+    cfg = (d.get("config") or {}).get("protocol", {})
+    return "test corpus" if cfg.get("name") == "cross_corpus" else ("assignment" if cfg.get("assignment") else
+                                                                    "stratified")
+
+
+OUTER_NOTES = {"stratified": "outer folds stratified by label", "assignment": "outer folds from a file"}
 
 
 def study_from_disk(folder: Path) -> dict:
@@ -61,8 +90,13 @@ def methods_of(config: Mapping[str, Any]) -> list[str]:
         out.append(f"{config['features']['kind'].upper()} features")
     if (config.get("train") or {}).get("aux", "none") == "mtl_aug":
         out.append("MTL-AUG")
-    if (config.get("stage") or {}).get("name", "forest") != "forest":
-        out.append(f"{config['stage']['name'].upper()} stage")
+    stage = config.get("stage") or {}
+    if stage.get("name", "forest") != "forest":
+        out.append(f"{stage['name'].upper()} stage")
+    if stage.get("fit_on", "in_sample") != "in_sample":
+        out.append("stage fit on cross-fit halves")
+    if stage.get("test_views", "mean") != "mean":
+        out.append("stage on each test view")
     return out
 
 
@@ -100,21 +134,29 @@ def _mins(seconds: float) -> str:
 
 
 def paired_against(study: Mapping[str, Any], row: Mapping[str, Any], reference: Mapping[str, Any],
-                   key: str = "ua") -> Interval | None:
-    """`row`'s `key` minus the reference study's iteration 0, seed by seed over the seeds both ran (as
-    fractions; None when they share fewer than two seeds)."""
+                   key: str = "ua", same_iteration: bool = False) -> Interval | None:
+    """`row`'s `key` minus the reference study's iteration 0 (`same_iteration`: its iteration of `row`'s
+    number), seed by seed over the seeds both ran (as fractions; None when they share fewer than two seeds
+    or the reference lacks the iteration or the figure)."""
+    if key not in row:
+        return None
+    ref_row = next((r for r in reference["iterations"] if r["iteration"] == row["iteration"]), None) \
+        if same_iteration else reference["iterations"][0]
+    if ref_row is None or key not in ref_row:
+        return None
     mine = dict(zip(study["seeds"], row[key]["values"]))
-    base = dict(zip(reference["seeds"], reference["iterations"][0][key]["values"]))
+    base = dict(zip(reference["seeds"], ref_row[key]["values"]))
     shared = [s for s in mine if s in base]
     if len(shared) < 2:
         return None
     return mean_interval([mine[s] - base[s] for s in shared])
 
 
-def setting(study: Mapping[str, Any]) -> tuple[str, str, str]:
-    """What a baseline must share with a study to be paired with it: corpus, protocol, test corpus."""
+def setting(study: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """What a baseline must share with a study to be paired with it: corpus, protocol, test corpus and outer
+    partition (otherwise the same seed cuts other folds)."""
     cfg = study["config"]
-    return cfg["corpus"], cfg["protocol"]["name"], cfg["protocol"].get("test_corpus", "")
+    return cfg["corpus"], cfg["protocol"]["name"], cfg["protocol"].get("test_corpus", ""), outer_of(study)
 
 
 def reference_for(study: Mapping[str, Any], references: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -122,41 +164,64 @@ def reference_for(study: Mapping[str, Any], references: Sequence[Mapping[str, An
     return next((r for r in references if setting(r) == setting(study)), None)
 
 
+def _agreement(row: Mapping[str, Any]) -> str:
+    """Selector agreement in %, mean ± half-width over seeds ('–' for transductive results)."""
+    if "selector_agreement" not in row:
+        return "–"
+    iv = Interval.from_dict(row["selector_agreement"])
+    return iv.format()
+
+
 def study_table(studies: Sequence[tuple[str, Mapping[str, Any]]],
-                references: Sequence[Mapping[str, Any]] = ()) -> str:
+                references: Sequence[Mapping[str, Any]] = (), same_iteration: bool = False) -> str:
     """One row per study iteration; with `references` (baseline studies), also each row's UA minus the
-    iteration 0 of the reference in the same setting (corpus, protocol, test corpus), paired by seed: how a
-    method compares with the baseline on the same folds and seeds."""
-    ref_head, ref_rule = (" UA vs baseline (paired) |", "---|") if references else ("", "")
+    iteration 0 of the reference in the same setting (corpus, protocol, test corpus, outer partition), paired by
+    seed: how a method compares with the baseline on the same folds and seeds. `same_iteration` pairs each row
+    with the reference's iteration of the same number instead, and adds the selected UA's difference."""
+    ref_head, ref_rule = "", ""
+    if references:
+        ref_head, ref_rule = ((" UA vs reference, same iteration (paired) | selected UA vs reference (paired) |",
+                               "---|---|") if same_iteration else (" UA vs baseline (paired) |", "---|"))
     head = (f"| protocol | leak-free | labels | WA % | UA % | UA gain vs iter. 0 (paired) |{ref_head} selected UA % | "
-            "wall time / seed | seeds | command |")
-    lines = [head, "|---|---|---|---|---|---|" + ref_rule + "---|---|---|---|"]
+            "selector agreement % | wall time / seed | seeds | command |")
+    lines = [head, "|---|---|---|---|---|---|" + ref_rule + "---|---|---|---|---|"]
     for _, st in studies:
         secs = Interval.from_dict(st["seconds_per_seed"])
         for i, row in enumerate(st["iterations"]):
             ref = ""
             reference = reference_for(st, references)
             if references:
-                diff = paired_against(st, row, reference) if reference is not None else None
-                ref = f" {diff.format() if diff is not None else '–'} |"
-            corpus, protocol, test = setting(st)
-            where = f"`{protocol}`" + (f" {corpus} → {test}" if test else "")
+                keys = ("ua", "selected_ua") if same_iteration else ("ua",)
+                for key in keys:
+                    diff = paired_against(st, row, reference, key, same_iteration) if reference is not None else None
+                    ref += f" {diff.format() if diff is not None else '–'} |"
+            corpus, protocol, test, outer = setting(st)
+            where = (f"`{protocol}`" + (f" {corpus} → {test}" if test else "")
+                     + (f" ({OUTER_NOTES[outer]})" if outer in OUTER_NOTES else ""))
             lines.append(
                 f"| {where} | {_leak(st)} | {labels_of(st['config'], row)} | {_iv(row, 'wa')} | "
-                f"{_iv(row, 'ua')} | {_iv(row, 'gain_ua')} |{ref} {_iv(row, 'selected_ua')} | "
+                f"{_iv(row, 'ua')} | {_iv(row, 'gain_ua')} |{ref} {_iv(row, 'selected_ua')} | {_agreement(row)} | "
                 f"{_mins(secs.mean) if i == 0 else ''} | {','.join(map(str, st['seeds'])) if i == 0 else ''} | "
                 f"{'`' + st['command'] + '`' if i == 0 and st.get('command') else ''} |")
     return "\n".join(lines)
 
 
 def run_table(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
-    lines = ["| protocol | leak-free | seed | labels | WA % | UA % | selected UA % | wall time | command |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    from dsl.protocols.selection import selector_agreement
+
+    lines = ["| protocol | leak-free | seed | labels | WA % | UA % | selected UA % | selector agreement % | wall time "
+             "| command |", "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in runs:
+        outer = outer_of(r)
+        where = f"`{r['protocol']['name']}`" + (f" ({OUTER_NOTES[outer]})" if outer in OUTER_NOTES else "")
         for i, it in enumerate(r["iterations"]):
             sel = f"{100 * it['selected_ua']:.1f}" if it.get("selected_ua") is not None else "–"
-            lines.append(f"| `{r['protocol']['name']}` | {_leak(r)} | {r['config']['seed']} | {labels_of(r['config'], it)} | "
-                         f"{100 * it['wa']:.1f} | {100 * it['ua']:.1f} | {sel} | "
+            agree = it.get("selector_agreement")
+            if agree is None and it.get("val_ua") is not None:  # written before it existed: from the history
+                agree = selector_agreement(r["iterations"][:i + 1])
+            agree_text = "–" if agree is None else f"{100 * agree:.0f}"
+            lines.append(f"| {where} | {_leak(r)} | {r['config']['seed']} | {labels_of(r['config'], it)} | "
+                         f"{100 * it['wa']:.1f} | {100 * it['ua']:.1f} | {sel} | {agree_text} | "
                          f"{_mins(r['seconds']) if i == 0 else ''} | "
                          f"{'`' + r['command'] + '`' if i == 0 and r.get('command') else ''} |")
     return "\n".join(lines)
@@ -170,10 +235,10 @@ def machines(results: Sequence[Mapping[str, Any]]) -> list[str]:
     return [f"`{k}`: {v}" for k, v in seen.items()]
 
 
-def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = ()) -> str:
+def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = (), same_iteration: bool = False) -> str:
     """Tables of every study and every run among `paths`, then the machines they ran on; `paired_with`
-    (baseline studies) adds each study row's UA difference from the iteration 0 of the baseline run in the
-    same setting, paired by seed."""
+    (baseline studies) adds each study row's UA difference from the iteration 0 (`same_iteration`: the same
+    iteration) of the baseline run in the same setting, paired by seed."""
     loaded = [(str(p), load_result(p)) for p in paths]
     references = [load_result(p) for p in paired_with]
     for p, r in zip(paired_with, references):
@@ -183,13 +248,16 @@ def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = ()
     runs = [(p, d) for p, d in loaded if d["kind"] not in ("study", "sweep")]
     parts = [sweep_tables(d) for _, d in loaded if d["kind"] == "sweep"]
     if studies:
+        which = "the same iteration" if same_iteration else "iteration 0"
         parts.append("Mean ± half-width of the 95 % t-interval over seeds. The gain is paired: each seed's "
                      "iteration minus the same seed's iteration 0. *Selected UA*: each outer fold's iteration "
-                     "picked on its own training utterances (leak-free protocols only)." +
-                     (" *UA vs baseline*: each row's UA minus iteration 0 of " +
-                      ", ".join(f"`{p}`" for p in paired_with) + " (the one with the same corpus, protocol and test "
-                      "corpus), seed by seed over the seeds both ran." if references else "") + "\n\n" +
-                     study_table(studies, references))
+                     "picked on its own training utterances (leak-free protocols only). *Selector agreement*: the "
+                     "share of outer folds whose picked iteration has the best outer-test UA among iterations 0 to "
+                     "this one (ties agree; 100 % at iteration 0)." +
+                     (f" *vs reference/baseline*: each row's figure minus {which} of " +
+                      ", ".join(f"`{p}`" for p in paired_with) + " (the one with the same corpus, protocol, test "
+                      "corpus and outer partition), seed by seed over the seeds both ran." if references else "")
+                     + "\n\n" + study_table(studies, references, same_iteration))
     if runs:
         parts.append(run_table(runs))
     ms = machines([d for _, d in loaded])
@@ -237,8 +305,8 @@ def splice(document: str | Path, text: str, command: str, block: str = "") -> Pa
 
 def report_from_cli(paths: Sequence[str], out: str | None = None, figure: str | None = None,
                     into: str | None = None, command: str = "", block: str = "",
-                    paired_with: Sequence[str] = ()) -> int:
-    text = markdown(paths, paired_with)
+                    paired_with: Sequence[str] = (), same_iteration: bool = False) -> int:
+    text = markdown(paths, paired_with, same_iteration)
     if figure:
         from dsl.results.plots import study_plot
 

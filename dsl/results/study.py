@@ -15,6 +15,7 @@ from typing import Any
 
 from dsl.config import ChainConfig
 from dsl.protocols.plans import is_leak_free, outer_partition
+from dsl.protocols.selection import selector_agreement
 from dsl.results.stats import mean_interval, paired_gain
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,15 @@ def finished_seed(cfg: ChainConfig, path: Path) -> dict | None:
     return done
 
 
+def _value(result: Mapping[str, Any], i: int, metric: str) -> Any:
+    """Iteration `i`'s `metric`; a held-out result written before selector agreement existed gets it from its
+    history (the validation UAs and outer-fold UAs it holds)."""
+    it = result["iterations"][i]
+    if metric == "selector_agreement" and it.get(metric) is None and it.get("val_ua") is not None:
+        return selector_agreement(result["iterations"][:i + 1])
+    return it.get(metric)
+
+
 def aggregate(results: Sequence[Mapping[str, Any]]) -> list[dict]:
     """Per iteration present in every seed: intervals of WA/UA (and the selected figures, where held out) and
     paired gains over iteration 0."""
@@ -77,7 +87,7 @@ def aggregate(results: Sequence[Mapping[str, Any]]) -> list[dict]:
         row: dict[str, Any] = {"iteration": its[0]["iteration"], "alpha": its[0].get("alpha"),
                                "seconds": mean_interval([it["seconds"] for it in its]).to_dict()}
         for m in METRICS:
-            vals = [it.get(m) for it in its]
+            vals = [_value(r, i, m) for r in results]
             if any(v is None for v in vals):
                 continue
             row[m] = mean_interval(vals).to_dict()
