@@ -212,9 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     agr.add_argument("--block", default="", help="the block's name (`<!-- dsl-sweep report: begin NAME -->`)")
     agr.set_defaults(func=cmd_agreement)
 
-    from sweeps.leakcheck_cli import add_parser as add_leakcheck
+    from sweeps import leakcheck_cli
 
-    add_leakcheck(sub, add_run_flags)
+    lc = sub.add_parser("leakcheck", help=leakcheck_cli.HELP)
+    leakcheck_cli.add_arguments(lc)
+    lc.set_defaults(func=leakcheck_cli.handle)
 
     pred = sub.add_parser("predict", help="predict the emotion of utterances with a trained model")
     pred.add_argument("model", help="model directory or MLflow model URI (models:/NAME/VERSION)")

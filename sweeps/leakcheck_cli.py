@@ -1,25 +1,26 @@
 """`dsl-sweep leakcheck CONFIG|FLAGS`: the label-perturbation leak test on the user's own configuration
-(`dsl.studies.leakcheck`). Exit 0 clean, 1 leak, 2 inconclusive or a bad config."""
+(`dsl.studies.leakcheck.leakcheck_from_cli`). Exit 0 clean, 1 a leak, 2 inconclusive or a bad config."""
 from __future__ import annotations
 
 import argparse
 
-
-def add_parser(sub: argparse._SubParsersAction, add_run_flags) -> None:
-    lc = sub.add_parser("leakcheck", help="rotate the labels of one outer test fold on a small subset, rerun, and "
-                        "check that none of its predictions, probabilities, validation UA or picks moved "
-                        "(exit 0 clean, 1 leak)")
-    lc.add_argument("config", nargs="?", help="YAML config (e.g. a best.yaml); flags override it")
-    lc.add_argument("--preset", choices=["cpu", "paper"], help="cpu or paper preset (as for `dsl-sweep run`)")
-    lc.add_argument("--speakers", type=int, default=4,
-                    help="run on the first N speakers in name order (cross_corpus: N of each corpus; 0: all)")
-    lc.add_argument("--step-cache", default="", metavar="DIR", help="fold trainings from/to this step cache")
-    lc.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    add_run_flags(lc)
-    lc.set_defaults(func=cmd_leakcheck)
+HELP = ("rotate the labels of one outer test fold on a small subset, rerun, and check that none of its "
+        "predictions, probabilities, validation UA or picks moved (exit 0 clean, 1 leak)")
 
 
-def cmd_leakcheck(args: argparse.Namespace) -> int:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from sweeps.cli import add_run_flags
+
+    p.add_argument("config", nargs="?", help="YAML config (e.g. a best.yaml); flags override it")
+    p.add_argument("--preset", choices=["cpu", "paper"], help="cpu or paper preset (as for `dsl-sweep run`)")
+    p.add_argument("--speakers", type=int, default=4,
+                   help="run on the first N speakers in name order (cross_corpus: N of each corpus; 0: all)")
+    p.add_argument("--step-cache", default="", metavar="DIR", help="fold trainings from/to this step cache")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_run_flags(p)
+
+
+def handle(args: argparse.Namespace) -> int:
     from dsl.studies.leakcheck import leakcheck_from_cli
     from sweeps.cli import overrides_from
 
