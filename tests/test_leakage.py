@@ -175,3 +175,19 @@ def test_compare_refuses_runs_of_different_lengths_and_sees_tiny_moves() -> None
     assert c.first.startswith("b: probabilities moved")
     (c,) = compare([_snap(0, p)], [_snap(0, p)], mask, files, seg_utt)
     assert not c.leaked and c.first is None
+
+
+def test_the_subset_keeps_the_first_speakers_and_caps_grouped_folds() -> None:
+    from dsl.data.corpora import Corpus
+    from dsl.studies.leakcheck import fitted_config, subset_corpus
+
+    corpus = Corpus("x", tuple(f"/c/{i}.wav" for i in range(12)), np.arange(12) % 3, ("a", "b", "c"),
+                    tuple(f"s{i % 6}" for i in range(12)))
+    cfg = ChainConfig().replace(**{"protocol.name": "speaker", "protocol.folds": 5})
+    sub, text = subset_corpus(corpus, cfg, 4)
+    assert sorted(set(sub.speakers)) == ["s0", "s1", "s2", "s3"] and len(sub.paths) == 8
+    assert text.startswith("4 speaker(s) (s0, s1, s2, s3), 8 of 12 utterances")
+    assert fitted_config(cfg, sub).protocol.folds == 4  # one outer fold per speaker at most
+    refinery = cfg.replace(**{"protocol.name": "refinery"})
+    assert fitted_config(refinery, sub).protocol.folds == 5  # utterance-level folds are not capped
+    assert len(subset_corpus(corpus, cfg, 0)[0].paths) == 12
