@@ -23,7 +23,8 @@ GENERATED = re.compile(r"<!-- dsl-sweep report: begin ?(\S*) -->\n<!-- generated
 
 
 def pages() -> list[Path]:
-    return [README, *sorted(DOCS.glob("*.md"))]
+    """The README, the docs pages and the folder READMEs that point into them."""
+    return [README, *sorted(DOCS.glob("*.md")), *sorted(ROOT.glob("*/README.md"))]
 
 
 def prose(text: str) -> str:
