@@ -276,9 +276,14 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
     objective = str(raw.get("objective", "final"))
     if objective not in OBJECTIVES:
         problems.append(f"objective {objective!r} is unknown; allowed: {', '.join(OBJECTIVES)}")
-    elif objective == "selected" and base is not None and not is_leak_free(base.protocol.name):
-        problems.append(f"objective 'selected' needs a leak-free search protocol ({', '.join(leak_free_protocols())}); "
-                        f"base.protocol.name is {base.protocol.name!r}")
+    elif objective == "selected" and base is not None:
+        searched = next((p for p in params if p.key == "protocol.name"), None)
+        names = ([*searched.choices] if searched.kind == "categorical" else [searched.value]) if searched \
+            else [base.protocol.name]
+        transductive = [str(n) for n in names if not is_leak_free(str(n))]
+        if transductive:
+            problems.append(f"objective 'selected' needs a leak-free search protocol ({', '.join(leak_free_protocols())}); "
+                            f"{'search.protocol' if searched else 'base.protocol.name'} has {', '.join(transductive)}")
     select = _sub(SelectSpec, raw.get("select"), "select", problems)
     if not is_leak_free(select.protocol):
         problems.append(f"select.protocol {select.protocol!r} is not a leak-free protocol; allowed: "
