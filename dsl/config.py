@@ -65,7 +65,7 @@ class TrainSpec:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA only
     precision: str = "fp32"  # CPU: fp32 | bf16 (autocast) | auto (bf16 only with native bf16 and a backbone that gains)
-    aux: str = "none"  # none | mtl_aug (dsl.training.aux_tasks; dsl.training.mtl: augmentation classification + reconstruction share the encoder)
+    aux: str = "none"  # none | mtl_aug (dsl.training.mtl: augmentation classification + reconstruction share the encoder)
     aux_augs: tuple[str, ...] = ("none", "noise", "time_mask", "freq_mask", "pitch_shift", "speed")
     aux_cls_weight: float = 0.3  # mtl_aug: weight of the augmentation-classification loss
     aux_rec_weight: float = 0.3  # mtl_aug: weight of the reconstruction loss

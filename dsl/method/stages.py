@@ -102,7 +102,8 @@ def mean_view(views: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
 class Stage:
     """An utterance stage and its facts. `inputs`: what it can read per segment from the fold jobs (the first
     is the default; with more than one, it owns `stage.input`, which picks); `keys`: the `stage.*` keys it
-    reads (they apply only under it); `final_model`: the fitted `EmotionModel` can predict with it."""
+    reads (they apply only under it); `final_model`: the fitted `EmotionModel` can predict with it (it fits the
+    forest itself, so only the forest says so)."""
 
     name: str
     cls: type[UtteranceStage]

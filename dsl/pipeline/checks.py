@@ -85,22 +85,23 @@ def label_problems(cfg: ChainConfig) -> list[str]:
 
 
 def protocol_problems(cfg: ChainConfig) -> list[str]:
-    """The fold plan (`protocol.*`): its name, the keys it needs, the keys only other protocols read."""
+    """The fold plan (`protocol.*`): its name, the keys it needs, the keys only other protocols read, the folds."""
     pr = cfg.protocol
-    if pr.name not in PROTOCOLS:
-        return [_unknown("protocol.name", pr.name, PROTOCOLS)]
-    info = PROTOCOLS[pr.name]
     p: list[str] = []
-    missing = [k for k in info.needs if not value_at(cfg, k)]
-    if missing:
-        p.append(f"protocol {pr.name} needs {' and '.join(missing)}")
-    if "protocol.test_corpus" in info.keys and pr.test_corpus and pr.test_corpus not in list_corpora():
-        p.append(_unknown("protocol.test_corpus", pr.test_corpus, list_corpora()))
-    unused = given_unused(cfg, owned_by("protocol.name"))
-    if unused:
-        owners = [n for n in PROTOCOLS.names() if any(key_applies(k, {"protocol.name": n}) for k in unused)]
-        p.append(f"{', '.join(unused)} apply only to protocol {', '.join(owners)}, not {pr.name!r}")
-    for name in ("folds", "eval_folds", "select_folds", *(("inner_folds",) if info.nested else ())):
+    info = PROTOCOLS[pr.name] if pr.name in PROTOCOLS else None
+    if info is None:
+        p.append(_unknown("protocol.name", pr.name, PROTOCOLS))
+    else:
+        missing = [k for k in info.needs if not value_at(cfg, k)]
+        if missing:
+            p.append(f"protocol {pr.name} needs {' and '.join(missing)}")
+        if "protocol.test_corpus" in info.keys and pr.test_corpus and pr.test_corpus not in list_corpora():
+            p.append(_unknown("protocol.test_corpus", pr.test_corpus, list_corpora()))
+        unused = given_unused(cfg, owned_by("protocol.name"))
+        if unused:
+            owners = [n for n in PROTOCOLS.names() if any(key_applies(k, {"protocol.name": n}) for k in unused)]
+            p.append(f"{', '.join(unused)} apply only to protocol {', '.join(owners)}, not {pr.name!r}")
+    for name in ("folds", "eval_folds", "select_folds", *(("inner_folds",) if info is not None and info.nested else ())):
         if getattr(pr, name) < 2:
             p.append(f"protocol.{name} = {getattr(pr, name)}; must be >= 2")
     return p
