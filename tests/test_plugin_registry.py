@@ -101,7 +101,7 @@ def plugin(tmp_path, monkeypatch, repo_unchanged) -> str:
 def _cfg(plugin: str, tone_corpus: Path, feature_cache: Path, **overrides) -> ChainConfig:
     return ChainConfig(corpus="csv", data=str(tone_corpus), cache_dir=str(feature_cache)).replace(**{
         **TINY, "plugins": [plugin], "protocol.name": f"{plugin}_holdout", "labels.rule": f"{plugin}_mix",
-        "train.epochs": 2, "iterations": 1, **overrides})
+        "train.epochs": 1, "iterations": 1, **overrides})
 
 
 def test_registry_refuses_duplicates_and_names_the_known_entries() -> None:
