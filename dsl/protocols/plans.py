@@ -11,8 +11,9 @@ utterances. Two kinds of plan:
   them. Results carry `leak_free: false`.
 - *held out* (`nested`, `speaker`, `refinery`): every utterance is the test utterance of exactly one
   scope, and nothing that produces its score (targets, normalisation, early stopping, forest, choice
-  of iteration) ever reads its label. Results carry `leak_free: true`; `tests/test_leakage.py`
-  changes the labels of one outer test fold and checks that none of its predictions move.
+  of iteration) ever reads its label. Results carry `leak_free: true`; `dsl-sweep leakcheck`
+  (`dsl.studies.leakcheck`, and `tests/test_leakage.py` through it) changes the labels of one outer test fold
+  and checks that nothing of its predictions moves.
 
 `refinery` costs what `stratified` costs: per outer fold one model per iteration, trained on the
 outer training utterances, which then relabels the utterances it was trained on (in-sample, as in
@@ -35,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold, StratifiedKFold
 
 from dsl.config import OUTER_PARTITIONS, ConfigError, ProtocolSpec
+from dsl.registry import Registry, first_line, owned_keys
 
 
 @dataclass(frozen=True)
@@ -86,34 +87,59 @@ PlanFn = Callable[[np.ndarray, np.ndarray, ProtocolSpec, int, "tuple[np.ndarray,
 
 @dataclass(frozen=True)
 class ProtocolInfo:
+    """A fold plan and its facts.
+
+    `leak_free`: no score reads its utterance's label (`make_plan` checks the held-out half of that promise,
+    `dsl-sweep leakcheck` all of it); `grouped`: folds are grouped by speaker (the corpus needs as many
+    speakers as folds, and the balanced outer partition deals speakers, not utterances); `nested`: each outer training set gets inner folds (`protocol.inner_folds`, which
+    stays a key of every protocol: configs set it once for all);
+    `transductive_twin`: the protocol the final model's chain runs on all utterances (no test set; a
+    transductive protocol is its own twin); `keys`: the `protocol.*` keys that apply only under it;
+    `needs`: the keys among them it cannot run without."""
+
     name: str
     fn: PlanFn
-    leak_free: bool
-    description: str
-    grouped: bool = False  # its outer folds keep speakers apart (the balanced partition then deals speakers)
+    leak_free: bool = False
+    description: str = ""
+    grouped: bool = False
+    nested: bool = False
+    transductive_twin: str | None = None
+    keys: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+
+    @property
+    def twin(self) -> str | None:
+        """The final model's protocol: `transductive_twin`, or this one when it is transductive."""
+        return self.transductive_twin or (None if self.leak_free else self.name)
 
 
-PROTOCOLS: dict[str, ProtocolInfo] = {}
+PROTOCOLS: Registry[ProtocolInfo] = Registry("protocol")
 
 
-def register_protocol(name: str, *, leak_free: bool = False, grouped: bool = False) -> Callable[[PlanFn], PlanFn]:
-    """Register a plan function `(labels, speakers, spec, seed, outer) -> FoldPlan`.
+def register_protocol(name: str, *, leak_free: bool = False, grouped: bool = False, nested: bool = False,
+                      transductive_twin: str | None = None, keys: tuple[str, ...] = (), needs: tuple[str, ...] = (),
+                      description: str = "") -> Callable[[PlanFn], PlanFn]:
+    """Register a plan function `(labels, speakers, spec, seed, outer) -> FoldPlan` with its facts (`ProtocolInfo`).
 
     `outer` is the outer partition the plan must use: a stored assignment (`protocol.assignment`), the test
     corpus (cross_corpus) or, under `protocol.outer: balanced` (the default), the label-free balanced
     partition: of speakers for a `grouped` protocol, else of utterances. It is None only under
     `protocol.outer: stratified`, where the plan cuts its own (label-stratified) outer folds. Registering with
     `leak_free=True` is a promise that `make_plan` checks in part (every utterance is the test of exactly
-    one scope that does not train on it) and `dsl-sweep leakcheck` (`dsl.protocols.leakcheck`) checks end to end.
+    one scope that does not train on it) and `dsl-sweep leakcheck` (`dsl.studies.leakcheck`) checks end to
+    end; such a protocol names the transductive protocol the final model trains with (`transductive_twin`).
     """
-    def wrap(fn: PlanFn) -> PlanFn:
-        PROTOCOLS[name] = ProtocolInfo(name, fn, leak_free, (fn.__doc__ or "").strip().split("\n")[0], grouped)
-        return fn
-    return wrap
+    keys = owned_keys("protocol", name, (*keys, *(k for k in needs if k not in keys)), "protocol.")
+    return PROTOCOLS.decorator(lambda fn: ProtocolInfo(name, fn, leak_free, description or first_line(fn.__doc__),
+                                                       grouped, nested, transductive_twin, tuple(keys), tuple(needs)))
 
 
 def is_leak_free(name: str) -> bool:
     return name in PROTOCOLS and PROTOCOLS[name].leak_free
+
+
+def leak_free_protocols() -> tuple[str, ...]:
+    return tuple(n for n in PROTOCOLS.names() if PROTOCOLS[n].leak_free)
 
 
 def outer_partition(spec: ProtocolSpec) -> str:
@@ -128,11 +154,9 @@ def make_plan(labels: np.ndarray, speakers: np.ndarray, spec: ProtocolSpec, seed
               outer: tuple[np.ndarray, ...] | None = None, files: Sequence[str] | None = None) -> FoldPlan:
     """The protocol's plan. Without a fixed `outer` and under `protocol.outer: balanced`, the outer folds are
     the balanced partition of `files` (file names; default: the utterances' positions) or of `speakers`."""
-    if spec.name not in PROTOCOLS:
-        raise KeyError(f"unknown protocol {spec.name!r}; known: {', '.join(sorted(PROTOCOLS))}")
+    info = PROTOCOLS.get(spec.name)
     if spec.outer not in OUTER_PARTITIONS:
         raise ConfigError(f"protocol.outer {spec.outer!r} is unknown; allowed: {', '.join(OUTER_PARTITIONS)}")
-    info = PROTOCOLS[spec.name]
     speakers = np.asarray(speakers)
     if outer is None and spec.outer == "balanced":
         outer = (balanced_speaker_folds(speakers, spec.folds, seed) if info.grouped
@@ -189,12 +213,16 @@ def balanced_speaker_folds(speakers: np.ndarray, k: int, seed: int) -> tuple[np.
 
 def stratified_folds(labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, ...]:
     """Held-out index arrays of a shuffled stratified K-fold."""
+    from sklearn.model_selection import StratifiedKFold  # here: `dsl-sweep --help` lists the protocols
+
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return tuple(np.sort(test) for _, test in skf.split(np.zeros(len(labels)), labels))
 
 
 def speaker_folds(labels: np.ndarray, speakers: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, ...]:
     """Leave-one-speaker-out when k equals the number of speakers, else speaker-grouped stratified K-fold."""
+    from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold
+
     n_speakers = len(np.unique(speakers))
     if k > n_speakers:
         raise ValueError(f"{k} folds but only {n_speakers} speakers under the speaker protocol")
@@ -258,19 +286,20 @@ def _nested(name, labels, speakers, spec, seed, outer, grouped: bool) -> FoldPla
     return FoldPlan(name, tuple(scopes), grouped)
 
 
-@register_protocol("nested", leak_free=True)
+@register_protocol("nested", leak_free=True, nested=True, transductive_twin="stratified")
 def nested(labels, speakers, spec, seed, outer=None) -> FoldPlan:
     """Outer folds; within each outer training set an inner stratified K-fold chain and a forest."""
     return _nested("nested", labels, speakers, spec, seed, outer, False)
 
 
-@register_protocol("speaker", leak_free=True, grouped=True)
+@register_protocol("speaker", leak_free=True, grouped=True, nested=True,
+                   transductive_twin="speaker_transductive")
 def speaker(labels, speakers, spec, seed, outer=None) -> FoldPlan:
     """Nested with outer and inner folds grouped by speaker (LOSO when folds = number of speakers)."""
     return _nested("speaker", labels, speakers, spec, seed, outer, True)
 
 
-@register_protocol("refinery", leak_free=True)
+@register_protocol("refinery", leak_free=True, transductive_twin="stratified")
 def refinery(labels, speakers, spec, seed, outer=None) -> FoldPlan:
     """Per outer fold, one chain on its training utterances that relabels them in-sample (Label Refinery)."""
     scopes = []
@@ -280,7 +309,8 @@ def refinery(labels, speakers, spec, seed, outer=None) -> FoldPlan:
     return FoldPlan("refinery", tuple(scopes), False)
 
 
-@register_protocol("cross_corpus", leak_free=True)
+@register_protocol("cross_corpus", leak_free=True, nested=True, transductive_twin="stratified",
+                   keys=("protocol.label_map",), needs=("protocol.test_corpus", "protocol.test_data"))
 def cross_corpus(labels, speakers, spec, seed, outer=None) -> FoldPlan:
     """Train on one corpus, test on another (`dsl.data.cross_corpus`): one scope, an inner K-fold chain over the
     training corpus, the test corpus only predicted; its utterances are the one outer fold."""

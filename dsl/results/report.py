@@ -1,13 +1,14 @@
 """`dsl-sweep report RESULTS...`: result JSONs (single runs, replicate studies, sweep exports) as Markdown tables.
 
-The README's results are produced by this from the JSON files under `docs/results/`, so no figure is
-typed by hand. Every row names its protocol (and whether it is leak-free, and how its outer folds were cut
-when not label-free), seeds and command; the machines the numbers came from are listed under the table.
-Results written before `protocol.outer` existed were cut stratified by label, and say so.
+The results pages under `docs/` are produced by this from the JSON files under `docs/results/`, so no
+figure is typed by hand. Every row names its protocol (and whether it is leak-free, and how its outer folds
+were cut when not label-free), seeds and command; the machines the numbers came from are listed under the
+table. Results written before `protocol.outer` existed were cut stratified by label, and say so.
 """
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -83,13 +84,16 @@ def study_from_disk(folder: Path) -> dict:
 
 
 def methods_of(config: Mapping[str, Any]) -> list[str]:
-    """The options beside the label rule that make a run another method: MTL-AUG training, an SSL front end,
-    the ACP utterance stage (configs written before an option existed lack its key)."""
+    """The options beside the label rule that make a run another method: an auxiliary task (MTL-AUG), an SSL
+    front end, the ACP utterance stage (configs written before an option existed lack its key)."""
+    from dsl.training.aux_tasks import AUX_TASKS
+
     out = []
     if (config.get("features") or {}).get("kind", "logmel") != "logmel":
         out.append(f"{config['features']['kind'].upper()} features")
-    if (config.get("train") or {}).get("aux", "none") == "mtl_aug":
-        out.append("MTL-AUG")
+    aux = (config.get("train") or {}).get("aux", "none")
+    if aux != "none":
+        out.append(AUX_TASKS[aux].title if aux in AUX_TASKS and AUX_TASKS[aux].title else aux)
     stage = config.get("stage") or {}
     if stage.get("name", "forest") != "forest":
         out.append(f"{stage['name'].upper()} stage")
@@ -100,24 +104,33 @@ def methods_of(config: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def rule_text(labels: Mapping[str, Any], alpha: Any = None) -> str:
+    """E.g. `WDSL α=0.2`, `label_smoothing ε=0.1`, `mix beta=0.3`: the rule's title and its parameters as the
+    registry declares them (a rule registered by a plugin that is not imported here: its given parameters)."""
+    from dsl.method.rules import RULES
+
+    name = str(labels["rule"])
+    rule = RULES[name] if name in RULES else None
+    text = rule.title if rule is not None else name
+    if isinstance(alpha, dict):
+        alpha = None
+    if alpha is not None:
+        text += f" α={alpha:.2g}"
+    elif rule is not None and rule.uses_epsilon:
+        text += f" ε={labels.get('epsilon', 0.1):.2g}"
+    params = rule.values(labels.get("params")) if rule is not None else dict(labels.get("params") or {})
+    return " ".join([text, *(f"{p}={v:.3g}" for p, v in params.items())])
+
+
 def labels_of(config: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
-    """`baseline (iter. 0)`, e.g. `WDSL α=0.2 (iter. 1)`, `label_smoothing ε=0.1 (iter. 1)`, and the other
-    options that change the method: `MTL-AUG (iter. 0)`, `WDSL α=0.2 + ACP stage (iter. 1)`."""
+    """`baseline (iter. 0)`, e.g. `WDSL α=0.2 (iter. 1)`, `label_smoothing ε=0.1 (iter. 1)`, a rule's own
+    parameters (`mix beta=0.3 (iter. 1)`), and the other options that change the method: `MTL-AUG (iter. 0)`,
+    `WDSL α=0.2 + ACP stage (iter. 1)`."""
     it = int(entry["iteration"])
     extra = methods_of(config)
     if it == 0:
         return f"{' + '.join(extra) if extra else 'baseline'} (iter. 0)"
-    labels = config["labels"]
-    rule = str(labels["rule"])
-    alpha = entry.get("alpha")
-    if isinstance(alpha, dict):
-        alpha = None
-    name = rule.upper() if rule in ("wdsl", "bdsl", "gsl", "hdl") else rule
-    if alpha is not None:
-        name += f" α={alpha:.2g}"
-    elif rule == "label_smoothing":
-        name += f" ε={labels.get('epsilon', 0.1):.2g}"
-    return " + ".join([name, *extra]) + f" (iter. {it})"
+    return " + ".join([rule_text(config["labels"], entry.get("alpha")), *extra]) + f" (iter. {it})"
 
 
 def _leak(d: Mapping[str, Any]) -> str:
@@ -291,7 +304,7 @@ def markers(block: str = "") -> tuple[str, str]:
 
 
 def splice(document: str | Path, text: str, command: str, block: str = "") -> Path:
-    """Replace what stands between the report markers (of `block`) in `document` (e.g. the README) with `text`."""
+    """Replace what stands between the report markers (of `block`) in `document` (e.g. a docs page) with `text`."""
     begin, end = markers(block)
     doc = Path(document)
     body = doc.read_text()
@@ -301,6 +314,14 @@ def splice(document: str | Path, text: str, command: str, block: str = "") -> Pa
     _, tail = rest.split(end, 1)
     doc.write_text(f"{head}{begin}\n<!-- generated by: {command} -->\n\n{text}\n{end}{tail}")
     return doc
+
+
+def figure_link(figure: str | Path, document: str | Path | None) -> str:
+    """The figure's path as a Markdown link in `document`: relative to the document's folder (a docs page
+    links `results/x.png`, not `docs/results/x.png`, or MkDocs cannot find it); as given when printed."""
+    if document is None:
+        return Path(figure).as_posix()
+    return Path(os.path.relpath(Path(figure).resolve(), Path(document).resolve().parent)).as_posix()
 
 
 def report_from_cli(paths: Sequence[str], out: str | None = None, figure: str | None = None,
@@ -313,12 +334,13 @@ def report_from_cli(paths: Sequence[str], out: str | None = None, figure: str | 
         loaded = [load_result(p) for p in paths]
         studies = [d for d in loaded if d["kind"] == "study"]
         sweeps = [d for d in loaded if d["kind"] == "sweep"]
+        document = into or out
         if sweeps:
             fig = sweep_figure(sweeps[0], figure)
-            text += f"\n![UA per iteration by rule]({Path(fig).as_posix()})\n"
+            text += f"\n![UA per iteration by rule]({figure_link(fig, document)})\n"
         elif studies:
             fig = study_plot(studies, figure, title="UA per iteration, mean and 95 % interval over seeds")
-            text += f"\n![UA per iteration over seeds]({Path(fig).as_posix()})\n"
+            text += f"\n![UA per iteration over seeds]({figure_link(fig, document)})\n"
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)
