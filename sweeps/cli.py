@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dsl.config import SHORT_NAMES, field_default
+from sweeps import leakcheck_cli
 
 # `dsl-sweep run` flags: short config names (`dsl.config.SHORT_NAMES`, `_` spelled `-`) and their help.
 _RUN_FLAG_HELP: dict[str, str] = {
@@ -134,6 +135,10 @@ def cmd_best(args: argparse.Namespace) -> int:
     return best_from_cli(args)
 
 
+def cmd_leakcheck(args: argparse.Namespace) -> int:
+    return leakcheck_cli.handle(args, overrides_from(args))
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from sweeps.predict import predict_from_cli
 
@@ -233,11 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     agr.add_argument("--block", default="", help="the block's name (`<!-- dsl-sweep report: begin NAME -->`)")
     agr.set_defaults(func=cmd_agreement)
 
-    from sweeps import leakcheck_cli
-
     lc = sub.add_parser("leakcheck", help=leakcheck_cli.HELP)
-    leakcheck_cli.add_arguments(lc)
-    lc.set_defaults(func=leakcheck_cli.handle)
+    leakcheck_cli.add_arguments(lc, add_run_flags)
+    lc.set_defaults(func=cmd_leakcheck)
 
     pred = sub.add_parser("predict", help="predict the emotion of utterances with a trained model")
     pred.add_argument("model", help="model directory or MLflow model URI (models:/NAME/VERSION)")
