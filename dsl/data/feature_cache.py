@@ -27,6 +27,7 @@ import numpy as np
 from dsl.config import FeatureSpec
 from dsl.data.audio import BadAudioError, load_audio
 from dsl.data.frontend import compute_features, feature_identity, layers_of, stack_utterances
+from dsl.runtime.notes import add_note
 from dsl.runtime.paths import NotWritableError, WriteTarget, check_writable, default_cache_dir
 from dsl.runtime.progress import progress
 
@@ -132,20 +133,28 @@ def extract_corpus(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: st
     problems: dict[str, str] = {}
     desc = "log-Mel features" if spec.kind == "logmel" else f"{spec.kind} features"
     bar = progress(total=len(todo), desc=desc, unit="file", disable=not show_progress or not todo)
-    for start in range(0, len(todo), chunk):
-        idx, signals = [], []
-        for i in todo[start:start + chunk]:
-            try:
-                signals.append(load_audio(paths[i], spec.sample_rate, spec.win_length / spec.sample_rate))
-                idx.append(i)
-            except BadAudioError as exc:
-                problems.update(exc.problems)
-        for i, feats in zip(idx, compute_features(signals, spec) if signals else []):
-            k = file_key(paths[i], spec, ident)
-            _atomic_save_npy(cache_dir / "files" / k[:2] / f"{k}.npy", feats)
-            per_file[i] = feats
-        bar.update(len(todo[start:start + chunk]))
-    bar.close()
+    saved = 0
+    try:
+        for start in range(0, len(todo), chunk):
+            idx, signals = [], []
+            for i in todo[start:start + chunk]:
+                try:
+                    signals.append(load_audio(paths[i], spec.sample_rate, spec.win_length / spec.sample_rate))
+                    idx.append(i)
+                except BadAudioError as exc:
+                    problems.update(exc.problems)
+            for i, feats in zip(idx, compute_features(signals, spec) if signals else []):
+                k = file_key(paths[i], spec, ident)
+                _atomic_save_npy(cache_dir / "files" / k[:2] / f"{k}.npy", feats)
+                per_file[i] = feats
+                saved += 1
+            bar.update(len(todo[start:start + chunk]))
+    except KeyboardInterrupt as exc:
+        add_note(exc, f"the features of {saved} of {len(todo)} file(s) extracted so far are kept in {cache_dir}: "
+                      "the next run goes on from there")
+        raise
+    finally:
+        bar.close()
     if problems:
         raise BadAudioError(problems)
     return _write_corpus_entry(key, paths, per_file, spec, cache_dir)  # type: ignore[arg-type]
