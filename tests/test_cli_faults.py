@@ -103,7 +103,8 @@ def test_empty_read_only_feature_cache_is_one_line(tone_corpus, tmp_path, capsys
     line = _one_error_line(capsys.readouterr().err)
     assert code == EXIT_FILES
     assert f"feature cache {cache}: cannot write in {cache}: Read-only file system" in line
-    assert "lacks the features of 24 of 24 file(s)" in line and "--cache-dir" in line
+    assert line.endswith("it lacks the features of 24 of 24 file(s); nothing was started: give --cache-dir DIR (or "
+                         "set DSL_CACHE_DIR) on a writable disk")
 
 
 def test_read_only_cache_that_holds_the_features_is_used(tone_corpus, feature_cache, tmp_path) -> None:
@@ -215,7 +216,8 @@ def test_folder_given_as_manifest_names_its_csv(wav, tmp_path, capsys) -> None:
     folder = wav.parent
     assert main(["run", "--corpus", "csv", "--data", str(folder), "--out", str(tmp_path / "r.json")]) == EXIT_INPUT
     line = _one_error_line(capsys.readouterr().err)
-    assert f"{folder}: is a folder, but --corpus csv expects a CSV manifest" in line and "--corpus NAME" in line
+    assert f"{folder}: is a folder, but --corpus csv expects a CSV manifest" in line
+    assert "for a corpus folder give --corpus NAME (casia, " in line
     (folder / "manifest.csv").write_text("path,label\n03a01Wa.wav,anger\n")
     assert main(["run", "--corpus", "csv", "--data", str(folder), "--out", str(tmp_path / "r.json")]) == EXIT_INPUT
     assert "give one of its CSV files (manifest.csv)" in _one_error_line(capsys.readouterr().err)

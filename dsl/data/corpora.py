@@ -215,7 +215,7 @@ def check_manifest_path(path: Path) -> None:
     if path.is_dir():
         csvs = sorted(p.name for p in path.glob("*.csv"))
         todo = (f"give one of its CSV files ({', '.join(csvs[:3])}{', ...' if len(csvs) > 3 else ''})" if csvs
-                else "or give --corpus NAME for a corpus folder (" + ", ".join(sorted(CORPUS_FORMATS)) + ")")
+                else "for a corpus folder give --corpus NAME (" + ", ".join(sorted(CORPUS_FORMATS)) + ")")
         raise CorpusError(f"{path}: is a folder, but {expected}: {todo}")
     found = sniff_file(path)
     if found and found.startswith("an audio file"):

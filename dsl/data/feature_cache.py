@@ -125,8 +125,8 @@ def extract_corpus(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: st
             todo.append(i)
     unwritable = check_writable([WriteTarget.dir(cache_dir, "feature cache")])
     if unwritable and todo:
-        raise NotWritableError([f"{unwritable[0]}; it lacks the features of {len(todo)} of {len(paths)} file(s): give "
-                                "--cache-dir DIR (or set DSL_CACHE_DIR) on a writable disk"])
+        raise NotWritableError([f"{unwritable[0]}; it lacks the features of {len(todo)} of {len(paths)} file(s)"],
+                               "give --cache-dir DIR (or set DSL_CACHE_DIR) on a writable disk")
     if unwritable:  # every file's features are there, only the corpus entry is missing: build it in memory
         frames, offsets = stack_utterances(per_file, spec)  # type: ignore[arg-type]
         return FrameStore(frames, offsets, tuple(str(p) for p in paths), key, layers_of(per_file))

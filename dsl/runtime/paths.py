@@ -20,11 +20,13 @@ from typing import Literal
 
 
 class NotWritableError(OSError):
-    """Paths the tool must write cannot be written (one problem per path, `; `-separated)."""
+    """Paths the tool must write cannot be written (one problem per path, `; `-separated); `hint` says what to
+    do instead, when there is more to say than "write elsewhere"."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], hint: str = ""):
         super().__init__("; ".join(problems))
         self.problems = list(problems)
+        self.hint = hint
 
     def __str__(self) -> str:
         return "; ".join(self.problems)

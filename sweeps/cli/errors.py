@@ -64,7 +64,7 @@ def describe_os_error(exc: OSError) -> str:
     from dsl.runtime.paths import NotWritableError, os_error_text
 
     if isinstance(exc, NotWritableError):
-        return f"{exc}; nothing was started: {_OS_HINTS[errno.EROFS]}"
+        return f"{exc}; nothing was started: {exc.hint or _OS_HINTS[errno.EROFS]}"
     hint = _OS_HINTS.get(exc.errno or 0)
     return os_error_text(exc) + (f"; {hint}" if hint else "")
 
