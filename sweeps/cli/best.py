@@ -13,7 +13,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="best.yaml", help="where to write the best config (studies go to <out>_reeval/)")
     p.add_argument("--top-k", type=int, help="configurations to re-evaluate (default: the sweep's select.top_k, 3)")
     p.add_argument("--fresh-seeds", type=int, help="fresh seeds per configuration (default: select.seeds, 5)")
-    p.add_argument("--protocol", help="leak-free protocol of the re-evaluation (default: select.protocol, refinery)")
+    from dsl.protocols.plans import leak_free_protocols
+
+    p.add_argument("--protocol", help=f"leak-free protocol of the re-evaluation ({', '.join(leak_free_protocols())}; "
+                   "default: select.protocol, refinery)")
     p.add_argument("--no-reeval", action="store_true", help="skip re-evaluation: the sweep's own (self-graded) pick")
     p.add_argument("--register", action="store_true", help="train the final model on all data and register it")
     p.add_argument("--model-name", help="registered model name (default: the sweep name)")
