@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--figure", help="plot UA per iteration to this PNG (studies: mean and 95 %% interval; a "
                    "sweep: mean per rule)")
     p.add_argument("--into", help="replace the block between the report markers of this Markdown file "
-                   "(the README's results section is made this way)")
+                   "(the pages under docs/ are made this way)")
 
 
 def handle(args: argparse.Namespace) -> int:
