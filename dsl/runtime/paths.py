@@ -9,6 +9,7 @@ fallbacks for what was already finished.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tempfile
@@ -68,10 +69,8 @@ def _probe(folder: Path) -> str | None:
     except OSError as exc:
         return exc.strerror or str(exc)
     os.close(fd)
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(name)
-    except OSError:
-        pass
     return None
 
 
@@ -98,6 +97,8 @@ def check_writable(targets: Iterable[WriteTarget]) -> list[str]:
         if why is not None:
             where = str(folder) if anchor == folder.absolute() else f"{folder} (nearest existing folder: {anchor})"
             problems.append(f"{t.what} {path}: cannot write in {where}: {why}")
+        elif t.kind == "file" and path.exists() and not os.access(path, os.W_OK):  # a file written in place
+            problems.append(f"{t.what} {path}: the file is not writable (permissions)")
     return problems
 
 
@@ -106,10 +107,6 @@ def require_writable(targets: Iterable[WriteTarget]) -> None:
     problems = check_writable(targets)
     if problems:
         raise NotWritableError(problems)
-
-
-def is_writable(folder: str | Path) -> bool:
-    return not check_writable([WriteTarget.dir(folder, "folder")])
 
 
 def rescue_dirs() -> list[Path]:
