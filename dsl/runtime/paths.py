@@ -10,7 +10,6 @@ fallbacks for what was already finished.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import tempfile
 import time
@@ -112,15 +111,6 @@ def require_writable(targets: Iterable[WriteTarget]) -> None:
 def rescue_dirs() -> list[Path]:
     """Where finished work goes when its own place cannot be written, in order of preference."""
     return [default_cache_dir() / "rescue", Path(tempfile.gettempdir()) / "dsl-sweeps-rescue"]
-
-
-def os_error_text(exc: OSError) -> str:
-    """`<file>: <why>` for an OSError, whatever form it came in."""
-    why = exc.strerror or (errno.errorcode.get(exc.errno or 0) if exc.errno else None) or str(exc)
-    name = exc.filename
-    if name is None:
-        return str(exc) if not exc.strerror else why
-    return f"{os.fsdecode(name)}: {why}" + (f" -> {os.fsdecode(exc.filename2)}" if exc.filename2 else "")
 
 
 def write_elsewhere(write: Callable[[Path], object], label: str) -> Path | None:

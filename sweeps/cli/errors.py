@@ -8,6 +8,7 @@ traceback behind it only with `-v`. Anything else is a bug and keeps its traceba
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -60,8 +61,17 @@ def _with_notes(text: str, exc: BaseException) -> str:
     return f"{text} ({'; '.join(notes)})" if notes else text
 
 
+def os_error_text(exc: OSError) -> str:
+    """`<file>: <why>` for an OSError, whatever form it came in."""
+    why = exc.strerror or (errno.errorcode.get(exc.errno or 0) if exc.errno else None) or str(exc)
+    name = exc.filename
+    if name is None:
+        return str(exc) if not exc.strerror else why
+    return f"{os.fsdecode(name)}: {why}" + (f" -> {os.fsdecode(exc.filename2)}" if exc.filename2 else "")
+
+
 def describe_os_error(exc: OSError) -> str:
-    from dsl.runtime.paths import NotWritableError, os_error_text
+    from dsl.runtime.paths import NotWritableError
 
     if isinstance(exc, NotWritableError):
         return f"{exc}; nothing was started: {exc.hint or _OS_HINTS[errno.EROFS]}"
