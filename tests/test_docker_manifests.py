@@ -633,11 +633,11 @@ def test_dockerfile_static_checks(flavor):
     assert "--mount=" not in text, "RUN --mount is BuildKit-only"
 
     stages = _stages(path)
-    assert len(stages) == 2, "two stages: build (the venv) and the image"
-    build, final = stages
-    assert re.fullmatch(r"\$\{\w+\} AS build", build[0][1]), build[0]
-    base_arg = build[0][1].split()[0].strip("${}")
-    assert final[0][1] == "${" + base_arg + "}", "both stages start from the same base (the venv links its Python)"
+    assert len(stages) == 2, "two stages: the project's wheel, then the image"
+    wheel, final = stages
+    assert re.fullmatch(r"\$\{\w+\} AS wheel", wheel[0][1]), wheel[0]
+    base_arg = wheel[0][1].split()[0].strip("${}")
+    assert final[0][1] == "${" + base_arg + "}", "both stages start from the same base"
     base = args[base_arg]
     if flavor == "cpu":
         assert base_arg == "BASE_IMAGE" and re.fullmatch(r"python:3\.11-slim(-\w+)?", base), base
@@ -647,17 +647,19 @@ def test_dockerfile_static_checks(flavor):
     assert args.get("TORCH_VERSION") == "2.14.1"
     assert args.get("TORCHVISION_VERSION") == "0.29.1"
 
-    build_run = " ".join(rest for i, rest in build if i == "RUN")
+    wheel_run = " ".join(rest for i, rest in wheel if i == "RUN")
     final_run = " ".join(rest for i, rest in final if i == "RUN")
-    for cmd in re.findall(r"pip install[^&;]*", build_run + final_run):
+    assert re.search(r"pip wheel --no-cache-dir .*--no-deps --wheel-dir /dist \.(\s|$)", wheel_run), wheel_run
+    for cmd in re.findall(r"pip (?:install|wheel)[^&;]*", wheel_run + final_run):
         assert "--no-cache-dir" in cmd, cmd
-    assert '"torch==${TORCH_VERSION}"' in build_run and '--index-url "${TORCH_INDEX_URL}"' in build_run
-    assert re.search(r"pip install --no-cache-dir --no-deps \.(\s|$)", build_run), "project not installed"
-    assert "-m venv" in build_run
-    assert "pip install" not in final_run, "the image installs nothing with pip: it copies the venv"
-    assert ("COPY", "--from=build /opt/venv /opt/venv") in final
+    assert '"torch==${TORCH_VERSION}"' in final_run and '--index-url "${TORCH_INDEX_URL}"' in final_run
+    # torch, then the dependencies, then the wheel: a code change rebuilds only the last layers
+    torch_at = final_run.index('"torch==${TORCH_VERSION}"')
+    assert torch_at < final_run.index("-r /tmp/requirements.txt") < final_run.index("--no-deps /tmp/dist/*.whl")
+    assert ("COPY", "--from=wheel /dist /tmp/dist") in final
+    assert "-m venv" in final_run and "pip check" in final_run
     assert "libsndfile1" in final_run
-    for run in (build_run, final_run):
+    for run in (wheel_run, final_run):
         if "apt-get install" in run:
             assert "--no-install-recommends" in run and "rm -rf /var/lib/apt/lists/*" in run
     assert "useradd --uid 1000" in final_run and "ln -s /home/ray/app /app" in final_run
