@@ -158,9 +158,10 @@ if timeout 60 docker pull -q "$BASE_IMAGE" >"$LOGS/pull.log" 2>&1; then
     phase_end "pulled $BASE_IMAGE"
 elif docker image inspect "$LOCAL_BASE" >/dev/null 2>&1; then
     base="$LOCAL_BASE"
-    phase_end "no registry ($(tail -1 "$LOGS/pull.log" | cut -c1-80)); $LOCAL_BASE from an earlier run"
+    say "cannot pull $BASE_IMAGE: $(tail -1 "$LOGS/pull.log" | cut -c1-150)"
+    phase_end "no registry; $LOCAL_BASE from an earlier run"
 else
-    say "cannot pull $BASE_IMAGE: $(tail -1 "$LOGS/pull.log" | cut -c1-120)"
+    say "cannot pull $BASE_IMAGE: $(tail -1 "$LOGS/pull.log" | cut -c1-150)"
     say "making $LOCAL_BASE: debootstrap --variant=minbase bookworm from $DEBIAN_MIRROR"
     rootfs="$ROOT/rootfs"
     rm -rf "$rootfs"
@@ -188,10 +189,15 @@ if ! curl -sf -m 15 -o /dev/null "$TORCH_INDEX_URL/torch/"; then
     torch_note="PyPI (CUDA build)"
 fi
 phase_start build "docker build -f docker/Dockerfile.cpu -t $IMAGE . (BASE_IMAGE=$base, torch from $torch_note)"
+steps() { # the build's FROM/RUN/COPY steps as they start, with the seconds since the build began
+    local line
+    while IFS= read -r line; do
+        case "$line" in "Step "*" : "FROM* | "Step "*" : "RUN* | "Step "*" : "COPY*) echo "  [+$(($(date +%s) - PHASE_T0)) s] ${line:0:100}" ;; esac
+    done
+}
 docker build --network host -f docker/Dockerfile.cpu -t "$IMAGE" \
     --build-arg "BASE_IMAGE=$base" --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL" . 2>&1 |
-    tee "$LOGS/build.log" | grep --line-buffered -E '^Step [0-9]+/[0-9]+ : (FROM|RUN|COPY)' | cut -c1-110 ||
-    { tail -40 "$LOGS/build.log"; fail "docker build"; }
+    tee "$LOGS/build.log" | steps || { tail -40 "$LOGS/build.log"; fail "docker build"; }
 size=$(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1/1e9}')
 phase_end "$IMAGE: $size, torch from $torch_note"
 say "image $IMAGE size $size (torch from $torch_note)"
@@ -217,9 +223,15 @@ WAV="$CORPUS/${WAV#./}"
 
 python3 docker/compose_netns.py --check || fail "$COMPOSE_FILE is out of date with docker/compose.yaml"
 phase_start up "docker-compose -f $COMPOSE_FILE up -d (data: $DATA_DIR -> /data, read-only)"
-compose up -d 2>&1 | sed 's/^/  /'
-in_head python /app/docker/smoke_checks.py nodes --workers 2 --timeout 240 || {
-    compose logs --tail 30; fail "the Ray cluster did not come up"; }
+compose up -d 2>&1 | sed -u 's/^/  /'
+# Wait for the head and both workers. Under load a Ray node can miss its 30 s start-up deadline and
+# exit; compose restarts it (restart: unless-stopped), so a failed look is retried until the deadline.
+up_deadline=$(($(date +%s) + 420))
+until in_head python /app/docker/smoke_checks.py nodes --workers 2 --timeout 60 2>/dev/null; do
+    if [ "$(date +%s)" -gt "$up_deadline" ]; then compose logs --tail 40; fail "the Ray cluster did not come up"; fi
+    say "waiting for the Ray nodes (restarts: $(compose ps -q | xargs docker inspect -f '{{.Name}}={{.RestartCount}}' | tr '\n' ' '))"
+    sleep 5
+done
 phase_end "mlflow + ray-head + 2 workers"
 pass "compose cluster up: Ray head and 2 workers alive, MLflow healthy"
 
