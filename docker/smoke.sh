@@ -218,7 +218,7 @@ fi
 EMODB=$(realpath "$EMODB")
 DATA_DIR=$(dirname "$EMODB")
 CORPUS="/data/$(basename "$EMODB")"
-WAV=$(cd "$EMODB" && find . -name '*.wav' | sort | head -1)
+WAV=$(cd "$EMODB" && find . -name '*.wav' | sort | sed -n 1p) # (head would end sort by SIGPIPE: pipefail)
 WAV="$CORPUS/${WAV#./}"
 
 python3 docker/compose_netns.py --check || fail "$COMPOSE_FILE is out of date with docker/compose.yaml"
@@ -253,7 +253,7 @@ prediction=$(docker run --rm --network "container:$(cid mlflow)" -e MLFLOW_TRACK
     -v "$EMODB:$CORPUS:ro" "$IMAGE" dsl-sweep predict models:/docker_smoke/1 "$WAV" 2>&1) ||
     { echo "$prediction" | tail -20; fail "dsl-sweep predict exited non-zero"; }
 echo "$prediction" | grep -E "^$WAV: " | sed 's/^/  /'
-echo "$prediction" | grep -qE "^$WAV: (anger|boredom|disgust|fear|happiness|sadness|neutral) " ||
+grep -qE "^$WAV: (anger|boredom|disgust|fear|happiness|sadness|neutral) " <<<"$prediction" ||
     fail "dsl-sweep predict printed no emotion for $WAV"
 phase_end "registered, predicted"
 pass "predict from models:/docker_smoke/1 in a fresh container: a label for $WAV"
