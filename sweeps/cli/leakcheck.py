@@ -1,17 +1,17 @@
-"""`dsl-sweep leakcheck CONFIG|FLAGS`: the label-perturbation leak test on the user's own configuration
-(`dsl.studies.leakcheck.leakcheck_from_cli`). Exit 0 clean, 1 a leak, 2 inconclusive or a bad config."""
+"""`dsl-sweep leakcheck CONFIG|FLAGS`: the label-perturbation leak test on the user's own configuration ->
+`dsl.studies.leakcheck.leakcheck_from_cli`. Exit 0 clean, 1 a leak, 2 inconclusive (nothing moved anywhere)
+or a bad config."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
-from typing import Any
+
+from sweeps.cli.run import add_run_flags, overrides_from
 
 HELP = ("rotate the labels of one outer test fold on a small subset, rerun, and check that none of its "
         "predictions, probabilities, validation UA or picks moved (exit 0 clean, 1 leak)")
 
 
-def add_arguments(p: argparse.ArgumentParser, add_run_flags: Callable[[argparse.ArgumentParser], None]) -> None:
-    """The command's own options, then `dsl-sweep run`'s config flags (`add_run_flags`)."""
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="YAML config (e.g. a best.yaml); flags override it")
     p.add_argument("--preset", choices=["cpu", "paper"], help="cpu or paper preset (as for `dsl-sweep run`)")
     p.add_argument("--speakers", type=int, default=4,
@@ -21,8 +21,8 @@ def add_arguments(p: argparse.ArgumentParser, add_run_flags: Callable[[argparse.
     add_run_flags(p)
 
 
-def handle(args: argparse.Namespace, overrides: Mapping[str, Any]) -> int:
-    """Run the check with the config overrides the user gave; its exit code."""
+def handle(args: argparse.Namespace) -> int:
     from dsl.studies.leakcheck import leakcheck_from_cli
 
-    return leakcheck_from_cli(args.config, args.preset, overrides, args.speakers, args.quiet, args.step_cache)
+    return leakcheck_from_cli(args.config, args.preset, overrides_from(args), args.speakers, args.quiet,
+                              args.step_cache)
