@@ -279,9 +279,10 @@ def leakcheck(cfg: ChainConfig, data: CorpusData, subset: str = "", step_cache: 
     return check
 
 
-def leakcheck_from_cli(config_path: str | None, preset: str | None, overrides: Mapping[str, Any],
-                       speakers: int = DEFAULT_SPEAKERS, quiet: bool = False, step_cache: str = "") -> int:
-    """`dsl-sweep leakcheck`: load the config and a subset of its corpus, run the check, print it; its exit code."""
+def run_leakcheck(config_path: str | None, preset: str | None, overrides: Mapping[str, Any],
+                  speakers: int = DEFAULT_SPEAKERS, quiet: bool = False, step_cache: str = "") -> LeakCheck:
+    """`dsl-sweep leakcheck`: load the config and a subset of its corpus, run the check and print it as it goes
+    (`LeakCheck.exit_code` is the command's exit code)."""
     cfg = load_config(config_path, preset, overrides)
     if not cfg.data:
         raise ConfigError("no data path: give --data DIR (or `data:` in the config file)")
@@ -305,4 +306,4 @@ def leakcheck_from_cli(config_path: str | None, preset: str | None, overrides: M
     check = leakcheck(cfg, data, kept, StepCache(step_cache) if step_cache else None, not quiet, ran)
     print(f"relabelled: {len(check.relabelled)} utterances of outer fold 0 (e.g. {', '.join(check.relabelled[:3])})")
     print(check.format(), flush=True)
-    return check.exit_code
+    return check

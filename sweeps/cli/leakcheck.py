@@ -1,5 +1,5 @@
 """`dsl-sweep leakcheck CONFIG|FLAGS`: the label-perturbation leak test on the user's own configuration ->
-`dsl.studies.leakcheck.leakcheck_from_cli`. Exit 0 clean, 1 a leak, 2 inconclusive (nothing moved anywhere)
+`dsl.studies.leakcheck.run_leakcheck`. Exit 0 clean, 1 a leak, 2 inconclusive (nothing moved anywhere)
 or a bad config."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from dsl.studies.leakcheck import leakcheck_from_cli
+    from dsl.studies.leakcheck import run_leakcheck
 
-    return leakcheck_from_cli(args.config, args.preset, overrides_from(args), args.speakers, args.quiet,
-                              args.step_cache)
+    check = run_leakcheck(args.config, args.preset, overrides_from(args), args.speakers, args.quiet, args.step_cache)
+    return check.exit_code
