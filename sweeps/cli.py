@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dsl.config import SHORT_NAMES, field_default
+from tracking.client import DEFAULT_URI_TEXT
 
 # `dsl-sweep run` flags: short config names (`dsl.config.SHORT_NAMES`, `_` spelled `-`) and their help.
 _RUN_FLAG_HELP: dict[str, str] = {
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("file", help="sweep definition YAML")
     sw.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     sw.add_argument("--storage-path", help="where trial checkpoints live (shared FS or s3://... on a cluster)")
-    sw.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    sw.add_argument("--tracking-uri", help=f"MLflow tracking URI (default: {DEFAULT_URI_TEXT})")
     sw.add_argument("--data", help="override the corpus path of the sweep file")
     sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep with the same Optuna study")
     sw.add_argument("--trials", type=int, help="override the number of trials")
@@ -182,8 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "paper's tables II-IV) as Markdown tables")
     rep.add_argument("results", nargs="+", help="result JSON files of `dsl-sweep run` (with or without --seeds), "
                      "sweep exports, or a sweep name (read from MLflow)")
-    rep.add_argument("--tracking-uri", help="MLflow tracking URI for a sweep name (default: $MLFLOW_TRACKING_URI, "
-                     "else sqlite:///mlflow.db)")
+    rep.add_argument("--tracking-uri", help=f"MLflow tracking URI for a sweep name (default: {DEFAULT_URI_TEXT})")
     rep.add_argument("--block", default="", help="with --into: fill the block whose markers carry this name "
                      "(`<!-- dsl-sweep report: begin NAME -->`), for documents with several")
     rep.add_argument("--save-sweep", help="write the sweep's trials read from MLflow to this JSON (commit it: "

@@ -31,22 +31,24 @@ def sweep(tmp_path_factory: pytest.TempPathFactory):
     from sweeps.cli import build_parser
     from sweeps.search.launcher import sweep_from_cli
     from sweeps.selection.best import best_from_cli
+    from tests.support import fault
 
     base = tmp_path_factory.getbasetemp()
     data = tiny_emodb(root, base / "tiny_emodb")
     tmp = tmp_path_factory.mktemp("server_sweep")
     raw = tiny_sweep("server_sweep", data, base / "dsl-cache", tmp / "ray_results", num_samples=N_TRIALS,
                      scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2})
+    raw["base"]["plugins"] = [fault.MODULE]  # every trial imports it: one trial fails once after iteration 0
     (tmp / "sweep.yaml").write_text(yaml.safe_dump(raw))
     marker = tmp / "failed-once"
     with MlflowServer(tmp / "mlflow") as server, pytest.MonkeyPatch.context() as mp:
         mp.setenv("DSL_PROGRESS", "0")
-        mp.setenv("DSL_SWEEP_FAIL_ONCE", str(marker))
-        mp.setenv("DSL_SWEEP_FAIL_AFTER", "0")
+        mp.setenv(fault.FAIL_ONCE, str(marker))
+        mp.setenv(fault.FAIL_AFTER, "0")
         mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         # through the real parser, so the arguments are the CLI's (every option and its default)
         rc = sweep_from_cli(build_parser().parse_args(["sweep", str(tmp / "sweep.yaml"), "--tracking-uri", server.uri]))
-        mp.delenv("DSL_SWEEP_FAIL_ONCE")
+        mp.delenv(fault.FAIL_ONCE)
         best_rc = best_from_cli(argparse.Namespace(sweep="server_sweep", tracking_uri=server.uri,
                                                    out=str(tmp / "best.yaml"), register=False, model_name=None,
                                                    top_k=2, fresh_seeds=2, protocol=None, no_reeval=False))

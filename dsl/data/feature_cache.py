@@ -26,6 +26,7 @@ import numpy as np
 from dsl.config import FeatureSpec
 from dsl.data.audio import BadAudioError, load_audio
 from dsl.data.frontend import compute_features, feature_identity, layers_of, stack_utterances
+from dsl.runtime.paths import default_cache_dir
 from dsl.runtime.progress import progress
 
 
@@ -45,10 +46,6 @@ class FrameStore:
 
     def utterance(self, u: int) -> np.ndarray:
         return self.frames[self.offsets[u]:self.offsets[u + 1]]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DSL_CACHE_DIR") or Path.home() / ".cache" / "dsl-sweeps")
 
 
 def _file_fingerprint(path: Path) -> list:
