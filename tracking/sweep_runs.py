@@ -21,6 +21,7 @@ from .schema import (
     BEST_ITERATION_TAG,
     BEST_RUN_TAG,
     BEST_TAG,
+    CACHED_TAG,
     CONFIG_ARTIFACT,
     EXPERIMENT_KIND,
     OPTIMISM_METRIC,
@@ -53,12 +54,25 @@ class TrialHistory:
 
     run_id: str
     run_name: str
-    trial_id: str
     status: str
-    stopped_early: bool
     started: int  # start time (ms)
     params: dict[str, str]
+    tags: dict[str, str]
     metrics: dict[str, dict[int, float]]  # metric -> step -> value, for the keys asked for
+
+    @property
+    def trial_id(self) -> str:
+        return self.tags.get(TRIAL_TAG, "")
+
+    @property
+    def stopped_early(self) -> bool:
+        """The scheduler stopped the trial before its last iteration."""
+        return self.tags.get(STOPPED_EARLY_TAG) == "true"
+
+    @property
+    def cached_iterations(self) -> list[int]:
+        """The iterations the step cache served whole."""
+        return [int(x) for x in self.tags.get(CACHED_TAG, "").split(",") if x.strip()]
 
 
 @dataclass(frozen=True)
@@ -117,9 +131,8 @@ class SweepRun:
         for r in child_runs(c, self.experiment_id, self.run_id):
             rid = r.info.run_id
             metrics = {k: {int(m.step): float(m.value) for m in call(c.get_metric_history, rid, k)} for k in keys}
-            out.append(TrialHistory(rid, r.info.run_name or rid, r.data.tags.get(TRIAL_TAG, ""), r.info.status,
-                                    r.data.tags.get(STOPPED_EARLY_TAG) == "true", int(r.info.start_time or 0),
-                                    dict(r.data.params), metrics))
+            out.append(TrialHistory(rid, r.info.run_name or rid, r.info.status, int(r.info.start_time or 0),
+                                    dict(r.data.params), dict(r.data.tags), metrics))
         return out
 
     def trial_config(self, run_id: str) -> dict[str, Any]:
