@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.support.data import emodb_root, tiny_emodb
 from tests.support.mlflow_server import MlflowServer
-from tests.support.sweep import tiny_sweep
+from tests.support.sweep import tiny_data, tiny_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -25,18 +24,14 @@ N_TRIALS = 4
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory):
-    root = emodb_root()
-    if root is None:
-        pytest.skip("EmoDB not found (../shared/data/emodb or $DSL_EMODB): the sweep integration tests need it")
     from sweeps.cli import build_parser
     from sweeps.search.launcher import sweep_from_cli
     from sweeps.selection.best import best_from_cli
     from tests.support import fault
 
-    base = tmp_path_factory.getbasetemp()
-    data = tiny_emodb(root, base / "tiny_emodb")
+    data, cache = tiny_data(tmp_path_factory)  # or skip: no EmoDB
     tmp = tmp_path_factory.mktemp("server_sweep")
-    raw = tiny_sweep("server_sweep", data, base / "dsl-cache", tmp / "ray_results", num_samples=N_TRIALS,
+    raw = tiny_sweep("server_sweep", data, cache, tmp / "ray_results", num_samples=N_TRIALS,
                      scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2})
     raw["base"]["plugins"] = [fault.MODULE]  # every trial imports it: one trial fails once after iteration 0
     (tmp / "sweep.yaml").write_text(yaml.safe_dump(raw))
