@@ -88,3 +88,13 @@ def test_the_check_finds_what_it_forbids(tmp_path: Path) -> None:
     assert "tracking.client.call" in text and "tracking.client.client" in text and "redact_uri" not in text
     assert "'dsl.best' typed" in text and "'ray_trial_id' typed" in text
     assert sum("typed outside" in h for h in hits) == 2  # the docstrings' names are not hits
+
+
+def test_the_run_schema_page_names_every_tag() -> None:
+    """docs/tracking.md's schema table keeps up with tracking/schema.py: every `dsl.*` tag is on the page."""
+    import tracking.schema as schema
+
+    page = (ROOT / "docs" / "tracking.md").read_text()
+    tags = {v for k, v in vars(schema).items() if k.endswith("_TAG") and isinstance(v, str)}
+    assert len(tags) > 25 and "dsl.best" in tags
+    assert sorted(t for t in tags if f"`{t}" not in page) == []
