@@ -128,8 +128,7 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
                     tune.report({**report_metrics(history, cfg.iterations, resumed_from, ctx.objective), **extra},
                                 checkpoint=tune.Checkpoint.from_directory(tmp))
                 finished = state.next_iteration > cfg.iterations
-                # plots once, at the end
-                published = run.publish(ckpt, finished, wait=False, refresh=not published)
+                published = run.publish(ckpt, finished, wait=False, refresh=not published)  # plots once finished
         finally:
             getattr(runner, "close", lambda: None)()
             release_device_memory()  # Tune may reuse this process for a trial that shares the GPU
