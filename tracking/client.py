@@ -99,6 +99,11 @@ def resolve_tracking_uri(arg: str | None = None) -> str:
     return uri
 
 
+def sqlite_file(uri: str) -> str | None:
+    """The file an SQLite tracking URI writes (`sqlite:///PATH`), or None for a server or other store."""
+    return uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+
+
 def check_access(uri: str) -> None:
     """Fail fast with one clear line when a tracking server refuses us (before loading data or starting Ray).
 

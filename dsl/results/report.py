@@ -1,12 +1,13 @@
 """`dsl-sweep report RESULTS...`: result JSONs (single runs, replicate studies, sweep exports) as Markdown tables.
 
-The README's results are produced by this from the JSON files under `docs/results/`, so no figure is
-typed by hand. Every row names its protocol (and whether it is leak-free), seeds and command; the
+The results pages under `docs/` are produced by this from the JSON files under `docs/results/`, so no
+figure is typed by hand. Every row names its protocol (and whether it is leak-free), seeds and command; the
 machines the numbers came from are listed under the table.
 """
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from dsl.config import ConfigError
 from dsl.results.paper_tables import sweep_figure, sweep_tables
 from dsl.results.stats import Interval, mean_interval
 from dsl.runtime.environment import describe_machine
+from dsl.runtime.paths import WriteTarget, require_writable
 
 
 def load_result(path: str | Path) -> dict:
@@ -235,7 +237,7 @@ def markers(block: str = "") -> tuple[str, str]:
 
 
 def splice(document: str | Path, text: str, command: str, block: str = "") -> Path:
-    """Replace what stands between the report markers (of `block`) in `document` (e.g. the README) with `text`."""
+    """Replace what stands between the report markers (of `block`) in `document` (e.g. a docs page) with `text`."""
     begin, end = markers(block)
     doc = Path(document)
     body = doc.read_text()
@@ -247,9 +249,26 @@ def splice(document: str | Path, text: str, command: str, block: str = "") -> Pa
     return doc
 
 
-def report_from_cli(paths: Sequence[str], out: str | None = None, figure: str | None = None,
-                    into: str | None = None, command: str = "", block: str = "",
-                    paired_with: Sequence[str] = ()) -> int:
+def figure_link(figure: str | Path, document: str | Path | None) -> str:
+    """The figure's path as a Markdown link in `document`: relative to the document's folder (a docs page
+    links `results/x.png`, not `docs/results/x.png`, or MkDocs cannot find it); as given when printed."""
+    if document is None:
+        return Path(figure).as_posix()
+    return Path(os.path.relpath(Path(figure).resolve(), Path(document).resolve().parent)).as_posix()
+
+
+def report_outputs(out: str | None = None, figure: str | None = None, into: str | None = None) -> list[WriteTarget]:
+    """The files a report writes (each checked before anything is read)."""
+    named = (("--out", out), ("--figure", figure), ("--into", into))
+    return [WriteTarget.file(path, flag) for flag, path in named if path]
+
+
+def report_result_files(paths: Sequence[str], out: str | None = None, figure: str | None = None,
+                        into: str | None = None, command: str = "", block: str = "",
+                        paired_with: Sequence[str] = ()) -> str:
+    """`dsl-sweep report FILE...`: the Markdown tables of result files (runs, studies, sweep exports), also
+    written to `out`, spliced into `into`, with a UA figure when asked; returns the Markdown."""
+    require_writable(report_outputs(out, figure, into))
     text = markdown(paths, paired_with)
     if figure:
         from dsl.results.plots import study_plot
@@ -257,16 +276,16 @@ def report_from_cli(paths: Sequence[str], out: str | None = None, figure: str | 
         loaded = [load_result(p) for p in paths]
         studies = [d for d in loaded if d["kind"] == "study"]
         sweeps = [d for d in loaded if d["kind"] == "sweep"]
+        document = into or out
         if sweeps:
             fig = sweep_figure(sweeps[0], figure)
-            text += f"\n![UA per iteration by rule]({Path(fig).as_posix()})\n"
+            text += f"\n![UA per iteration by rule]({figure_link(fig, document)})\n"
         elif studies:
             fig = study_plot(studies, figure, title="UA per iteration, mean and 95 % interval over seeds")
-            text += f"\n![UA per iteration over seeds]({Path(fig).as_posix()})\n"
+            text += f"\n![UA per iteration over seeds]({figure_link(fig, document)})\n"
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)
     if into:
         splice(into, text, command, block)
-    print(text, end="")
-    return 0
+    return text
