@@ -14,8 +14,8 @@ from typing import Any
 
 from dsl.results import plots
 
-from .client import call
-from .sweep_runs import child_runs
+from .schema import RESULT_ARTIFACT, UA, WA
+from .sweep_runs import SweepRun
 
 FOLDER = "comparison"
 PARAM_COLUMNS = ("labels.rule", "labels.alpha", "labels.schedule", "iterations", "backbone", "train.lr",
@@ -38,14 +38,9 @@ class TrialSummary:
         return max(self.ua) if self.ua else None
 
 
-def trial_summaries(c, experiment_id: str, parent_run_id: str) -> list[TrialSummary]:
-    out = []
-    for r in child_runs(c, experiment_id, parent_run_id):
-        rid = r.info.run_id
-        hist = {k: {int(m.step): float(m.value) for m in call(c.get_metric_history, rid, k)} for k in ("ua", "wa")}
-        out.append(TrialSummary(rid, r.info.run_name or rid, r.data.tags.get("ray_trial_id", ""), r.info.status,
-                                r.data.tags.get("dsl.stopped_early") == "true", dict(r.data.params),
-                                hist["ua"], hist["wa"]))
+def trial_summaries(sweep: SweepRun) -> list[TrialSummary]:
+    out = [TrialSummary(t.run_id, t.run_name, t.trial_id, t.status, t.stopped_early, t.params, t.metrics[UA],
+                        t.metrics[WA]) for t in sweep.trial_histories((UA, WA))]
     return sorted(out, key=lambda t: -(t.ua[t.last] if t.last is not None else -1.0))
 
 
@@ -114,37 +109,33 @@ def write_comparison(trials: Sequence[TrialSummary], out: Path, title: str,
     return files
 
 
-def log_comparison(c, experiment_id: str, parent_run_id: str, title: str,
-                   importances: Mapping[str, float] | None = None, importance_note: str = "") -> list[str]:
+def log_comparison(sweep: SweepRun, title: str, importances: Mapping[str, float] | None = None,
+                   importance_note: str = "") -> list[str]:
     """Write the comparison of the parent's child runs and log it to the parent under `comparison/`."""
-    trials = trial_summaries(c, experiment_id, parent_run_id)
+    trials = trial_summaries(sweep)
     with tempfile.TemporaryDirectory(prefix="dsl-cmp-") as tmp:
         files = write_comparison(trials, Path(tmp), title, importances, importance_note)
-        for f in files:
-            call(c.log_artifact, parent_run_id, str(f), FOLDER)
+        sweep.log_files(files, FOLDER)
     return [f"{FOLDER}/{f.name}" for f in files]
 
 
 EXPORT_FORMAT = 1
 
 
-def sweep_export(c, experiment_id: str, parent_run_id: str, name: str) -> dict[str, Any]:
+def sweep_export(sweep: SweepRun, name: str) -> dict[str, Any]:
     """The sweep's trials as plain data (`kind: sweep`) for `dsl.results.paper_tables`: flat params and UA/WA per
     iteration of every child run, the protocol, seeds and data, and the machine of its first result."""
-    trials = trial_summaries(c, experiment_id, parent_run_id)
+    trials = trial_summaries(sweep)
     first = trials[0].params if trials else {}
     from dsl.protocols.plans import is_leak_free
 
     protocol = first.get("protocol.name", "")
     environment = None
-    for t in trials:
-        try:
-            with tempfile.TemporaryDirectory(prefix="dsl-exp-") as tmp:
-                path = call(c.download_artifacts, t.run_id, "result.json", tmp)
-                environment = json.loads(Path(path).read_text()).get("environment")
+    for t in trials:  # a trial that failed before its first iteration has no result.json
+        result = sweep.trial_artifact_json(t.run_id, RESULT_ARTIFACT)
+        if result is not None:
+            environment = result.get("environment")
             break
-        except Exception:  # a trial that failed before its first iteration has no result.json
-            continue
     return {"format": EXPORT_FORMAT, "kind": "sweep", "name": name,
             "protocol": {"name": protocol, "leak_free": is_leak_free(protocol) if protocol else None,
                          "folds": first.get("protocol.folds")},

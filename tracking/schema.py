@@ -1,9 +1,10 @@
-"""The run schema: the tags that tie MLflow runs to a sweep and its Ray trials, the metrics of one chain
-iteration (one MLflow step), and the one lookup of a trial's run.
+"""The run schema: every name the project uses in MLflow (tags, params, metrics, artifacts, run roles), the
+metrics of one chain iteration (one MLflow step), and the one lookup of a trial's run.
 
 One experiment per sweep name; one parent run per sweep (`dsl.role=parent`, `dsl.sweep_path` = the Tune
 experiment path); one child run per Ray trial (`dsl.role=trial`, `ray_trial_id`, `mlflow.parentRunId`);
-step = chain iteration.
+step = chain iteration. Nothing outside `tracking/` spells one of these names: it calls the functions
+of `trial_run`, `sweep_runs`, `sweep_settings`, `registry` and `probe`.
 """
 from __future__ import annotations
 
@@ -17,18 +18,73 @@ from dsl.config import flatten
 
 from .client import call
 
-TRIAL_TAG = "ray_trial_id"
+# --- tags that tie runs together ---------------------------------------------------------------------------
+TRIAL_TAG = "ray_trial_id"  # also a param of the trial's run
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_TAG = "dsl.sweep"
 ROLE_TAG = "dsl.role"
 PATH_TAG = "dsl.sweep_path"
+
+# values of ROLE_TAG
+ROLE_PARENT = "parent"
+ROLE_TRIAL = "trial"
+ROLE_FINAL_MODEL = "final_model"
+ROLE_PREFLIGHT = "preflight"
+
+# --- a trial's run -----------------------------------------------------------------------------------------
 ATTEMPTS_TAG = "dsl.attempts"  # how many times the trial (re)started: 1 unless retried or resumed
-STEP_KEY = "mean_fold_ua"  # every logged iteration has it: its history gives the steps already logged
+RESUMED_FROM_TAG = "dsl.resumed_from"  # the iteration this attempt started at (0: from the start)
+ZERO_COPY_TAG = "dsl.frames_zero_copy"  # the trial reads the frames from the object store without a copy
+NODE_ID_TAG = "dsl.node_id"  # the Ray node of this attempt
+PROTOCOL_TAG = "dsl.protocol"
+LEAK_FREE_TAG = "dsl.leak_free"
+ERROR_TAG = "dsl.error"  # the exception that failed the trial
+STOPPED_EARLY_TAG = "dsl.stopped_early"  # the scheduler stopped the trial before its last iteration
 CACHED_TAG = "dsl.cached_iterations"  # iterations the step cache served whole (comma-separated; "" none)
 MISMATCH_TAG = "dsl.mlflow_mismatch"  # steps whose recomputed metrics differ from the values MLflow kept
+ORPHAN_TAG = "dsl.orphan"  # a run of a trial Tune forgot (driver killed): ended and deleted
+ORPHAN_REASON_TAG = "dsl.orphan_reason"
+RERUN_AS_TAG = "dsl.rerun_as"  # the trial id the orphan's configuration ran again under
+BEST_TAG = "dsl.best"  # `dsl-sweep best` picked this trial (on the trial's run) ...
+BEST_ITERATION_TAG = "dsl.best_iteration"  # ... at this iteration (on the trial's and the parent's run)
+
+# --- the sweep's parent run ----------------------------------------------------------------------------------
+RESUMED_TAG = "dsl.resumed"  # the sweep was continued with --resume
+TOP_TRIAL_TAG = "dsl.top_trial_id"  # the sweep's own (self-graded) top trial
+TRIALS_ERRORED_TAG = "dsl.trials_errored"
+BEST_RUN_TAG = "dsl.best_run_id"  # the run `dsl-sweep best` picked
+TOP_OBJECTIVE_METRIC = "top_objective"
+REEVALUATED_UA_METRIC = "reevaluated_ua"  # the winner's re-evaluated mean (also on the final-model run)
+REEVALUATED_WA_METRIC = "reevaluated_wa"
+OPTIMISM_METRIC = "optimism"  # the sweep's score of the winner minus its re-evaluated mean
+SETTINGS_PREFIX = "sweep."  # params: the sweep's settings (`sweep_settings.SweepSettings`)
+BASE_PREFIX = "base."  # params: the sweep's base config
+
+# --- the final model's run and its registered version ---------------------------------------------------------
+SOURCE_RUN_TAG = "dsl.source_run_id"  # the trial run whose config the model was trained with
+REEVALUATION_PROTOCOL_TAG = "dsl.reevaluation_protocol"
+REEVALUATION_SEEDS_TAG = "dsl.reevaluation_seeds"
+VERSION_UA_TAG = "reevaluated_ua"  # tags of the registered model version
+VERSION_PROTOCOL_TAG = "reevaluation_protocol"
+VERSION_OPTIMISM_TAG = "optimism"
+
+# --- a node's preflight run (deleted at once) -------------------------------------------------------------------
+NODE_TAG = "dsl.node"
+
+# --- artifacts --------------------------------------------------------------------------------------------------
+CONFIG_ARTIFACT = "config.yaml"  # a trial's resolved config (and the final model's)
+RESULT_ARTIFACT = "result.json"  # a trial's result JSON
+PLOT_DIR = "plots"  # a trial's plots
+SPEC_ARTIFACT = "sweep.yaml"  # the parent's sweep file
+TABLE_ARTIFACT = "trials.txt"  # the parent's trial table
+MODEL_ARTIFACT = "model"  # the final model's pyfunc
+
 # MLflow 3's UI opens an experiment in its GenAI overview unless this tag says it holds model-training runs.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
+# --- the metrics of one iteration ------------------------------------------------------------------------------
+UA, WA = "ua", "wa"
+STEP_KEY = "mean_fold_ua"  # every logged iteration has it: its history gives the steps already logged
 # Held-out protocols: share of outer folds whose validation-selected iteration is the one their test fold
 # would have preferred (`dsl.protocols.selection.selector_agreement`).
 SELECTOR_AGREEMENT = "selector_agreement"
@@ -40,7 +96,7 @@ def iteration_metrics(d: Mapping[str, Any]) -> dict[str, float]:
     """The flat metrics of one iteration (an `IterationResult.to_dict()`), for MLflow and `tune.report`:
     wa, ua, mean_fold_ua, segment accuracy, changed-label share, ..., and per-fold `fold_wa/i`, `fold_ua/i`."""
     out = {k: float(d[k]) for k in SCALARS if d.get(k) is not None and math.isfinite(float(d[k]))}
-    out["mean_fold_ua"] = float(np.mean(d["fold_ua"]))
+    out[STEP_KEY] = float(np.mean(d["fold_ua"]))
     out["mean_fold_wa"] = float(np.mean(d["fold_wa"]))
     for name in ("fold_wa", "fold_ua"):
         for i, v in enumerate(d[name]):
@@ -55,9 +111,7 @@ def flat_params(tree: Mapping[str, Any]) -> dict[str, str]:
 
 def find_trial_run(c, experiment_id: str, parent_run_id: str, trial_id: str):
     """The run of a Ray trial under the sweep's parent: the earliest, should a trial ever have two (the
-    trial logs to it and `FinalizeRuns` closes it: both use this lookup)."""
+    trial logs to it and the driver closes it: both use this lookup)."""
     runs = call(c.search_runs, [experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{trial_id}'", max_results=50)
     runs = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent_run_id]
     return min(runs, key=lambda r: r.info.start_time) if runs else None
-
-

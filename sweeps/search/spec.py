@@ -31,9 +31,11 @@ from dsl.pipeline.checks import check_config
 from dsl.pipeline.keys import key_default, selector_registry
 from dsl.plugins import load_plugins
 from dsl.protocols.plans import is_leak_free, leak_free_protocols
+from dsl.runtime.paths import is_uri
 
 # ParamSpec stays importable from here too: the tuner.pkl of a sweep started before it moved names it so.
 from sweeps.search.space import ParamSpec, SearchSpace, sample_configs
+from tracking.sweep_settings import SweepSettings
 from trainables.context import ResourceSpec
 from trainables.metrics import OBJECTIVES
 
@@ -71,11 +73,12 @@ class SchedulerSpec:
 
 @dataclass(frozen=True)
 class SelectSpec:
-    """How `dsl-sweep best` re-evaluates: the `top_k` configurations on `seeds` fresh seeds under `protocol`."""
+    """How `dsl-sweep best` re-evaluates: the `top_k` configurations on `seeds` fresh seeds under `protocol`.
+    The defaults are the logged settings' (what `best` reads for a sweep that did not log one)."""
 
-    protocol: str = "refinery"
-    top_k: int = 3
-    seeds: int = 5
+    protocol: str = SweepSettings.select_protocol
+    top_k: int = SweepSettings.select_top_k
+    seeds: int = SweepSettings.select_seeds
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class SweepSpec:
     max_failures: int = 1
     storage_path: str = "ray_results"
     contour_utterance: int | str = 0  # utterance index or a substring of its path
-    objective: str = "final"
+    objective: str = SweepSettings.objective
     select: SelectSpec = field(default_factory=SelectSpec)
     step_cache: bool = True  # trials share fold trainings and scores through `<storage>/step_cache` (dsl.execution.step_cache)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -188,10 +191,10 @@ def _base_config(raw: Any, data: str | None, problems: list[str]) -> ChainConfig
     except ConfigError as exc:
         problems.append(f"base: {exc}")
         return None
-    if cfg.data and "://" not in cfg.data:
+    if cfg.data and not is_uri(cfg.data):
         cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
     for key, value in (("protocol.test_data", cfg.protocol.test_data), ("train.aux_data", cfg.train.aux_data)):
-        if value and "://" not in value:  # trials run in other directories
+        if value and not is_uri(value):  # trials run in other directories
             cfg = cfg.replace(**{key: str(Path(value).expanduser().resolve())})
     return cfg
 
@@ -273,7 +276,7 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
             problems.append(f"{k}: expected an integer >= {0 if k == 'max_failures' else 1}, got {v!r}")
     if trials is not None:
         ints["num_samples"] = trials
-    objective = str(raw.get("objective", "final"))
+    objective = str(raw.get("objective", SweepSettings.objective))
     if objective not in OBJECTIVES:
         problems.append(f"objective {objective!r} is unknown; allowed: {', '.join(OBJECTIVES)}")
     elif objective == "selected" and base is not None:

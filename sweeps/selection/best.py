@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +30,8 @@ from dsl.results.stats import Interval
 from dsl.runtime.paths import WriteTarget, require_writable
 from dsl.studies.replicates import run_replicates
 from dsl.studies.run import load_checked
-from tracking import sweep_runs
-from tracking.client import call, check_access, client, redact_uri, resolve_tracking_uri
-from tracking.schema import ROLE_TAG
+from tracking.client import check_access, redact_uri, resolve_tracking_uri
+from tracking.sweep_runs import SweepRun
 
 log = logging.getLogger(__name__)
 
@@ -93,29 +91,26 @@ def objective_key(objective: str) -> str:
     return "selected_ua" if objective == "selected" else "ua"
 
 
-def select_best(c, experiment_id: str, parent_run_id: str, objective: str = "final") -> list[BestPick]:
+def select_best(sweep: SweepRun, objective: str = "final") -> list[BestPick]:
     """Every child run at its last reported iteration, best first by the sweep objective there."""
     key = objective_key(objective)
     per_run: list[BestPick] = []
-    for run in sweep_runs.child_runs(c, experiment_id, parent_run_id):
-        rid = run.info.run_id
-        hist = {k: {int(m.step): m.value for m in call(c.get_metric_history, rid, k)} for k in (key, "wa", "ua")}
+    for t in sweep.trial_histories((key, "wa", "ua")):
+        hist = t.metrics
         if not hist[key]:
             continue
         last = max(hist[key])
-        per_run.append(BestPick(rid, run.info.run_name, run.data.tags.get("ray_trial_id", ""), last, hist[key][last],
-                                hist["wa"].get(last, 0.0), hist["ua"].get(last, 0.0), int(run.info.start_time or 0)))
+        per_run.append(BestPick(t.run_id, t.run_name, t.trial_id, last, hist[key][last], hist["wa"].get(last, 0.0),
+                                hist["ua"].get(last, 0.0), t.started))
     if not per_run:
         raise ConfigError("the sweep has no trial with a finished iteration yet")
     per_run.sort(key=BestPick.key, reverse=True)
     return per_run
 
 
-def run_config(c, run_id: str) -> ChainConfig:
+def run_config(sweep: SweepRun, run_id: str) -> ChainConfig:
     """The trial's resolved config from its `config.yaml` artifact."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = call(c.download_artifacts, run_id, "config.yaml", tmp)
-        return from_dict(yaml.safe_load(Path(path).read_text()))
+    return from_dict(sweep.trial_config(run_id))
 
 
 def sweep_name(arg: str) -> str:
@@ -126,25 +121,12 @@ def sweep_name(arg: str) -> str:
     return arg
 
 
-def tag_winner(c, pick: BestPick, others: list[BestPick], parent_run_id: str) -> None:
-    for o in others:
-        if o.run_id != pick.run_id:
-            try:
-                call(c.delete_tag, o.run_id, "dsl.best")
-            except Exception:  # tag absent
-                pass
-    call(c.set_tag, pick.run_id, "dsl.best", "true")
-    call(c.set_tag, pick.run_id, "dsl.best_iteration", str(pick.iteration))
-    call(c.set_tag, parent_run_id, "dsl.best_run_id", pick.run_id)
-    call(c.set_tag, parent_run_id, "dsl.best_iteration", str(pick.iteration))
-
-
-def distinct_top(c, picks: list[BestPick], k: int) -> list[tuple[BestPick, ChainConfig]]:
+def distinct_top(sweep: SweepRun, picks: list[BestPick], k: int) -> list[tuple[BestPick, ChainConfig]]:
     """The first `k` picks whose configs (cut at their iteration) differ: a config sampled twice counts once."""
     out: list[tuple[BestPick, ChainConfig]] = []
     seen: set[str] = set()
     for pick in picks:
-        cfg, exact = at_iteration(run_config(c, pick.run_id), pick.iteration)
+        cfg, exact = at_iteration(run_config(sweep, pick.run_id), pick.iteration)
         if not exact:
             log.warning("the %s schedule of %s cannot be cut at iteration %d exactly: intermediate alphas differ",
                         cfg.labels.schedule, pick.run_name, pick.iteration)
@@ -259,22 +241,18 @@ def choose_best(opts: BestOptions) -> Path:
     uri = resolve_tracking_uri(opts.tracking_uri)
     name = sweep_name(opts.sweep)
     check_access(uri)
-    c = client(uri)
-    exp = call(c.get_experiment_by_name, name)
-    if exp is None:
+    sweep = SweepRun.find(uri, name)
+    if sweep is None:
         raise ConfigError(f"no MLflow experiment {name!r} at {redact_uri(uri)} (give --tracking-uri?)")
-    parent = sweep_runs.find_parent(c, exp.experiment_id)
-    if parent is None or parent.data.tags.get(ROLE_TAG) != "parent":
-        raise ConfigError(f"experiment {name!r} has no sweep parent run")
-    params = parent.data.params
-    objective = params.get("sweep.objective", "final")
-    protocol = opts.protocol or params.get("sweep.select_protocol", "refinery")
-    top_k = opts.top_k or int(params.get("sweep.select_top_k", 3))
-    n_seeds = opts.fresh_seeds or int(params.get("sweep.select_seeds", 5))
+    settings = sweep.settings()
+    objective = settings.objective
+    protocol = opts.protocol or settings.select_protocol
+    top_k = opts.top_k or settings.select_top_k
+    n_seeds = opts.fresh_seeds or settings.select_seeds
     if not is_leak_free(protocol):
         raise ConfigError(f"--protocol {protocol!r} is not leak-free; re-evaluate under nested, refinery or speaker")
-    per_run = select_best(c, exp.experiment_id, parent.info.run_id, objective)
-    top = distinct_top(c, per_run, top_k)
+    per_run = select_best(sweep, objective)
+    top = distinct_top(sweep, per_run, top_k)
     sweep_protocol = top[0][1].protocol.name
     print(f"sweep {name}: {len(per_run)} trials; top {len(top)} distinct configurations by the sweep objective "
           f"({objective} UA under {sweep_protocol}, leak_free: {str(is_leak_free(sweep_protocol)).lower()}):", flush=True)
@@ -293,22 +271,21 @@ def choose_best(opts: BestOptions) -> Path:
         print(format_reevaluation(ranked, protocol, seeds, objective, sweep_protocol), flush=True)
         evaluation = evaluation_block(ranked, protocol, seeds, objective, sweep_protocol, out_dir)
         cfg, winner = ranked[0].config, ranked[0].pick
-        call(c.log_metric, parent.info.run_id, "reevaluated_ua", ranked[0].score.mean)
-        call(c.log_metric, parent.info.run_id, "optimism", ranked[0].optimism)
+        sweep.log_reevaluation(ranked[0].score.mean, ranked[0].optimism)
     path = write_best(cfg, out, evaluation)
-    tag_winner(c, winner, per_run, parent.info.run_id)
+    sweep.mark_best(winner.run_id, winner.iteration, [p.run_id for p in per_run])
     print(f"wrote {path} (rerun the trial with: dsl-sweep run {path})", flush=True)
     if opts.register:
-        from tracking.registry import register_final
+        from sweeps.selection.final_model import train_and_register
 
         address = opts.address
-        task_args = (cfg, uri, exp.experiment_id, parent.info.run_id, winner.run_id, opts.model_name or name)
+        task_args = (cfg, uri, sweep.experiment_id, sweep.run_id, winner.run_id, opts.model_name or name)
         if address:  # on the cluster: its data path, its GPUs; the model reaches us through MLflow
             from sweeps.cluster.cluster_task import run_on_cluster
 
-            model_uri = run_on_cluster(address, register_final, (*task_args, None, evaluation),
+            model_uri = run_on_cluster(address, train_and_register, (*task_args, None, evaluation),
                                        gpu=cfg.train.device != "cpu")
             print(f"trained on the cluster at {address}; registered {model_uri}", flush=True)
         else:
-            register_final(*task_args, Path(path).with_name(Path(path).stem + "_model"), evaluation)
+            train_and_register(*task_args, Path(path).with_name(Path(path).stem + "_model"), evaluation)
     return path
