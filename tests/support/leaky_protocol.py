@@ -5,7 +5,7 @@ from __future__ import annotations
 from dsl.protocols.plans import FoldPlan, refinery, register_protocol, stratified_folds
 
 
-@register_protocol("leaky_refinery", leak_free=True)
+@register_protocol("leaky_refinery", leak_free=True, transductive_twin="stratified")
 def leaky_refinery(labels, speakers, spec, seed, outer=None) -> FoldPlan:
     """Refinery over outer folds stratified by every label, the test folds' included."""
     return refinery(labels, speakers, spec, seed, stratified_folds(labels, spec.folds, seed))
