@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from dsl import ChainConfig, prepare_data
+from dsl.config import ConfigError
 from dsl.studies.leakcheck import LeakCheck, Snapshot, compare, leakcheck
 from tests.support.data import write_tone
 
@@ -187,7 +188,17 @@ def test_the_subset_keeps_the_first_speakers_and_caps_grouped_folds() -> None:
     sub, text = subset_corpus(corpus, cfg, 4)
     assert sorted(set(sub.speakers)) == ["s0", "s1", "s2", "s3"] and len(sub.paths) == 8
     assert text.startswith("4 speaker(s) (s0, s1, s2, s3), 8 of 12 utterances")
-    assert fitted_config(cfg, sub).protocol.folds == 4  # one outer fold per speaker at most
+    fitted = fitted_config(cfg, sub).protocol
+    assert fitted.folds == 4 and fitted.inner_folds == 3  # one outer fold per speaker at most
+    three, _ = subset_corpus(corpus, cfg, 3)
+    fitted = fitted_config(cfg, three).protocol  # 2 speakers left in an outer training set: 2 inner folds
+    assert (fitted.folds, fitted.inner_folds) == (3, 2)
+    with pytest.raises(ConfigError, match="at least 3 speakers"):
+        fitted_config(cfg, subset_corpus(corpus, cfg, 2)[0])
     refinery = cfg.replace(**{"protocol.name": "refinery"})
     assert fitted_config(refinery, sub).protocol.folds == 5  # utterance-level folds are not capped
+    from dsl.studies.leakcheck import DEFAULT_SPEAKERS
+    from sweeps.cli.app import build_parser
+
+    assert build_parser().parse_args(["leakcheck"]).speakers == DEFAULT_SPEAKERS  # the CLI's default is the study's
     assert len(subset_corpus(corpus, cfg, 0)[0].paths) == 12

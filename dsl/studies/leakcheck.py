@@ -14,9 +14,9 @@ utterances and must move the test fold's predictions. A check that sees nothing 
 nothing (exit 2).
 
 Everything else is the user's config: protocol (plugins included), rule, backbone, stage, iterations,
-training recipe and runner. The subset (`speakers`, default 4, taken in name order; for cross_corpus that
+training recipe and runner. The subset (`speakers`, default 3, taken in name order; for cross_corpus that
 many of each corpus) keeps the check to minutes; speaker-grouped protocols get at most one outer fold per
-speaker of the subset.
+speaker of the subset (and one inner fold per speaker of an outer training set).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from dsl.pipeline.chain import IterationResult, run_chain
 from dsl.pipeline.checks import check_config, check_data
 from dsl.protocols.plans import PROTOCOLS, is_leak_free, outer_partition
 
-DEFAULT_SPEAKERS = 4
+DEFAULT_SPEAKERS = 3
 
 
 @dataclass(frozen=True)
@@ -225,12 +225,22 @@ def subset_corpus(corpus: Corpus, cfg: ChainConfig, speakers: int) -> tuple[Corp
 
 
 def fitted_config(cfg: ChainConfig, corpus: Corpus) -> ChainConfig:
-    """The config on the subset: a speaker-grouped protocol gets at most one outer fold per speaker."""
+    """The config on the subset: a speaker-grouped protocol gets at most one outer fold per speaker, and (nested)
+    at most one inner fold per speaker of an outer training set."""
     info = PROTOCOLS.get(cfg.protocol.name)
+    if info is None or not info.grouped:
+        return cfg
     n_speakers = len(set(corpus.speakers))
-    if info is not None and info.grouped and cfg.protocol.folds > n_speakers:
-        return cfg.replace(**{"protocol.folds": n_speakers})
-    return cfg
+    folds = min(cfg.protocol.folds, n_speakers)
+    changes: dict[str, int] = {"protocol.folds": folds} if folds != cfg.protocol.folds else {}
+    if info.nested:
+        inner = n_speakers - -(-n_speakers // folds)  # the fewest speakers an outer training set keeps
+        if inner < 2:
+            raise ConfigError(f"leakcheck: protocol {cfg.protocol.name!r} needs at least 3 speakers for its inner "
+                              f"folds; give --speakers 3 or more (got {n_speakers})")
+        if cfg.protocol.inner_folds > inner:
+            changes["protocol.inner_folds"] = inner
+    return cfg.replace(**changes) if changes else cfg
 
 
 def snapshots(cfg: ChainConfig, data: CorpusData, step_cache: StepCache | None = None,

@@ -14,7 +14,7 @@ HELP = ("rotate the labels of one outer test fold on a small subset, rerun, and 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="YAML config (e.g. a best.yaml); flags override it")
     p.add_argument("--preset", choices=["cpu", "paper"], help="cpu or paper preset (as for `dsl-sweep run`)")
-    p.add_argument("--speakers", type=int, default=4,
+    p.add_argument("--speakers", type=int, default=3,
                    help="run on the first N speakers in name order (cross_corpus: N of each corpus; 0: all)")
     p.add_argument("--step-cache", default="", metavar="DIR", help="fold trainings from/to this step cache")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
