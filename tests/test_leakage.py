@@ -190,6 +190,7 @@ def test_the_subset_keeps_the_first_speakers_and_caps_grouped_folds() -> None:
     assert text.startswith("4 speaker(s) (s0, s1, s2, s3), 8 of 12 utterances")
     fitted = fitted_config(cfg, sub).protocol
     assert fitted.folds == 4 and fitted.inner_folds == 3  # one outer fold per speaker at most
+    assert fitted.eval_folds == 2  # the subset's smallest class has 2 utterances: the forest CV gets 2 folds
     three, _ = subset_corpus(corpus, cfg, 3)
     fitted = fitted_config(cfg, three).protocol  # 2 speakers left in an outer training set: 2 inner folds
     assert (fitted.folds, fitted.inner_folds) == (3, 2)

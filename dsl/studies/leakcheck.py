@@ -225,21 +225,27 @@ def subset_corpus(corpus: Corpus, cfg: ChainConfig, speakers: int) -> tuple[Corp
 
 
 def fitted_config(cfg: ChainConfig, corpus: Corpus) -> ChainConfig:
-    """The config on the subset: a speaker-grouped protocol gets at most one outer fold per speaker, and (nested)
+    """The config on the subset: the forest CV of a transductive protocol gets at most as many folds as the
+    smallest class has utterances; a speaker-grouped protocol at most one outer fold per speaker, and (nested)
     at most one inner fold per speaker of an outer training set."""
+    changes: dict[str, int] = {}
+    counts = np.bincount(np.asarray(corpus.labels))
+    smallest = int(counts[counts > 0].min()) if counts.size else 0
+    if 2 <= smallest < cfg.protocol.eval_folds:
+        changes["protocol.eval_folds"] = smallest
     info = PROTOCOLS.get(cfg.protocol.name)
-    if info is None or not info.grouped:
-        return cfg
-    n_speakers = len(set(corpus.speakers))
-    folds = min(cfg.protocol.folds, n_speakers)
-    changes: dict[str, int] = {"protocol.folds": folds} if folds != cfg.protocol.folds else {}
-    if info.nested:
-        inner = n_speakers - -(-n_speakers // folds)  # the fewest speakers an outer training set keeps
-        if inner < 2:
-            raise ConfigError(f"leakcheck: protocol {cfg.protocol.name!r} needs at least 3 speakers for its inner "
-                              f"folds; give --speakers 3 or more (got {n_speakers})")
-        if cfg.protocol.inner_folds > inner:
-            changes["protocol.inner_folds"] = inner
+    if info is not None and info.grouped:
+        n_speakers = len(set(corpus.speakers))
+        folds = min(cfg.protocol.folds, n_speakers)
+        if folds != cfg.protocol.folds:
+            changes["protocol.folds"] = folds
+        if info.nested:
+            inner = n_speakers - -(-n_speakers // folds)  # the fewest speakers an outer training set keeps
+            if inner < 2:
+                raise ConfigError(f"leakcheck: protocol {cfg.protocol.name!r} needs at least 3 speakers for its "
+                                  f"inner folds; give --speakers 3 or more (got {n_speakers})")
+            if cfg.protocol.inner_folds > inner:
+                changes["protocol.inner_folds"] = inner
     return cfg.replace(**changes) if changes else cfg
 
 
