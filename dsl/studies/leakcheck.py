@@ -307,12 +307,14 @@ def run_leakcheck(config_path: str | None, preset: str | None, overrides: Mappin
     check_config(cfg)
     corpus, skipped = load_corpus_for(cfg)
     corpus, kept = subset_corpus(corpus, cfg, speakers)
-    cfg = fitted_config(cfg, corpus)
+    given, cfg = cfg, fitted_config(cfg, corpus)
+    fitted = [f"protocol.{k} {getattr(given.protocol, k)} -> {getattr(cfg.protocol, k)}"
+              for k in ("folds", "inner_folds", "eval_folds") if getattr(given.protocol, k) != getattr(cfg.protocol, k)]
     check_data(cfg, corpus.labels, np.asarray(corpus.speakers), corpus.label_names)
     print(f"leakcheck: protocol {cfg.protocol.name} (registered leak_free: {str(is_leak_free(cfg.protocol.name)).lower()},"
           f" outer: {outer_partition(cfg.protocol)}, {cfg.protocol.folds} folds) | backbone {cfg.backbone} | rule "
           f"{cfg.labels.rule} | stage {cfg.stage.name} | iterations {cfg.iterations} | seed {cfg.seed}\n"
-          f"subset: {kept}; the labels of outer fold 0 are rotated (class k -> k + 1 mod {len(corpus.label_names)}) "
+          f"subset: {kept}{'; fitted to it: ' + ', '.join(fitted) if fitted else ''}; the labels of outer fold 0 are rotated (class k -> k + 1 mod {len(corpus.label_names)}) "
           "and the chain is run again", flush=True)
     data = prepare_data(cfg, corpus, not quiet, skipped)
 
