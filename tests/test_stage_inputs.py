@@ -98,3 +98,53 @@ def test_selector_agreement_counts_folds_whose_pick_was_best_on_test() -> None:
     # picks: fold 0 -> 0 (test preferred 1), fold 1 -> 1 (agrees), fold 2 -> 0 on a tie (test tie: agrees)
     assert selector_agreement(history) == pytest.approx(2 / 3)
     assert selector_agreement(history[:1]) == 1.0
+
+
+def _study(tmp_path, name: str, protocol: str, stage: dict, seeds: list[int], ua: list[list[float]]):
+    """A small synthetic study file: `ua[i][j]` is iteration i's UA of seed j (selected UA 1 point below)."""
+    from dsl.results.study import aggregate
+    from dsl.results.study import write_json as write
+
+    cfg = CFG.replace(**{"corpus": "emodb", "protocol.name": protocol, "labels.rule": "wdsl",
+                         **{f"stage.{k}": v for k, v in stage.items()}})
+    runs = [{"iterations": [{"iteration": i, "alpha": 0.2 if i else None, "seconds": 60.0, "wa": u[j], "ua": u[j],
+                             "selected_wa": u[j] - 0.01, "selected_ua": u[j] - 0.01,
+                             "val_ua": [0.5 + 0.1 * i, 0.6], "fold_ua": [u[j], u[j]]}
+                            for i, u in enumerate(ua)]} for j in range(len(seeds))]
+    study = {"format": 1, "kind": "study", "command": f"dsl-sweep run ... --out {name}.json",
+             "protocol": {"name": protocol, "leak_free": True, "outer": "balanced", "folds": 3},
+             "seeds": seeds, "environments": [], "config": {**cfg.to_dict(), "seed": None},
+             "seconds_per_seed": {"mean": 120.0, "sd": None, "low": None, "high": None, "n": 1, "values": [120.0]},
+             "iterations": aggregate(runs)}
+    return str(write(study, tmp_path / f"{name}.json"))
+
+
+def test_report_pairs_todays_stage_inputs_with_the_matched_ones(tmp_path, capsys) -> None:
+    """`dsl-sweep report TODAY MATCHED ... --paired-with TODAY ... --same-iteration`: today's stage inputs
+    (in_sample / mean) and the matched ones (cross_fit / each), row under row, each matched row paired by seed
+    with today's same iteration in the same protocol; today's rows are the reference."""
+    from sweeps.cli import main
+
+    in_sample = _study(tmp_path, "refinery_in_sample", "refinery", {"fit_on": "in_sample"}, [0, 1, 2],
+                       [[0.60, 0.62, 0.64], [0.61, 0.63, 0.65]])
+    cross_fit = _study(tmp_path, "refinery_cross_fit", "refinery", {"fit_on": "cross_fit"}, [0, 1, 2],
+                       [[0.60, 0.62, 0.64], [0.63, 0.66, 0.68]])  # iteration 1: +2, +3, +3 points
+    mean = _study(tmp_path, "nested_mean", "nested", {"test_views": "mean"}, [0], [[0.55], [0.56]])
+    each = _study(tmp_path, "nested_each", "nested", {"test_views": "each"}, [0], [[0.57], [0.60]])
+    out = tmp_path / "pairs.md"
+    assert main(["report", in_sample, cross_fit, mean, each, "--paired-with", in_sample, "--paired-with", mean,
+                 "--same-iteration", "--out", str(out)]) == 0
+    capsys.readouterr()
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| `")]
+    assert len(rows) == 8
+    head = next(line for line in out.read_text().splitlines() if line.startswith("| protocol"))
+    assert "UA vs reference, same iteration (paired) | selected UA vs reference (paired)" in head
+    cells = [[c.strip() for c in r.split("|")[1:-1]] for r in rows]
+    today = [c for c in cells if c[2].startswith(("baseline", "WDSL")) and "stage" not in c[2]]
+    assert len(today) == 4 and all(c[6] == c[7] == "reference" for c in today)
+    fit = [c for c in cells if "stage fit on cross-fit halves" in c[2]]
+    assert [c[0] for c in fit] == ["`refinery`"] * 2
+    assert fit[0][6] == "0.0 ± 0.0" and fit[1][6].startswith("2.7 ± ")  # paired by seed, iteration by iteration
+    assert fit[1][7].startswith("2.7 ± ")  # selected UA, likewise
+    views = [c for c in cells if "stage on each test view" in c[2]]
+    assert [c[0] for c in views] == ["`nested`"] * 2 and [c[6] for c in views] == ["2.0 (1 seed)", "4.0 (1 seed)"]

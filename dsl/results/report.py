@@ -150,8 +150,8 @@ def _mins(seconds: float) -> str:
 def paired_against(study: Mapping[str, Any], row: Mapping[str, Any], reference: Mapping[str, Any],
                    key: str = "ua", same_iteration: bool = False) -> Interval | None:
     """`row`'s `key` minus the reference study's iteration 0 (`same_iteration`: its iteration of `row`'s
-    number), seed by seed over the seeds both ran (as fractions; None when they share fewer than two seeds
-    or the reference lacks the iteration or the figure)."""
+    number), seed by seed over the seeds both ran (as fractions; one shared seed gives the difference without
+    an interval; None when they share no seed or the reference lacks the iteration or the figure)."""
     if key not in row:
         return None
     ref_row = next((r for r in reference["iterations"] if r["iteration"] == row["iteration"]), None) \
@@ -161,7 +161,7 @@ def paired_against(study: Mapping[str, Any], row: Mapping[str, Any], reference: 
     mine = dict(zip(study["seeds"], row[key]["values"]))
     base = dict(zip(reference["seeds"], ref_row[key]["values"]))
     shared = [s for s in mine if s in base]
-    if len(shared) < 2:
+    if not shared:
         return None
     return mean_interval([mine[s] - base[s] for s in shared])
 
@@ -186,12 +186,20 @@ def _agreement(row: Mapping[str, Any]) -> str:
     return iv.format()
 
 
+def _difference(diff: Interval | None) -> str:
+    if diff is None:
+        return "–"
+    return diff.format() + (" (1 seed)" if diff.n == 1 else "")
+
+
 def study_table(studies: Sequence[tuple[str, Mapping[str, Any]]],
                 references: Sequence[Mapping[str, Any]] = (), same_iteration: bool = False) -> str:
     """One row per study iteration; with `references` (baseline studies), also each row's UA minus the
     iteration 0 of the reference in the same setting (corpus, protocol, test corpus, outer partition), paired by
     seed: how a method compares with the baseline on the same folds and seeds. `same_iteration` pairs each row
-    with the reference's iteration of the same number instead, and adds the selected UA's difference."""
+    with the reference's iteration of the same number instead, and adds the selected UA's difference. A
+    reference listed among `studies` too gets `reference` in those columns: the table then pairs, row under
+    row, e.g. today's stage inputs (the reference) with the matched ones."""
     ref_head, ref_rule = "", ""
     if references:
         ref_head, ref_rule = ((" UA vs reference, same iteration (paired) | selected UA vs reference (paired) |",
@@ -207,8 +215,11 @@ def study_table(studies: Sequence[tuple[str, Mapping[str, Any]]],
             if references:
                 keys = ("ua", "selected_ua") if same_iteration else ("ua",)
                 for key in keys:
+                    if reference is not None and reference == st:
+                        ref += " reference |"
+                        continue
                     diff = paired_against(st, row, reference, key, same_iteration) if reference is not None else None
-                    ref += f" {diff.format() if diff is not None else '–'} |"
+                    ref += f" {_difference(diff)} |"
             corpus, protocol, test, outer = setting(st)
             where = (f"`{protocol}`" + (f" {corpus} → {test}" if test else "")
                      + (f" ({OUTER_NOTES[outer]})" if outer in OUTER_NOTES else ""))
