@@ -148,3 +148,8 @@ def test_report_pairs_todays_stage_inputs_with_the_matched_ones(tmp_path, capsys
     assert fit[1][7].startswith("2.7 ± ")  # selected UA, likewise
     views = [c for c in cells if "stage on each test view" in c[2]]
     assert [c[0] for c in views] == ["`nested`"] * 2 and [c[6] for c in views] == ["2.0 (1 seed)", "4.0 (1 seed)"]
+    # Without --same-iteration every row is paired with today's iteration 0, today's own rows included.
+    from dsl.results.report import markdown
+
+    plain = markdown([in_sample, cross_fit], paired_with=[in_sample])
+    assert "reference |" not in plain and "UA vs baseline (paired)" in plain

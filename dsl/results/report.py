@@ -197,8 +197,8 @@ def study_table(studies: Sequence[tuple[str, Mapping[str, Any]]],
     """One row per study iteration; with `references` (baseline studies), also each row's UA minus the
     iteration 0 of the reference in the same setting (corpus, protocol, test corpus, outer partition), paired by
     seed: how a method compares with the baseline on the same folds and seeds. `same_iteration` pairs each row
-    with the reference's iteration of the same number instead, and adds the selected UA's difference. A
-    reference listed among `studies` too gets `reference` in those columns: the table then pairs, row under
+    with the reference's iteration of the same number instead, and adds the selected UA's difference; a
+    reference listed among `studies` too then gets `reference` in those columns, so the table pairs, row under
     row, e.g. today's stage inputs (the reference) with the matched ones."""
     ref_head, ref_rule = "", ""
     if references:
@@ -215,7 +215,7 @@ def study_table(studies: Sequence[tuple[str, Mapping[str, Any]]],
             if references:
                 keys = ("ua", "selected_ua") if same_iteration else ("ua",)
                 for key in keys:
-                    if reference is not None and reference == st:
+                    if same_iteration and reference is not None and reference == st:  # itself: 0 at every seed
                         ref += " reference |"
                         continue
                     diff = paired_against(st, row, reference, key, same_iteration) if reference is not None else None
