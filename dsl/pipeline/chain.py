@@ -46,7 +46,7 @@ from dsl.method.stages import make_stage, per_utterance, stage_input, standardis
 from dsl.plugins import load_plugins
 from dsl.protocols.plans import FoldPlan, is_leak_free, make_plan, outer_folds
 from dsl.protocols.selection import reported_iteration, selected_condition_scores, selected_scores
-from dsl.robustness.conditions import TestConditions, with_summaries
+from dsl.robustness.conditions import ChainConditions, with_summaries
 from dsl.runtime.environment import machine_info
 from dsl.runtime.progress import progress
 
@@ -223,7 +223,7 @@ class ChainIterator:
     books: dict[int, _Iteration]  # iterations with jobs submitted and not yet finished
     cache: StepCache | None  # serves and keeps fold trainings and scores (see `dsl.execution.step_cache`)
     keys: StepKeys | None  # the key parts fixed for this chain (with a cache)
-    conditions: TestConditions | None  # eval.*: the test conditions every fold job also scores its test utterances in
+    conditions: ChainConditions | None  # eval.*: the test conditions every fold job also scores its test utterances in
 
     def __init__(self, cfg: ChainConfig, data: CorpusData, state: ChainState | None = None,
                  runner: Runner | None = None, show_progress: bool = True, rf_jobs: int | None = None,
@@ -255,7 +255,7 @@ class ChainIterator:
         self.pending = {}
         self.waiting = set()
         self.books = {}
-        self.conditions = (TestConditions(cfg, data.paths, data.speakers, self.fold_of, show_progress)
+        self.conditions = (ChainConditions(cfg, data.paths, data.speakers, self.fold_of, show_progress)
                            if cfg.eval.enabled and self.first <= self.last else None)
 
     def __iter__(self) -> Iterator[tuple[IterationResult, ChainState]]:

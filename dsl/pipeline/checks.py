@@ -86,6 +86,7 @@ def config_problems(cfg: ChainConfig) -> list[str]:
         p.append(f"train.epoch_fraction = {t.epoch_fraction}; must be in (0, 1]")
     p += feature_problems(cfg)
     p += stage_problems(cfg)
+    p += eval_problems(cfg)
     if cfg.segments.length < 1 or cfg.segments.hop < 1:
         p.append(f"segments.length and segments.hop must be >= 1; got {cfg.segments}")
     if cfg.bad_files not in ("fail", "skip"):
@@ -129,6 +130,42 @@ def stage_problems(cfg: ChainConfig) -> list[str]:
         p.append(f"stage.epsilon = {st.epsilon} is outside [0, 1)")
     if st.dim < 2 or st.epochs < 1 or st.batch_size < 1 or st.lr <= 0 or st.weight_decay < 0:
         p.append(f"stage: dim >= 2, epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0 required; got {st}")
+    return p
+
+
+def eval_problems(cfg: ChainConfig) -> list[str]:
+    """Problems of the test conditions (`eval.noise`, `eval.adversarial`)."""
+    from pathlib import Path
+
+    from dsl.config import ATTACKS, NOISE_TYPES
+    from dsl.robustness.conditions import condition_names
+
+    noise, adv = cfg.eval.noise, cfg.eval.adversarial
+    p = []
+    unknown = [t for t in noise.types if t not in NOISE_TYPES]
+    if unknown:
+        p.append(f"eval.noise.types: unknown {', '.join(unknown)}; allowed: {', '.join(NOISE_TYPES)}")
+    if "babble" in noise.types:
+        if not noise.babble_data:
+            p.append("eval.noise.types has babble but no eval.noise.babble_data (a folder of speech to make it of, "
+                     "e.g. another corpus)")
+        elif not Path(noise.babble_data).expanduser().is_dir():
+            p.append(f"eval.noise.babble_data {noise.babble_data!r}: not a folder")
+        if noise.babble_talkers < 1:
+            p.append(f"eval.noise.babble_talkers = {noise.babble_talkers}; must be >= 1")
+    elif noise.babble_data:
+        p.append("eval.noise.babble_data given but eval.noise.types has no babble")
+    unknown = [a for a in adv.attacks if a not in ATTACKS]
+    if unknown:
+        p.append(f"eval.adversarial.attacks: unknown {', '.join(unknown)}; allowed: {', '.join(ATTACKS)}")
+    if any(e < 0 for e in adv.eps):
+        p.append(f"eval.adversarial.eps {list(adv.eps)}: must be >= 0 (feature standard deviations)")
+    if adv.pgd_steps < 1:
+        p.append(f"eval.adversarial.pgd_steps = {adv.pgd_steps}; must be >= 1")
+    names = condition_names(cfg.eval)
+    if len(set(names)) != len(names):
+        p.append(f"eval: repeated test conditions {sorted({n for n in names if names.count(n) > 1})} (an SNR, eps or "
+                 "type given twice)")
     return p
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from dsl.config import ConfigError
 from dsl.results.paper_tables import sweep_figure, sweep_tables
+from dsl.results.robustness_report import robustness_markdown
 from dsl.results.stats import Interval, mean_interval
 from dsl.runtime.environment import describe_machine
 
@@ -190,6 +191,10 @@ def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = ()
                       ", ".join(f"`{p}`" for p in paired_with) + " (the one with the same corpus, protocol and test "
                       "corpus), seed by seed over the seeds both ran." if references else "") + "\n\n" +
                      study_table(studies, references))
+        robust = robustness_markdown([d for _, d in studies], labels_of,
+                                     [(str(p), r) for p, r in zip(paired_with, references)])
+        if robust:
+            parts.append(robust)
     if runs:
         parts.append(run_table(runs))
     ms = machines([d for _, d in loaded])

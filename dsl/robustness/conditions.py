@@ -191,7 +191,7 @@ class JobConditions:
         return parts
 
 
-class TestConditions:
+class ChainConditions:
     """A chain's conditions: the noisy features of its scored utterances (made, or read from the feature cache, once
     per chain) and its attacks; `for_job` hands a fold job its part."""
 

@@ -2,7 +2,8 @@
 
 A sweep file has `name`, `base` (a ChainConfig mapping, optionally `preset: cpu|paper` plus
 overrides; its `protocol` is the one the search runs under), `search` (parameters to sample),
-`objective` (`final` or `selected`: the score at a rule fixed in advance), `select` (how `dsl-sweep
+`objective` (`final` or `selected`: the score at a rule fixed in advance; `selected:white_10dB` or
+`final:noise_mean`: the same under a test condition of `base.eval`, `dsl.robustness.conditions`), `select` (how `dsl-sweep
 best` re-evaluates the top configurations: a leak-free protocol, how many, on how many fresh seeds),
 `sampler`, `scheduler`, `num_samples`, `max_concurrent`, `resources`, `max_failures`, `storage_path`
 and `plots`. Every problem is reported at once in one `ConfigError`. `seed` is not searchable: a
@@ -31,11 +32,12 @@ from dsl.config import (
 from dsl.pipeline.checks import check_config
 from dsl.plugins import load_plugins
 from dsl.protocols.plans import is_leak_free
+from dsl.robustness.conditions import condition_names, summary_names
 
 # ParamSpec stays importable from here too: the tuner.pkl of a sweep started before it moved names it so.
 from sweeps.search.space import ParamSpec, SearchSpace, sample_configs
 from trainables.context import ResourceSpec
-from trainables.metrics import OBJECTIVES
+from trainables.metrics import OBJECTIVES, parse_objective
 
 # Short names of the search parameters -> dotted ChainConfig keys (any dotted key works too).
 ALIASES: dict[str, str] = {name: SHORT_NAMES[name] for name in (
@@ -260,6 +262,10 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
             problems.append(f"search: {', '.join(shared)}: features (but {', '.join(SEARCHABLE_FEATURES)}), corpus, "
                             "data, train.aux_data and cache_dir are shared by all trials (one feature extraction per front end); "
                             "set them in base")
+        conditions = [k for k in keys if k.startswith("eval.")]
+        if conditions:
+            problems.append(f"search: {', '.join(conditions)}: the test conditions (eval.*) are the same for all trials, "
+                            "so that their scores compare; set them in base")
         for p in params:
             if p.key in SEARCHABLE_FEATURES and p.kind not in ("categorical", "const"):
                 problems.append(f"search.{p.key}: give a list of choices (each front end is extracted once, "
@@ -284,9 +290,15 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
     if trials is not None:
         ints["num_samples"] = trials
     objective = str(raw.get("objective", "final"))
-    if objective not in OBJECTIVES:
-        problems.append(f"objective {objective!r} is unknown; allowed: {', '.join(OBJECTIVES)}")
-    elif objective == "selected" and base is not None and not is_leak_free(base.protocol.name):
+    rule, condition = parse_objective(objective)
+    if rule not in OBJECTIVES:
+        problems.append(f"objective {objective!r} is unknown; allowed: {', '.join(OBJECTIVES)}, optionally with "
+                        ":<test condition> (e.g. selected:white_10dB, final:noise_mean)")
+    elif condition and base is not None and condition not in (*condition_names(base.eval), *summary_names(base.eval)):
+        known = [*condition_names(base.eval), *summary_names(base.eval)]
+        problems.append(f"objective {objective!r}: no test condition {condition!r} in base.eval; "
+                        + (f"it has: {', '.join(known)}" if known else "set base.eval.noise or base.eval.adversarial"))
+    elif rule == "selected" and base is not None and not is_leak_free(base.protocol.name):
         problems.append(f"objective 'selected' needs a leak-free search protocol (nested, speaker, refinery); "
                         f"base.protocol.name is {base.protocol.name!r}")
     select = _sub(SelectSpec, raw.get("select"), "select", problems)

@@ -33,7 +33,8 @@ from dsl.studies.replicates import run_replicates
 from dsl.studies.run import load_checked
 from tracking import sweep_runs
 from tracking.client import call, check_access, client, redact_uri, resolve_tracking_uri
-from tracking.schema import ROLE_TAG
+from tracking.schema import ROLE_TAG, condition_metric
+from trainables.metrics import parse_objective
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,17 @@ def at_iteration(cfg: ChainConfig, t: int) -> tuple[ChainConfig, bool]:
 
 
 def objective_key(objective: str) -> str:
-    """The MLflow metric that holds the sweep objective per iteration."""
-    return "selected_ua" if objective == "selected" else "ua"
+    """The MLflow metric that holds the sweep objective per iteration (`ua/white_10dB` etc. under a test condition)."""
+    rule, condition = parse_objective(objective)
+    key = "selected_ua" if rule == "selected" else "ua"
+    return condition_metric(key, condition) if condition else key
+
+
+def study_score(row: dict, objective: str) -> dict:
+    """The objective's interval in a study's iteration row (`dsl.results.study.aggregate`)."""
+    rule, condition = parse_objective(objective)
+    key = "selected_ua" if rule == "selected" else "ua"
+    return row["conditions"][condition][key] if condition else row[key]
 
 
 def select_best(c, experiment_id: str, parent_run_id: str, objective: str = "final") -> list[BestPick]:
@@ -165,7 +175,6 @@ def fresh_seeds(base_seed: int, n: int) -> list[int]:
 def reevaluate(candidates: list[tuple[BestPick, ChainConfig]], protocol: str, seeds: list[int], objective: str,
                out_dir: Path, show_progress: bool = True) -> list[Reevaluated]:
     """One replicate study per candidate under `protocol`, ranked by the re-evaluated mean objective."""
-    key = objective_key(objective)
     done: list[Reevaluated] = []
     data = None
     for i, (pick, cfg) in enumerate(candidates):
@@ -178,7 +187,8 @@ def reevaluate(candidates: list[tuple[BestPick, ChainConfig]], protocol: str, se
                                command=f"dsl-sweep run {out_dir / f'candidate{i + 1}.yaml'}")
         (out_dir / f"candidate{i + 1}.yaml").write_text(rcfg.to_yaml())
         last = study["iterations"][-1]
-        done.append(Reevaluated(pick, cfg, study, Interval.from_dict(last[key]), Interval.from_dict(last["wa"])))
+        done.append(Reevaluated(pick, cfg, study, Interval.from_dict(study_score(last, objective)),
+                                Interval.from_dict(last["wa"])))
     return sorted(done, key=lambda r: rank_key(r.score.mean, r.wa.mean, r.config.iterations), reverse=True)
 
 
