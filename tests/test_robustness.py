@@ -220,6 +220,11 @@ def test_objective_metrics_and_summaries() -> None:
             parse_sweep({"name": "r", "base": base, "objective": objective})
     with pytest.raises(ConfigError, match="eval"):
         parse_sweep({"name": "r", "base": base, "search": {"eval.noise.seed": [0, 1]}})
+    import yaml
+
+    example = Path(__file__).parents[1] / "sweeps" / "examples" / "robust_emodb.yaml"
+    spec = parse_sweep(yaml.safe_load(example.read_text()), data="/data/emodb")
+    assert spec.objective == "selected:noise_mean" and Path(spec.base.eval.noise.babble_data).is_absolute()
 
 
 def _fake_seed(cfg: ChainConfig, seed: int, clean: float, white: float, it: int = 0) -> dict:

@@ -202,7 +202,8 @@ def _base_config(raw: Any, data: str | None, problems: list[str]) -> ChainConfig
         return None
     if cfg.data and "://" not in cfg.data:
         cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
-    for key, value in (("protocol.test_data", cfg.protocol.test_data), ("train.aux_data", cfg.train.aux_data)):
+    for key, value in (("protocol.test_data", cfg.protocol.test_data), ("train.aux_data", cfg.train.aux_data),
+                       ("eval.noise.babble_data", cfg.eval.noise.babble_data)):
         if value and "://" not in value:  # trials run in other directories
             cfg = cfg.replace(**{key: str(Path(value).expanduser().resolve())})
     return cfg
