@@ -213,6 +213,8 @@ def format_study(study: Mapping[str, Any]) -> str:
     for row in study["iterations"]:
         lines.append(f"{row['iteration']:>4} {_iv(row, 'wa'):>12} {_iv(row, 'ua'):>12} {_iv(row, 'gain_ua'):>12} "
                      f"{_iv(row, 'selected_ua'):>12}")
+        for name, c in (row.get("conditions") or {}).items():  # eval.noise / eval.adversarial
+            lines.append(f"     {name:<14} UA {_iv(c, 'ua'):>12}, drop from clean {_iv(c, 'drop_ua'):>12}")
     lines.append(f"wall time per seed: {_mins(Interval.from_dict(study['seconds_per_seed']).mean)}")
     return "\n".join(lines)
 
