@@ -23,7 +23,7 @@ class FeatureSpec:
     """Front end: log-Mel (paper: 16 kHz, 25 ms Hann, 10 ms hop, 512 FFT, 64 HTK mels, 125-7500 Hz), or a
     self-supervised speech model's hidden states per frame (`kind: ssl`, see `dsl.data.ssl_features`)."""
 
-    kind: str = "logmel"  # logmel | ssl
+    kind: str = "logmel"  # logmel | ssl (dsl.data.feature_kinds)
 
     sample_rate: int = 16000
     n_fft: int = 512
@@ -46,7 +46,6 @@ class SegmentSpec:
     hop: int = 1
 
 
-FEATURE_KINDS = ("logmel", "ssl")  # features.kind; see dsl.data.frontend.compute_features
 PRECISIONS = ("fp32", "bf16", "auto")  # train.precision (CPU); see dsl.training.train.resolve_precision
 
 
@@ -79,7 +78,8 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class LabelSpec:
-    """Label-update rule and its alpha schedule over iterations 1..T."""
+    """Label-update rule and its alpha schedule over iterations 1..T. The built-in rules' parameters are typed
+    fields; a registered rule's own parameters (`dsl.method.rules.RuleParam`) live in `params`, by name."""
 
     rule: str = "wdsl"
     alpha: float = 0.2  # WDSL weight of the original label (constant schedule / schedule start)
@@ -88,6 +88,7 @@ class LabelSpec:
     alpha_step: float = 0.2  # decrement of the step schedule (paper: 0.9 -> 0.7 -> ... -> 0.1)
     epsilon: float = 0.1  # label smoothing
     horizon: int = 0  # iterations the alpha schedule spans (0: the chain's `iterations`); a cut chain keeps its alphas
+    params: dict[str, float] = field(default_factory=dict)  # the rule's own parameters: labels.params.<name>
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,6 @@ class ProtocolSpec:
     label_map: str = ""  # cross_corpus: NAME=SHARED,... on top of dsl.data.cross_corpus.SYNONYMS
 
 
-STAGES = ("forest", "acp")  # stage.name; see dsl.method.stages
-STAGE_INPUTS = ("embedding", "posterior")  # stage.input of the acp stage
-
-
 @dataclass(frozen=True)
 class StageSpec:
     """The utterance stage that turns out-of-sample segment outputs into utterance labels (`dsl.method.stages`):
@@ -117,7 +114,7 @@ class StageSpec:
     (attentive correlation pooling, `dsl.method.acp`, on segment embeddings or posteriors). Every key but `name`
     applies to `acp` only; it trains per scope per iteration on a few hundred utterances (seconds on a CPU)."""
 
-    name: str = "forest"
+    name: str = "forest"  # dsl.method.stages.STAGES
     input: str = "embedding"  # acp: embedding (the backbone's penultimate layer) | posterior
     epsilon: float = 0.1  # acp: label smoothing of its cross-entropy
     dim: int = 32  # acp: channels after the learned projection; the correlation matrix is dim x dim
@@ -128,17 +125,13 @@ class StageSpec:
     weight_decay: float = 1e-4
 
 
-NOISE_TYPES = ("white", "pink", "babble")  # eval.noise.types; see dsl.robustness.noise
-ATTACKS = ("fgsm", "pgd")  # eval.adversarial.attacks; see dsl.training.attacks
-
-
 @dataclass(frozen=True)
 class NoiseSpec:
     """Noisy test speech (`dsl.robustness`): every scored test utterance is also scored with additive noise of each
     type at each SNR (dB over the whole utterance), added to the waveform before the front end. Empty `types`: off.
     `babble` mixes `babble_talkers` utterances of the folder `babble_data` (never one of a test speaker)."""
 
-    types: tuple[str, ...] = ()  # white | pink | babble
+    types: tuple[str, ...] = ()  # white | pink | babble (the registry dsl.robustness.noise.NOISES)
     snr: tuple[float, ...] = (20.0, 10.0, 5.0, 0.0)
     babble_data: str = ""  # babble: a folder of wav/flac (recursive), e.g. another corpus
     babble_talkers: int = 5
@@ -151,7 +144,7 @@ class AdversarialSpec:
     within an L-inf ball of `eps` feature standard deviations (the fold's training statistics), untargeted against
     the network's own predicted class (no label is read). Empty `attacks`: off."""
 
-    attacks: tuple[str, ...] = ()  # fgsm | pgd
+    attacks: tuple[str, ...] = ()  # fgsm | pgd (the registry dsl.training.attacks.ATTACKS)
     eps: tuple[float, ...] = (0.1, 0.3)
     pgd_steps: int = 5  # pgd: steps of 2.5 eps / steps each, from the clean input (no random start)
 
@@ -191,6 +184,8 @@ class ChainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
+        if not out["labels"]["params"]:  # configs written before rule parameters existed stay equal
+            del out["labels"]["params"]
         out["plugins"] = list(self.plugins)  # YAML and JSON have lists, not tuples
         out["seeds"] = list(self.seeds)
         return out
@@ -334,6 +329,18 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         return parse_seeds(value, where)
     if isinstance(default, tuple) and default and isinstance(default[0], float):  # numbers: list or "20,10,5"
         return parse_numbers(value, where)
+    if isinstance(default, dict):  # named numbers (labels.params)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of parameter name -> number, got {value!r}")
+        out = {}
+        for k, v in value.items():
+            try:
+                if not isinstance(k, str) or isinstance(v, bool):
+                    raise ValueError
+                out[k] = float(v)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}.{k}: expected a number, got {v!r}") from None
+        return out
     if isinstance(default, tuple):  # a list of names: YAML list, or "a,b" from --set
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())

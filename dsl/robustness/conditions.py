@@ -28,7 +28,7 @@ from dsl.data.feature_cache import (
     variant_key,
 )
 from dsl.data.frontend import compute_features, feature_identity, stack_utterances
-from dsl.robustness.noise import make_noise, mix_at_snr, utterance_rng
+from dsl.robustness.noise import NOISES, make_noise, mix_at_snr, utterance_rng
 from dsl.runtime.progress import progress
 
 NOISE_MEAN, ATTACK_MEAN = "noise_mean", "attack_mean"  # summaries over a run's noise / attack conditions
@@ -83,6 +83,11 @@ def with_summaries(conditions: Mapping[str, Mapping]) -> dict[str, dict]:
 
 
 # noisy features ------------------------------------------------------------------------------------------------
+def needs_speech(noise: NoiseSpec) -> bool:
+    """Some noise type of `noise` is made of other utterances (`eval.noise.babble_data`)."""
+    return any(t in NOISES and NOISES[t].needs_speech for t in noise.types)
+
+
 @dataclass(frozen=True)
 class BabblePool:
     """The files babble is made of; a file that is also an utterance of the chain's corpus carries its speaker, so
@@ -123,7 +128,7 @@ def noisy_features(paths: Sequence[str], utterances: Sequence[int], excluded_spe
     `paths` (so babble drawn from the same corpus knows its files' speakers)."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     conditions = noise_conditions(noise)
-    pool = BabblePool.of(noise.babble_data, paths, speakers) if "babble" in noise.types else None
+    pool = BabblePool.of(noise.babble_data, paths, speakers) if needs_speech(noise) else None
     ident = feature_identity(spec)
     out: dict[str, dict[int, np.ndarray]] = {c.name: {} for c in conditions}
     babble_signals: dict[Path, np.ndarray] = {}
@@ -142,7 +147,8 @@ def noisy_features(paths: Sequence[str], utterances: Sequence[int], excluded_spe
             path = Path(paths[u])
             for t in noise.types:
                 rng = utterance_rng(noise.seed, path, t)
-                chosen = pool.choose(excluded_speakers.get(u, frozenset()), noise.babble_talkers, rng) if t == "babble" else []
+                chosen = (pool.choose(excluded_speakers.get(u, frozenset()), noise.babble_talkers, rng)
+                          if pool is not None and NOISES[t].needs_speech else [])
                 plans[(u, t)] = (rng, chosen)
                 for c in (c for c in conditions if c.noise_type == t):
                     variant = {"noise": t, "snr": c.snr, "seed": noise.seed,

@@ -1,4 +1,5 @@
-"""Additive noise on waveforms at a given SNR: white, pink (1/f power) and babble (several talkers mixed).
+"""Additive noise on waveforms at a given SNR, from a registry of noise types: white, pink (1/f power) and babble
+(several talkers mixed); a plugin registers more with `@register_noise(name)`.
 
 Nothing is downloaded: white and pink noise are generated, babble is built from the utterances of a folder the
 user names (`eval.noise.babble_data`). The SNR is over the whole utterance (mean power of the clean signal,
@@ -12,24 +13,48 @@ differences between them are paired on the noise too.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dsl.config import NOISE_TYPES
+from dsl.registry import Registry, first_line
+
+NoiseFn = Callable[[int, np.random.Generator, Sequence[np.ndarray]], np.ndarray]  # (samples, rng, speech) -> noise
+
+
+@dataclass(frozen=True)
+class NoiseType:
+    """`fn(n, rng, speech)`: `n` samples of noise (all randomness from `rng`); `needs_speech`: made of other
+    utterances (`speech`, drawn from `eval.noise.babble_data`, never of a test speaker)."""
+
+    name: str
+    fn: NoiseFn
+    needs_speech: bool = False
+    description: str = ""
+
+
+NOISES: Registry[NoiseType] = Registry("noise type")
+
+
+def register_noise(name: str, *, needs_speech: bool = False, description: str = "") -> Callable[[NoiseFn], NoiseFn]:
+    return NOISES.decorator(lambda fn: NoiseType(name, fn, needs_speech, description or first_line(fn.__doc__)))
 
 
 def utterance_rng(seed: int, path: str | Path, noise_type: str) -> np.random.Generator:
     """The generator of one utterance's noise of one type (by file name, so it does not depend on the folder)."""
-    return np.random.default_rng([int(seed), zlib.crc32(Path(path).name.encode()), NOISE_TYPES.index(noise_type)])
+    return np.random.default_rng([int(seed), zlib.crc32(Path(path).name.encode()), zlib.crc32(noise_type.encode())])
 
 
-def white_noise(n: int, rng: np.random.Generator) -> np.ndarray:
+@register_noise("white")
+def white_noise(n: int, rng: np.random.Generator, speech: Sequence[np.ndarray] = ()) -> np.ndarray:
+    """Gaussian white noise."""
     return rng.standard_normal(n).astype(np.float32)
 
 
-def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
+@register_noise("pink")
+def pink_noise(n: int, rng: np.random.Generator, speech: Sequence[np.ndarray] = ()) -> np.ndarray:
     """Gaussian noise with power falling as 1/f (white noise shaped in the frequency domain; DC removed)."""
     spectrum = np.fft.rfft(rng.standard_normal(n))
     f = np.arange(len(spectrum), dtype=np.float64)
@@ -46,13 +71,14 @@ def fit_length(source: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarr
     return tiled[start:start + n]
 
 
-def babble_noise(n: int, sources: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """The sum of `sources` (each cut to `n` samples from a random start and scaled to unit RMS): several
-    talkers at once, as in a crowd."""
-    if not sources:
-        raise ValueError("babble needs at least one source utterance")
+@register_noise("babble", needs_speech=True)
+def babble_noise(n: int, rng: np.random.Generator, speech: Sequence[np.ndarray]) -> np.ndarray:
+    """Several talkers at once, as in a crowd: the sum of the `speech` signals (each cut to `n` samples from a random
+    start and scaled to unit RMS)."""
+    if not speech:
+        raise ValueError("babble needs at least one utterance to be made of")
     out = np.zeros(n, dtype=np.float64)
-    for s in sources:
+    for s in speech:
         piece = fit_length(np.asarray(s, dtype=np.float64), n, rng)
         out += piece / max(float(np.sqrt(np.mean(piece ** 2))), 1e-12)
     return out.astype(np.float32)
@@ -77,12 +103,6 @@ def measured_snr(clean: np.ndarray, noisy: np.ndarray) -> float:
 
 
 def make_noise(noise_type: str, n: int, rng: np.random.Generator,
-               babble_sources: Sequence[np.ndarray] = ()) -> np.ndarray:
-    """One noise realisation of `n` samples (babble: from the given source signals)."""
-    if noise_type == "white":
-        return white_noise(n, rng)
-    if noise_type == "pink":
-        return pink_noise(n, rng)
-    if noise_type == "babble":
-        return babble_noise(n, babble_sources, rng)
-    raise ValueError(f"unknown noise type {noise_type!r}; known: {', '.join(NOISE_TYPES)}")
+               speech: Sequence[np.ndarray] = ()) -> np.ndarray:
+    """One realisation of `n` samples of a registered noise type (babble: from the given speech signals)."""
+    return np.asarray(NOISES.get(noise_type).fn(n, rng, speech), dtype=np.float32)

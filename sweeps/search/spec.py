@@ -24,14 +24,14 @@ from dsl.config import (
     SHORT_NAMES,
     ChainConfig,
     ConfigError,
-    field_default,
     flatten,
     from_dict,
     load_config,
 )
 from dsl.pipeline.checks import check_config
+from dsl.pipeline.keys import key_default, selector_registry
 from dsl.plugins import load_plugins
-from dsl.protocols.plans import is_leak_free
+from dsl.protocols.plans import is_leak_free, leak_free_protocols
 from dsl.robustness.conditions import condition_names, summary_names
 
 # ParamSpec stays importable from here too: the tuner.pkl of a sweep started before it moved names it so.
@@ -42,7 +42,7 @@ from trainables.metrics import OBJECTIVES, parse_objective
 # Short names of the search parameters -> dotted ChainConfig keys (any dotted key works too).
 ALIASES: dict[str, str] = {name: SHORT_NAMES[name] for name in (
     "backbone", "rule", "alpha", "schedule", "alpha_end", "alpha_step", "epsilon", "iterations", "lr", "segment_hop",
-    "epochs", "batch_size", "stage")}
+    "epochs", "batch_size", "stage", "protocol")}
 # Front-end keys a sweep may search (as lists of choices): the driver extracts each distinct front end once
 # and every trial reads the frames of its own (`sweeps.search.space.feature_variants`).
 SEARCHABLE_FEATURES = ("features.kind", "features.ssl_model", "features.ssl_layer", "features.ssl_layer_sum")
@@ -121,21 +121,11 @@ class SweepSpec:
         return int(p.value if p.kind == "const" else p.high)
 
 
-def _registry(key: str) -> dict | None:
-    from dsl.method.rules import RULES
-    from dsl.method.schedules import SCHEDULES
-    from dsl.method.stages import STAGE_REGISTRY
-    from dsl.training.backbones import BACKBONES
-
-    return {"backbone": BACKBONES, "labels.rule": RULES, "labels.schedule": SCHEDULES,
-            "stage.name": STAGE_REGISTRY}.get(key)
-
-
 def _check_names(name: str, key: str, values: list[Any], problems: list[str]) -> None:
-    known = _registry(key)
+    known = selector_registry(key)
     bad = [v for v in values if known is not None and v not in known]
     if bad:
-        problems.append(f"search.{name}: unknown {', '.join(map(str, bad))}; allowed: {', '.join(sorted(known))}")
+        problems.append(f"search.{name}: unknown {', '.join(map(str, bad))}; allowed: {', '.join(known.names())}")
 
 
 def parse_param(name: str, raw: Any, problems: list[str]) -> ParamSpec | None:
@@ -145,10 +135,10 @@ def parse_param(name: str, raw: Any, problems: list[str]) -> ParamSpec | None:
                         "set base.seed, and `dsl-sweep best` re-evaluates the top configurations on fresh seeds")
         return None
     try:
-        default = field_default(key)
+        default = key_default(key)
     except KeyError:
-        problems.append(f"search.{name}: unknown parameter; use one of {', '.join(ALIASES)} or a dotted "
-                        f"config key such as train.batch_size")
+        problems.append(f"search.{name}: unknown parameter; use one of {', '.join(ALIASES)}, a dotted "
+                        f"config key such as train.batch_size, or labels.params.<name> of a registered rule")
         return None
     _check_names(name, key, raw if isinstance(raw, list) else [] if isinstance(raw, Mapping) else [raw], problems)
     if isinstance(raw, list):
@@ -299,12 +289,18 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
         known = [*condition_names(base.eval), *summary_names(base.eval)]
         problems.append(f"objective {objective!r}: no test condition {condition!r} in base.eval; "
                         + (f"it has: {', '.join(known)}" if known else "set base.eval.noise or base.eval.adversarial"))
-    elif rule == "selected" and base is not None and not is_leak_free(base.protocol.name):
-        problems.append(f"objective 'selected' needs a leak-free search protocol (nested, speaker, refinery); "
-                        f"base.protocol.name is {base.protocol.name!r}")
+    elif rule == "selected" and base is not None:
+        searched = next((p for p in params if p.key == "protocol.name"), None)
+        names = ([*searched.choices] if searched.kind == "categorical" else [searched.value]) if searched \
+            else [base.protocol.name]
+        transductive = [str(n) for n in names if not is_leak_free(str(n))]
+        if transductive:
+            problems.append(f"objective 'selected' needs a leak-free search protocol ({', '.join(leak_free_protocols())}); "
+                            f"{'search.protocol' if searched else 'base.protocol.name'} has {', '.join(transductive)}")
     select = _sub(SelectSpec, raw.get("select"), "select", problems)
     if not is_leak_free(select.protocol):
-        problems.append(f"select.protocol {select.protocol!r} is not a leak-free protocol; allowed: nested, refinery, speaker")
+        problems.append(f"select.protocol {select.protocol!r} is not a leak-free protocol; allowed: "
+                        f"{', '.join(leak_free_protocols())}")
     if select.top_k < 1 or select.seeds < 2:
         problems.append(f"select: top_k >= 1 and seeds >= 2 (for an interval) required; got {select}")
     use_cache = raw.get("step_cache", True) if step_cache is None else step_cache
