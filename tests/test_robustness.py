@@ -257,3 +257,41 @@ def test_report_shows_conditions_with_paired_drops(tmp_path) -> None:
     assert "MTL-AUG (iter. 0)" in text and "| white drop | vs baseline |" in text
     mtl_line = next(line for line in text.splitlines() if line.startswith("| MTL-AUG (iter. 0) | 67.0"))
     assert mtl_line.endswith("| -9.7 ± 1.4 | 10.0 ± 0.0 |")  # 10 points less drop than the baseline, paired by seed
+
+
+@pytest.mark.slow
+def test_sweep_scores_conditions_in_fold_tasks_and_maximises_one(tmp_path_factory) -> None:
+    """A tiny sweep on EmoDB with folds as Ray tasks: every trial logs `ua/<condition>` to MLflow, and its objective
+    is the UA under white noise it logged."""
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.search.launcher import run_sweep
+    from sweeps.search.spec import parse_sweep
+    from tests.support.data import emodb_root, tiny_emodb
+    from tests.support.sweep import children, tiny_sweep
+
+    root = emodb_root()
+    if root is None:
+        pytest.skip("EmoDB not found (../shared/data/emodb or $DSL_EMODB)")
+    if ray.is_initialized():
+        ray.shutdown()
+    base = tmp_path_factory.getbasetemp()
+    data = tiny_emodb(root, base / "tiny_emodb")
+    tmp = tmp_path_factory.mktemp("robust-sweep")
+    raw = tiny_sweep("robust", data, base / "dsl-cache", tmp / "ray_results", num_samples=2, max_concurrent=1,
+                     resources={"cpu": 0.5, "fold_workers": 2, "head_cpu": 0.5}, objective="final:white_10dB",
+                     search={"rule": ["baseline", "wdsl"], "iterations": 0})
+    raw["base"]["eval"] = {"noise": {"types": ["white"], "snr": [10]}, "adversarial": {"attacks": ["fgsm"], "eps": [0.1]}}
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DSL_PROGRESS", "0")
+        out = run_sweep(parse_sweep(raw), tracking_uri=uri)
+    assert not out.interrupted and out.errors == 0
+    client = MlflowClient(uri)
+    runs = children(client, "robust")
+    assert len(runs) == 2
+    for run in runs:
+        m = run.data.metrics
+        assert {"ua/white_10dB", "ua/fgsm_eps0.1", "ua/noise_mean", "segment_accuracy/fgsm_eps0.1"} <= set(m)
+    assert sorted(r.objective for r in out.rows) == sorted(r.data.metrics["ua/white_10dB"] for r in runs)

@@ -113,26 +113,39 @@ def group_table(cols: Sequence[Column], reference: Mapping[str, Any] | None, ref
     return "\n".join(lines)
 
 
+def _setting(study: Mapping[str, Any]) -> tuple[str, str, str]:
+    cfg = study["config"]
+    return cfg["corpus"], cfg["protocol"]["name"], cfg["protocol"].get("test_corpus", "")
+
+
 def robustness_markdown(studies: Sequence[Mapping[str, Any]], labels_of,
                         references: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> str:
-    """Both tables for the studies scored under test conditions ("" if none is)."""
+    """Both tables for the studies scored under test conditions, per setting (corpus, protocol, test corpus); ""
+    if none is."""
     scored = [st for st in studies if has_conditions(st)]
-    if not scored:
-        return ""
+    settings = list(dict.fromkeys(_setting(st) for st in scored))
+    return "\n\n".join(_setting_tables([st for st in scored if _setting(st) == key], labels_of,
+                                       [(p, r) for p, r in references if has_conditions(r) and _setting(r) == key])
+                       for key in settings)
+
+
+def _setting_tables(scored: Sequence[Mapping[str, Any]], labels_of,
+                    references: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     cols = columns(scored, labels_of)
     first = scored[0]
-    ref_path, reference = next(((p, r) for p, r in references if has_conditions(r)
-                                and r["config"]["corpus"] == first["config"]["corpus"]
-                                and r["protocol"]["name"] == first["protocol"]["name"]), ("", None))
-    pr = first["protocol"]
-    intro = (f"**Robustness** (protocol `{pr['name']}`, leak-free: {'yes' if pr.get('leak_free') else 'no'}; seeds "
-             f"{','.join(map(str, first['seeds']))}). Each cell: UA % under the test condition, mean ± half-width of the "
-             "95 % t-interval over seeds, and in brackets its drop from the same method's clean UA, paired by seed "
-             "(negative: worse than clean). Only test utterances are perturbed: noise is added to the waveform "
-             "before the front end (SNR over the whole utterance; babble from another corpus's utterances), attacks "
-             "(untargeted against the network's own clean prediction, no label read) perturb the *segment network's* "
-             "normalised input within ε feature standard deviations; the forest is not attacked. The UA is each "
-             "iteration's own (not the validation-selected one).")
+    ref_path, reference = references[0] if references else ("", None)
+    pr, cfg = first["protocol"], first["config"]
+    where = f"corpus `{cfg['corpus']}` at `{cfg['data']}`" + (
+        f", tested on `{cfg['protocol']['test_corpus']}`" if cfg["protocol"].get("test_corpus") else "")
+    intro = (f"**Robustness** ({where}, protocol `{pr['name']}` with {pr.get('folds')} outer folds, leak-free: "
+             f"{'yes' if pr.get('leak_free') else 'no'}; seeds {','.join(map(str, first['seeds']))}). Each cell: UA % "
+             "under the test condition, mean ± half-width of the 95 % t-interval over seeds, and in brackets its drop "
+             "from the same method's clean UA, paired by seed (negative: worse than clean). Only test utterances are "
+             "perturbed: noise is added to the waveform before the front end (SNR over the whole utterance; babble from "
+             f"`{cfg.get('eval', {}).get('noise', {}).get('babble_data') or '–'}`), attacks (untargeted against the "
+             "network's own clean prediction, no label read) perturb the *segment network's* normalised input within "
+             "ε feature standard deviations; the forest is not attacked. The UA is each iteration's own (not the "
+             "validation-selected one).")
     groups = ("Mean drop per noise type (over its SNRs) and per attack (over its ε), paired by seed" +
               (f"; *vs baseline*: the method's drop minus the drop of iteration 0 of `{ref_path}`, paired by seed "
                "(positive: degrades less than the baseline)." if reference is not None else "."))
