@@ -81,9 +81,7 @@ def group_drop(study: Mapping[str, Any], row: Mapping[str, Any], group: str) -> 
 
 
 def condition_table(cols: Sequence[Column]) -> str:
-    names: list[str] = []
-    for _, _, row in cols:
-        names += [n for n in row["conditions"] if n not in names]
+    names = list(dict.fromkeys(n for _, _, row in cols for n in row["conditions"]))
     names = [n for n in names if not n.endswith("_mean")] + [n for n in names if n.endswith("_mean")]
     head = "| condition | " + " | ".join(label for label, _, _ in cols) + " |"
     lines = [head, "|---|" + "---|" * len(cols),
@@ -93,9 +91,7 @@ def condition_table(cols: Sequence[Column]) -> str:
 
 
 def group_table(cols: Sequence[Column], reference: Mapping[str, Any] | None, reference_path: str = "") -> str:
-    groups: list[str] = []
-    for _, _, row in cols:
-        groups += [g for n in row["conditions"] if (g := group_of(n)) is not None and g not in groups]
+    groups = list(dict.fromkeys(g for _, _, row in cols for n in row["conditions"] if (g := group_of(n)) is not None))
     ref_row = reference["iterations"][0] if reference is not None and reference["iterations"][0].get("conditions") else None
     head = "| method | clean UA % | " + " | ".join(
         f"{g} drop" + (" | vs baseline" if ref_row is not None else "") for g in groups) + " |"
