@@ -21,7 +21,6 @@ from dsl.config import AdversarialSpec, ChainConfig, ConfigError, EvalSpec, Feat
 from dsl.data.audio import load_audio
 from dsl.data.corpora import audio_files
 from dsl.data.feature_cache import (
-    default_cache_dir,
     file_fingerprint,
     load_file_entry,
     save_file_entry,
@@ -29,6 +28,7 @@ from dsl.data.feature_cache import (
 )
 from dsl.data.frontend import compute_features, feature_identity, stack_utterances
 from dsl.robustness.noise import NOISES, make_noise, mix_at_snr, utterance_rng
+from dsl.runtime.paths import WriteTarget, check_writable, default_cache_dir
 from dsl.runtime.progress import progress
 
 NOISE_MEAN, ATTACK_MEAN = "noise_mean", "attack_mean"  # summaries over a run's noise / attack conditions
@@ -127,6 +127,7 @@ def noisy_features(paths: Sequence[str], utterances: Sequence[int], excluded_spe
     babble files used). `excluded_speakers[u]`: speakers whose files never enter u's babble; `speakers`: those of
     `paths` (so babble drawn from the same corpus knows its files' speakers)."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    writable = not check_writable([WriteTarget.dir(cache, "feature cache")])  # else: computed, not kept
     conditions = noise_conditions(noise)
     pool = BabblePool.of(noise.babble_data, paths, speakers) if needs_speech(noise) else None
     ident = feature_identity(spec)
@@ -166,7 +167,8 @@ def noisy_features(paths: Sequence[str], utterances: Sequence[int], excluded_spe
                       for (u, t), (rng, chosen) in plans.items() if (u, t) in needed}
             signals = [mix_at_snr(clean[u], noises[(u, c.noise_type)], c.snr) for u, c, _ in todo]
             for (u, c, key), feats in zip(todo, compute_features(signals, spec)):
-                save_file_entry(key, cache, feats)
+                if writable:
+                    save_file_entry(key, cache, feats)
                 out[c.name][u] = feats
         bar.update(len(utterances[start:start + chunk]))
     bar.close()

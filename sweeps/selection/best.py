@@ -12,7 +12,6 @@ model carries the same figures.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from dsl.protocols.plans import is_leak_free
 from dsl.protocols.selection import rank_key
 from dsl.results.naming import describe
 from dsl.results.stats import Interval
+from dsl.runtime.paths import WriteTarget, require_writable
 from dsl.studies.replicates import run_replicates
 from dsl.studies.run import load_checked
 from tracking import sweep_runs
@@ -234,10 +234,40 @@ def write_best(cfg: ChainConfig, out: str | Path, evaluation: dict | None = None
     return out
 
 
-def best_from_cli(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class BestOptions:
+    """What `dsl-sweep best` is asked: the sweep, where to write best.yaml, and how to re-evaluate (None: the
+    sweep's own `select:` settings)."""
+
+    sweep: str  # sweep name (MLflow experiment) or sweep YAML file
+    out: str = "best.yaml"
+    tracking_uri: str | None = None
+    top_k: int | None = None
+    fresh_seeds: int | None = None
+    protocol: str | None = None
+    no_reeval: bool = False
+    register: bool = False
+    model_name: str | None = None
+    address: str | None = None  # with register: train the final model as a Ray task on this cluster
+
+    def outputs(self) -> list[WriteTarget]:
+        """best.yaml, the re-evaluation's studies beside it, the final model's folder when trained here."""
+        out = Path(self.out)
+        targets = [WriteTarget.file(out, "--out")]
+        if not self.no_reeval:
+            targets.append(WriteTarget.dir(out.with_name(out.stem + "_reeval"), "the re-evaluation folder"))
+        if self.register and not self.address:
+            targets.append(WriteTarget.dir(out.with_name(out.stem + "_model"), "the final model's folder"))
+        return targets
+
+
+def choose_best(opts: BestOptions) -> Path:
+    """`dsl-sweep best`: re-evaluate the sweep's top configurations (unless `no_reeval`), write the winner to
+    `opts.out` (returned), and with `register` train and register the final model."""
+    require_writable(opts.outputs())
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = resolve_tracking_uri(args.tracking_uri)
-    name = sweep_name(args.sweep)
+    uri = resolve_tracking_uri(opts.tracking_uri)
+    name = sweep_name(opts.sweep)
     check_access(uri)
     c = client(uri)
     exp = call(c.get_experiment_by_name, name)
@@ -248,9 +278,9 @@ def best_from_cli(args: argparse.Namespace) -> int:
         raise ConfigError(f"experiment {name!r} has no sweep parent run")
     params = parent.data.params
     objective = params.get("sweep.objective", "final")
-    protocol = getattr(args, "protocol", None) or params.get("sweep.select_protocol", "refinery")
-    top_k = getattr(args, "top_k", None) or int(params.get("sweep.select_top_k", 3))
-    n_seeds = getattr(args, "fresh_seeds", None) or int(params.get("sweep.select_seeds", 5))
+    protocol = opts.protocol or params.get("sweep.select_protocol", "refinery")
+    top_k = opts.top_k or int(params.get("sweep.select_top_k", 3))
+    n_seeds = opts.fresh_seeds or int(params.get("sweep.select_seeds", 5))
     if not is_leak_free(protocol):
         raise ConfigError(f"--protocol {protocol!r} is not leak-free; re-evaluate under nested, refinery or speaker")
     per_run = select_best(c, exp.experiment_id, parent.info.run_id, objective)
@@ -260,8 +290,8 @@ def best_from_cli(args: argparse.Namespace) -> int:
           f"({objective} UA under {sweep_protocol}, leak_free: {str(is_leak_free(sweep_protocol)).lower()}):", flush=True)
     for p, cfg in top:
         print(f"  {describe(cfg)} (trial {p.trial_id}): {100 * p.objective:.2f} % at iteration {p.iteration}", flush=True)
-    out = Path(args.out)
-    if getattr(args, "no_reeval", False):
+    out = Path(opts.out)
+    if opts.no_reeval:
         cfg, evaluation = top[0][1], None
         winner = top[0][0]
         print("--no-reeval: best.yaml is the sweep's own pick, whose score graded itself", flush=True)
@@ -278,11 +308,11 @@ def best_from_cli(args: argparse.Namespace) -> int:
     path = write_best(cfg, out, evaluation)
     tag_winner(c, winner, per_run, parent.info.run_id)
     print(f"wrote {path} (rerun the trial with: dsl-sweep run {path})", flush=True)
-    if args.register:
+    if opts.register:
         from tracking.registry import register_final
 
-        address = getattr(args, "address", None)
-        task_args = (cfg, uri, exp.experiment_id, parent.info.run_id, winner.run_id, args.model_name or name)
+        address = opts.address
+        task_args = (cfg, uri, exp.experiment_id, parent.info.run_id, winner.run_id, opts.model_name or name)
         if address:  # on the cluster: its data path, its GPUs; the model reaches us through MLflow
             from sweeps.cluster.cluster_task import run_on_cluster
 
@@ -291,4 +321,4 @@ def best_from_cli(args: argparse.Namespace) -> int:
             print(f"trained on the cluster at {address}; registered {model_uri}", flush=True)
         else:
             register_final(*task_args, Path(path).with_name(Path(path).stem + "_model"), evaluation)
-    return 0
+    return path
