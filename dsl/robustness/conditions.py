@@ -27,7 +27,7 @@ from dsl.data.feature_cache import (
     variant_key,
 )
 from dsl.data.frontend import compute_features, feature_identity, stack_utterances
-from dsl.robustness.noise import NOISES, make_noise, mix_at_snr, utterance_rng
+from dsl.robustness.noise import NOISE_FORMAT, NOISES, make_noise, mix_at_snr, utterance_rng
 from dsl.runtime.paths import WriteTarget, check_writable, default_cache_dir
 from dsl.runtime.progress import progress
 
@@ -152,7 +152,7 @@ def noisy_features(paths: Sequence[str], utterances: Sequence[int], excluded_spe
                           if pool is not None and NOISES[t].needs_speech else [])
                 plans[(u, t)] = (rng, chosen)
                 for c in (c for c in conditions if c.noise_type == t):
-                    variant = {"noise": t, "snr": c.snr, "seed": noise.seed,
+                    variant = {"noise": t, "snr": c.snr, "seed": noise.seed, "format": NOISE_FORMAT,
                                "babble": [file_fingerprint(f) for f in chosen]}
                     key = variant_key(path, spec, variant, ident)
                     feats = load_file_entry(key, cache)

@@ -21,6 +21,7 @@ import numpy as np
 
 from dsl.registry import Registry, first_line
 
+NOISE_FORMAT = 1  # how noise is made and mixed; part of every cached noisy feature's key (bump when it changes)
 NoiseFn = Callable[[int, np.random.Generator, Sequence[np.ndarray]], np.ndarray]  # (samples, rng, speech) -> noise
 
 
