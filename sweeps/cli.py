@@ -82,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     return run_from_cli(args.config, args.preset, overrides_from(args), args.out, quiet=args.quiet,
                         command=args.command_line, seed_jobs=args.seed_jobs, resume=args.resume,
-                        step_cache=args.step_cache)
+                        step_cache=args.step_cache, holdout=args.holdout or "")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--step-cache", default="", metavar="DIR",
                      help="reuse fold trainings and scores kept in DIR by earlier runs with the same data, recipe, "
                           "code and machine, and keep this run's there (off by default)")
+    run.add_argument("--holdout", metavar="FILE_OR_SPEC",
+                     help="final exam: train on every utterance outside a holdout (with the protocol's own inner "
+                          "structure) and score the held-out ones only; a holdout assignment JSON, or a rule such as "
+                          "\"{speakers: ['03', '08']}\", \"{speaker_fraction: 0.2}\" or \"{fraction: 0.2, seed: 0}\" "
+                          "(stored once as <out stem>.holdout.json)")
     add_run_flags(run)
     run.set_defaults(func=cmd_run)
 

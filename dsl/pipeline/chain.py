@@ -44,7 +44,7 @@ from dsl.method.rules import LabelRule, get_rule, one_hot
 from dsl.method.schedules import schedule_alpha
 from dsl.method.stages import make_stage, per_utterance, stage_input, standardised
 from dsl.plugins import load_plugins
-from dsl.protocols.plans import FoldPlan, is_leak_free, make_plan, outer_folds
+from dsl.protocols.plans import FoldPlan, make_plan, outer_folds, plan_leak_free
 from dsl.protocols.selection import reported_iteration, selected_scores
 from dsl.runtime.environment import machine_info
 from dsl.runtime.progress import progress
@@ -560,4 +560,4 @@ def run_chain(cfg: ChainConfig, data: CorpusData, runner: Runner | None = None, 
             runner.close()  # type: ignore[attr-defined]
     n_segments = len(results[0].posteriors) if results and results[0].posteriors is not None else 0
     return ChainResult(cfg, data.label_names, results, data.n_utterances, n_segments,
-                       time.perf_counter() - start, dict(data.skipped), is_leak_free(cfg.protocol.name))
+                       time.perf_counter() - start, dict(data.skipped), plan_leak_free(cfg.protocol))

@@ -1,6 +1,8 @@
 """Config and corpus checks that run before any work starts, with the allowed values in each message."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from dsl.config import ChainConfig, ConfigError
@@ -56,6 +58,15 @@ def config_problems(cfg: ChainConfig) -> list[str]:
             p.append(f"protocol.test_corpus {pr.test_corpus!r} is unknown; allowed: {', '.join(list_corpora())}")
     elif pr.test_corpus or pr.test_data or pr.label_map:
         p.append(f"protocol.test_corpus/test_data/label_map apply only to protocol cross_corpus, not {pr.name!r}")
+    if pr.holdout:
+        from dsl.protocols.plans import HOLDOUT_INNER
+
+        if pr.name not in HOLDOUT_INNER:
+            p.append(f"protocol.holdout does not combine with protocol {pr.name!r}; allowed: {', '.join(HOLDOUT_INNER)}")
+        if pr.assignment:
+            p.append("protocol.holdout and protocol.assignment exclude each other (a holdout plan has no outer folds)")
+        if not Path(pr.holdout).is_file():
+            p.append(f"protocol.holdout {pr.holdout}: no such holdout assignment file")
     for name in ("folds", "eval_folds", "select_folds", *(("inner_folds",) if nested_like else ())):
         if getattr(pr, name) < 2:
             p.append(f"protocol.{name} = {getattr(pr, name)}; must be >= 2")
