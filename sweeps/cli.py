@@ -168,19 +168,28 @@ def build_parser() -> argparse.ArgumentParser:
                          "through <storage>/step_cache)")
     sw.set_defaults(func=cmd_sweep)
 
-    best = sub.add_parser("best", help="re-evaluate the sweep's top configurations on fresh seeds, leak-free, "
-                                        "and write the winner as best.yaml")
+    best = sub.add_parser("best", help="race the sweep's top configurations on fresh seeds (leak-free, paired, "
+                                        "corrected for multiple comparisons), sit the winner and a reference for the "
+                                        "final exam on the sweep's holdout, and write the winner as best.yaml")
     best.add_argument("sweep", help="sweep name (MLflow experiment) or sweep YAML file")
     best.add_argument("--tracking-uri", help="MLflow tracking URI")
-    best.add_argument("--out", default="best.yaml", help="where to write the best config (studies go to <out>_reeval/)")
-    best.add_argument("--top-k", type=int, help="configurations to re-evaluate (default: the sweep's select.top_k, 3)")
-    best.add_argument("--fresh-seeds", type=int, help="fresh seeds per configuration (default: select.seeds, 5)")
-    best.add_argument("--protocol", help="leak-free protocol of the re-evaluation (default: select.protocol, refinery)")
-    best.add_argument("--no-reeval", action="store_true", help="skip re-evaluation: the sweep's own (self-graded) pick")
+    best.add_argument("--out", default="best.yaml", help="where to write the best config (the race's and the exam's "
+                      "chains and selection.json go to <out stem>_selection/; rerun to resume)")
+    best.add_argument("--top-k", type=int, help="configurations in the race (default: the sweep's select.top_k, 5)")
+    best.add_argument("--seeds", type=int, help="fresh seeds per configuration at most (default: select.seeds, 10)")
+    best.add_argument("--fresh-seeds", type=int, help=argparse.SUPPRESS)  # the earlier name of --seeds
+    best.add_argument("--budget", type=int, help="chains the race may run in all (default: select.budget, none)")
+    best.add_argument("--alpha", type=float, help="family-wise error of the race's tests (default: select.alpha, 0.05)")
+    best.add_argument("--exam-seeds", type=int, help="seeds of the final exam (default: select.exam_seeds, 5)")
+    best.add_argument("--protocol", help="leak-free protocol of the race and the exam (default: select.protocol, "
+                      "refinery)")
+    best.add_argument("--no-reeval", action="store_true", help="no race: the sweep's own (self-graded) pick")
+    best.add_argument("--no-step-cache", action="store_true", help="compute every chain in full (default: share fold "
+                      "trainings with the sweep's step cache)")
     best.add_argument("--register", action="store_true", help="train the final model on all data and register it")
     best.add_argument("--model-name", help="registered model name (default: the sweep name)")
-    best.add_argument("--address", help="with --register: train the final model as a Ray task on this cluster "
-                      "(its data path and devices; default: here)")
+    best.add_argument("--address", help="Ray cluster address: the race's and the exam's chains (and, with --register, "
+                      "the final model) run as Ray tasks there (default: $RAY_ADDRESS, else a local Ray)")
     best.set_defaults(func=cmd_best)
 
     rep = sub.add_parser("report", help="render result JSONs (runs, replicate studies) or a sweep's runs (the "

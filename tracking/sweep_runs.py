@@ -41,8 +41,9 @@ def find_parent(c, experiment_id: str, sweep_path: str | None = None):
 
 
 def open_parent(c, experiment_id: str, name: str, sweep_path: str, params: Mapping[str, Any], spec_yaml: str,
-                resume: bool) -> str:
-    """Create the parent run (fresh sweep) or reuse it (`--resume`); marks it RUNNING."""
+                resume: bool, files: Mapping[str, str] | None = None) -> str:
+    """Create the parent run (fresh sweep) or reuse it (`--resume`); marks it RUNNING. `files` (name -> text) are
+    logged as artifacts beside `sweep.yaml`."""
     run = find_parent(c, experiment_id, sweep_path) if resume else None
     if run is None:
         run = call(c.create_run, experiment_id, run_name=name,
@@ -53,8 +54,9 @@ def open_parent(c, experiment_id: str, name: str, sweep_path: str, params: Mappi
         for i in range(0, len(items), 100):
             call(c.log_batch, run.info.run_id, params=items[i:i + 100])
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "sweep.yaml").write_text(spec_yaml)
-            call(c.log_artifact, run.info.run_id, str(Path(tmp) / "sweep.yaml"))
+            for fname, text in {"sweep.yaml": spec_yaml, **(files or {})}.items():
+                (Path(tmp) / fname).write_text(text)
+                call(c.log_artifact, run.info.run_id, str(Path(tmp) / fname))
     else:
         call(c.update_run, run.info.run_id, status="RUNNING")
         call(c.set_tag, run.info.run_id, "dsl.resumed", "true")

@@ -247,13 +247,14 @@ def split(data: Any, assignment: HoldoutAssignment) -> tuple[Any, Any]:
     return data.subset(np.flatnonzero(~held)), data.subset(np.flatnonzero(held))
 
 
-def describe_split(assignment: HoldoutAssignment, data: Any, with_classes: bool = False) -> str:
-    """One line: how the holdout was chosen and how many utterances each side has; `with_classes` (the final
-    exam, never the search) also counts the held-out utterances per class."""
-    held = assignment.mask(data.paths)
+def describe_split(assignment: HoldoutAssignment, data: Any | None = None) -> str:
+    """One line: how the holdout was chosen and its size; with `data` (the full corpus: the final exam, never the
+    search) also how many held-out utterances each class has."""
+    spk = f" (speakers {', '.join(assignment.speakers)})" if assignment.speakers and not assignment.spec.speakers else ""
     per_class = ""
-    if with_classes:
+    if data is not None:
+        held = assignment.mask(data.paths)
         counts = np.bincount(np.asarray(data.labels)[held], minlength=data.n_classes)
-        per_class = f" ({', '.join(f'{c} {n}' for n, c in zip(data.label_names, counts))})"
-    return (f"holdout: {assignment.spec.how}: {int(held.sum())} of {len(held)} utterances held out{per_class}; "
-            f"the search sees the other {int((~held).sum())} | assignment {assignment.path}")
+        per_class = f": {', '.join(f'{c} {n}' for n, c in zip(data.label_names, counts))}"
+    return (f"holdout: {assignment.spec.how}{spk}, {len(assignment.files)} of {assignment.n_corpus} utterances"
+            f"{per_class} | assignment {assignment.path}")

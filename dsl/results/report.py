@@ -1,4 +1,5 @@
-"""`dsl-sweep report RESULTS...`: result JSONs (single runs, replicate studies, sweep exports) as Markdown tables.
+"""`dsl-sweep report RESULTS...`: result JSONs (single runs, replicate studies, sweep exports, selections) as Markdown
+tables.
 
 The README's results are produced by this from the JSON files under `docs/results/`, so no figure is
 typed by hand. Every row names its protocol (and whether it is leak-free), seeds and command; the
@@ -12,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from dsl.config import ConfigError
+from dsl.formats import check_format
 from dsl.results.paper_tables import sweep_figure, sweep_tables
+from dsl.results.selection_report import SELECTION_FORMAT, is_selection
+from dsl.results.selection_report import markdown as selection_markdown
 from dsl.results.stats import Interval, mean_interval
 from dsl.runtime.environment import describe_machine
 
@@ -29,6 +33,9 @@ def load_result(path: str | Path) -> dict:
         raise ConfigError(f"{p}: cannot read a result JSON: {exc}") from exc
     if isinstance(d, dict) and d.get("kind") == "sweep" and "trials" in d:
         return d  # a sweep export (`dsl-sweep report SWEEP --save-sweep`): the paper's tables
+    if is_selection(d):
+        check_format(p, int(d.get("format", 0)), SELECTION_FORMAT, "selection", "render it")
+        return d  # what `dsl-sweep best` decided: race table, verdict, final exam
     if not isinstance(d, dict) or "iterations" not in d or "config" not in d:
         raise ConfigError(f"{p}: not a result of `dsl-sweep run` (no config and iterations)")
     d.setdefault("kind", "run")
@@ -180,8 +187,9 @@ def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = ()
         if r["kind"] != "study":
             raise ConfigError(f"{p}: --paired-with needs a replicate study (a `dsl-sweep run --seeds` result)")
     studies = [(p, d) for p, d in loaded if d["kind"] == "study"]
-    runs = [(p, d) for p, d in loaded if d["kind"] not in ("study", "sweep")]
+    runs = [(p, d) for p, d in loaded if d["kind"] not in ("study", "sweep", "selection")]
     parts = [sweep_tables(d) for _, d in loaded if d["kind"] == "sweep"]
+    parts += [selection_markdown(d) for _, d in loaded if d["kind"] == "selection"]
     if studies:
         parts.append("Mean ± half-width of the 95 % t-interval over seeds. The gain is paired: each seed's "
                      "iteration minus the same seed's iteration 0. *Selected UA*: each outer fold's iteration "
@@ -192,7 +200,7 @@ def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = ()
                      study_table(studies, references))
     if runs:
         parts.append(run_table(runs))
-    ms = machines([d for _, d in loaded])
+    ms = machines([d for _, d in loaded if d["kind"] != "selection"])  # a selection names its own
     if ms:
         parts.append("Machines: " + "; ".join(ms) + ".")
     parts.append("Files: " + ", ".join(f"`{p}`" for p, _ in loaded) + ".")

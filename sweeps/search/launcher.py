@@ -22,6 +22,7 @@ import yaml
 from dsl.config import ConfigError, FeatureSpec
 from dsl.data.bundle import CorpusData, load_corpus_for, prepare_data
 from dsl.pipeline.checks import check_data
+from dsl.protocols.holdout import HoldoutAssignment, describe_split, make_holdout, split
 from dsl.protocols.plans import is_leak_free
 from dsl.results.naming import describe
 from sweeps.cluster.node_probe import node_preflight
@@ -62,27 +63,50 @@ def contour_index(data: CorpusData, which: int | str) -> int:
         return which % data.n_utterances
     hits = [i for i, p in enumerate(data.paths) if str(which) in p]
     if not hits:
-        raise ConfigError(f"plots.contour_utterance: no utterance path contains {which!r}")
+        raise ConfigError(f"plots.contour_utterance: no utterance path the search sees contains {which!r} (an "
+                          "utterance of the holdout is never shown to a trial)")
     return hits[0]
 
 
-def load_data(spec: SweepSpec, cache_dir: str | None = None, shared_cache: str | None = None) -> CorpusData:
+def load_data(spec: SweepSpec, cache_dir: str | None = None, shared_cache: str | None = None,
+              holdout: HoldoutAssignment | None = None) -> CorpusData:
     """The base config's corpus and features (see `load_feature_data`)."""
-    return next(iter(load_feature_data(spec, cache_dir, shared_cache).values()))
+    return next(iter(load_feature_data(spec, cache_dir, shared_cache, holdout).values()))
 
 
-def load_feature_data(spec: SweepSpec, cache_dir: str | None = None,
-                      shared_cache: str | None = None) -> dict[FeatureSpec, CorpusData]:
+def holdout_path(spec: SweepSpec, root: str) -> Path:
+    """Where the sweep's holdout assignment is stored: `holdout.assignment`, else next to the Tune experiment
+    (`<storage>/<name>/holdout.json`), or next to the Optuna journal when the storage is a URI."""
+    assert spec.holdout is not None
+    if spec.holdout.assignment:
+        return Path(spec.holdout.assignment).expanduser().resolve()
+    if "://" in root:
+        return journal_path(spec, root).with_name(f"{spec.name}.holdout.json")
+    return Path(root) / spec.name / "holdout.json"
+
+
+def sweep_holdout(spec: SweepSpec, root: str) -> HoldoutAssignment | None:
+    """The sweep's holdout assignment, made once (before any trial) and read back on every later start."""
+    if spec.holdout is None:
+        return None
+    corpus, _ = load_corpus_for(spec.base)
+    return make_holdout(spec.holdout, corpus.paths, corpus.speakers, corpus.labels, holdout_path(spec, root))
+
+
+def load_feature_data(spec: SweepSpec, cache_dir: str | None = None, shared_cache: str | None = None,
+                      holdout: HoldoutAssignment | None = None) -> dict[FeatureSpec, CorpusData]:
     """Parse the corpus, check the base and the spec's sampled trial configs fit it, extract/load the features of
     every front end the search can pick once, the base's first (into `cache_dir`, default the base config's;
-    mirrored to the URI `shared_cache` when given)."""
+    mirrored to the URI `shared_cache` when given). With a `holdout`, what is returned (and checked) is the search
+    part alone: the held-out utterances' frames, labels and speakers never reach a trial."""
     from dsl.data.feature_cache import corpus_key, default_cache_dir
     from sweeps.cluster.shared_storage import pull_dir, push_dir
 
     base = spec.base if cache_dir is None else spec.base.replace(cache_dir=cache_dir)
     corpus, _ = load_corpus_for(base)
+    seen = ~holdout.mask(corpus.paths) if holdout is not None else np.ones(len(corpus), dtype=bool)
     for cfg in (base, *spec.samples):
-        check_data(cfg, corpus.labels, np.asarray(corpus.speakers), corpus.label_names)
+        check_data(cfg, corpus.labels[seen], np.asarray(corpus.speakers)[seen], corpus.label_names)
     out: dict[FeatureSpec, CorpusData] = {}
     for features in feature_variants(spec.space):
         fcfg = dataclasses.replace(base, features=features)
@@ -93,21 +117,38 @@ def load_feature_data(spec: SweepSpec, cache_dir: str | None = None,
             if pull_dir(f"{shared_cache}/corpora/{key}", entry):
                 print(f"features: pulled from {shared_cache}/corpora/{key}", flush=True)
         out[features] = prepare_data(fcfg, corpus, show_progress=os.environ.get("DSL_PROGRESS", "1") != "0")
+        if holdout is not None:
+            out[features] = split(out[features], holdout)[0]
         if shared_cache and entry is not None and entry.exists() and push_dir(entry, f"{shared_cache}/corpora/{key}"):
             print(f"features: kept under the storage path, {shared_cache}/corpora/{key}", flush=True)
     return out
 
 
-def sweep_params(spec: SweepSpec, n: int) -> dict[str, Any]:
+def sweep_params(spec: SweepSpec, n: int, holdout: HoldoutAssignment | None = None,
+                 step_cache: str = "") -> dict[str, Any]:
+    sel = spec.select
     return {"sweep": {"name": spec.name, "num_samples": n, "max_concurrent": spec.max_concurrent,
                       "sampler": spec.sampler.type, "sampler_seed": spec.sampler.seed,
                       "scheduler": spec.scheduler.type if spec.scheduler else "none",
                       "max_failures": spec.max_failures, "resources": str(spec.resources),
                       "search": ", ".join(p.key for p in spec.search), "objective": spec.objective,
+                      "objective_seeds": spec.objective_seeds,
                       "protocol": spec.base.protocol.name, "leak_free": is_leak_free(spec.base.protocol.name),
-                      "select_protocol": spec.select.protocol, "select_top_k": spec.select.top_k,
-                      "select_seeds": spec.select.seeds},
+                      "select_protocol": sel.protocol, "select_top_k": sel.top_k, "select_seeds": sel.seeds,
+                      "select_budget": sel.budget, "select_alpha": sel.alpha, "select_exam_seeds": sel.exam_seeds,
+                      "holdout": holdout.spec.how if holdout else "none",
+                      "holdout_utterances": len(holdout.files) if holdout else 0,
+                      "holdout_assignment": holdout.path if holdout else "", "step_cache": step_cache},
             "base": spec.base.to_dict()}
+
+
+def parent_files(spec: SweepSpec, holdout: HoldoutAssignment | None) -> dict[str, str]:
+    """What the parent run keeps besides the sweep file, for `dsl-sweep best`: the resolved base config (its
+    reference is built on it) and the holdout assignment."""
+    files = {"base.yaml": spec.base.to_yaml()}
+    if holdout is not None:
+        files["holdout.json"] = Path(holdout.path).read_text()
+    return files
 
 
 def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | None = None,
@@ -139,9 +180,14 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
           f"{' | resuming' if resume else ''}", flush=True)
 
     check_access(uri)  # a server that refuses us fails here, before data, Ray and training
+    holdout = sweep_holdout(spec, root)
     variants = load_feature_data(spec, feature_cache_dir(spec.base.cache_dir, root, on_cluster) or None,
-                                 f"{root}/dsl-cache" if is_uri(root) else None)
+                                 f"{root}/dsl-cache" if is_uri(root) else None, holdout)
     data = next(iter(variants.values()))
+    if holdout is not None:
+        print(f"{describe_split(holdout)}; no trial, scheduler rung or sampler update sees them (they are the final "
+              "exam of `dsl-sweep best`)", flush=True)
+    steps = step_cache_dir(spec, root)
     for features, d in variants.items():
         print(f"corpus {spec.base.corpus} ({features.kind} features): {d.n_utterances} utterances, "
               f"{d.frames.shape[0]} frames ({d.frames.nbytes / 2**20:.0f} MiB, shared through the object store)",
@@ -149,15 +195,14 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
     c = client(uri)
     exp_id = sweep_runs.ensure_experiment(c, spec.name)
     print(f"MLflow UI: {sweep_runs.ui_link(uri, exp_id)}", flush=True)
-    parent = sweep_runs.open_parent(c, exp_id, spec.name, exp_path, sweep_params(spec, n),
-                                  yaml.safe_dump(spec.raw, sort_keys=False), resume)
+    parent = sweep_runs.open_parent(c, exp_id, spec.name, exp_path, sweep_params(spec, n, holdout, steps),
+                                  yaml.safe_dump(spec.raw, sort_keys=False), resume, parent_files(spec, holdout))
     verbose = quiet_ray()
     started = init_ray(address, verbose)
     try:
         cluster_preflight(uri, placement(spec.resources).bundles, remote=on_cluster)
         if on_cluster:  # from every node: the tracking server takes a run and an artifact, storage is writable
             node_preflight(uri, exp_id, root)
-        steps = step_cache_dir(spec, root)
         print(f"step cache: {steps or 'off'}", flush=True)
         ctx = TrialContext(spec.name, spec.base, uri, exp_id, parent, spec.resources,
                            contour_index(data, spec.contour_utterance), spec.objective, steps)
