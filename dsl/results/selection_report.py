@@ -77,7 +77,8 @@ def exam_table(sel: Mapping[str, Any]) -> str:
     caption = (f"Final exam under `{ex['protocol']}` (leak-free): trained on the {ex['n_train']} utterances the search "
                f"saw, with `{ex['protocol']}`'s inner structure, scored once on the holdout ({h['how']}: "
                f"{ex['n_holdout']} utterances{': ' + h['classes'] if h.get('classes') else ''}), seeds "
-               f"{_seeds(ex['seeds'])}, mean ± half-width of the 95 % t-interval. The gain is paired by seed. The "
+               f"{_seeds(ex['seeds'])} (the sweep ran on seed {sel.get('sweep_seed', 0)}), mean ± half-width of the 95 % "
+               f"t-interval. The gain is paired by seed. The "
                f"optimism is the winner's ranking-stage mean (its race seeds, on the search data) minus its holdout "
                f"mean, both under `{ex['protocol']}`; the sweep itself ranked under {_leak(sel['sweep_protocol'])}.")
     return caption + "\n\n" + "\n".join(lines)

@@ -280,8 +280,9 @@ def finish(outcome: SweepOutcome, spec: SweepSpec, c) -> None:
               f"objective ({spec.objective} UA) {100 * best.objective:.2f} % at iteration {best.iteration}, WA "
               f"{100 * (best.wa or 0):.2f} % | protocol {pr}, leak_free: {str(is_leak_free(pr)).lower()}, seed "
               f"{spec.base.seed}\nthis score graded itself (the search chose it on the same folds and seed); "
-              f"re-evaluate the top {spec.select.top_k} on {spec.select.seeds} fresh seeds under "
-              f"{spec.select.protocol} with: dsl-sweep best {spec.name} --out best.yaml", flush=True)
+              f"race the top {spec.select.top_k} on up to {spec.select.seeds} fresh seeds under "
+              f"{spec.select.protocol}{' and sit the final exam on the holdout' if spec.holdout else ''} with: "
+              f"dsl-sweep best {spec.name} --out best.yaml", flush=True)
     if outcome.interrupted:
         print(f"sweep interrupted: continue it with --resume (state in {outcome.experiment_path})", flush=True)
 

@@ -303,7 +303,7 @@ def run_best(opts: BestOptions, runner_factory=None, tracker_factory=None) -> Pa
     tracker = (tracker_factory or SelectionTracker)(uri, record.experiment_id, record.parent_run_id, params)
     runner = (runner_factory or RayChains)(data.datasets(), resources, steps, record.holdout_text, opts.address)
     store = ChainStore(sel_dir)
-    chains = ChainLog()
+    chains, exam_chains = ChainLog(), ChainLog()
     start = time.time()
     status = "FAILED"
     try:
@@ -315,9 +315,12 @@ def run_best(opts: BestOptions, runner_factory=None, tracker_factory=None) -> Pa
         exam = None
         if data.assignment is not None and holdout_path is not None:
             exam = _final_exam(record, sel, data, race, entries[verdict.winner], win_cfg, holdout_path, store, runner,
-                               tracker, score, key, chains)
+                               tracker, score, key, exam_chains)
+        chains.environments.update(exam_chains.environments)
         selection = _selection_dict(record, sel, data, race, verdict, entries, exam, pick, win_cfg, sweep_pr,
                                     base_seed, chains, opts, sel_dir, time.time() - start)
+        if exam is not None:
+            exam.update({"chains_run": exam_chains.run, "chains_read_back": exam_chains.read_back})
         sel_path = write_json(selection, sel_dir / "selection.json")
         print("\n" + markdown(selection) + "\n", flush=True)
         evaluation = evaluation_block(selection, sel_path)
