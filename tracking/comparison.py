@@ -18,6 +18,7 @@ from .client import call
 from .sweep_runs import child_runs
 
 FOLDER = "comparison"
+COST_KEYS = ("seconds", "fold_trainings", "cached_folds")  # per iteration; a trial's cost is their sum
 PARAM_COLUMNS = ("labels.rule", "labels.alpha", "labels.schedule", "iterations", "backbone", "train.lr",
                  "segments.hop", "protocol.name", "seed")
 
@@ -32,6 +33,7 @@ class TrialSummary:
     params: dict[str, str]
     ua: dict[int, float] = field(default_factory=dict)  # iteration -> UA
     wa: dict[int, float] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)  # seconds, fold_trainings, cached_folds: summed over iterations
 
     @property
     def last(self) -> int | None:
@@ -42,10 +44,11 @@ def trial_summaries(c, experiment_id: str, parent_run_id: str) -> list[TrialSumm
     out = []
     for r in child_runs(c, experiment_id, parent_run_id):
         rid = r.info.run_id
-        hist = {k: {int(m.step): float(m.value) for m in call(c.get_metric_history, rid, k)} for k in ("ua", "wa")}
+        hist = {k: {int(m.step): float(m.value) for m in call(c.get_metric_history, rid, k)}
+                for k in ("ua", "wa", *COST_KEYS)}
         out.append(TrialSummary(rid, r.info.run_name or rid, r.data.tags.get("ray_trial_id", ""), r.info.status,
                                 r.data.tags.get("dsl.stopped_early") == "true", dict(r.data.params),
-                                hist["ua"], hist["wa"]))
+                                hist["ua"], hist["wa"], {k: sum(hist[k].values()) for k in COST_KEYS if hist[k]}))
     return sorted(out, key=lambda t: -(t.ua[t.last] if t.last is not None else -1.0))
 
 
@@ -145,7 +148,11 @@ def sweep_export(c, experiment_id: str, parent_run_id: str, name: str) -> dict[s
             break
         except Exception:  # a trial that failed before its first iteration has no result.json
             continue
+    parent = call(c.get_run, parent_run_id).data
     return {"format": EXPORT_FORMAT, "kind": "sweep", "name": name,
+            "objective_seeds": int(parent.params.get("sweep.objective_seeds", 1)),
+            "holdout": parent.params.get("sweep.holdout", "none"),
+            "sweep_seconds": parent.metrics.get("sweep_seconds"),
             "protocol": {"name": protocol, "leak_free": is_leak_free(protocol) if protocol else None,
                          "folds": first.get("protocol.folds")},
             "seeds": sorted({int(t.params["seed"]) for t in trials if t.params.get("seed", "").isdigit()}),
@@ -153,4 +160,4 @@ def sweep_export(c, experiment_id: str, parent_run_id: str, name: str) -> dict[s
             "trials": [{"trial_id": t.trial_id, "run_name": t.run_name, "status": t.status,
                         "stopped_early": t.stopped_early, "params": t.params,
                         "ua": {str(i): v for i, v in sorted(t.ua.items())},
-                        "wa": {str(i): v for i, v in sorted(t.wa.items())}} for t in trials]}
+                        "wa": {str(i): v for i, v in sorted(t.wa.items())}, "cost": t.cost} for t in trials]}

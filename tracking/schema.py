@@ -30,7 +30,7 @@ MISMATCH_TAG = "dsl.mlflow_mismatch"  # steps whose recomputed metrics differ fr
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 SCALARS = ("wa", "ua", "selected_wa", "selected_ua", "segment_accuracy", "changed_label_share", "target_entropy",
-           "epochs", "seconds", "segments_per_second", "alpha", "cached_folds")
+           "epochs", "seconds", "segments_per_second", "alpha", "cached_folds", "fold_trainings")
 
 
 def iteration_metrics(d: Mapping[str, Any]) -> dict[str, float]:
@@ -42,6 +42,8 @@ def iteration_metrics(d: Mapping[str, Any]) -> dict[str, float]:
     for name in ("fold_wa", "fold_ua"):
         for i, v in enumerate(d[name]):
             out[f"{name}/{i}"] = float(v)
+    for seed, v in zip(d.get("seeds") or (), d.get("seed_ua") or ()):  # objective_seeds > 1: each seed's UA
+        out[f"seed_ua/{seed}"] = float(v)
     return out
 
 

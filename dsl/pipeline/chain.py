@@ -106,6 +106,7 @@ class IterationResult:
     selected_ua: float | None = None
     from_cache: bool = False  # every fold training and the scores were served by the step cache
     cached_folds: int = 0  # fold trainings the step cache served (stored before, or by a concurrent trial)
+    fold_trainings: int = 0  # fold trainings the iteration needs (served by the step cache or computed)
     utterances: list[dict] = field(default_factory=list, repr=False)  # corpus order: file, fold, label, predicted, proba
     posteriors: np.ndarray | None = field(default=None, repr=False)  # out-of-sample, (n_segments, K)
     utterance_predictions: np.ndarray | None = field(default=None, repr=False)
@@ -484,7 +485,8 @@ class ChainIterator:
             utterances=utterance_records(self.data.paths, self.data.labels, self.fold_of, sc.probabilities,
                                          utt_entropy),
             posteriors=eval_post, utterance_predictions=sc.predictions,
-            from_cache=scores_cached and len(book.cached) == self.n_jobs, cached_folds=len(book.cached))
+            from_cache=scores_cached and len(book.cached) == self.n_jobs, cached_folds=len(book.cached),
+            fold_trainings=self.n_jobs)
         history = self.state.history
         if val_ua is not None:
             picks, chosen = selected_scores([*history, result.to_dict()], self.data.n_classes)

@@ -205,7 +205,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
             node_preflight(uri, exp_id, root)
         print(f"step cache: {steps or 'off'}", flush=True)
         ctx = TrialContext(spec.name, spec.base, uri, exp_id, parent, spec.resources,
-                           contour_index(data, spec.contour_utterance), spec.objective, steps)
+                           contour_index(data, spec.contour_utterance), spec.objective, steps, spec.objective_seeds)
         from ray import tune
 
         trainable = tune.with_resources(with_corpus(train_chain, data, variants=variants, context=ctx),
@@ -270,6 +270,7 @@ def finish(outcome: SweepOutcome, spec: SweepSpec, c) -> None:
         call(c.log_metric, parent, "top_objective", best.objective)
         call(c.set_tag, parent, "dsl.top_trial_id", best.trial_id)
     call(c.set_tag, parent, "dsl.trials_errored", str(outcome.errors))
+    call(c.log_metric, parent, "sweep_seconds", outcome.seconds)
     call(c.set_terminated, parent, "KILLED" if outcome.interrupted else "FINISHED")
     counts = ", ".join(f"{k} {v}" for k, v in sorted(study_counts(study).items()))
     print(f"\n{table}\n\nOptuna study {spec.name}: {len(study.trials)} trials ({counts}) | "

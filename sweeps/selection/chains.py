@@ -104,15 +104,15 @@ class RayChains:
         self.datasets, self.resources, self.step_cache = dict(datasets), resources, step_cache
         self.holdout_text, self.address = holdout_text, address
         self._shared: dict[str, tuple[Any, Any]] = {}
-        self._started = False
+        self._started = False  # Ray was started (or connected to) here, so `close` shuts it down
 
     def _ray(self):
         import ray
 
-        if not self._started:
+        if not ray.is_initialized():
             from sweeps.search.session import init_ray, quiet_ray
 
-            self._started = init_ray(self.address, quiet_ray()) or ray.is_initialized()
+            self._started = init_ray(self.address, quiet_ray())
         return ray
 
     def _share(self, name: str) -> tuple[Any, Any]:
@@ -143,6 +143,7 @@ class RayChains:
                     yield futures[fut], exc
 
     def close(self) -> None:
+        self._shared.clear()
         if self._started:
             import ray
 
