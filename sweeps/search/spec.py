@@ -101,7 +101,7 @@ class SelectSpec:
         for k, least in ints.items():
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool) or v < least:
-                out.append(f"select.{k}: an integer >= {least} required; got {v!r}")
+                out.append(f"select.{k}: {k} >= {least} (an integer) required; got {v!r}")
         if not isinstance(self.alpha, (int, float)) or not 0.0 < self.alpha < 1.0:
             out.append(f"select.alpha: a number in (0, 1) required; got {self.alpha!r}")
         if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 1):
