@@ -206,8 +206,8 @@ def evaluation_block(sel: Mapping[str, Any], path: Path) -> dict[str, Any]:
         "trial_id": winner["trial_id"], "config": winner["name"], "sweep_score": round(winner["sweep_score"], 6),
         "sweep_protocol": sel["sweep_protocol"]["name"], "sweep_leak_free": sel["sweep_protocol"]["leak_free"],
         "race": {"seeds": row["seeds"], "ua": _interval([v / 100.0 for v in row["scores"].values()]),
-                 "chains": race["chains"], "survivors": [r["name"] for r in race["rows"] if r["status"] != "dropped"
-                                                         and not r["status"].startswith("dropped")]},
+                 "chains": race["chains"],
+                 "survivors": [r["name"] for r in race["rows"] if not r["status"].startswith("dropped")]},
         "holdout": None, "file": str(path), "reproduce": f"dsl-sweep report {path}"}
     ex = sel.get("exam")
     if ex:
@@ -293,8 +293,9 @@ def run_best(opts: BestOptions, runner_factory=None, tracker_factory=None) -> Pa
     race = make_race(entries, seeds, settings)
     resources = _resources(record)
     steps = _step_cache(record, sel_dir) if opts.step_cache else ""
+    address = opts.address or os.environ.get("RAY_ADDRESS")
     print(f"chains: Ray tasks of {resources.cpu:g} CPU{f', {resources.gpu:g} GPU' if resources.gpu else ''} each "
-          f"{'on the cluster at ' + opts.address if opts.address else 'on this machine'} | step cache "
+          f"{'on the cluster at ' + address if address else 'on this machine'} | step cache "
           f"{steps or 'off'} | results {sel_dir}", flush=True)
     key = objective_key(record.objective)
     score = score_in_percent(key)
