@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--data", help="override the corpus path of the sweep file")
     sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep with the same Optuna study")
     sw.add_argument("--trials", type=int, help="override the number of trials")
+    sw.add_argument("--objective-seeds", type=int, metavar="R",
+                    help="run every trial on the same R seeds and judge it by their mean (overrides objective_seeds)")
     sw.add_argument("--no-step-cache", action="store_true",
                     help="compute every trial's chain in full (default: trials share fold trainings and scores "
                          "through <storage>/step_cache)")

@@ -304,7 +304,8 @@ def step_cache_dir(spec: SweepSpec, root: str) -> str:
 
 def sweep_from_cli(args: argparse.Namespace) -> int:
     spec = load_sweep(args.file, data=args.data, trials=None if args.resume else args.trials,
-                      storage_path=args.storage_path, step_cache=False if args.no_step_cache else None)
+                      storage_path=args.storage_path, step_cache=False if args.no_step_cache else None,
+                      objective_seeds=getattr(args, "objective_seeds", None))
     if args.resume and args.trials:
         print("note: --trials is ignored with --resume (the sweep keeps its number of trials)", flush=True)
     outcome = run_sweep(spec, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume,

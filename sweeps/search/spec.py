@@ -281,8 +281,10 @@ def _sub(cls: type, raw: Any, where: str, problems: list[str], rename: Mapping[s
 
 
 def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | None = None,
-                storage_path: str | None = None, step_cache: bool | None = None) -> SweepSpec:
-    """Validate a sweep mapping; `data`, `trials`, `storage_path` and `step_cache` override the file."""
+                storage_path: str | None = None, step_cache: bool | None = None,
+                objective_seeds: int | None = None) -> SweepSpec:
+    """Validate a sweep mapping; `data`, `trials`, `storage_path`, `step_cache` and `objective_seeds` override the
+    file."""
     problems: list[str] = []
     if not isinstance(raw, Mapping):
         raise ConfigError("sweep file: expected a mapping at the top level")
@@ -348,7 +350,7 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
             holdout = parse_holdout(raw["holdout"])
         except ConfigError as exc:
             problems.append(str(exc))
-    objective_seeds = raw.get("objective_seeds", 1)
+    objective_seeds = raw.get("objective_seeds", 1) if objective_seeds is None else objective_seeds
     if not isinstance(objective_seeds, int) or isinstance(objective_seeds, bool) or objective_seeds < 1:
         problems.append(f"objective_seeds: an integer >= 1 (chains per trial, the same seeds for every trial) "
                         f"required; got {objective_seeds!r}")
@@ -402,12 +404,13 @@ def space_problems(spec: SweepSpec) -> list[str]:
 
 
 def load_sweep(path: str | Path, data: str | None = None, trials: int | None = None,
-               storage_path: str | None = None, step_cache: bool | None = None) -> SweepSpec:
+               storage_path: str | None = None, step_cache: bool | None = None,
+               objective_seeds: int | None = None) -> SweepSpec:
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read sweep file: {exc}") from exc
-    return parse_sweep(raw or {}, data, trials, storage_path, step_cache)
+    return parse_sweep(raw or {}, data, trials, storage_path, step_cache, objective_seeds)
 
 
 __all__ = ["ALIASES", "METRIC", "MODE", "ParamSpec", "ResourceSpec", "SamplerSpec", "SchedulerSpec", "SelectSpec",
