@@ -138,24 +138,24 @@ class _Runner:
 
 
 def test_best_races_sits_the_exam_on_the_holdout_and_resumes(sweeps) -> None:
-    from sweeps.selection.best import BestOptions, run_best
+    from sweeps.selection.best import BestOptions, choose_best
 
     tmp, uri, client, _, held = sweeps
     opts = BestOptions("original", out=str(tmp / "best.yaml"), tracking_uri=uri)
     _Runner.ran = []
     with pytest.raises(RuntimeError, match="interrupted"):
-        run_best(opts, runner_factory=_Runner.factory(stop_after=2))
+        choose_best(opts, runner_factory=_Runner.factory(stop_after=2))
     first = list(_Runner.ran)
     assert len(first) == 2
     _Runner.ran = []
-    run_best(opts, runner_factory=_Runner.factory())  # resumes
+    choose_best(opts, runner_factory=_Runner.factory())  # resumes
     second = list(_Runner.ran)
     assert not set(first) & set(second)  # no chain ran twice
     sel = json.loads((tmp / "best_selection" / "selection.json").read_text())
     assert sel["race"]["chains_read_back"] == 2 and sel["race"]["chains_run"] == sel["race"]["chains"] - 2
     # an uninterrupted best (another folder; the step cache serves its folds) reaches the same verdict
     _Runner.ran = []
-    run_best(BestOptions("original", out=str(tmp / "again" / "best.yaml"), tracking_uri=uri),
+    choose_best(BestOptions("original", out=str(tmp / "again" / "best.yaml"), tracking_uri=uri),
              runner_factory=_Runner.factory())
     again = json.loads((tmp / "again" / "best_selection" / "selection.json").read_text())
     assert again["race"]["verdict"] == sel["race"]["verdict"] and again["exam"] == sel["exam"]

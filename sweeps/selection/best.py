@@ -237,7 +237,7 @@ def outcome_figures(sel: Mapping[str, Any]) -> tuple[dict[str, float], dict[str,
     return metrics, tags
 
 
-def run_best(opts: BestOptions, runner_factory=None, tracker_factory=None) -> Path:
+def choose_best(opts: BestOptions, runner_factory=None, tracker_factory=None) -> Path:
     """Decide (see the module docstring); returns best.yaml's path. `runner_factory(datasets, resources, step_cache,
     holdout_text, address)` and `tracker_factory(uri, experiment_id, parent_run_id, params)` replace the Ray tasks
     and the MLflow runs (tests)."""
@@ -439,7 +439,7 @@ def _register(opts: BestOptions, cfg: ChainConfig, uri: str, record: SweepRecord
 
 
 def best_from_cli(args: argparse.Namespace) -> int:
-    """`dsl-sweep best`'s arguments (a missing attribute: its default) -> `run_best`."""
+    """`dsl-sweep best`'s arguments (a missing attribute: its default) -> `choose_best`."""
     fields = {f.name for f in dataclasses.fields(BestOptions)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if getattr(args, "fresh_seeds", None) is not None and "seeds" not in given:  # the flag's earlier name
@@ -447,5 +447,5 @@ def best_from_cli(args: argparse.Namespace) -> int:
     if getattr(args, "no_step_cache", False):
         given["step_cache"] = False
     given["command"] = getattr(args, "command_line", "") or ""
-    run_best(BestOptions(**given))
+    choose_best(BestOptions(**given))
     return 0
