@@ -147,3 +147,23 @@ def test_subset_packs_the_frames_of_the_utterances_kept() -> None:
     assert sub.frame_offsets.tolist() == [0, 3, 5] and sub.paths == ("c/3.wav", "a/1.wav")
     assert np.array_equal(sub.frames[:3], frames[7:10]) and np.array_equal(sub.frames[3:5], frames[0:2])
     assert np.array_equal(sub.frames[-1], frames[-1]) and sub.labels.tolist() == [2, 0]
+
+
+def test_run_holdout_takes_a_file_or_a_rule_stored_beside_the_result(tmp_path: Path) -> None:
+    from dsl.studies.run import resolve_holdout
+
+    lines = ["path,label,speaker"]
+    for i in range(12):
+        write_tone(tmp_path / f"t{i}.wav", seconds=0.2)
+        lines.append(f"t{i}.wav,class{i % 3},spk{i % 4}")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    cfg = ChainConfig(corpus="csv", data=str(tmp_path / "m.csv"))
+    out = tmp_path / "results" / "exam.json"
+    made = resolve_holdout(cfg, "{speakers: [spk1]}", out)
+    stored = tmp_path / "results" / "exam.holdout.json"
+    assert made.protocol.holdout == str(stored.resolve())
+    assert sorted(load_holdout(stored).files) == ["t1.wav", "t5.wav", "t9.wav"]
+    again = resolve_holdout(cfg, str(stored), tmp_path / "other.json")  # a file is used as it is
+    assert again.protocol.holdout == str(stored.resolve())
+    with pytest.raises(ConfigError, match="--holdout: unknown key"):
+        resolve_holdout(cfg, "{speaker: [spk1]}", out)
