@@ -48,7 +48,7 @@ def describe_settings(race: Race) -> str:
     st = race.settings
     budget = f"; budget {st.budget} chains" if st.budget else ""
     return (f"{len(race.candidates)} candidates, up to {len(race.seeds)} seeds each ({', '.join(map(str, race.seeds))}), "
-            f"{st.seeds_per_round} seed(s) per round; a two-sided paired t-test of each survivor against the leader "
+            f"{st.seeds_per_round} seed{'s' if st.seeds_per_round != 1 else ''} per round; a two-sided paired t-test of each survivor against the leader "
             f"over the seeds they share, from {st.min_seeds} shared seeds on ({race.correction_words()}){budget}")
 
 
@@ -104,8 +104,9 @@ def run_race(race: Race, entries: Mapping[str, RaceEntry], store: ChainStore, ru
         if not requests:
             break
         seeds = sorted({s for _, s in requests})
-        log(f"round {race.rounds + 1}: seed(s) {', '.join(map(str, seeds))} for {len({k for k, _ in requests})} "
-            f"candidate(s) ({race.chains} chains so far)")
+        n = len({k for k, _ in requests})
+        log(f"round {race.rounds + 1}: seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))} for {n} "
+            f"candidate{'s' if n != 1 else ''} ({race.chains} chains so far)")
         reqs = [ChainRequest(RACE_STAGE, k, entries[k].candidate.name, s, entries[k].config.replace(seed=s),
                              entries[k].data) for k, s in requests]
         results = run_requests(reqs, store, runner, tracker, score, done, round_=race.rounds + 1)
