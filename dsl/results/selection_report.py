@@ -90,6 +90,11 @@ def markdown(sel: Mapping[str, Any]) -> str:
              f"(ranked by {sel['objective']} under {_leak(sel['sweep_protocol'])}, seed {sel['sweep_seed']}) raced "
              f"on fresh seeds under {_leak(sel['protocol'])}.",
              race_table(sel), verdict_text(sel), exam_table(sel)]
+    if sel.get("seconds"):
+        ex = sel.get("exam") or {}
+        exam_chains = int(ex.get("chains_run", 0)) + int(ex.get("chains_read_back", 0))
+        parts.append(f"Wall time of `dsl-sweep best`: {sel['seconds'] / 60:.0f} min for {sel['race']['chains']} race "
+                     f"chains" + (f" and {exam_chains} exam chains" if exam_chains else "") + ".")
     envs = sel.get("environments") or []
     if envs:
         parts.append("Machines: " + "; ".join(f"`{e.get('fingerprint', '?')}`: {describe_machine(e)}" for e in envs) + ".")
