@@ -23,7 +23,7 @@ class FeatureSpec:
     """Front end: log-Mel (paper: 16 kHz, 25 ms Hann, 10 ms hop, 512 FFT, 64 HTK mels, 125-7500 Hz), or a
     self-supervised speech model's hidden states per frame (`kind: ssl`, see `dsl.data.ssl_features`)."""
 
-    kind: str = "logmel"  # logmel | ssl
+    kind: str = "logmel"  # logmel | ssl (dsl.data.feature_kinds)
 
     sample_rate: int = 16000
     n_fft: int = 512
@@ -46,7 +46,6 @@ class SegmentSpec:
     hop: int = 1
 
 
-FEATURE_KINDS = ("logmel", "ssl")  # features.kind; see dsl.data.frontend.compute_features
 PRECISIONS = ("fp32", "bf16", "auto")  # train.precision (CPU); see dsl.training.train.resolve_precision
 
 
@@ -79,7 +78,8 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class LabelSpec:
-    """Label-update rule and its alpha schedule over iterations 1..T."""
+    """Label-update rule and its alpha schedule over iterations 1..T. The built-in rules' parameters are typed
+    fields; a registered rule's own parameters (`dsl.method.rules.RuleParam`) live in `params`, by name."""
 
     rule: str = "wdsl"
     alpha: float = 0.2  # WDSL weight of the original label (constant schedule / schedule start)
@@ -88,6 +88,7 @@ class LabelSpec:
     alpha_step: float = 0.2  # decrement of the step schedule (paper: 0.9 -> 0.7 -> ... -> 0.1)
     epsilon: float = 0.1  # label smoothing
     horizon: int = 0  # iterations the alpha schedule spans (0: the chain's `iterations`); a cut chain keeps its alphas
+    params: dict[str, float] = field(default_factory=dict)  # the rule's own parameters: labels.params.<name>
 
 
 @dataclass(frozen=True)
@@ -109,10 +110,6 @@ class ProtocolSpec:
     holdout: str = ""
 
 
-STAGES = ("forest", "acp")  # stage.name; see dsl.method.stages
-STAGE_INPUTS = ("embedding", "posterior")  # stage.input of the acp stage
-
-
 @dataclass(frozen=True)
 class StageSpec:
     """The utterance stage that turns out-of-sample segment outputs into utterance labels (`dsl.method.stages`):
@@ -120,7 +117,7 @@ class StageSpec:
     (attentive correlation pooling, `dsl.method.acp`, on segment embeddings or posteriors). Every key but `name`
     applies to `acp` only; it trains per scope per iteration on a few hundred utterances (seconds on a CPU)."""
 
-    name: str = "forest"
+    name: str = "forest"  # dsl.method.stages.STAGES
     input: str = "embedding"  # acp: embedding (the backbone's penultimate layer) | posterior
     epsilon: float = 0.1  # acp: label smoothing of its cross-entropy
     dim: int = 32  # acp: channels after the learned projection; the correlation matrix is dim x dim
@@ -153,6 +150,8 @@ class ChainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
+        if not out["labels"]["params"]:  # configs written before rule parameters existed stay equal
+            del out["labels"]["params"]
         out["plugins"] = list(self.plugins)  # YAML and JSON have lists, not tuples
         out["seeds"] = list(self.seeds)
         return out
@@ -294,6 +293,18 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
 def _coerce(value: Any, default: Any, where: str) -> Any:
     if where.endswith(".seeds"):  # a list of ints: YAML list, or "0,1,2" / "0-4" from a flag
         return parse_seeds(value, where)
+    if isinstance(default, dict):  # named numbers (labels.params)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of parameter name -> number, got {value!r}")
+        out = {}
+        for k, v in value.items():
+            try:
+                if not isinstance(k, str) or isinstance(v, bool):
+                    raise ValueError
+                out[k] = float(v)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}.{k}: expected a number, got {v!r}") from None
+        return out
     if isinstance(default, tuple):  # a list of names: YAML list, or "a,b" from --set
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())

@@ -14,19 +14,18 @@ from dsl.config import SHORT_NAMES, field_default
 
 # `dsl-sweep run` flags: short config names (`dsl.config.SHORT_NAMES`, `_` spelled `-`) and their help.
 _RUN_FLAG_HELP: dict[str, str] = {
-    "corpus": "corpus format (emodb, savee, casia, ravdess, tess, cremad, emovo, csv)",
+    "corpus": "corpus format",  # the registered names: registry_help
     "data": "corpus directory (or CSV manifest for --corpus csv)",
     "backbone": "backbone (small_cnn, efficientnet_b0, mobilenetv2_100, vgg19, densenet22)",
-    "rule": "label rule (baseline, bdsl, wdsl, gsl, hdl, label_smoothing)",
+    "rule": "label rule",
     "alpha": "WDSL alpha (start value for annealing schedules)",
-    "schedule": "alpha schedule (constant, step, linear, cosine, exponential)",
+    "schedule": "alpha schedule",
     "alpha_end": "final alpha of an annealing schedule",
     "epsilon": "label-smoothing epsilon",
     "iterations": "number of label updates after iteration 0",
     "stage": "utterance stage: forest (8 statistics per class -> random forest) or acp (attentive correlation "
              "pooling; its options: --set stage.input=embedding|posterior, stage.epsilon, stage.dim, ...)",
-    "protocol": "fold plan: stratified (the paper's, transductive), speaker_transductive, "
-                "or the leak-free nested, speaker, refinery",
+    "protocol": "fold plan",
     "folds": "folds for out-of-sample posteriors (outer folds of held-out protocols)",
     "inner_folds": "inner folds of the nested and speaker protocols",
     "eval_folds": "random-forest CV folds",
@@ -54,11 +53,30 @@ RUN_FLAGS: dict[str, tuple[str, type, str]] = {
     for name, help_ in _RUN_FLAG_HELP.items()}
 
 
+def registry_help() -> dict[str, str]:
+    """Flag help that lists what is registered (the registries that import without torch; plugins named in a
+    config are not imported yet, and their names are accepted too)."""
+    from dsl.data.corpora import list_corpora
+    from dsl.method.rules import RULES
+    from dsl.method.schedules import SCHEDULES
+    from dsl.protocols.plans import PROTOCOLS
+
+    transductive = [n for n in PROTOCOLS.names() if not PROTOCOLS[n].leak_free]
+    leak_free = [n for n in PROTOCOLS.names() if PROTOCOLS[n].leak_free]
+    return {"corpus": f"corpus format ({', '.join(list_corpora())})",
+            "rule": f"label rule ({', '.join(RULES.names())})",
+            "schedule": f"alpha schedule ({', '.join(SCHEDULES.names())})",
+            "protocol": f"fold plan: transductive {', '.join(transductive)}, or leak-free {', '.join(leak_free)} "
+                        "(dsl.protocols.plans; plugins may register more)"}
+
+
 def add_run_flags(p: argparse.ArgumentParser) -> None:
+    listed = registry_help()
     for flag, (_, typ, help_) in RUN_FLAGS.items():
-        p.add_argument(f"--{flag}", type=typ, default=None, help=help_)
+        p.add_argument(f"--{flag}", type=typ, default=None, help=listed.get(flag, help_))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config field by dotted name, e.g. --set train.patience=5")
+                   help="any config field by dotted name, e.g. --set train.patience=5 (a registered "
+                        "rule's own parameter: --set labels.params.NAME=VALUE)")
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -183,8 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--budget", type=int, help="chains the race may run in all (default: select.budget, none)")
     best.add_argument("--alpha", type=float, help="family-wise error of the race's tests (default: select.alpha, 0.05)")
     best.add_argument("--exam-seeds", type=int, help="seeds of the final exam (default: select.exam_seeds, 5)")
-    best.add_argument("--protocol", help="leak-free protocol of the race and the exam (default: select.protocol, "
-                      "refinery)")
+    from dsl.protocols.plans import leak_free_protocols
+
+    best.add_argument("--protocol", help=f"leak-free protocol of the race and the exam ({', '.join(leak_free_protocols())}; "
+                      "default: select.protocol, refinery)")
     best.add_argument("--no-reeval", action="store_true", help="no race: the sweep's own (self-graded) pick")
     best.add_argument("--no-step-cache", action="store_true", help="compute every chain in full (default: share fold "
                       "trainings with the sweep's step cache)")

@@ -14,9 +14,9 @@ from dsl import ChainConfig, prepare_data
 from dsl.config import ConfigError, StageSpec, load_config
 from dsl.execution.fold_job import FoldJob, run_fold_job
 from dsl.method.acp import ACP
-from dsl.method.rules import key_applies
 from dsl.method.stages import stage_input
 from dsl.pipeline.checks import check_config
+from dsl.pipeline.keys import key_applies
 from dsl.pipeline.trial_config import trial_config
 from sweeps.cli import main
 from tests.support.data import TINY
@@ -135,14 +135,14 @@ def test_acp_chain_held_out(tone_corpus, feature_cache) -> None:
 
 def test_stage_config_checks_and_conditional_search_space() -> None:
     assert load_config(overrides={"stage.name": "acp", "stage.dim": "8"}).stage == StageSpec(name="acp", dim=8)
-    with pytest.raises(ConfigError, match="stage.name 'pool' is unknown; allowed: forest, acp"):
+    with pytest.raises(ConfigError, match="stage.name 'pool' is unknown; allowed: acp, forest"):
         check_config(ChainConfig().replace(**{"stage.name": "pool"}))
     with pytest.raises(ConfigError, match="stage.input 'frames' is unknown"):
         check_config(ChainConfig().replace(**{"stage.name": "acp", "stage.input": "frames"}))
     with pytest.raises(ConfigError, match="stage.epsilon = 1.5"):
         check_config(ChainConfig().replace(**{"stage.name": "acp", "stage.epsilon": 1.5}))
-    assert key_applies("stage.dim", "wdsl", stage="acp") and not key_applies("stage.dim", "wdsl", stage="forest")
-    assert key_applies("stage.name", "wdsl", stage="forest")
+    assert key_applies("stage.dim", {"stage.name": "acp"}) and not key_applies("stage.dim", {"stage.name": "forest"})
+    assert key_applies("stage.name", {"stage.name": "forest"})
     cfg = trial_config(ChainConfig(), {"stage.name": "forest", "stage.dim": 8})
     assert cfg.stage == StageSpec()  # a forest trial carries no ACP setting
     assert trial_config(ChainConfig(), {"stage.name": "acp", "stage.dim": 8}).stage.dim == 8

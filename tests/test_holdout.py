@@ -11,7 +11,7 @@ import pytest
 from dsl import ChainConfig, prepare_data, run_chain
 from dsl.config import ConfigError, ProtocolSpec
 from dsl.protocols.holdout import choose, load_holdout, make_holdout, parse_holdout, split
-from dsl.protocols.plans import HOLDOUT_INNER, make_plan
+from dsl.protocols.plans import holdout_protocols, make_plan
 from tests.support.data import write_tone
 
 SPEAKERS = [f"{s:02d}" for s in (3, 8, 9, 10, 11)]
@@ -85,8 +85,9 @@ def test_split_is_by_file_identity_not_position_or_label(tmp_path: Path) -> None
     assert all(Path(p).name[:2] != "08" for p in search) and len(search) + len(held) == len(PATHS)
 
 
-@pytest.mark.parametrize("protocol", sorted(HOLDOUT_INNER))
+@pytest.mark.parametrize("protocol", ["stratified", "speaker_transductive", "nested", "speaker", "refinery"])
 def test_holdout_plan_trains_outside_the_holdout_and_scores_it_only(protocol: str) -> None:
+    assert protocol in holdout_protocols() and "cross_corpus" not in holdout_protocols()
     test = np.flatnonzero(np.isin(SPK, ["03", "10"]))
     spec = ProtocolSpec(name=protocol, folds=3, inner_folds=2, holdout="h.json")
     plan = make_plan(LABELS, np.asarray(SPK), spec, 0, (test,))
@@ -95,6 +96,8 @@ def test_holdout_plan_trains_outside_the_holdout_and_scores_it_only(protocol: st
     assert np.array_equal(scope.test, test) and not np.intersect1d(scope.train, test).size
     assert len(scope.train) + len(test) == len(PATHS)
     assert np.array_equal(np.sort(np.concatenate(scope.folds)), scope.train) or scope.in_sample
+    assert scope.in_sample == (protocol == "refinery") and len(scope.folds) == {"nested": 2, "speaker": 2,
+                                                                                  "refinery": 1}.get(protocol, 3)
     assert plan.outer_fold(len(PATHS)).tolist() == [0 if i in test else -1 for i in range(len(PATHS))]
 
 

@@ -115,7 +115,8 @@ def test_saved_model_with_a_plugin_backbone_loads_in_a_fresh_registry(plugin, tm
     fitted.label_names, fitted.network, fitted.forest = ("a", "b"), net, forest
     fitted.mean, fitted.std = np.zeros(64, dtype=np.float32), np.ones(64, dtype=np.float32)
     fitted.save(tmp_path / "model")
-    del BACKBONES[cfg.backbone], RULES[f"{plugin}_keep"]  # as in a new process that never imported the plugin
+    BACKBONES.unregister(cfg.backbone)  # as in a new process that never imported the plugin
+    RULES.unregister(f"{plugin}_keep")
     sys.modules.pop(plugin)
     model = EmotionModel.load(tmp_path / "model")
     assert type(model.network).__name__ == "Prior"

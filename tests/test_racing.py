@@ -95,6 +95,6 @@ def test_false_winners_are_rare_when_nobody_differs():
     for r in range(races):
         table = _table({k: 60.0 for k in "abcde"}, 10, noise=2.0, seed=100 + r)
         race = Race(_cands("abcde"), list(range(10)), RaceSettings(alpha=alpha))
-        verdict = race.run(lambda k, s, t=table: t[(k, s)])
+        verdict = race.run(lambda k, s, table=table: table[(k, s)])
         false += bool(verdict.dropped)
     assert false / races <= alpha + 0.03  # binomial margin over 200 races

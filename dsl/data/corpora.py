@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dsl.registry import Registry
+
 AUDIO_SUFFIXES = (".wav", ".flac")
 
 
@@ -90,14 +92,13 @@ class CorpusFormat:
     description: str = ""
 
 
-CORPUS_FORMATS: dict[str, CorpusFormat] = {}
+CORPUS_FORMATS: Registry[CorpusFormat] = Registry("corpus format")  # and `csv`, a manifest of any corpus
 
 
 def register_corpus(fmt: CorpusFormat) -> CorpusFormat:
-    if fmt.name in CORPUS_FORMATS:
-        raise ValueError(f"corpus format {fmt.name!r} is already registered")
-    CORPUS_FORMATS[fmt.name] = fmt
-    return fmt
+    if fmt.name == "csv":
+        raise ValueError("corpus format 'csv' is the manifest format (dsl.data.corpora.load_manifest); choose another name")
+    return CORPUS_FORMATS.register(fmt)
 
 
 def list_corpora() -> list[str]:

@@ -2,25 +2,51 @@
 
 A rule takes `q` (n_segments, K) out-of-sample posteriors, `y` (n_segments, K) one-hot utterance
 labels, `utt` (n_segments,) utterance ids and its parameters, and returns targets whose rows sum to 1.
-Register a new rule with `@register_rule(...)`: one function. Outside this package, name
-the registering module in `ChainConfig.plugins` so that fold workers and Ray trials import it too.
+Register a new rule with `@register_rule(...)`: one function. A rule with a parameter of its own declares
+it (`params={"beta": RuleParam(0.5, 0.0, 1.0)}`): the config carries it as `labels.params.beta`, the config
+checks hold it to its range, trial configs, trial names and the report follow it, and a sweep can search
+it. Outside this package, name the registering module in `ChainConfig.plugins` so that fold workers and
+Ray trials import it too (docs/extending.md).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from dsl.registry import Registry, first_line
+
 RuleFn = Callable[..., np.ndarray]
+
+# The typed LabelSpec keys that exist only for some rules: the alpha schedule (rules with `uses_alpha`) and
+# the smoothing epsilon (rules with `uses_epsilon`). A rule's own parameters are `labels.params.<name>`.
+ALPHA_KEYS = ("labels.alpha", "labels.schedule", "labels.alpha_end", "labels.alpha_step")
+EPSILON_KEYS = ("labels.epsilon",)
+PARAMS_PREFIX = "labels.params."
+
+
+@dataclass(frozen=True)
+class RuleParam:
+    """A rule's own numeric parameter: its default and the closed range the config checks hold it to."""
+
+    default: float
+    low: float = 0.0
+    high: float = 1.0
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.low <= self.default <= self.high:
+            raise ValueError(f"RuleParam: default {self.default} outside [{self.low}, {self.high}]")
 
 
 @dataclass(frozen=True)
 class LabelRule:
-    """`uses_alpha`: the rule is WDSL-like and takes the scheduled alpha; `static`: ignores `q`;
+    """`uses_alpha`: the rule is WDSL-like and takes the scheduled alpha; `uses_epsilon`: it takes
+    `labels.epsilon`; `params`: its own parameters (`labels.params.<name>`); `static`: ignores `q`;
     `local`: a segment's new target depends only on its own utterance's rows, so the chain may update
     the targets fold by fold (and start the next iteration's folds early). Register a rule that needs
-    statistics over the whole corpus with `local=False`."""
+    statistics over the whole corpus with `local=False`. `title`: how tables name it."""
 
     name: str
     fn: RuleFn
@@ -29,10 +55,23 @@ class LabelRule:
     static: bool = False
     description: str = ""
     local: bool = True
+    params: Mapping[str, RuleParam] = field(default_factory=dict)
+    title: str = ""
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The config keys that mean something under this rule (and only under rules that declare them)."""
+        return ((*ALPHA_KEYS,) if self.uses_alpha else ()) + (EPSILON_KEYS if self.uses_epsilon else ()) + tuple(
+            PARAMS_PREFIX + p for p in self.params)
+
+    def values(self, given: Mapping[str, float] | None = None) -> dict[str, float]:
+        """This rule's parameter values: the declared defaults, overridden by the ones `given` (others ignored)."""
+        given = given or {}
+        return {p: float(given.get(p, spec.default)) for p, spec in self.params.items()}
 
     def __call__(self, q: np.ndarray, y: np.ndarray, utt: np.ndarray, *, alpha: float = 0.0,
-                 epsilon: float = 0.0) -> np.ndarray:
-        kwargs = {}
+                 epsilon: float = 0.0, params: Mapping[str, float] | None = None) -> np.ndarray:
+        kwargs: dict[str, float] = self.values(params)
         if self.uses_alpha:
             kwargs["alpha"] = alpha
         if self.uses_epsilon:
@@ -40,64 +79,24 @@ class LabelRule:
         return self.fn(np.asarray(q, dtype=np.float32), np.asarray(y, dtype=np.float32), np.asarray(utt), **kwargs)
 
 
-RULES: dict[str, LabelRule] = {}
+RULES: Registry[LabelRule] = Registry("rule")
 
 
 def register_rule(name: str, *, uses_alpha: bool = False, uses_epsilon: bool = False, static: bool = False,
-                  description: str = "", local: bool = True) -> Callable[[RuleFn], RuleFn]:
-    def wrap(fn: RuleFn) -> RuleFn:
-        if name in RULES:
-            raise ValueError(f"rule {name!r} is already registered")
-        RULES[name] = LabelRule(name, fn, uses_alpha, uses_epsilon, static, description or (fn.__doc__ or "").strip(),
-                                local)
-        return fn
-    return wrap
+                  description: str = "", local: bool = True, params: Mapping[str, RuleParam] | None = None,
+                  title: str = "") -> Callable[[RuleFn], RuleFn]:
+    """Register `fn(q, y, utt, **params) -> targets`; `params` are passed by name, with `alpha`/`epsilon`
+    for rules that use them."""
+    for p in params or {}:
+        if not p.isidentifier():
+            raise ValueError(f"rule {name!r}: parameter name {p!r} must be an identifier")
+    return RULES.decorator(lambda fn: LabelRule(name, fn, uses_alpha, uses_epsilon, static,
+                                                description or first_line(fn.__doc__), local, dict(params or {}),
+                                                title or name))
 
 
 def get_rule(name: str) -> LabelRule:
-    if name not in RULES:
-        raise KeyError(f"unknown rule {name!r}; known: {', '.join(sorted(RULES))}")
-    return RULES[name]
-
-
-# The ChainConfig keys that exist only for some rules: the alpha schedule (rules with `uses_alpha`) and
-# the smoothing epsilon (rules with `uses_epsilon`).
-ALPHA_KEYS = ("labels.alpha", "labels.schedule", "labels.alpha_end", "labels.alpha_step")
-EPSILON_KEYS = ("labels.epsilon",)
-AUX_KEYS = ("train.aux_augs", "train.aux_cls_weight", "train.aux_rec_weight", "train.aux_data")  # MTL-AUG only
-SSL_KEYS = ("features.ssl_model", "features.ssl_layer", "features.ssl_layer_sum")  # features.kind: ssl only
-STAGE_KEYS = ("stage.input", "stage.epsilon", "stage.dim", "stage.with_mean", "stage.epochs", "stage.lr",
-              "stage.batch_size", "stage.weight_decay")  # the acp utterance stage only
-
-
-def key_applies(key: str, rule: str | LabelRule, schedule: str | None = None, aux: str | None = None,
-                kind: str | None = None, layer_sum: bool | None = None, stage: str | None = None) -> bool:
-    """Whether dotted ChainConfig key `key` means anything under label rule `rule` (a name or a LabelRule)
-    and, when `schedule` is given, that alpha schedule: the alpha keys only for rules that use alpha,
-    `labels.alpha_end` only for a non-constant schedule, `labels.alpha_step` only for the `step` schedule,
-    `labels.epsilon` only for rules that use epsilon; with `aux` given, the MTL-AUG keys only for
-    `train.aux: mtl_aug`; with `kind` given, the SSL keys only for `features.kind: ssl`, and with
-    `layer_sum` given, `features.ssl_layer` only without the learned layer sum; with `stage` given
-    (`stage.name`), the ACP keys only for the `acp` stage. Every other key applies.
-    The one definition behind the conditional search space, trial configs, config checks and trial names."""
-    if key in AUX_KEYS and aux is not None and aux != "mtl_aug":
-        return False
-    if key in STAGE_KEYS and stage is not None and stage != "acp":
-        return False
-    if key in SSL_KEYS and kind is not None and kind != "ssl":
-        return False
-    if key == "features.ssl_layer" and layer_sum:
-        return False
-    if key in ALPHA_KEYS or key in EPSILON_KEYS:
-        r = get_rule(rule) if isinstance(rule, str) else rule
-        if not (r.uses_alpha if key in ALPHA_KEYS else r.uses_epsilon):
-            return False
-    if schedule is not None:
-        if key == "labels.alpha_end" and schedule == "constant":
-            return False
-        if key == "labels.alpha_step" and schedule != "step":
-            return False
-    return True
+    return RULES.get(name)
 
 
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -116,19 +115,19 @@ def baseline(q: np.ndarray, y: np.ndarray, utt: np.ndarray) -> np.ndarray:
     return y.copy()
 
 
-@register_rule("bdsl")
+@register_rule("bdsl", title="BDSL")
 def bdsl(q: np.ndarray, y: np.ndarray, utt: np.ndarray) -> np.ndarray:
     """Basic DSL: the previous posterior is the new target, g = q."""
     return _normalise(q)
 
 
-@register_rule("wdsl", uses_alpha=True)
+@register_rule("wdsl", uses_alpha=True, title="WDSL")
 def wdsl(q: np.ndarray, y: np.ndarray, utt: np.ndarray, alpha: float) -> np.ndarray:
     """Weighted DSL: g = (1 - alpha) q + alpha y."""
     return _normalise((1.0 - alpha) * q + alpha * y)
 
 
-@register_rule("gsl")
+@register_rule("gsl", title="GSL")
 def gsl(q: np.ndarray, y: np.ndarray, utt: np.ndarray) -> np.ndarray:
     """Global self-learning: g = mean of q over the segment's utterance."""
     _, inverse, counts = np.unique(utt, return_inverse=True, return_counts=True)
@@ -137,7 +136,7 @@ def gsl(q: np.ndarray, y: np.ndarray, utt: np.ndarray) -> np.ndarray:
     return _normalise((sums / counts[:, None])[inverse])
 
 
-@register_rule("hdl")
+@register_rule("hdl", title="HDL")
 def hdl(q: np.ndarray, y: np.ndarray, utt: np.ndarray) -> np.ndarray:
     """Hard-decision labels: g = one-hot argmax q."""
     return one_hot(np.argmax(q, axis=1), q.shape[1])

@@ -1,24 +1,39 @@
 """Alpha schedules over label-update iterations t = 1..T (iteration 0 always trains on the labels).
 
-A schedule is `fn(t, T, start, end, step) -> alpha`; register a new one with `@register_schedule`.
+A schedule is `fn(t, T, start, end, step) -> alpha`; register a new one with `@register_schedule`, naming the
+alpha keys besides `labels.alpha` it reads (`keys`): only those are searched, checked and shown with it.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+
+from dsl.registry import Registry, first_line, owned_keys
 
 ScheduleFn = Callable[[int, int, float, float, float], float]
 
-SCHEDULES: dict[str, ScheduleFn] = {}
+
+@dataclass(frozen=True)
+class Schedule:
+    """`keys`: the config keys besides `labels.alpha` this schedule reads (`labels.alpha_end`, `labels.alpha_step`)."""
+
+    name: str
+    fn: ScheduleFn
+    keys: tuple[str, ...] = ("labels.alpha_end", "labels.alpha_step")
+    description: str = ""
+
+    def __call__(self, t: int, total: int, start: float, end: float, step: float) -> float:
+        return self.fn(t, total, start, end, step)
 
 
-def register_schedule(name: str) -> Callable[[ScheduleFn], ScheduleFn]:
-    def wrap(fn: ScheduleFn) -> ScheduleFn:
-        if name in SCHEDULES:
-            raise ValueError(f"schedule {name!r} is already registered")
-        SCHEDULES[name] = fn
-        return fn
-    return wrap
+SCHEDULES: Registry[Schedule] = Registry("schedule")
+
+
+def register_schedule(name: str, *, keys: tuple[str, ...] = ("labels.alpha_end", "labels.alpha_step"),
+                      description: str = "") -> Callable[[ScheduleFn], ScheduleFn]:
+    keys = owned_keys("schedule", name, keys, "labels.alpha_")
+    return SCHEDULES.decorator(lambda fn: Schedule(name, fn, keys, description or first_line(fn.__doc__)))
 
 
 def _progress(t: int, total: int) -> float:
@@ -26,28 +41,28 @@ def _progress(t: int, total: int) -> float:
     return 0.0 if total <= 1 else (t - 1) / (total - 1)
 
 
-@register_schedule("constant")
+@register_schedule("constant", keys=())
 def constant(t: int, total: int, start: float, end: float, step: float) -> float:
     return start
 
 
-@register_schedule("step")
+@register_schedule("step", keys=("labels.alpha_end", "labels.alpha_step"))
 def step(t: int, total: int, start: float, end: float, step: float) -> float:
     """The paper's annealing: start, start - step, ... never below `end` (0.9 -> 0.7 -> ... -> 0.1)."""
     return max(end, start - (t - 1) * step)
 
 
-@register_schedule("linear")
+@register_schedule("linear", keys=("labels.alpha_end",))
 def linear(t: int, total: int, start: float, end: float, step: float) -> float:
     return start + (end - start) * _progress(t, total)
 
 
-@register_schedule("cosine")
+@register_schedule("cosine", keys=("labels.alpha_end",))
 def cosine(t: int, total: int, start: float, end: float, step: float) -> float:
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * _progress(t, total)))
 
 
-@register_schedule("exponential")
+@register_schedule("exponential", keys=("labels.alpha_end",))
 def exponential(t: int, total: int, start: float, end: float, step: float) -> float:
     """Geometric interpolation from start to end (end clipped away from 0)."""
     lo = max(end, 1e-6)
@@ -61,8 +76,7 @@ def schedule_alpha(labels, t: int, iterations: int) -> float:
 
 def alpha_at(name: str, t: int, total: int, start: float, end: float = 0.1, step: float = 0.2) -> float:
     """Alpha for update iteration `t` of `total`."""
-    if name not in SCHEDULES:
-        raise KeyError(f"unknown schedule {name!r}; known: {', '.join(sorted(SCHEDULES))}")
+    schedule = SCHEDULES.get(name)
     if t < 1:
         raise ValueError("alpha schedules start at iteration 1 (iteration 0 uses the original labels)")
-    return float(min(1.0, max(0.0, SCHEDULES[name](t, total, start, end, step))))
+    return float(min(1.0, max(0.0, schedule(t, total, start, end, step))))

@@ -26,18 +26,22 @@ averaged. The forest averages the posteriors instead, which share the class spac
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
 from dsl.config import StageSpec
 from dsl.method.evaluate import cross_validated_proba, cv_splits, forest_proba, utterance_statistics, validation_ua
+from dsl.registry import Registry, first_line, owned_keys
+
+STAGE_INPUTS = ("posterior", "embedding")  # what a fold job can return per segment
 
 
 def stage_input(spec: StageSpec) -> str:
     """What the stage reads per segment: `posterior` or `embedding` (then the fold jobs return embeddings)."""
-    return "posterior" if spec.name == "forest" else spec.input
+    return STAGES.get(spec.name).input_of(spec)
 
 
 def select_folds(labels: np.ndarray, folds: int) -> int:
@@ -53,6 +57,11 @@ class UtteranceStage(ABC):
 
     def __init__(self, spec: StageSpec, n_classes: int, n_jobs: int | None = None, num_threads: int = 0):
         self.spec, self.n_classes, self.n_jobs, self.num_threads = spec, n_classes, n_jobs, num_threads
+
+    @classmethod
+    def spec_problems(cls, spec: StageSpec) -> list[str]:
+        """Problems of this stage's own settings in `spec` (checked before any work)."""
+        return []
 
     @abstractmethod
     def fit_proba(self, train: Sequence[np.ndarray], labels: np.ndarray,
@@ -89,10 +98,48 @@ def mean_view(views: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
     return out
 
 
+@dataclass(frozen=True)
+class Stage:
+    """An utterance stage and its facts. `inputs`: what it can read per segment from the fold jobs (the first
+    is the default; with more than one, it owns `stage.input`, which picks); `keys`: the `stage.*` keys it
+    reads (they apply only under it); `final_model`: the fitted `EmotionModel` can predict with it (it fits the
+    forest itself, so only the forest says so)."""
+
+    name: str
+    cls: type[UtteranceStage]
+    inputs: tuple[str, ...] = ("posterior",)
+    keys: tuple[str, ...] = ()
+    final_model: bool = False
+    description: str = ""
+
+    def input_of(self, spec: StageSpec) -> str:
+        return spec.input if "stage.input" in self.keys else self.inputs[0]
+
+
+STAGES: Registry[Stage] = Registry("stage")
+
+
+def register_stage(name: str, *, inputs: tuple[str, ...] = ("posterior",), keys: tuple[str, ...] = (),
+                   final_model: bool = False, description: str = "") -> Callable[[type], type]:
+    """Register an `UtteranceStage` subclass under `name` (its `name` attribute is set to it)."""
+    bad = [i for i in inputs if i not in STAGE_INPUTS]
+    if not inputs or bad:
+        raise ValueError(f"stage {name!r}: inputs must be some of {', '.join(STAGE_INPUTS)}; got {inputs}")
+    if len(inputs) > 1 and "stage.input" not in keys:
+        keys = ("stage.input", *keys)
+    keys = owned_keys("stage", name, keys, "stage.")
+
+    def make(cls: type) -> Stage:
+        if not (isinstance(cls, type) and issubclass(cls, UtteranceStage)):
+            raise TypeError(f"stage {name!r}: register an UtteranceStage subclass, got {cls!r}")
+        cls.name = name
+        return Stage(name, cls, tuple(inputs), tuple(keys), final_model, description or first_line(cls.__doc__))
+    return STAGES.decorator(make)
+
+
+@register_stage("forest", final_model=True)
 class ForestStage(UtteranceStage):
     """The paper's stage: statistics of the posteriors (averaged over fold networks) -> random forest."""
-
-    name = "forest"
 
     def fit_proba(self, train, labels, views, seed):
         test = views[0] if len(views) == 1 else mean_view(views)
@@ -107,10 +154,20 @@ class ForestStage(UtteranceStage):
         return validation_ua(utterance_statistics(X), labels, self.n_classes, folds, seed, groups, self.n_jobs)
 
 
+@register_stage("acp", inputs=("embedding", "posterior"),
+                keys=("stage.input", "stage.epsilon", "stage.dim", "stage.with_mean", "stage.epochs", "stage.lr",
+                      "stage.batch_size", "stage.weight_decay"))
 class ACPStage(UtteranceStage):
     """Attentive correlation pooling; test probabilities averaged over the fold networks' views."""
 
-    name = "acp"
+    @classmethod
+    def spec_problems(cls, spec: StageSpec) -> list[str]:
+        p = []
+        if not 0.0 <= spec.epsilon < 1.0:
+            p.append(f"stage.epsilon = {spec.epsilon} is outside [0, 1)")
+        if spec.dim < 2 or spec.epochs < 1 or spec.batch_size < 1 or spec.lr <= 0 or spec.weight_decay < 0:
+            p.append(f"stage: dim >= 2, epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0 required; got {spec}")
+        return p
 
     def model(self, seed: int):
         from dsl.method.acp import ACP
@@ -127,13 +184,8 @@ class ACPStage(UtteranceStage):
         return proba
 
 
-STAGE_REGISTRY: dict[str, type[UtteranceStage]] = {"forest": ForestStage, "acp": ACPStage}
-
-
 def make_stage(spec: StageSpec, n_classes: int, n_jobs: int | None = None, num_threads: int = 0) -> UtteranceStage:
-    if spec.name not in STAGE_REGISTRY:
-        raise KeyError(f"unknown stage {spec.name!r}; known: {', '.join(STAGE_REGISTRY)}")
-    return STAGE_REGISTRY[spec.name](spec, n_classes, n_jobs, num_threads)
+    return STAGES.get(spec.name).cls(spec, n_classes, n_jobs, num_threads)
 
 
 def standardised(x: np.ndarray, n_reference: int) -> np.ndarray:

@@ -384,7 +384,7 @@ class ChainIterator:
         idx = self.fold_segments[s][f]
         q = out.posteriors[:len(idx)]
         book.next_targets[s][idx] = self.rule(q, self.y[idx], self.seg.utt[idx], alpha=book.next_alpha,
-                                              epsilon=self.cfg.labels.epsilon)
+                                              epsilon=self.cfg.labels.epsilon, params=self.cfg.labels.params)
         if self.pipelined and book.it < self.last:
             self.start_ready_folds(book, s)
 

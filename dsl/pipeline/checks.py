@@ -1,17 +1,33 @@
-"""Config and corpus checks that run before any work starts, with the allowed values in each message."""
+"""Config and corpus checks that run before any work starts, with the allowed values in each message.
+
+What is allowed comes from the registries (`dsl.registry`): names, what a protocol needs, the keys each entry
+owns (`dsl.pipeline.keys`), a rule's parameter ranges, a stage's own checks. No name is listed here.
+"""
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterable
 
 import numpy as np
 
-from dsl.config import ChainConfig, ConfigError
-from dsl.data.corpora import CORPUS_FORMATS
-from dsl.method.rules import RULES, SSL_KEYS, key_applies
+from dsl.config import ChainConfig, ConfigError, field_default
+from dsl.data.corpora import CORPUS_FORMATS, list_corpora
+from dsl.data.feature_kinds import FEATURE_KINDS
+from dsl.method.rules import PARAMS_PREFIX, RULES
 from dsl.method.schedules import SCHEDULES
+from dsl.pipeline.keys import key_applies, owned_by, value_at
 from dsl.plugins import load_plugins
 from dsl.protocols.plans import PROTOCOLS
+from dsl.training.aux_tasks import AUX_TASKS
 from dsl.training.backbones import BACKBONES
+
+
+def _unknown(what: str, name: str, known: Iterable[str]) -> str:
+    return f"{what} {name!r} is unknown; allowed: {', '.join(sorted(known))}"
+
+
+def given_unused(cfg: ChainConfig, keys: Iterable[str]) -> list[str]:
+    """The keys among `keys` set away from their default although they do not apply under `cfg`'s choices."""
+    return [k for k in keys if value_at(cfg, k) != field_default(k) and not key_applies(k, cfg)]
 
 
 def config_problems(cfg: ChainConfig) -> list[str]:
@@ -22,63 +38,109 @@ def config_problems(cfg: ChainConfig) -> list[str]:
     except ConfigError as exc:
         p.append(str(exc))
     if cfg.corpus != "csv" and cfg.corpus not in CORPUS_FORMATS:
-        p.append(f"corpus {cfg.corpus!r} is unknown; allowed: {', '.join(sorted([*CORPUS_FORMATS, 'csv']))}")
+        p.append(_unknown("corpus", cfg.corpus, list_corpora()))
     if cfg.backbone not in BACKBONES:
-        p.append(f"backbone {cfg.backbone!r} is unknown; allowed: {', '.join(sorted(BACKBONES))}")
+        p.append(_unknown("backbone", cfg.backbone, BACKBONES))
+    p += label_problems(cfg)
+    if cfg.iterations < 0:
+        p.append(f"iterations = {cfg.iterations}; must be >= 0")
+    p += protocol_problems(cfg)
+    p += train_problems(cfg)
+    p += feature_problems(cfg)
+    p += stage_problems(cfg)
+    if cfg.segments.length < 1 or cfg.segments.hop < 1:
+        p.append(f"segments.length and segments.hop must be >= 1; got {cfg.segments}")
+    if cfg.bad_files not in ("fail", "skip"):
+        p.append(f"bad_files = {cfg.bad_files!r}; allowed: fail, skip")
+    return p
+
+
+def label_problems(cfg: ChainConfig) -> list[str]:
+    """The rule, its schedule and its parameters (`labels.*`)."""
+    p: list[str] = []
     lab = cfg.labels
     if lab.rule not in RULES:
-        p.append(f"labels.rule {lab.rule!r} is unknown; allowed: {', '.join(sorted(RULES))}")
+        p.append(_unknown("labels.rule", lab.rule, RULES))
     if lab.schedule not in SCHEDULES:
-        p.append(f"labels.schedule {lab.schedule!r} is unknown; allowed: {', '.join(sorted(SCHEDULES))}")
+        p.append(_unknown("labels.schedule", lab.schedule, SCHEDULES))
     for name in ("alpha", "alpha_end", "epsilon"):
         v = getattr(lab, name)
         if not 0.0 <= v <= 1.0:
             p.append(f"labels.{name} = {v} is outside [0, 1]")
     if lab.rule in RULES:
-        defaults = type(lab)()
-        given = [k for k in ("alpha", "schedule")  # what a user sets to choose a schedule
-                 if not key_applies(f"labels.{k}", lab.rule) and getattr(lab, k) != getattr(defaults, k)]
-        if given:
+        rule = RULES[lab.rule]
+        if given_unused(cfg, ("labels.alpha", "labels.schedule")):  # what a user sets to choose a schedule
             p.append(f"labels.alpha/schedule given with rule {lab.rule!r}; alpha applies only to: "
-                     f"{', '.join(n for n, r in RULES.items() if key_applies('labels.alpha', r))}")
+                     f"{', '.join(n for n in RULES.names() if key_applies('labels.alpha', {'labels.rule': n}))}")
+        for name, value in lab.params.items():
+            spec = rule.params.get(name)
+            if spec is None:
+                p.append(f"{PARAMS_PREFIX}{name} given but rule {lab.rule!r} has "
+                         + (f"the parameter(s) {', '.join(rule.params)}" if rule.params else "no parameters"))
+            elif not spec.low <= value <= spec.high:
+                p.append(f"{PARAMS_PREFIX}{name} = {value} is outside [{spec.low}, {spec.high}] (rule {lab.rule!r})")
     if lab.horizon < 0 or 0 < lab.horizon < cfg.iterations:
         p.append(f"labels.horizon = {lab.horizon}; must be 0 (the chain's iterations) or >= iterations ({cfg.iterations})")
-    if cfg.iterations < 0:
-        p.append(f"iterations = {cfg.iterations}; must be >= 0")
+    return p
+
+
+def protocol_problems(cfg: ChainConfig) -> list[str]:
+    """The fold plan (`protocol.*`): its name, the keys it needs, the keys only other protocols read, the folds."""
     pr = cfg.protocol
-    if pr.name not in PROTOCOLS:
-        p.append(f"protocol.name {pr.name!r} is unknown; allowed: {', '.join(sorted(PROTOCOLS))}")
-    nested_like = pr.name in ("nested", "speaker", "cross_corpus")
-    if pr.name == "cross_corpus":
-        from dsl.data.corpora import list_corpora
-
-        if not pr.test_corpus or not pr.test_data:
-            p.append("protocol cross_corpus needs protocol.test_corpus (e.g. urdu) and protocol.test_data (its folder)")
-        elif pr.test_corpus not in list_corpora():
-            p.append(f"protocol.test_corpus {pr.test_corpus!r} is unknown; allowed: {', '.join(list_corpora())}")
-    elif pr.test_corpus or pr.test_data or pr.label_map:
-        p.append(f"protocol.test_corpus/test_data/label_map apply only to protocol cross_corpus, not {pr.name!r}")
+    p: list[str] = []
+    info = PROTOCOLS[pr.name] if pr.name in PROTOCOLS else None
+    if info is None:
+        p.append(_unknown("protocol.name", pr.name, PROTOCOLS))
+    else:
+        missing = [k for k in info.needs if not value_at(cfg, k)]
+        if missing:
+            p.append(f"protocol {pr.name} needs {' and '.join(missing)}")
+        if "protocol.test_corpus" in info.keys and pr.test_corpus and pr.test_corpus not in list_corpora():
+            p.append(_unknown("protocol.test_corpus", pr.test_corpus, list_corpora()))
+        unused = given_unused(cfg, owned_by("protocol.name"))
+        if unused:
+            owners = [n for n in PROTOCOLS.names() if any(key_applies(k, {"protocol.name": n}) for k in unused)]
+            p.append(f"{', '.join(unused)} apply only to protocol {', '.join(owners)}, not {pr.name!r}")
     if pr.holdout:
-        from dsl.protocols.plans import HOLDOUT_INNER
-
-        if pr.name not in HOLDOUT_INNER:
-            p.append(f"protocol.holdout does not combine with protocol {pr.name!r}; allowed: {', '.join(HOLDOUT_INNER)}")
-        if pr.assignment:
-            p.append("protocol.holdout and protocol.assignment exclude each other (a holdout plan has no outer folds)")
-        if not Path(pr.holdout).is_file():
-            p.append(f"protocol.holdout {pr.holdout}: no such holdout assignment file")
-    for name in ("folds", "eval_folds", "select_folds", *(("inner_folds",) if nested_like else ())):
+        p += holdout_problems(cfg)
+    for name in ("folds", "eval_folds", "select_folds", *(("inner_folds",) if info is not None and info.nested else ())):
         if getattr(pr, name) < 2:
             p.append(f"protocol.{name} = {getattr(pr, name)}; must be >= 2")
-    t = cfg.train
+    return p
+
+
+def holdout_problems(cfg: ChainConfig) -> list[str]:
+    """`protocol.holdout` (the final exam's plan, `dsl.protocols.plans.holdout_plan`): a protocol it combines with,
+    no outer folds of its own, an assignment file that exists."""
+    from pathlib import Path
+
+    from dsl.protocols.plans import holdout_protocols
+
+    pr = cfg.protocol
+    p = []
+    allowed = holdout_protocols()
+    if pr.name in PROTOCOLS and pr.name not in allowed:
+        p.append(f"protocol.holdout does not combine with protocol {pr.name!r}; allowed: {', '.join(allowed)}")
+    if pr.assignment:
+        p.append("protocol.holdout and protocol.assignment exclude each other (a holdout plan has no outer folds)")
+    if not Path(pr.holdout).is_file():
+        p.append(f"protocol.holdout {pr.holdout}: no such holdout assignment file")
+    return p
+
+
+def train_problems(cfg: ChainConfig) -> list[str]:
+    """Training (`train.*`) and its auxiliary task."""
     from dsl.config import PRECISIONS
 
-    if t.aux not in ("none", "mtl_aug"):
-        p.append(f"train.aux {t.aux!r} is unknown; allowed: none, mtl_aug")
-    elif t.aux_data and not key_applies("train.aux_data", lab.rule, aux=t.aux):
-        p.append(f"train.aux_data {t.aux_data!r} given but not used: it applies only to train.aux: mtl_aug "
+    p: list[str] = []
+    t = cfg.train
+    if t.aux not in AUX_TASKS:
+        p.append(_unknown("train.aux", t.aux, AUX_TASKS))
+    elif t.aux_data and given_unused(cfg, ("train.aux_data",)):
+        p.append(f"train.aux_data {t.aux_data!r} given but not used: it applies only to train.aux: "
+                 f"{', '.join(n for n in AUX_TASKS.names() if key_applies('train.aux_data', {'train.aux': n}))} "
                  f"(got train.aux: {t.aux})")
-    elif t.aux == "mtl_aug":
+    elif key_applies("train.aux_augs", cfg):
         from dsl.training.augment import AUGMENTATIONS
 
         unknown = [a for a in t.aux_augs if a not in AUGMENTATIONS]
@@ -95,27 +157,18 @@ def config_problems(cfg: ChainConfig) -> list[str]:
         p.append(f"train.val_fraction = {t.val_fraction}; must be in [0, 0.5)")
     if not 0.0 < t.epoch_fraction <= 1.0:
         p.append(f"train.epoch_fraction = {t.epoch_fraction}; must be in (0, 1]")
-    p += feature_problems(cfg)
-    p += stage_problems(cfg)
-    if cfg.segments.length < 1 or cfg.segments.hop < 1:
-        p.append(f"segments.length and segments.hop must be >= 1; got {cfg.segments}")
-    if cfg.bad_files not in ("fail", "skip"):
-        p.append(f"bad_files = {cfg.bad_files!r}; allowed: fail, skip")
     return p
 
 
 def feature_problems(cfg: ChainConfig) -> list[str]:
     """`features.kind` and, for `ssl`, the checkpoint directory (exists, loadable, layer in range)."""
-    from dsl.config import FEATURE_KINDS, FeatureSpec
-
     f = cfg.features
     if f.kind not in FEATURE_KINDS:
-        return [f"features.kind {f.kind!r} is unknown; allowed: {', '.join(FEATURE_KINDS)}"]
-    given = [k for k in SSL_KEYS if getattr(f, k.split(".", 1)[1]) != getattr(FeatureSpec(), k.split(".", 1)[1])
-             and not key_applies(k, cfg.labels.rule, kind=f.kind, layer_sum=f.ssl_layer_sum)]
+        return [_unknown("features.kind", f.kind, FEATURE_KINDS)]
+    given = given_unused(cfg, (*owned_by("features.kind"), *owned_by("features.ssl_layer_sum")))
     if given:
-        return [f"{', '.join(given)} given but not used: the ssl keys apply only to features.kind: ssl, and "
-                "features.ssl_layer only without features.ssl_layer_sum"]
+        return [f"{', '.join(dict.fromkeys(given))} given but not used: the ssl keys apply only to features.kind: "
+                "ssl, and features.ssl_layer only without features.ssl_layer_sum"]
     if f.kind == "ssl":
         from dsl.data.ssl_features import checkpoint_problems
 
@@ -124,23 +177,17 @@ def feature_problems(cfg: ChainConfig) -> list[str]:
 
 
 def stage_problems(cfg: ChainConfig) -> list[str]:
-    """Problems of the utterance stage (`stage.*`)."""
-    from dsl.config import STAGE_INPUTS
-    from dsl.method.stages import STAGE_REGISTRY
+    """Problems of the utterance stage (`stage.*`): its name, its input, its own settings."""
+    from dsl.method.stages import STAGES
 
     st = cfg.stage
-    if st.name not in STAGE_REGISTRY:
-        return [f"stage.name {st.name!r} is unknown; allowed: {', '.join(STAGE_REGISTRY)}"]
-    if st.name != "acp":
-        return []
+    if st.name not in STAGES:
+        return [_unknown("stage.name", st.name, STAGES)]
+    stage = STAGES[st.name]
     p = []
-    if st.input not in STAGE_INPUTS:
-        p.append(f"stage.input {st.input!r} is unknown; allowed: {', '.join(STAGE_INPUTS)}")
-    if not 0.0 <= st.epsilon < 1.0:
-        p.append(f"stage.epsilon = {st.epsilon} is outside [0, 1)")
-    if st.dim < 2 or st.epochs < 1 or st.batch_size < 1 or st.lr <= 0 or st.weight_decay < 0:
-        p.append(f"stage: dim >= 2, epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0 required; got {st}")
-    return p
+    if "stage.input" in stage.keys and st.input not in stage.inputs:
+        p.append(f"stage.input {st.input!r} is unknown; allowed: {', '.join(stage.inputs)}")
+    return p + stage.cls.spec_problems(st)
 
 
 def data_problems(cfg: ChainConfig, labels: np.ndarray, speakers: np.ndarray, label_names: tuple[str, ...]) -> list[str]:
@@ -152,13 +199,14 @@ def data_problems(cfg: ChainConfig, labels: np.ndarray, speakers: np.ndarray, la
     if small:
         p.append(f"class(es) with fewer utterances than folds ({need} folds, {cfg.protocol.eval_folds} "
                  f"evaluation folds): {', '.join(small)}")
-    if cfg.protocol.name in ("speaker", "speaker_transductive"):
+    info = PROTOCOLS[cfg.protocol.name] if cfg.protocol.name in PROTOCOLS else None
+    if info is not None and info.grouped:
         n_spk = len(np.unique(speakers))
         if need > n_spk:
             p.append(f"protocol.folds = {need} but the corpus has only {n_spk} speakers ({cfg.protocol.name} protocol)")
-        elif cfg.protocol.name == "speaker" and cfg.protocol.inner_folds > n_spk - (n_spk + need - 1) // need:
+        elif info.nested and cfg.protocol.inner_folds > n_spk - (n_spk + need - 1) // need:
             p.append(f"protocol.inner_folds = {cfg.protocol.inner_folds} but an outer training set may have only "
-                     f"{n_spk - (n_spk + need - 1) // need} speakers (speaker protocol, {need} outer folds)")
+                     f"{n_spk - (n_spk + need - 1) // need} speakers ({cfg.protocol.name} protocol, {need} outer folds)")
     return p
 
 

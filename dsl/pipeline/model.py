@@ -45,25 +45,32 @@ class Prediction:
 
 
 def check_stage(cfg: ChainConfig) -> None:
-    """The final model predicts with the forest only: refuse another utterance stage before any work."""
+    """The final model predicts with a stage registered with `final_model=True` (the forest): refuse another
+    utterance stage before any work."""
     from dsl.config import ConfigError
+    from dsl.method.stages import STAGES
 
-    if cfg.stage.name != "forest":
+    if not STAGES.get(cfg.stage.name).final_model:
+        able = ", ".join(n for n in STAGES.names() if STAGES[n].final_model)
         raise ConfigError(
-            f"stage.name {cfg.stage.name!r}: the final EmotionModel (dsl.pipeline.model) supports stage.name: forest only. "
-            "An acp stage is fitted on the fold networks' out-of-fold embeddings, and a final network trained on "
-            "all data has an embedding space of its own, which that ACP never saw. Evaluate acp with `dsl-sweep "
-            "run`; train the final model with --set stage.name=forest")
+            f"stage.name {cfg.stage.name!r}: the final EmotionModel (dsl.pipeline.model) supports stage.name: {able} "
+            f"only. A {cfg.stage.name} stage is fitted on the fold networks' out-of-fold outputs, and a final network "
+            "trained on all data has an embedding space of its own, which that stage never saw. Evaluate it with "
+            f"`dsl-sweep run`; train the final model with --set stage.name={able.split(', ')[0]}")
 
 
 def final_config(cfg: ChainConfig) -> ChainConfig:
-    """The config the final model's chain runs: a leak-free protocol's transductive twin (no test set)."""
-    from dsl.protocols.plans import is_leak_free
+    """The config the final model's chain runs: the protocol's transductive twin (no test set), without the
+    keys only the original protocol reads (e.g. a cross-corpus test corpus)."""
+    from dsl.config import ConfigError
+    from dsl.pipeline.trial_config import applicable
+    from dsl.protocols.plans import PROTOCOLS
 
-    if not is_leak_free(cfg.protocol.name):
-        return cfg
-    twin = "speaker_transductive" if cfg.protocol.name == "speaker" else "stratified"
-    return cfg.replace(**{"protocol.name": twin})
+    twin = PROTOCOLS.get(cfg.protocol.name).twin
+    if twin is None:
+        raise ConfigError(f"protocol {cfg.protocol.name!r} names no transductive twin (register_protocol(..., "
+                          "transductive_twin=...)): the final model has no protocol to train its labels with")
+    return cfg if twin == cfg.protocol.name else applicable(cfg.replace(**{"protocol.name": twin}))
 
 
 class EmotionModel:

@@ -5,35 +5,32 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from dsl.config import ChainConfig, FeatureSpec, LabelSpec, StageSpec, TrainSpec, from_dict
-from dsl.method.rules import ALPHA_KEYS, AUX_KEYS, EPSILON_KEYS, SSL_KEYS, STAGE_KEYS, key_applies
+from dsl.config import ChainConfig, field_default, from_dict
+from dsl.method.rules import RULES
+from dsl.pipeline.keys import conditional_keys, key_applies, value_at
 
 
 def trial_config(base: ChainConfig | Mapping[str, Any], overrides: Mapping[str, Any]) -> ChainConfig:
-    """Base + overrides; label fields that do not apply to the trial's rule are reset to their defaults
-    (so a non-WDSL trial never carries an alpha or a schedule), and so are the MTL-AUG keys without
-    `train.aux: mtl_aug` and the ACP keys without `stage.name: acp`. Keys starting with `_` are not config."""
+    """Base + overrides, without what does not apply (`applicable`). Keys starting with `_` are not config."""
     cfg = base if isinstance(base, ChainConfig) else from_dict(base)
-    cfg = cfg.replace(**{k: v for k, v in overrides.items() if not k.startswith("_")})
-    defaults = LabelSpec()
-    reset = {k.split(".", 1)[1]: getattr(defaults, k.split(".", 1)[1])
-             for k in (*ALPHA_KEYS, *EPSILON_KEYS) if not key_applies(k, cfg.labels.rule)}
-    if reset:
-        cfg = dataclasses.replace(cfg, labels=dataclasses.replace(cfg.labels, **reset))
-    train_defaults = TrainSpec()
-    aux_reset = {k.split(".", 1)[1]: getattr(train_defaults, k.split(".", 1)[1])
-                 for k in AUX_KEYS if not key_applies(k, cfg.labels.rule, aux=cfg.train.aux)}
-    if aux_reset:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **aux_reset))
-    stage_defaults = StageSpec()
-    stage_reset = {k.split(".", 1)[1]: getattr(stage_defaults, k.split(".", 1)[1])
-                   for k in STAGE_KEYS if not key_applies(k, cfg.labels.rule, stage=cfg.stage.name)}
-    if stage_reset:
-        cfg = dataclasses.replace(cfg, stage=dataclasses.replace(cfg.stage, **stage_reset))
-    feature_defaults, f = FeatureSpec(), cfg.features
-    ssl_reset = {k.split(".", 1)[1]: getattr(feature_defaults, k.split(".", 1)[1])
-                 for k in SSL_KEYS if not key_applies(k, cfg.labels.rule, kind=f.kind, layer_sum=f.ssl_layer_sum)}
-    return dataclasses.replace(cfg, features=dataclasses.replace(f, **ssl_reset)) if ssl_reset else cfg
+    return applicable(cfg.replace(**{k: v for k, v in overrides.items() if not k.startswith("_")}))
 
 
-__all__ = ["ALPHA_KEYS", "trial_config"]
+def applicable(cfg: ChainConfig) -> ChainConfig:
+    """`cfg` with every key that does not apply under its choices reset to its default (`dsl.pipeline.keys`: so
+    a non-WDSL trial never carries an alpha or a schedule, nor a trial without MTL-AUG its weights), and the
+    rule's own parameters: exactly the ones it declares, each given or at its default."""
+    while True:  # a reset selector (e.g. labels.schedule) may un-own more keys
+        reset = {k: field_default(k) for k in conditional_keys()
+                 if not key_applies(k, cfg) and value_at(cfg, k) != field_default(k)}
+        if not reset:
+            break
+        cfg = cfg.replace(**reset)
+    if cfg.labels.rule in RULES:
+        params = RULES[cfg.labels.rule].values(cfg.labels.params)
+        if params != cfg.labels.params:
+            cfg = dataclasses.replace(cfg, labels=dataclasses.replace(cfg.labels, params=params))
+    return cfg
+
+
+__all__ = ["applicable", "trial_config"]

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold, StratifiedKFold
 
 from dsl.config import ConfigError, ProtocolSpec
+from dsl.registry import Registry, first_line, owned_keys
 
 
 @dataclass(frozen=True)
@@ -77,37 +77,61 @@ PlanFn = Callable[[np.ndarray, np.ndarray, ProtocolSpec, int, "tuple[np.ndarray,
 
 @dataclass(frozen=True)
 class ProtocolInfo:
+    """A fold plan and its facts.
+
+    `leak_free`: no score reads its utterance's label (`make_plan` checks the held-out half of that promise,
+    `tests/test_leakage.py` all of it); `grouped`: folds are grouped by speaker (the corpus needs as many
+    speakers as folds); `nested`: each outer training set gets inner folds (`protocol.inner_folds`, which
+    stays a key of every protocol: configs set it once for all);
+    `transductive_twin`: the protocol the final model's chain runs on all utterances (no test set; a
+    transductive protocol is its own twin); `keys`: the `protocol.*` keys that apply only under it;
+    `needs`: the keys among them it cannot run without."""
+
     name: str
     fn: PlanFn
-    leak_free: bool
-    description: str
+    leak_free: bool = False
+    description: str = ""
+    grouped: bool = False
+    nested: bool = False
+    transductive_twin: str | None = None
+    keys: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+
+    @property
+    def twin(self) -> str | None:
+        """The final model's protocol: `transductive_twin`, or this one when it is transductive."""
+        return self.transductive_twin or (None if self.leak_free else self.name)
 
 
-PROTOCOLS: dict[str, ProtocolInfo] = {}
+PROTOCOLS: Registry[ProtocolInfo] = Registry("protocol")
 
 
-def register_protocol(name: str, *, leak_free: bool = False) -> Callable[[PlanFn], PlanFn]:
-    """Register a plan function `(labels, speakers, spec, seed, outer) -> FoldPlan`.
+def register_protocol(name: str, *, leak_free: bool = False, grouped: bool = False, nested: bool = False,
+                      transductive_twin: str | None = None, keys: tuple[str, ...] = (), needs: tuple[str, ...] = (),
+                      description: str = "") -> Callable[[PlanFn], PlanFn]:
+    """Register a plan function `(labels, speakers, spec, seed, outer) -> FoldPlan` with its facts (`ProtocolInfo`).
 
     `outer` is a fixed outer partition (from `protocol.assignment`) or None. Registering with
     `leak_free=True` is a promise that `make_plan` checks in part (every utterance is the test of exactly
-    one scope that does not train on it) and `tests/test_leakage.py` checks end to end.
+    one scope that does not train on it) and `tests/test_leakage.py` checks end to end; such a protocol
+    names the transductive protocol the final model trains with (`transductive_twin`).
     """
-    def wrap(fn: PlanFn) -> PlanFn:
-        PROTOCOLS[name] = ProtocolInfo(name, fn, leak_free, (fn.__doc__ or "").strip().split("\n")[0])
-        return fn
-    return wrap
+    keys = owned_keys("protocol", name, (*keys, *(k for k in needs if k not in keys)), "protocol.")
+    return PROTOCOLS.decorator(lambda fn: ProtocolInfo(name, fn, leak_free, description or first_line(fn.__doc__),
+                                                       grouped, nested, transductive_twin, tuple(keys), tuple(needs)))
 
 
 def is_leak_free(name: str) -> bool:
     return name in PROTOCOLS and PROTOCOLS[name].leak_free
 
 
+def leak_free_protocols() -> tuple[str, ...]:
+    return tuple(n for n in PROTOCOLS.names() if PROTOCOLS[n].leak_free)
+
+
 def make_plan(labels: np.ndarray, speakers: np.ndarray, spec: ProtocolSpec, seed: int,
               outer: tuple[np.ndarray, ...] | None = None) -> FoldPlan:
-    if spec.name not in PROTOCOLS:
-        raise KeyError(f"unknown protocol {spec.name!r}; known: {', '.join(sorted(PROTOCOLS))}")
-    info = PROTOCOLS[spec.name]
+    info = PROTOCOLS.get(spec.name)
     if spec.holdout:  # `outer` is the holdout (see `outer_folds`): one scope, scored on it only
         if outer is None or len(outer) != 1:
             raise ConfigError("protocol.holdout: the held-out utterances are needed (dsl.protocols.holdout)")
@@ -121,32 +145,34 @@ def make_plan(labels: np.ndarray, speakers: np.ndarray, spec: ProtocolSpec, seed
     return plan
 
 
-# The inner structure of each protocol's one holdout scope: (folds setting, grouped by speaker, in-sample).
-HOLDOUT_INNER = {"stratified": ("folds", False, False), "speaker_transductive": ("folds", True, False),
-                 "nested": ("inner_folds", False, False), "speaker": ("inner_folds", True, False),
-                 "refinery": ("", False, True)}
+def holdout_protocols() -> tuple[str, ...]:
+    """The protocols a holdout plan combines with: every one that needs no keys of its own (not cross_corpus)."""
+    return tuple(n for n in PROTOCOLS.names() if not PROTOCOLS[n].needs)
 
 
 def holdout_plan(labels: np.ndarray, speakers: np.ndarray, spec: ProtocolSpec, seed: int,
                  test: np.ndarray) -> FoldPlan:
-    """One scope: train on every utterance outside the holdout `test` with the protocol's own inner structure
-    (refinery: in-sample; nested and speaker: their inner folds; the transductive ones: their folds), score the
-    holdout only. The holdout's labels reach neither targets, nor normalisation, early stopping, forest or the
-    choice of iteration, whichever the protocol, so the plan is leak-free (and `partial`: the rest is not scored)."""
-    if spec.name not in HOLDOUT_INNER:
+    """One scope: train on every utterance outside the holdout `test` with the protocol's own inner structure, read
+    from its facts (`ProtocolInfo`): a nested protocol's inner folds (`protocol.inner_folds`), a transductive one's
+    folds (`protocol.folds`), both grouped by speaker when the protocol is; a leak-free protocol without inner folds
+    (refinery) relabels its training utterances in-sample. Only the holdout is scored. The holdout's labels reach
+    neither targets, nor normalisation, early stopping, forest or the choice of iteration, whichever the protocol,
+    so the plan is leak-free (and `partial`: the training utterances are not scored)."""
+    if spec.name not in holdout_protocols():
         raise ConfigError(f"protocol.holdout does not combine with protocol {spec.name!r}; allowed: "
-                          f"{', '.join(HOLDOUT_INNER)}")
-    setting, grouped, in_sample = HOLDOUT_INNER[spec.name]
+                          f"{', '.join(holdout_protocols())}")
+    info = PROTOCOLS[spec.name]
+    in_sample = info.leak_free and not info.nested
     test = np.sort(np.asarray(test, dtype=np.int64))
     train = np.setdiff1d(np.arange(len(labels)), test)
     if in_sample:
         folds: tuple[np.ndarray, ...] = (train,)
     else:
-        k = getattr(spec, setting)
-        inner = (speaker_folds(labels[train], speakers[train], k, seed + 1000) if grouped
+        k = spec.inner_folds if info.nested else spec.folds
+        inner = (speaker_folds(labels[train], speakers[train], k, seed + 1000) if info.grouped
                  else stratified_folds(labels[train], k, seed + 1000))
         folds = tuple(train[f] for f in inner)
-    return FoldPlan(spec.name, (Scope(train, folds, test, in_sample=in_sample),), grouped, leak_free=True,
+    return FoldPlan(spec.name, (Scope(train, folds, test, in_sample=in_sample),), info.grouped, leak_free=True,
                     partial=True)
 
 
@@ -167,12 +193,16 @@ def _check_held_out(plan: FoldPlan, n: int) -> None:
 
 def stratified_folds(labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, ...]:
     """Held-out index arrays of a shuffled stratified K-fold."""
+    from sklearn.model_selection import StratifiedKFold  # here: `dsl-sweep --help` lists the protocols
+
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return tuple(np.sort(test) for _, test in skf.split(np.zeros(len(labels)), labels))
 
 
 def speaker_folds(labels: np.ndarray, speakers: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, ...]:
     """Leave-one-speaker-out when k equals the number of speakers, else speaker-grouped stratified K-fold."""
+    from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold
+
     n_speakers = len(np.unique(speakers))
     if k > n_speakers:
         raise ValueError(f"{k} folds but only {n_speakers} speakers under the speaker protocol")
@@ -217,7 +247,7 @@ def stratified(labels, speakers, spec, seed, outer=None) -> FoldPlan:
     return FoldPlan("stratified", (Scope(utts, _outer(labels, speakers, spec, seed, outer, False), utts[:0]),), False)
 
 
-@register_protocol("speaker_transductive")
+@register_protocol("speaker_transductive", grouped=True)
 def speaker_transductive(labels, speakers, spec, seed, outer=None) -> FoldPlan:
     """Speaker-grouped folds in one chain over all utterances (held-out speakers' labels reach iteration 1)."""
     utts = np.arange(len(labels))
@@ -235,19 +265,20 @@ def _nested(name, labels, speakers, spec, seed, outer, grouped: bool) -> FoldPla
     return FoldPlan(name, tuple(scopes), grouped)
 
 
-@register_protocol("nested", leak_free=True)
+@register_protocol("nested", leak_free=True, nested=True, transductive_twin="stratified")
 def nested(labels, speakers, spec, seed, outer=None) -> FoldPlan:
     """Outer stratified folds; within each outer training set an inner K-fold chain and a forest."""
     return _nested("nested", labels, speakers, spec, seed, outer, False)
 
 
-@register_protocol("speaker", leak_free=True)
+@register_protocol("speaker", leak_free=True, grouped=True, nested=True,
+                   transductive_twin="speaker_transductive")
 def speaker(labels, speakers, spec, seed, outer=None) -> FoldPlan:
     """Nested with outer and inner folds grouped by speaker (LOSO when folds = number of speakers)."""
     return _nested("speaker", labels, speakers, spec, seed, outer, True)
 
 
-@register_protocol("refinery", leak_free=True)
+@register_protocol("refinery", leak_free=True, transductive_twin="stratified")
 def refinery(labels, speakers, spec, seed, outer=None) -> FoldPlan:
     """Per outer fold, one chain on its training utterances that relabels them in-sample (Label Refinery)."""
     scopes = []
@@ -257,7 +288,8 @@ def refinery(labels, speakers, spec, seed, outer=None) -> FoldPlan:
     return FoldPlan("refinery", tuple(scopes), False)
 
 
-@register_protocol("cross_corpus", leak_free=True)
+@register_protocol("cross_corpus", leak_free=True, nested=True, transductive_twin="stratified",
+                   keys=("protocol.label_map",), needs=("protocol.test_corpus", "protocol.test_data"))
 def cross_corpus(labels, speakers, spec, seed, outer=None) -> FoldPlan:
     """Train on one corpus, test on another (`dsl.data.cross_corpus`): one scope, an inner K-fold chain over the
     training corpus, the test corpus only predicted; its utterances are the one outer fold."""

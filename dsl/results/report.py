@@ -61,36 +61,48 @@ def study_from_disk(folder: Path) -> dict:
 
 
 def methods_of(config: Mapping[str, Any]) -> list[str]:
-    """The options beside the label rule that make a run another method: MTL-AUG training, an SSL front end,
-    the ACP utterance stage (configs written before an option existed lack its key)."""
+    """The options beside the label rule that make a run another method: an auxiliary task (MTL-AUG), an SSL
+    front end, the ACP utterance stage (configs written before an option existed lack its key)."""
+    from dsl.training.aux_tasks import AUX_TASKS
+
     out = []
     if (config.get("features") or {}).get("kind", "logmel") != "logmel":
         out.append(f"{config['features']['kind'].upper()} features")
-    if (config.get("train") or {}).get("aux", "none") == "mtl_aug":
-        out.append("MTL-AUG")
+    aux = (config.get("train") or {}).get("aux", "none")
+    if aux != "none":
+        out.append(AUX_TASKS[aux].title if aux in AUX_TASKS and AUX_TASKS[aux].title else aux)
     if (config.get("stage") or {}).get("name", "forest") != "forest":
         out.append(f"{config['stage']['name'].upper()} stage")
     return out
 
 
+def rule_text(labels: Mapping[str, Any], alpha: Any = None) -> str:
+    """E.g. `WDSL α=0.2`, `label_smoothing ε=0.1`, `mix beta=0.3`: the rule's title and its parameters as the
+    registry declares them (a rule registered by a plugin that is not imported here: its given parameters)."""
+    from dsl.method.rules import RULES
+
+    name = str(labels["rule"])
+    rule = RULES[name] if name in RULES else None
+    text = rule.title if rule is not None else name
+    if isinstance(alpha, dict):
+        alpha = None
+    if alpha is not None:
+        text += f" α={alpha:.2g}"
+    elif rule is not None and rule.uses_epsilon:
+        text += f" ε={labels.get('epsilon', 0.1):.2g}"
+    params = rule.values(labels.get("params")) if rule is not None else dict(labels.get("params") or {})
+    return " ".join([text, *(f"{p}={v:.3g}" for p, v in params.items())])
+
+
 def labels_of(config: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
-    """`baseline (iter. 0)`, e.g. `WDSL α=0.2 (iter. 1)`, `label_smoothing ε=0.1 (iter. 1)`, and the other
-    options that change the method: `MTL-AUG (iter. 0)`, `WDSL α=0.2 + ACP stage (iter. 1)`."""
+    """`baseline (iter. 0)`, e.g. `WDSL α=0.2 (iter. 1)`, `label_smoothing ε=0.1 (iter. 1)`, a rule's own
+    parameters (`mix beta=0.3 (iter. 1)`), and the other options that change the method: `MTL-AUG (iter. 0)`,
+    `WDSL α=0.2 + ACP stage (iter. 1)`."""
     it = int(entry["iteration"])
     extra = methods_of(config)
     if it == 0:
         return f"{' + '.join(extra) if extra else 'baseline'} (iter. 0)"
-    labels = config["labels"]
-    rule = str(labels["rule"])
-    alpha = entry.get("alpha")
-    if isinstance(alpha, dict):
-        alpha = None
-    name = rule.upper() if rule in ("wdsl", "bdsl", "gsl", "hdl") else rule
-    if alpha is not None:
-        name += f" α={alpha:.2g}"
-    elif rule == "label_smoothing":
-        name += f" ε={labels.get('epsilon', 0.1):.2g}"
-    return " + ".join([name, *extra]) + f" (iter. {it})"
+    return " + ".join([rule_text(config["labels"], entry.get("alpha")), *extra]) + f" (iter. {it})"
 
 
 def _leak(d: Mapping[str, Any]) -> str:

@@ -7,21 +7,33 @@ fold's training is reproducible from its seed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from dsl.registry import Registry, first_line
+
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # one segment (1, n_mels, frames)
-AUGMENTATIONS: dict[str, Augment] = {}
 
 
-def register_augmentation(name: str) -> Callable[[Augment], Augment]:
-    def wrap(fn: Augment) -> Augment:
-        if name in AUGMENTATIONS:
-            raise ValueError(f"augmentation {name!r} is already registered")
-        AUGMENTATIONS[name] = fn
-        return fn
-    return wrap
+@dataclass(frozen=True)
+class Augmentation:
+    """`fn(segment, generator)`: one augmented segment (all randomness from the generator)."""
+
+    name: str
+    fn: Augment
+    description: str = ""
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return self.fn(x, gen)
+
+
+AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation")
+
+
+def register_augmentation(name: str, *, description: str = "") -> Callable[[Augment], Augment]:
+    return AUGMENTATIONS.decorator(lambda fn: Augmentation(name, fn, description or first_line(fn.__doc__)))
 
 
 def _randint(low: int, high: int, gen: torch.Generator) -> int:

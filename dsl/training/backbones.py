@@ -9,27 +9,34 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from dsl.registry import Registry, first_line
+
 BackboneFactory = Callable[[int], nn.Module]
-BACKBONES: dict[str, BackboneFactory] = {}
 
 
-def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    def wrap(fn: BackboneFactory) -> BackboneFactory:
-        if name in BACKBONES:
-            raise ValueError(f"backbone {name!r} is already registered")
-        BACKBONES[name] = fn
-        return fn
-    return wrap
+@dataclass(frozen=True)
+class Backbone:
+    """`factory(n_classes)` gives a randomly initialised network with one input channel."""
+
+    name: str
+    factory: BackboneFactory
+    description: str = ""
+
+
+BACKBONES: Registry[Backbone] = Registry("backbone")
+
+
+def register_backbone(name: str, *, description: str = "") -> Callable[[BackboneFactory], BackboneFactory]:
+    return BACKBONES.decorator(lambda fn: Backbone(name, fn, description or first_line(fn.__doc__)))
 
 
 def create_backbone(name: str, n_classes: int) -> nn.Module:
-    if name not in BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[name](n_classes)
+    return BACKBONES.get(name).factory(n_classes)
 
 
 def classifier_of(model: nn.Module) -> nn.Linear:

@@ -276,7 +276,7 @@ def finish(outcome: SweepOutcome, spec: SweepSpec, c) -> None:
     print(f"\n{table}\n\nOptuna study {spec.name}: {len(study.trials)} trials ({counts}) | "
           f"{outcome.seconds / 60:.1f} min", flush=True)
     if best is not None and best.objective is not None:
-        pr = spec.base.protocol.name
+        pr = best.config.protocol.name  # the search may choose it
         print(f"top of the sweep: trial #{best.trial_id.split('_')[-1]} ({describe(best.config, best.overrides)}): "
               f"objective ({spec.objective} UA) {100 * best.objective:.2f} % at iteration {best.iteration}, WA "
               f"{100 * (best.wa or 0):.2f} % | protocol {pr}, leak_free: {str(is_leak_free(pr)).lower()}, seed "

@@ -2,9 +2,10 @@
 
 `SearchSpace(params, base)(trial)` suggests through an Optuna trial only what applies to the branch
 taken: alpha and its schedule only for rules that use alpha (WDSL), the annealing end only for a
-non-constant schedule, the step only for the `step` schedule, epsilon only for label smoothing, the
-MTL-AUG weights only for `train.aux: mtl_aug`, the ACP keys (`stage.*`) only for `stage.name: acp`, the SSL
-feature keys only for `features.kind: ssl` (see `dsl.method.rules.key_applies`).
+non-constant schedule, the step only for the `step` schedule, epsilon only for label smoothing, a rule's
+own `labels.params.*` only for that rule, the MTL-AUG weights only for `train.aux: mtl_aug`, the ACP keys
+(`stage.*`) only for `stage.name: acp`, the SSL feature keys only for `features.kind: ssl`, a protocol's own
+keys only for it: whatever the registry entries declare (`dsl.pipeline.keys.key_applies`).
 Parameter names are dotted ChainConfig keys, so a trial's Tune config is a set of overrides of the
 base config (`trial_config`). Constants that apply to the branch are returned as a dict (OptunaSearch
 merges them into the trial's config without making them Optuna parameters).
@@ -18,12 +19,15 @@ from typing import Any
 import numpy as np
 
 from dsl.config import ChainConfig, FeatureSpec, from_dict
-from dsl.method.rules import key_applies
+from dsl.pipeline.keys import choices_of, key_applies
 from dsl.pipeline.trial_config import trial_config
 
+# Suggestion order: a key after the selectors that decide whether it applies (dsl.pipeline.keys.SELECTORS);
+# other keys after these, by name.
 ORDER = ("features.kind", "features.ssl_model", "features.ssl_layer_sum", "features.ssl_layer", "backbone",
          "labels.rule", "labels.schedule", "labels.alpha", "labels.alpha_end", "labels.alpha_step",
-         "labels.epsilon", "train.aux", "train.aux_cls_weight", "train.aux_rec_weight", "stage.name", "iterations")
+         "labels.epsilon", "train.aux", "train.aux_cls_weight", "train.aux_rec_weight", "stage.name", "protocol.name",
+         "iterations")
 
 
 @dataclass(frozen=True)
@@ -47,19 +51,12 @@ class SearchSpace:
         rank = {k: i for i, k in enumerate(ORDER)}
         self.params = sorted(params, key=lambda p: (rank.get(p.key, len(ORDER)), p.key))
         self.base = base if isinstance(base, ChainConfig) else from_dict(base)
-        self.base_rule = self.base.labels.rule
-        self.base_schedule = self.base.labels.schedule
 
     def __call__(self, trial: Any) -> dict[str, Any] | None:
-        f = self.base.features
-        chosen: dict[str, Any] = {"labels.rule": self.base_rule, "labels.schedule": self.base_schedule,
-                                  "train.aux": self.base.train.aux, "features.kind": f.kind,
-                                  "features.ssl_layer_sum": f.ssl_layer_sum, "stage.name": self.base.stage.name}
+        chosen: dict[str, Any] = choices_of(self.base)
         constants: dict[str, Any] = {}
         for p in self.params:
-            if not key_applies(p.key, chosen["labels.rule"], chosen["labels.schedule"], chosen["train.aux"],
-                               kind=chosen["features.kind"], layer_sum=chosen["features.ssl_layer_sum"],
-                               stage=chosen["stage.name"]):
+            if not key_applies(p.key, chosen):
                 continue
             if p.kind == "const":
                 value = constants[p.key] = p.value

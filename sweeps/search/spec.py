@@ -24,15 +24,15 @@ from dsl.config import (
     SHORT_NAMES,
     ChainConfig,
     ConfigError,
-    field_default,
     flatten,
     from_dict,
     load_config,
 )
 from dsl.pipeline.checks import check_config
+from dsl.pipeline.keys import key_default, selector_registry
 from dsl.plugins import load_plugins
 from dsl.protocols.holdout import HoldoutSpec, parse_holdout
-from dsl.protocols.plans import is_leak_free
+from dsl.protocols.plans import is_leak_free, leak_free_protocols
 
 # ParamSpec stays importable from here too: the tuner.pkl of a sweep started before it moved names it so.
 from sweeps.search.space import ParamSpec, SearchSpace, sample_configs
@@ -42,7 +42,7 @@ from trainables.metrics import OBJECTIVES
 # Short names of the search parameters -> dotted ChainConfig keys (any dotted key works too).
 ALIASES: dict[str, str] = {name: SHORT_NAMES[name] for name in (
     "backbone", "rule", "alpha", "schedule", "alpha_end", "alpha_step", "epsilon", "iterations", "lr", "segment_hop",
-    "epochs", "batch_size", "stage")}
+    "epochs", "batch_size", "stage", "protocol")}
 # Front-end keys a sweep may search (as lists of choices): the driver extracts each distinct front end once
 # and every trial reads the frames of its own (`sweeps.search.space.feature_variants`).
 SEARCHABLE_FEATURES = ("features.kind", "features.ssl_model", "features.ssl_layer", "features.ssl_layer_sum")
@@ -95,8 +95,8 @@ class SelectSpec:
 
         out = []
         if not is_leak_free(self.protocol):
-            out.append(f"select.protocol {self.protocol!r} is not a leak-free protocol; allowed: nested, refinery, "
-                       "speaker")
+            out.append(f"select.protocol {self.protocol!r} is not a leak-free protocol; allowed: "
+                       f"{', '.join(leak_free_protocols())}")
         ints = {"top_k": 1, "seeds": 2, "seeds_per_round": 1, "min_seeds": 2, "exam_seeds": 2}
         for k, least in ints.items():
             v = getattr(self, k)
@@ -171,21 +171,11 @@ class SweepSpec:
         return int(p.value if p.kind == "const" else p.high)
 
 
-def _registry(key: str) -> dict | None:
-    from dsl.method.rules import RULES
-    from dsl.method.schedules import SCHEDULES
-    from dsl.method.stages import STAGE_REGISTRY
-    from dsl.training.backbones import BACKBONES
-
-    return {"backbone": BACKBONES, "labels.rule": RULES, "labels.schedule": SCHEDULES,
-            "stage.name": STAGE_REGISTRY}.get(key)
-
-
 def _check_names(name: str, key: str, values: list[Any], problems: list[str]) -> None:
-    known = _registry(key)
+    known = selector_registry(key)
     bad = [v for v in values if known is not None and v not in known]
     if bad:
-        problems.append(f"search.{name}: unknown {', '.join(map(str, bad))}; allowed: {', '.join(sorted(known))}")
+        problems.append(f"search.{name}: unknown {', '.join(map(str, bad))}; allowed: {', '.join(known.names())}")
 
 
 def parse_param(name: str, raw: Any, problems: list[str]) -> ParamSpec | None:
@@ -195,10 +185,10 @@ def parse_param(name: str, raw: Any, problems: list[str]) -> ParamSpec | None:
                         "set base.seed, and `dsl-sweep best` re-evaluates the top configurations on fresh seeds")
         return None
     try:
-        default = field_default(key)
+        default = key_default(key)
     except KeyError:
-        problems.append(f"search.{name}: unknown parameter; use one of {', '.join(ALIASES)} or a dotted "
-                        f"config key such as train.batch_size")
+        problems.append(f"search.{name}: unknown parameter; use one of {', '.join(ALIASES)}, a dotted "
+                        f"config key such as train.batch_size, or labels.params.<name> of a registered rule")
         return None
     _check_names(name, key, raw if isinstance(raw, list) else [] if isinstance(raw, Mapping) else [raw], problems)
     if isinstance(raw, list):
@@ -340,9 +330,14 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
     objective = str(raw.get("objective", "final"))
     if objective not in OBJECTIVES:
         problems.append(f"objective {objective!r} is unknown; allowed: {', '.join(OBJECTIVES)}")
-    elif objective == "selected" and base is not None and not is_leak_free(base.protocol.name):
-        problems.append(f"objective 'selected' needs a leak-free search protocol (nested, speaker, refinery); "
-                        f"base.protocol.name is {base.protocol.name!r}")
+    elif objective == "selected" and base is not None:
+        searched = next((p for p in params if p.key == "protocol.name"), None)
+        names = ([*searched.choices] if searched.kind == "categorical" else [searched.value]) if searched \
+            else [base.protocol.name]
+        transductive = [str(n) for n in names if not is_leak_free(str(n))]
+        if transductive:
+            problems.append(f"objective 'selected' needs a leak-free search protocol ({', '.join(leak_free_protocols())}); "
+                            f"{'search.protocol' if searched else 'base.protocol.name'} has {', '.join(transductive)}")
     select = parse_select(raw.get("select"), problems)
     holdout = None
     if raw.get("holdout") is not None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 
 from dsl.config import ChainConfig, ConfigError, from_dict
-from dsl.method.rules import key_applies
 from dsl.method.schedules import schedule_alpha
+from dsl.pipeline.keys import key_applies
 from dsl.protocols.selection import rank_key
 from tracking.selection_run import run_file, trial_histories
 
@@ -53,7 +53,7 @@ def at_iteration(cfg: ChainConfig, t: int) -> tuple[ChainConfig, bool]:
     Constant and step schedules do not depend on the total; the others (linear, cosine, exponential)
     keep the original total as `labels.horizon`, so iterations 1..t get the same alphas.
     """
-    if t == cfg.iterations or not key_applies("labels.alpha", cfg.labels.rule) or t <= 1:
+    if t == cfg.iterations or not key_applies("labels.alpha", cfg) or t <= 1:
         return cfg.replace(iterations=t), True
     want = _alphas(cfg, t)
     plain = cfg.replace(iterations=t)

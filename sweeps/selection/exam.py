@@ -10,10 +10,11 @@ reference is the rule baseline at iteration 0 of the sweep's base unless `select
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from dsl.config import ChainConfig, LabelSpec
+from dsl.config import ChainConfig, LabelSpec, from_dict
 from dsl.results.naming import describe
 from dsl.results.stats import mean_interval, paired_gain
 from sweeps.selection.chains import ChainRequest, ChainStore, run_requests
@@ -23,8 +24,8 @@ REFERENCE_KEY = "reference"
 
 
 def reference_config(base: ChainConfig, overrides: Mapping[str, Any]) -> ChainConfig:
-    """The reference: the sweep's base with fresh label settings and `overrides` (default: baseline, iteration 0)."""
-    plain = base.replace(**{f"labels.{k}": v for k, v in LabelSpec().__dict__.items()})
+    """The reference: the sweep's base with default label settings and `overrides` (default: baseline, iteration 0)."""
+    plain = from_dict({**base.to_dict(), "labels": dataclasses.asdict(LabelSpec())})
     return plain.replace(**dict(overrides))
 
 
