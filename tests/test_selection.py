@@ -4,6 +4,7 @@ race resumes from the chains on disk without running one twice and reaches the s
 carries the holdout figures, the paired gain and the optimism."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -143,3 +144,10 @@ def test_the_final_exam_table_reports_the_holdout_the_paired_gain_and_the_optimi
                          f"{100 * exam['optimism']:+.1f} |"]
     assert "| small_cnn baseline T=0 | reference | 60.0 ± 2.0 |" in text
     assert "`refinery` (leak-free)" in text and "`stratified` (transductive)" in text and "seeds 1–5" in text
+    # `dsl-sweep report selection.json` renders the same tables from the file best writes
+    from dsl.results.report import markdown as report_markdown
+    from dsl.results.selection_report import SELECTION_FORMAT
+
+    path = tmp_path / "selection.json"
+    path.write_text(json.dumps({"format": SELECTION_FORMAT, "kind": "selection", **sel}))
+    assert text in report_markdown([path])
