@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--figure", help="plot UA per iteration to this PNG (studies: mean and 95 %% interval; a "
                      "sweep: mean per rule)")
     rep.add_argument("--into", help="replace the block between the report markers of this Markdown file "
-                     "(the README's results section is made this way)")
+                     "(the pages under docs/ are made this way)")
     rep.set_defaults(func=cmd_report)
 
     agr = sub.add_parser("agreement", help="listener agreement per iteration: Spearman of EmoDB's recognition rates "

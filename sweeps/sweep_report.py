@@ -1,7 +1,7 @@
 """`dsl-sweep report SWEEP`: a sweep's MLflow runs as the paper's tables (see `dsl.results.paper_tables`).
 
 An argument that is not a file or folder is taken as a sweep name: its experiment's latest parent run is
-exported from MLflow to a `kind: sweep` JSON (kept with `--save-sweep`, so the README's tables come from
+exported from MLflow to a `kind: sweep` JSON (kept with `--save-sweep`, so the docs' tables come from
 a committed file), which `dsl.results.report` renders like any other result.
 """
 from __future__ import annotations

@@ -125,3 +125,11 @@ def test_report_fills_a_named_block_and_leaves_the_others(tmp_path: Path) -> Non
 
     with pytest.raises(ConfigError, match="begin y"):
         splice(doc, "z", "cmd", block="y")
+
+
+def test_report_links_a_figure_relative_to_the_page_it_fills() -> None:
+    from dsl.results.report import figure_link
+
+    assert figure_link("docs/results/a.png", "docs/results.md") == "results/a.png"  # MkDocs resolves it there
+    assert figure_link("docs/results/a.png", "README.md") == "docs/results/a.png"
+    assert figure_link("docs/results/a.png", None) == "docs/results/a.png"  # printed: as given

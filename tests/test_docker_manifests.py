@@ -39,7 +39,7 @@ SCHEMAS = DOCKER / "schemas"
 COMPOSE = DOCKER / "compose.yaml"
 RAY_CLUSTER = DOCKER / "ray-cluster.yaml"
 RAYJOB = DOCKER / "rayjob.yaml"
-README = DOCKER / "README.md"
+README = ROOT / "docs" / "cluster.md"  # the page that documents the manifests
 DOCKERFILES = {"cpu": DOCKER / "Dockerfile.cpu", "cuda": DOCKER / "Dockerfile.cuda"}
 MANIFESTS = [COMPOSE, RAY_CLUSTER, RAYJOB]
 
@@ -128,8 +128,10 @@ def _parse_sweep(argv: list[str]) -> dict[str, str]:
         if "=" in tok:
             k, v = tok[2:].split("=", 1)
             i += 1
+        elif i + 1 == len(rest) or rest[i + 1].startswith("--"):
+            k, v = tok[2:], "true"  # a switch such as --resume
+            i += 1
         else:
-            assert i + 1 < len(rest), f"{tok} has no value in {argv}"
             k, v = tok[2:], rest[i + 1]
             i += 2
         opts[k] = v

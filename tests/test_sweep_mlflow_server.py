@@ -278,103 +278,29 @@ def test_registered_model_serves_over_http(sweep) -> None:
     assert sum(preds[0][k] for k in labels if k in preds[0]) == pytest.approx(1.0, abs=1e-6)
 
 
-
-def _browser():
-    """Headless Debian chromium through its chromedriver (no driver download); skip if either is missing."""
-    import shutil
-
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e .[test])")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them with apt)")
-    o = Options()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1500,1000"):
-        o.add_argument(arg)
-    o.binary_location = chromium
-    return webdriver.Chrome(service=Service(driver), options=o)
-
-
-def _wait_for_text(d, needles, timeout: float = 60.0) -> str:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        body = d.find_element("tag name", "body").text
-        missing = [n for n in needles if n not in body]
-        if not missing:
-            return body
-        assert time.monotonic() < deadline, f"not shown after {timeout:.0f} s: {missing}\n{body[:2000]}"
-        time.sleep(1)
-
-
-def _wait_for_element(d, xpath: str, timeout: float = 60.0):
-    import time
-
-    from selenium.webdriver.common.by import By
-
-    deadline = time.monotonic() + timeout
-    while True:
-        found = d.find_elements(By.XPATH, xpath)
-        if found:
-            return found[0]
-        assert time.monotonic() < deadline, f"{xpath} not shown after {timeout:.0f} s"
-        time.sleep(1)
-
-
 def test_mlflow_ui_shows_the_sweep_in_a_browser(sweep) -> None:
     """The MLflow UI (served by `mlflow server`) in headless chromium: the experiment's training view lists the
-    parent and, expanded, every child run; a child's page shows its UA chart and its plots. Screenshots go to
-    the test's folder (and to $DSL_SCREENSHOTS when set, e.g. docs/screenshots)."""
+    parent and, expanded, every child run with its UA and WA columns; a trial's page shows its metric charts
+    and its plots. Screenshots go to the test's folder (and to $DSL_SCREENSHOTS when set)."""
     import os
     import shutil
 
-    from selenium.webdriver.common.by import By
+    pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e .[test])")
+    from tests.support.mlflow_ui import find_chromium, headless_chromium, sweep_screenshots
 
-    shots = sweep.tmp / "screenshots"
-    shots.mkdir(exist_ok=True)
-    exp = sweep.exp.experiment_id
+    if find_chromium() is None:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them with apt)")
     parent = next(r for r in sweep.runs if r.data.tags.get("dsl.role") == "parent")
-    children = _children(sweep)
-    view = "workflowType=machine_learning"  # MLflow 3.17's training view (its default is the GenAI view)
-    d = _browser()
+    d = headless_chromium()
     try:
-        d.get(f"{sweep.server.uri}/#/experiments/{exp}/runs?{view}")
-        _wait_for_text(d, ["Runs", parent.info.run_name])
-        for button in d.find_elements(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']"):
-            button.click()  # expand the parent's child runs
-        _wait_for_text(d, [r.info.run_name for r in children])
-        d.save_screenshot(str(shots / "mlflow_experiment.png"))
-
-        child = children[0]
-        d.set_window_size(1500, 3200)  # every metric chart in view: the UI renders charts as they scroll in
-        d.get(f"{sweep.server.uri}/#/experiments/{exp}/runs/{child.info.run_id}/model-metrics?{view}")
-        _wait_for_text(d, [child.info.run_name, "Model metrics", "fold_ua", "Step"])
-        _wait_for_element(d, "//*[normalize-space(text())='ua']")  # the UA chart's title
-        d.save_screenshot(str(shots / "mlflow_child_run.png"))
-        d.set_window_size(1500, 1000)
-
-        d.get(f"{sweep.server.uri}/#/experiments/{exp}/runs/{child.info.run_id}/artifacts?{view}")
-        _wait_for_text(d, ["plots", "result.json", "config.yaml"])
-        _wait_for_element(d, "//*[normalize-space(text())='plots']").click()
-        _wait_for_text(d, ["confusion_matrix.png", "accuracy_per_iteration.png", "segment_posteriors.png"])
-        _wait_for_element(d, "//*[normalize-space(text())='accuracy_per_iteration.png']").click()
-        import time
-
-        deadline = time.monotonic() + 60
-        while not [i for i in d.find_elements(By.TAG_NAME, "img") if "accuracy_per_iteration" in
-                   (i.get_attribute("alt") or "") and d.execute_script("return arguments[0].naturalWidth", i) > 0]:
-            assert time.monotonic() < deadline, "the plot preview did not load"
-            time.sleep(1)
-        d.save_screenshot(str(shots / "mlflow_child_plots.png"))
+        shots = sweep_screenshots(d, sweep.server.uri, sweep.exp.experiment_id, parent, _children(sweep),
+                                  sweep.tmp / "screenshots")
     finally:
         d.quit()
-    for f in shots.glob("*.png"):
+    for f in shots:
         assert f.stat().st_size > 20_000, f
     if os.environ.get("DSL_SCREENSHOTS"):
         dst = Path(os.environ["DSL_SCREENSHOTS"])
         dst.mkdir(parents=True, exist_ok=True)
-        for f in shots.glob("*.png"):
+        for f in shots:
             shutil.copy(f, dst / f.name)
