@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,7 @@ def _iterations(ctx: TrialContext, meta: CorpusMeta, data, run_cfg: ChainConfig,
     history = list(saved.state.history) if saved and n > 1 else []
     try:
         while True:
+            start = time.perf_counter()  # the seeds run one after another: the iteration's time is all of theirs
             step = [next(ch, None) for ch in chains]
             if step[0] is None:
                 return
@@ -131,7 +133,7 @@ def _iterations(ctx: TrialContext, meta: CorpusMeta, data, run_cfg: ChainConfig,
             if n == 1:
                 yield results[0], states[0], []
                 continue
-            history = [*history, seed_mean([r.to_dict() for r in results], seeds)]
+            history = [*history, seed_mean([r.to_dict() for r in results], seeds, time.perf_counter() - start)]
             yield results[0], ChainState(results[0].iteration + 1, [], history), states
     finally:
         for ch in chains:

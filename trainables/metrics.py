@@ -39,10 +39,11 @@ MEAN_KEYS = ("wa", "ua", "selected_wa", "selected_ua", "segment_accuracy", "chan
              "epochs", "segments_per_second")
 
 
-def seed_mean(entries: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> dict[str, Any]:
+def seed_mean(entries: Sequence[Mapping[str, Any]], seeds: Sequence[int], seconds: float | None = None) -> dict[str, Any]:
     """One iteration of several seeds' chains (the same iteration, paired seeds) as one entry: the means of the
-    scores (so the objective is the mean over seeds), every seed's folds, the summed confusion counts, the
-    slowest seed's time, each seed's UA (`seed_ua`) and WA; no per-utterance records (they differ per seed)."""
+    scores (so the objective is the mean over seeds), every seed's folds, the summed confusion counts, the wall
+    time of the iteration over all seeds (`seconds`; else the slowest seed's), each seed's UA (`seed_ua`) and WA;
+    no per-utterance records (they differ per seed)."""
     first = entries[0]
     out: dict[str, Any] = {"iteration": first["iteration"], "alpha": first.get("alpha"), "seeds": list(seeds)}
     for k in MEAN_KEYS:
@@ -51,7 +52,7 @@ def seed_mean(entries: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> dic
     out["fold_wa"] = [v for e in entries for v in e["fold_wa"]]
     out["fold_ua"] = [v for e in entries for v in e["fold_ua"]]
     out["confusion"] = np.sum([np.asarray(e["confusion"]) for e in entries], axis=0).tolist()
-    out["seconds"] = float(max(e["seconds"] for e in entries))
+    out["seconds"] = float(seconds if seconds is not None else max(e["seconds"] for e in entries))
     out["cached_folds"] = int(sum(e.get("cached_folds", 0) for e in entries))
     out["fold_trainings"] = int(sum(e.get("fold_trainings", 0) for e in entries))
     out["from_cache"] = all(e.get("from_cache", False) for e in entries)
