@@ -123,5 +123,7 @@ def sweep_figure(export: Mapping[str, Any], path: str | Path) -> Path:
     machine = (export.get("environment") or {}).get("fingerprint", "?")
     title = (f"{export['name']}: UA per iteration, mean over each rule's trials\n{pr.get('name', '?')} (leak_free: "
              f"{str(pr.get('leak_free')).lower()}), {pr.get('folds', '?')} folds, seed(s) "
-             f"{','.join(map(str, export.get('seeds', [])))}, {export.get('data', '?').split(' ')[0]}, machine {machine}")
+             f"{','.join(map(str, export.get('seeds', [])))}, {export.get('data', '?').split(' ')[0]}"
+             f"{' without the holdout (' + export['holdout'] + ')' if export.get('holdout') not in (None, 'none') else ''}"
+             f", machine {machine}")
     return trials_plot(series, path, title)
