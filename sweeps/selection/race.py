@@ -95,12 +95,16 @@ def run_race(race: Race, entries: Mapping[str, RaceEntry], store: ChainStore, ru
         log(f"  {req.name} seed {req.seed}: UA {score(result):.2f} % ({took})")
 
     log(f"race: {describe_settings(race)}")
+    logged = race.rounds
     while True:
-        requests = race.requests()
+        requests = race.requests()  # closes the round whose scores are all in: its look drops candidates
         fresh = race.comparisons[printed:]
         printed = len(race.comparisons)
         for line in look_lines(race, fresh):
             log(line)
+        if race.rounds > logged:  # the race after the round's look: means so far, survivors, chains
+            tracker.round(race.rounds, race.means(), race.alive, race.chains)
+            logged = race.rounds
         if not requests:
             break
         seeds = sorted({s for _, s in requests})
@@ -112,7 +116,6 @@ def run_race(race: Race, entries: Mapping[str, RaceEntry], store: ChainStore, ru
         results = run_requests(reqs, store, runner, tracker, score, done, round_=race.rounds + 1)
         for k, s in requests:  # in request order: a replay tells the same scores in the same order
             race.tell(k, s, score(results[(k, s)]))
-        tracker.round(race.rounds + 1, race.means(), race.alive, race.chains)
         if on_round:
             on_round(race)
     verdict = race.verdict()
