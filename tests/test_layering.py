@@ -1,7 +1,8 @@
 """Layering of the packages, from their source (ast; imports inside functions count, `if TYPE_CHECKING:` ones
 do not): no import cycle among the modules of dsl/, tracking/, trainables/ and sweeps/; dsl/ imports neither
 Ray nor MLflow nor the other packages; tracking/ imports neither trainables/ nor sweeps/; trainables/ does not
-import sweeps/.
+import sweeps/. Command-line code lives in sweeps/cli/ only: dsl/ imports no argparse, and no `*_from_cli`
+function is defined anywhere else.
 
 `python tests/test_layering.py` prints the graph's cycles and layering violations.
 """
@@ -124,6 +125,22 @@ def test_layers() -> None:
     graph, tops = import_graph()
     assert "ray" in tops["trainables.chain_trainable"]  # imported inside functions only: still seen
     assert violations(graph, tops) == []
+
+
+def test_command_line_code_lives_in_the_cli_package() -> None:
+    """dsl/ parses no command line, and every `*_from_cli` function lives in sweeps/cli/ (issue 21)."""
+    _, tops = import_graph()
+    assert "argparse" in tops["sweeps.cli.app"]  # the graph sees it where it is
+    assert [m for m in tops if m.split(".")[0] == "dsl" and "argparse" in tops[m]] == []
+    stray = []
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            if path.is_relative_to(ROOT / "sweeps" / "cli"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.endswith("_from_cli"):
+                    stray.append(f"{_module_name(path)}.{node.name}")
+    assert stray == []
 
 
 if __name__ == "__main__":

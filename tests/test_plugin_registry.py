@@ -165,7 +165,7 @@ def test_one_plugin_file_adds_a_protocol_a_rule_with_a_parameter_and_a_stage(plu
     from dsl.pipeline.model import check_stage, final_config
     from dsl.results.naming import describe
     from dsl.results.report import labels_of
-    from sweeps.cli import registry_help
+    from sweeps.cli.run import registry_help
 
     cfg = _cfg(plugin, tone_corpus, feature_cache, **{"labels.params.beta": 1.0})
     check_config(cfg)  # imports the plugin: its names are now known everywhere

@@ -6,7 +6,6 @@ equal to the best child's config, and the registered final model predicting thro
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,9 +27,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory):
     root = emodb_root()
     if root is None:
         pytest.skip("EmoDB not found (../shared/data/emodb or $DSL_EMODB): the sweep integration tests need it")
-    from sweeps.cli import build_parser
-    from sweeps.search.launcher import sweep_from_cli
-    from sweeps.selection.best import best_from_cli
+    from sweeps.cli import main
 
     base = tmp_path_factory.getbasetemp()
     data = tiny_emodb(root, base / "tiny_emodb")
@@ -45,11 +42,10 @@ def sweep(tmp_path_factory: pytest.TempPathFactory):
         mp.setenv("DSL_SWEEP_FAIL_AFTER", "0")
         mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         # through the real parser, so the arguments are the CLI's (every option and its default)
-        rc = sweep_from_cli(build_parser().parse_args(["sweep", str(tmp / "sweep.yaml"), "--tracking-uri", server.uri]))
+        rc = main(["sweep", str(tmp / "sweep.yaml"), "--tracking-uri", server.uri])
         mp.delenv("DSL_SWEEP_FAIL_ONCE")
-        best_rc = best_from_cli(argparse.Namespace(sweep="server_sweep", tracking_uri=server.uri,
-                                                   out=str(tmp / "best.yaml"), register=False, model_name=None,
-                                                   top_k=2, fresh_seeds=2, protocol=None, no_reeval=False))
+        best_rc = main(["best", "server_sweep", "--tracking-uri", server.uri, "--out", str(tmp / "best.yaml"),
+                        "--top-k", "2", "--seeds", "2"])
         from mlflow import MlflowClient
 
         c = MlflowClient(server.uri)
@@ -168,10 +164,10 @@ def test_best_yaml_is_a_reevaluated_top_config(sweep) -> None:
 
 
 def test_best_yaml_reproduces_the_trial(sweep) -> None:
-    from dsl.studies.run import run_from_cli
+    from dsl.studies.run import run_to_file
 
     out = sweep.tmp / "rerun.json"
-    assert run_from_cli(str(sweep.tmp / "best.yaml"), None, {}, str(out), quiet=True) == 0
+    run_to_file(str(sweep.tmp / "best.yaml"), None, {}, str(out), quiet=True)
     import json
 
     result = json.loads(out.read_text())
@@ -184,15 +180,14 @@ def test_best_yaml_reproduces_the_trial(sweep) -> None:
 
 
 def test_register_and_predict(sweep, capsys: pytest.CaptureFixture[str]) -> None:
-    from sweeps.predict import predict_from_cli
-    from sweeps.selection.best import best_from_cli
+    from sweeps.cli import main
+    from sweeps.selection.best import BestOptions, choose_best
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DSL_PROGRESS", "0")
-        assert best_from_cli(argparse.Namespace(sweep="server_sweep", tracking_uri=sweep.server.uri,
-                                                out=str(sweep.tmp / "best.yaml"), register=True,
-                                                model_name="dsl-tiny", top_k=2, fresh_seeds=2,
-                                                protocol=None, no_reeval=False)) == 0  # chains read back from disk
+        assert choose_best(BestOptions(sweep="server_sweep", tracking_uri=sweep.server.uri,
+                                       out=str(sweep.tmp / "best.yaml"), register=True, model_name="dsl-tiny",
+                                       top_k=2, seeds=2)) == sweep.tmp / "best.yaml"  # chains read back from disk
     versions = sweep.client.search_model_versions("name='dsl-tiny'")
     assert len(versions) == 1
     ev = yaml.safe_load((sweep.tmp / "best.yaml").read_text())["evaluation"]
@@ -203,8 +198,8 @@ def test_register_and_predict(sweep, capsys: pytest.CaptureFixture[str]) -> None
     assert run.data.metrics["reevaluated_ua"] == pytest.approx(ev["ua"]["mean"], abs=1e-6)
     wavs = sorted(str(p) for p in Path(yaml.safe_load((sweep.tmp / "best.yaml").read_text())["data"]).iterdir())[:2]
     capsys.readouterr()
-    assert predict_from_cli(argparse.Namespace(model="models:/dsl-tiny/1", wav=wavs, tracking_uri=sweep.server.uri,
-                                               contour=str(sweep.tmp / "contours"))) == 0
+    assert main(["predict", "models:/dsl-tiny/1", *wavs, "--tracking-uri", sweep.server.uri,
+                 "--contour", str(sweep.tmp / "contours")]) == 0
     out = capsys.readouterr().out
     labels = ("anger", "boredom", "disgust", "fear", "happiness", "sadness", "neutral")
     for w in wavs:

@@ -16,10 +16,10 @@ import soundfile as sf
 class BadAudioError(ValueError):
     """One or more audio files are unusable; `.problems` maps each path to what is wrong."""
 
-    def __init__(self, problems: dict[str, str]):
+    def __init__(self, problems: dict[str, str], hint: str = ""):
         self.problems = dict(problems)
         lines = "\n  ".join(f"{p}: {why}" for p, why in self.problems.items())
-        super().__init__(f"{len(self.problems)} bad audio file(s):\n  {lines}")
+        super().__init__(f"{len(self.problems)} bad audio file(s){f' ({hint})' if hint else ''}:\n  {lines}")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,10 @@ from dsl.data.corpora import Corpus, CorpusError, load_corpus
 from dsl.data.feature_cache import extract_corpus
 
 log = logging.getLogger(__name__)
+
+# How to go on without the bad files (the config key and the `dsl-sweep run` flag that set it).
+SKIP_HINT = ("--bad-files skip (bad_files: skip) leaves them out; `dsl-sweep validate` lists every problem of "
+             "the corpus")
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,8 @@ def load_corpus_for(cfg: ChainConfig) -> tuple[Corpus, dict[str, str]]:
                                    cfg.protocol.label_map)
         return corpus, {}
     except CorpusError as exc:
+        if cfg.bad_files != "skip" and exc.partial is not None and len(exc.partial) > 0:
+            raise CorpusError(f"{exc}\n  ({SKIP_HINT})", exc.problems, exc.partial) from None
         if cfg.bad_files != "skip" or exc.partial is None or len(exc.partial) == 0:
             raise
         _log_skipped(exc.problems)
@@ -83,6 +90,17 @@ def load_corpus_for(cfg: ChainConfig) -> tuple[Corpus, dict[str, str]]:
 def _log_skipped(problems: dict[str, str]) -> None:
     log.warning("skipping %d bad file(s):\n  %s", len(problems),
                 "\n  ".join(f"{p}: {why}" for p, why in problems.items()))
+
+
+def _log_conversions(cfg: ChainConfig, paths: Sequence[Path], offsets: np.ndarray) -> None:
+    """Once per run: how many files were resampled or down-mixed, and which utterances padded (by name)."""
+    from dsl.data.conversions import audio_conversions
+
+    conv = audio_conversions(paths, cfg.features.sample_rate, offsets, cfg.segments.length)
+    for line in conv.lines():
+        log.info(line)
+    if (padded := conv.padding_line()) is not None:
+        log.warning(padded)
 
 
 def prepare_data(cfg: ChainConfig, corpus: Corpus | None = None, show_progress: bool = True,
@@ -101,11 +119,12 @@ def prepare_data(cfg: ChainConfig, corpus: Corpus | None = None, show_progress: 
         store = extract_corpus(corpus.paths, cfg.features, cfg.cache_dir or None, show_progress)
     except BadAudioError as exc:
         if cfg.bad_files != "skip":
-            raise
+            raise BadAudioError(exc.problems, SKIP_HINT) from None
         _log_skipped(exc.problems)
         skipped.update(exc.problems)
         corpus = corpus.subset([i for i, p in enumerate(corpus.paths) if str(p) not in exc.problems])
         store = extract_corpus(corpus.paths, cfg.features, cfg.cache_dir or None, show_progress)
+    _log_conversions(cfg, corpus.paths, store.offsets)
     aux = None
     if cfg.train.aux_data:
         from dsl.data.aux_data import load_aux_frames

@@ -139,6 +139,38 @@ def corpus_from_files(fmt: CorpusFormat, files: Iterable[Path]) -> Corpus:
     return corpus
 
 
+def sniff_file(path: Path) -> str | None:
+    """What a file is by its first bytes: "an audio file (WAV)", "a CSV manifest", ...; None if unknown."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(12)
+    except OSError:
+        return None
+    if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
+        return "an audio file (WAV)"
+    if head[:4] == b"fLaC":
+        return "an audio file (FLAC)"
+    if head[:4] == b"OggS" or head[:3] == b"ID3" or head[:2] in (b"\xff\xfb", b"\xff\xf3"):
+        return "an audio file"
+    if path.suffix.lower() in AUDIO_SUFFIXES:
+        return "an audio file"
+    if path.suffix.lower() == ".csv":
+        return "a CSV manifest"
+    return None
+
+
+def _not_a_folder(name: str, root: Path) -> CorpusError:
+    """`--corpus NAME` expects a folder; `root` is a file: say what it is and what to give instead."""
+    found = sniff_file(root) or "a file"
+    if found == "a CSV manifest":
+        todo = "use --corpus csv for a manifest"
+    elif found.startswith("an audio file"):
+        todo = f"give the folder that holds the corpus (e.g. {root.parent})"
+    else:
+        todo = "give the corpus folder (or a CSV manifest with --corpus csv)"
+    return CorpusError(f"{root}: is {found}, but --corpus {name} expects a corpus folder: {todo}")
+
+
 def load_corpus(name: str, root: str | Path) -> Corpus:
     """Load a registered corpus from a directory, or a CSV manifest (`name='csv'`, root = the .csv)."""
     root = Path(root)
@@ -148,9 +180,13 @@ def load_corpus(name: str, root: str | Path) -> Corpus:
         raise CorpusError(f"unknown corpus {name!r}; known: {', '.join(list_corpora())}")
     if not root.exists():
         raise CorpusError(f"{root}: data path does not exist")
+    if not root.is_dir():
+        raise _not_a_folder(name, root)
     files = audio_files(root)
     if not files:
-        raise CorpusError(f"{root}: no .wav or .flac files found for corpus {name!r}")
+        csvs = sorted(root.glob("*.csv"))
+        hint = f": it holds {csvs[0].name}; for a manifest use --corpus csv --data {csvs[0]}" if csvs else ""
+        raise CorpusError(f"{root}: no .wav or .flac files found for corpus {name!r}{hint}")
     corpus = corpus_from_files(CORPUS_FORMATS[name], files)
     if len(corpus) == 0:
         raise CorpusError(f"{root}: none of {len(files)} audio files matches the {name!r} naming scheme")
@@ -164,8 +200,31 @@ def load_manifest(path: Path) -> Corpus:
     Every bad row (missing file, empty label) is reported at once, by its line number in the CSV.
     """
     path = Path(path)
-    if not path.is_file():
+    check_manifest_path(path)
+    try:
+        return _read_manifest(path)
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{path}: is not a UTF-8 text file (undecodable byte at offset {exc.start}), but "
+                          "--corpus csv expects a CSV manifest with the header path,label[,speaker]") from None
+
+
+def check_manifest_path(path: Path) -> None:
+    """A CorpusError naming what `path` is when it cannot be a CSV manifest (missing, a folder, audio)."""
+    expected = "--corpus csv expects a CSV manifest with the header path,label[,speaker]"
+    if not path.exists():
         raise CorpusError(f"{path}: manifest does not exist")
+    if path.is_dir():
+        csvs = sorted(p.name for p in path.glob("*.csv"))
+        todo = (f"give one of its CSV files ({', '.join(csvs[:3])}{', ...' if len(csvs) > 3 else ''})" if csvs
+                else "for a corpus folder give --corpus NAME (" + ", ".join(sorted(CORPUS_FORMATS)) + ")")
+        raise CorpusError(f"{path}: is a folder, but {expected}: {todo}")
+    found = sniff_file(path)
+    if found and found.startswith("an audio file"):
+        raise CorpusError(f"{path}: is {found}, but {expected}: give the manifest that lists it, or the corpus "
+                          "folder with --corpus NAME")
+
+
+def _read_manifest(path: Path) -> Corpus:
     with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in (reader.fieldnames or [])]

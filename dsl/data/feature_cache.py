@@ -11,6 +11,7 @@ written to a temporary name and renamed into place, so an interrupted run leaves
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -26,7 +27,11 @@ import numpy as np
 from dsl.config import FeatureSpec
 from dsl.data.audio import BadAudioError, load_audio
 from dsl.data.frontend import compute_features, feature_identity, layers_of, stack_utterances
+from dsl.runtime.notes import add_note
+from dsl.runtime.paths import NotWritableError, WriteTarget, check_writable, default_cache_dir
 from dsl.runtime.progress import progress
+
+__all__ = ["FrameStore", "corpus_key", "default_cache_dir", "extract_corpus", "file_key", "load_cached"]
 
 
 @dataclass(frozen=True)
@@ -45,10 +50,6 @@ class FrameStore:
 
     def utterance(self, u: int) -> np.ndarray:
         return self.frames[self.offsets[u]:self.offsets[u + 1]]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DSL_CACHE_DIR") or Path.home() / ".cache" / "dsl-sweeps")
 
 
 def _file_fingerprint(path: Path) -> list:
@@ -79,7 +80,8 @@ def _atomic_save_npy(target: Path, array: np.ndarray) -> None:
             np.save(fh, array)
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only disk the clean-up fails too: the first error counts
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -99,7 +101,8 @@ def extract_corpus(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: st
     listing all bad files (and ConfigError for an unusable SSL checkpoint).
 
     Good files' features are cached per file before the error is raised, so fixing or skipping the
-    bad files later recomputes nothing.
+    bad files later recomputes nothing. A cache that cannot be written is refused before any file is
+    decoded (`NotWritableError`), unless it already holds every file's features.
     """
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     paths = [Path(p) for p in paths]
@@ -120,23 +123,38 @@ def extract_corpus(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: st
             per_file[i] = np.load(f)
         else:
             todo.append(i)
+    unwritable = check_writable([WriteTarget.dir(cache_dir, "feature cache")])
+    if unwritable and todo:
+        raise NotWritableError([f"{unwritable[0]}; it lacks the features of {len(todo)} of {len(paths)} file(s)"],
+                               "give --cache-dir DIR (or set DSL_CACHE_DIR) on a writable disk")
+    if unwritable:  # every file's features are there, only the corpus entry is missing: build it in memory
+        frames, offsets = stack_utterances(per_file, spec)  # type: ignore[arg-type]
+        return FrameStore(frames, offsets, tuple(str(p) for p in paths), key, layers_of(per_file))
     problems: dict[str, str] = {}
     desc = "log-Mel features" if spec.kind == "logmel" else f"{spec.kind} features"
     bar = progress(total=len(todo), desc=desc, unit="file", disable=not show_progress or not todo)
-    for start in range(0, len(todo), chunk):
-        idx, signals = [], []
-        for i in todo[start:start + chunk]:
-            try:
-                signals.append(load_audio(paths[i], spec.sample_rate, spec.win_length / spec.sample_rate))
-                idx.append(i)
-            except BadAudioError as exc:
-                problems.update(exc.problems)
-        for i, feats in zip(idx, compute_features(signals, spec) if signals else []):
-            k = file_key(paths[i], spec, ident)
-            _atomic_save_npy(cache_dir / "files" / k[:2] / f"{k}.npy", feats)
-            per_file[i] = feats
-        bar.update(len(todo[start:start + chunk]))
-    bar.close()
+    saved = 0
+    try:
+        for start in range(0, len(todo), chunk):
+            idx, signals = [], []
+            for i in todo[start:start + chunk]:
+                try:
+                    signals.append(load_audio(paths[i], spec.sample_rate, spec.win_length / spec.sample_rate))
+                    idx.append(i)
+                except BadAudioError as exc:
+                    problems.update(exc.problems)
+            for i, feats in zip(idx, compute_features(signals, spec) if signals else []):
+                k = file_key(paths[i], spec, ident)
+                _atomic_save_npy(cache_dir / "files" / k[:2] / f"{k}.npy", feats)
+                per_file[i] = feats
+                saved += 1
+            bar.update(len(todo[start:start + chunk]))
+    except KeyboardInterrupt as exc:
+        add_note(exc, f"the features of {saved} of {len(todo)} file(s) extracted so far are kept in {cache_dir}: "
+                      "the next run goes on from there")
+        raise
+    finally:
+        bar.close()
     if problems:
         raise BadAudioError(problems)
     return _write_corpus_entry(key, paths, per_file, spec, cache_dir)  # type: ignore[arg-type]

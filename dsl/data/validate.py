@@ -10,6 +10,7 @@ import numpy as np
 
 from dsl.data.audio import inspect_audio
 from dsl.data.corpora import Corpus, CorpusError, load_corpus
+from dsl.runtime.paths import WriteTarget, require_writable
 from dsl.runtime.progress import progress
 
 
@@ -47,6 +48,12 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
 
 
 def _by_kind(items: dict[str, str]) -> dict[str, list[str]]:
@@ -116,10 +123,13 @@ def validate_corpus(name: str, data: str | Path, folds: int = 0, min_seconds: fl
     return report
 
 
-def validate_from_cli(data: str, corpus: str, report_path: str | None, folds: int) -> int:
-    report = validate_corpus(corpus, data, folds)
-    print(report.format())
+def validate_and_save(name: str, data: str | Path, folds: int = 0, report_path: str | Path | None = None,
+                      show_progress: bool = True) -> ValidationReport:
+    """`dsl-sweep validate`: `validate_corpus`, and its JSON report in `report_path` (checked before any file
+    is decoded)."""
     if report_path:
-        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(report_path).write_text(json.dumps(report.to_dict(), indent=2))
-    return 0 if report.ok else 1
+        require_writable([WriteTarget.file(report_path, "--report")])
+    report = validate_corpus(name, data, folds, show_progress=show_progress)
+    if report_path:
+        report.save(report_path)
+    return report

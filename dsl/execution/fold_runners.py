@@ -176,6 +176,9 @@ _WORKER: dict = {}
 
 
 def _init_worker(payload: _Payload, board: _Board) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the chain and its workers (`LocalRunner.close`),
+    # so a worker ignores it instead of printing a KeyboardInterrupt traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     board.claim()
     data, cfg = payload.load()
     _WORKER.update(data=data, cfg=cfg, board=board, seg=build_segments(data.frame_offsets, cfg.segments, warn=False))

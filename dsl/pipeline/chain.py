@@ -227,7 +227,7 @@ class ChainIterator:
         self.cache = step_cache
         self.keys = StepKeys.of(cfg, data) if step_cache is not None else None
         load_plugins(cfg.plugins)
-        self.seg = build_segments(data.frame_offsets, cfg.segments, warn=state is None)
+        self.seg = build_segments(data.frame_offsets, cfg.segments, warn=False)  # `prepare_data` names them
         self.seg_labels = data.labels[self.seg.utt]
         outer = outer_folds(cfg.protocol, data.paths)
         self.plan = make_plan(data.labels, data.speakers, cfg.protocol, cfg.seed, outer)

@@ -125,10 +125,14 @@ def agreement_table(paths: Sequence[str | Path], rates: Mapping[str, float]) -> 
     return "\n".join(rows)
 
 
-def agreement_from_cli(paths: Sequence[str], listeners: str | None = None, out: str | None = None,
-                       into: str | None = None, block: str = "", command: str = "") -> int:
-    from dsl.results.report import splice
+def agreement_report(paths: Sequence[str], listeners: str | None = None, out: str | None = None,
+                     into: str | None = None, block: str = "", command: str = "") -> str:
+    """`dsl-sweep agreement`: the listener-agreement Markdown of result files, also written to `out` and spliced
+    into `into`; returns the Markdown."""
+    from dsl.results.report import report_outputs, splice
+    from dsl.runtime.paths import require_writable
 
+    require_writable(report_outputs(out=out, into=into))
     first = runs_of(paths[0])[0]
     source = Path(listeners) if listeners else default_listener_file(first)
     rates = load_recognition(source)
@@ -147,5 +151,4 @@ def agreement_from_cli(paths: Sequence[str], listeners: str | None = None, out: 
         Path(out).write_text(text)
     if into:
         splice(into, text, command, block)
-    print(text, end="")
-    return 0
+    return text

@@ -20,6 +20,7 @@ from dsl.results.selection_report import SELECTION_FORMAT, is_selection
 from dsl.results.selection_report import markdown as selection_markdown
 from dsl.results.stats import Interval, mean_interval
 from dsl.runtime.environment import describe_machine
+from dsl.runtime.paths import WriteTarget, require_writable
 
 
 def load_result(path: str | Path) -> dict:
@@ -264,9 +265,18 @@ def figure_link(figure: str | Path, document: str | Path | None) -> str:
     return Path(os.path.relpath(Path(figure).resolve(), Path(document).resolve().parent)).as_posix()
 
 
-def report_from_cli(paths: Sequence[str], out: str | None = None, figure: str | None = None,
-                    into: str | None = None, command: str = "", block: str = "",
-                    paired_with: Sequence[str] = ()) -> int:
+def report_outputs(out: str | None = None, figure: str | None = None, into: str | None = None) -> list[WriteTarget]:
+    """The files a report writes (each checked before anything is read)."""
+    named = (("--out", out), ("--figure", figure), ("--into", into))
+    return [WriteTarget.file(path, flag) for flag, path in named if path]
+
+
+def report_result_files(paths: Sequence[str], out: str | None = None, figure: str | None = None,
+                        into: str | None = None, command: str = "", block: str = "",
+                        paired_with: Sequence[str] = ()) -> str:
+    """`dsl-sweep report FILE...`: the Markdown tables of result files (runs, studies, sweep exports), also
+    written to `out`, spliced into `into`, with a UA figure when asked; returns the Markdown."""
+    require_writable(report_outputs(out, figure, into))
     text = markdown(paths, paired_with)
     if figure:
         from dsl.results.plots import study_plot
@@ -286,5 +296,4 @@ def report_from_cli(paths: Sequence[str], out: str | None = None, figure: str | 
         Path(out).write_text(text)
     if into:
         splice(into, text, command, block)
-    print(text, end="")
-    return 0
+    return text

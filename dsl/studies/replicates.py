@@ -19,6 +19,8 @@ from dsl.execution.step_cache import StepCache
 from dsl.pipeline.chain import ChainResult, run_chain
 from dsl.results.study import finished_seed, seed_path, study_dict, write_json
 from dsl.runtime.environment import machine_info
+from dsl.runtime.notes import add_note
+from dsl.runtime.paths import write_elsewhere
 
 
 def run_replicates(cfg: ChainConfig, data: CorpusData, study_path: str | Path, seeds: Sequence[int] | None = None,
@@ -44,7 +46,13 @@ def run_replicates(cfg: ChainConfig, data: CorpusData, study_path: str | Path, s
         res: ChainResult = run_chain(scfg, data, show_progress=show_progress and jobs == 1, step_cache=step_cache)
         res.command = command
         d = res.to_dict()
-        write_json(d, path)
+        try:
+            write_json(d, path)
+        except OSError as exc:  # after the up-front check: the disk filled up or went read-only meanwhile
+            folder = write_elsewhere(lambda f: write_json(d, f / path.name), f"{study_path.stem}-seed{seed}")
+            add_note(exc, f"seed {seed}'s result is kept in {folder / path.name}: copy it to {path} and rerun the "
+                          "same command to resume" if folder else f"seed {seed}'s result could not be kept anywhere")
+            raise
         return d, False
 
     with ThreadPoolExecutor(max(1, jobs)) as pool:

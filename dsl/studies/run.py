@@ -1,6 +1,7 @@
 """`dsl-sweep run`: config -> data -> chain, with a per-iteration table and a JSON result."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -20,6 +21,8 @@ from dsl.pipeline.checks import check_config, check_data
 from dsl.protocols.plans import plan_leak_free
 from dsl.results.study import comparable_config, seeds_dir, write_json
 from dsl.runtime.environment import machine_info
+from dsl.runtime.notes import add_note
+from dsl.runtime.paths import WriteTarget, require_writable, rescue_dirs, write_elsewhere
 from dsl.studies.replicates import default_jobs, run_replicates
 
 log = logging.getLogger(__name__)
@@ -99,8 +102,27 @@ def _save_state(state: ChainState, cfg: ChainConfig, path: Path) -> None:
         dataclasses.replace(state, config=cfg.to_dict()).save(tmp)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only disk the clean-up fails too: the first error counts
+            tmp.unlink(missing_ok=True)
         raise
+
+
+def _keep(state: ChainState, cfg: ChainConfig, partial: dict, out: Path) -> None:
+    """The chain state and the result so far, where `dsl-sweep run --resume` reads them."""
+    _save_state(state, cfg, state_file(out))
+    write_json(partial, out)
+
+
+def _keep_elsewhere(exc: OSError, state: ChainState, cfg: ChainConfig, partial: dict, out: Path) -> None:
+    """`out` cannot be written (any more): put the state and result in a rescue folder, and say where on `exc`."""
+    n = len(partial["iterations"])
+    folder = write_elsewhere(lambda d: _keep(state, cfg, partial, d / out.name), out.stem)
+    if folder is None:
+        add_note(exc, f"no rescue folder ({', '.join(map(str, rescue_dirs()))}) could be written either: the {n} "
+                      "finished iteration(s) are lost")
+        return
+    add_note(exc, f"the {n} finished iteration(s) are kept in {folder}/ ({state_file(out).name}, {out.name}): copy "
+                  f"them beside {out} and rerun the same command with --resume")
 
 
 def _differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -169,25 +191,39 @@ def run_resumable(cfg: ChainConfig, data: CorpusData, out: str | Path, resume: b
                            environment, command)
 
     kept = len(results)
+    last = state
     chain = iterate_chain(cfg, data, state, show_progress=show_progress, step_cache=step_cache)
     try:
-        for result, after in chain:  # the next iteration's folds are running meanwhile
+        for result, last in chain:  # the next iteration's folds are running meanwhile
             results.append(result)
-            _save_state(after, cfg, spath)
-            write_json({**result_so_far().to_dict(), "finished": False}, out)
+            partial = {**result_so_far().to_dict(), "finished": False}
+            try:
+                _keep(last, cfg, partial, out)
+            except OSError as exc:
+                _keep_elsewhere(exc, last, cfg, partial, out)
+                kept = -1  # said where they are
+                raise
             kept = len(results)
             if on_iteration:
                 on_iteration(result)
-    except BaseException:
-        if kept:
-            print(f"{kept} finished iteration(s) kept in {spath} (and {out}): rerun the same command with "
-                  "--resume to continue", flush=True)
+    except BaseException as exc:
+        if kept > 0:
+            add_note(exc, f"{kept} finished iteration(s) kept in {spath} (and {out}): rerun the same command with "
+                          "--resume to continue")
+        elif kept == 0:
+            add_note(exc, "no iteration had finished: nothing to resume")
         raise
     finally:
         chain.close()
     final = result_so_far()
-    write_json({**final.to_dict(), "finished": True}, out)
-    spath.unlink(missing_ok=True)
+    try:
+        write_json({**final.to_dict(), "finished": True}, out)
+    except OSError as exc:
+        if last is not None:
+            _keep_elsewhere(exc, last, cfg, {**final.to_dict(), "finished": False}, out)
+        raise
+    with contextlib.suppress(FileNotFoundError):
+        spath.unlink()
     return final
 
 
@@ -237,16 +273,34 @@ def resolve_holdout(cfg: ChainConfig, holdout: str, out: str | Path) -> ChainCon
     return cfg.replace(**{"protocol.holdout": str(path)})
 
 
-def run_from_cli(config_path: str | None, preset: str | None, overrides: Mapping[str, Any], out: str,
-                 quiet: bool = False, command: str = "", seed_jobs: int = 0, resume: bool = False,
-                 step_cache: str = "", holdout: str = "") -> int:
-    """`dsl-sweep run`: one chain or, with seeds, a replicate study; `step_cache` (a directory) reuses the fold
-    trainings and scores an earlier run with the same data, recipe, code and machine computed; `holdout` (an
-    assignment file or a rule) trains on the rest and scores the held-out utterances only."""
+def outputs_of(cfg: ChainConfig, out: str | Path, step_cache: str = "", holdout: str = "") -> list[WriteTarget]:
+    """What `run_to_file` writes: the result (and beside it the chain state and plots), a study's seed files,
+    the step cache, a holdout rule's assignment. The feature cache is checked where it is known whether it must
+    be written."""
+    targets = [WriteTarget.file(out, "--out")]
+    if holdout and not Path(holdout).is_file():
+        targets.append(WriteTarget.file(Path(out).with_name(Path(out).stem + ".holdout.json"),
+                                        "the holdout assignment"))
+    if cfg.seeds:
+        targets.append(WriteTarget.dir(seeds_dir(out), "the study's seed folder"))
+    if step_cache:
+        targets.append(WriteTarget.dir(step_cache, "--step-cache"))
+    return targets
+
+
+def run_to_file(config_path: str | None, preset: str | None, overrides: Mapping[str, Any], out: str,
+                quiet: bool = False, command: str = "", seed_jobs: int = 0, resume: bool = False,
+                step_cache: str = "", holdout: str = "") -> ChainResult | dict:
+    """`dsl-sweep run`: one chain (its `ChainResult`) or, with seeds, a replicate study (its dict), written to
+    `out` as it goes, with a per-iteration table on stdout; `step_cache` (a directory) reuses the fold trainings
+    and scores an earlier run with the same data, recipe, code and machine computed; `holdout` (an assignment
+    file or a rule) trains on the rest and scores the held-out utterances only. Every path it writes is checked
+    before any work starts."""
     cfg = load_config(config_path, preset, overrides)
-    steps = StepCache(step_cache) if step_cache else None
     if not cfg.data:
         raise ConfigError("no data path: give --data DIR (or `data:` in the config file)")
+    require_writable(outputs_of(cfg, out, step_cache, holdout))
+    steps = StepCache(step_cache) if step_cache else None
     cfg = resolve_holdout(cfg, holdout, out)
     seeds = f"seeds {', '.join(map(str, cfg.seeds))}" if cfg.seeds else f"seed {cfg.seed}"
     print(f"corpus {cfg.corpus} at {cfg.data} | backbone {cfg.backbone} | rule {cfg.labels.rule} "
@@ -255,7 +309,7 @@ def run_from_cli(config_path: str | None, preset: str | None, overrides: Mapping
         if resume:
             print(f"--resume: ignored with --seeds (a study always resumes: each finished seed in {seeds_dir(out)}/ "
                   "is read back)", flush=True)
-        return _study_from_cli(cfg, out, quiet, command, seed_jobs, steps)
+        return _study_to_files(cfg, out, quiet, command, seed_jobs, steps)
     start = time.perf_counter()
     printed_header = []
 
@@ -269,14 +323,18 @@ def run_from_cli(config_path: str | None, preset: str | None, overrides: Mapping
     result = run_resumable(cfg, data, out, resume, show_progress=not quiet, on_iteration=show, command=command,
                            step_cache=steps)
     path = Path(out)
-    figures = write_plots(result, path)
+    try:
+        figures = write_plots(result, path)
+    except OSError as exc:
+        add_note(exc, f"the result is complete in {path}; only its plots could not be written")
+        raise
     _print_reported(result, path, time.perf_counter() - start)
     print("plots: " + ", ".join(str(f) for f in figures), flush=True)
-    return 0
+    return result
 
 
-def _study_from_cli(cfg: ChainConfig, out: str, quiet: bool, command: str, seed_jobs: int,
-                    steps: StepCache | None = None) -> int:
+def _study_to_files(cfg: ChainConfig, out: str, quiet: bool, command: str, seed_jobs: int,
+                    steps: StepCache | None = None) -> dict:
     from dsl.results.report import format_study
 
     data = load_checked(cfg, not quiet)
@@ -294,4 +352,4 @@ def _study_from_cli(cfg: ChainConfig, out: str, quiet: bool, command: str, seed_
                            step_cache=steps)
     print(format_study(study), flush=True)
     print(f"study: {out}", flush=True)
-    return 0
+    return study

@@ -6,7 +6,6 @@ trials are not run again, interrupted and errored ones continue from their last 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -25,6 +24,7 @@ from dsl.pipeline.checks import check_data
 from dsl.protocols.holdout import HoldoutAssignment, describe_split, make_holdout, split
 from dsl.protocols.plans import is_leak_free
 from dsl.results.naming import describe
+from dsl.runtime.paths import WriteTarget, require_writable
 from sweeps.cluster.node_probe import node_preflight
 from sweeps.cluster.preflight import cluster_preflight
 from sweeps.search.session import check_resumable, init_ray, journal_path, quiet_ray, storage_root
@@ -37,7 +37,6 @@ from tracking.client import call, check_access, client, redact_uri, resolve_trac
 from trainables.context import TrialContext
 
 log = logging.getLogger(__name__)
-EXIT_INTERRUPTED = 130
 
 
 @dataclass
@@ -164,6 +163,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
 
     start = time.time()
     root = storage_root(spec.storage_path)
+    require_writable(sweep_outputs(spec, root, resolve_tracking_uri(tracking_uri)))
     exp_path = f"{root}/{spec.name}"
     journal = journal_path(spec, root)
     on_cluster = bool(address or os.environ.get("RAY_ADDRESS"))
@@ -302,14 +302,27 @@ def step_cache_dir(spec: SweepSpec, root: str) -> str:
     return str(Path(root) / "step_cache")
 
 
-def sweep_from_cli(args: argparse.Namespace) -> int:
-    spec = load_sweep(args.file, data=args.data, trials=None if args.resume else args.trials,
-                      storage_path=args.storage_path, step_cache=False if args.no_step_cache else None,
-                      objective_seeds=getattr(args, "objective_seeds", None))
-    if args.resume and args.trials:
+def sweep_outputs(spec: SweepSpec, root: str, tracking_uri: str) -> list[WriteTarget]:
+    """What a sweep writes on this machine: the storage path (Tune's state, checkpoints, the Optuna journal, the
+    step cache) or, for a URI, the local journal; an SQLite tracking store. The feature cache is checked where
+    it is known whether it must be written; other nodes are checked by `node_preflight`."""
+    from sweeps.cluster.shared_storage import is_uri
+
+    targets = [WriteTarget.file(journal_path(spec, root), "the Optuna journal")] if is_uri(root) else \
+        [WriteTarget.dir(root, "--storage-path (storage_path)")]
+    if tracking_uri.startswith("sqlite:///"):
+        targets.append(WriteTarget.file(tracking_uri[len("sqlite:///"):], "--tracking-uri (SQLite store)"))
+    return targets
+
+
+def launch_sweep(file: str, data: str | None = None, storage_path: str | None = None, trials: int | None = None,
+                 step_cache: bool | None = None, address: str | None = None, tracking_uri: str | None = None,
+                 resume: bool = False, objective_seeds: int | None = None) -> SweepOutcome:
+    """`dsl-sweep sweep FILE`: load the sweep definition (the arguments override its data path, storage path,
+    number of trials, step cache and seeds per trial) and run or resume it. `trials` is ignored with `resume`."""
+    if resume and trials:
         print("note: --trials is ignored with --resume (the sweep keeps its number of trials)", flush=True)
-    outcome = run_sweep(spec, address=args.address, tracking_uri=args.tracking_uri, resume=args.resume,
-                        trials=None if args.resume else args.trials)
-    if outcome.interrupted:
-        return EXIT_INTERRUPTED
-    return 1 if outcome.errors else 0
+        trials = None
+    spec = load_sweep(file, data=data, trials=trials, storage_path=storage_path, step_cache=step_cache,
+                      objective_seeds=objective_seeds)
+    return run_sweep(spec, address=address, tracking_uri=tracking_uri, resume=resume, trials=trials)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from dsl.config import ConfigError
+from dsl.runtime.paths import default_cache_dir
 from sweeps.search.spec import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -20,8 +21,7 @@ def storage_root(path: str) -> str:
 def journal_path(spec: SweepSpec, root: str) -> Path:
     """The Optuna journal lives next to the Tune experiment (a local cache dir for remote storage)."""
     if "://" in root:
-        return Path(os.environ.get("DSL_CACHE_DIR") or Path.home() / ".cache" / "dsl-sweeps") / "optuna" / \
-            f"{spec.name}.journal"
+        return default_cache_dir() / "optuna" / f"{spec.name}.journal"
     return Path(root) / spec.name / "optuna.journal"
 
 

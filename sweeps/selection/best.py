@@ -23,7 +23,6 @@ race and the exam (`dsl-sweep report` renders it); the registered model and the 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -46,6 +45,7 @@ from dsl.results.racing import Candidate, RaceSettings
 from dsl.results.selection_report import SELECTION_FORMAT, markdown
 from dsl.results.stats import mean_interval
 from dsl.results.study import write_json
+from dsl.runtime.paths import WriteTarget, require_writable
 from dsl.studies.run import load_checked
 from sweeps.search.spec import SelectSpec, parse_select
 from sweeps.selection.candidates import BestPick, distinct_top, fresh_seeds, objective_key, select_best, sweep_name
@@ -84,6 +84,17 @@ class BestOptions:
     model_name: str | None = None
     step_cache: bool = True
     command: str = ""
+
+    def outputs(self) -> list[WriteTarget]:
+        """best.yaml, the selection's folder beside it (chains, selection.json), the final model's folder when
+        trained here."""
+        out = Path(self.out)
+        targets = [WriteTarget.file(out, "--out")]
+        if not self.no_reeval:
+            targets.append(WriteTarget.dir(out.with_name(out.stem + "_selection"), "the selection folder"))
+        if self.register and not self.address:
+            targets.append(WriteTarget.dir(out.with_name(out.stem + "_model"), "the final model's folder"))
+        return targets
 
 
 @dataclass
@@ -241,6 +252,7 @@ def choose_best(opts: BestOptions, runner_factory=None, tracker_factory=None) ->
     """Decide (see the module docstring); returns best.yaml's path. `runner_factory(datasets, resources, step_cache,
     holdout_text, address)` and `tracker_factory(uri, experiment_id, parent_run_id, params)` replace the Ray tasks
     and the MLflow runs (tests)."""
+    require_writable(opts.outputs())
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     show = os.environ.get("DSL_PROGRESS", "1") != "0"
     uri = resolve_tracking_uri(opts.tracking_uri)
@@ -436,16 +448,3 @@ def _register(opts: BestOptions, cfg: ChainConfig, uri: str, record: SweepRecord
         print(f"trained on the cluster at {opts.address}; registered {model_uri}", flush=True)
     else:
         register_final(*task_args, Path(opts.out).with_name(Path(opts.out).stem + "_model"), evaluation)
-
-
-def best_from_cli(args: argparse.Namespace) -> int:
-    """`dsl-sweep best`'s arguments (a missing attribute: its default) -> `choose_best`."""
-    fields = {f.name for f in dataclasses.fields(BestOptions)}
-    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    if getattr(args, "fresh_seeds", None) is not None and "seeds" not in given:  # the flag's earlier name
-        given["seeds"] = args.fresh_seeds
-    if getattr(args, "no_step_cache", False):
-        given["step_cache"] = False
-    given["command"] = getattr(args, "command_line", "") or ""
-    choose_best(BestOptions(**given))
-    return 0
