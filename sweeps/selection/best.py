@@ -293,13 +293,7 @@ def choose_best(opts: BestOptions, runner_factory=None, tracker_factory=None) ->
     else:
         print("no holdout in the sweep file: no final exam (the race's means are on the data the search ranked on)",
               flush=True)
-    entries = {}
-    for p, cfg in top:
-        rc = race_cfgs[p.short_id]
-        ds = data.name("search", rc)
-        jobs = fold_trainings(rc, data.search[_features_key(rc.features)])
-        entries[p.short_id] = RaceEntry(Candidate(p.short_id, describe(cfg), cfg.iterations,
-                                                  (cfg.iterations + 1) * jobs), rc, p.objective, p.trial_id, p.run_id, ds)
+    entries = race_entries(top, race_cfgs, data)
     seeds = fresh_seeds(base_seed, sel.seeds, record.objective_seeds)
     settings = RaceSettings(sel.seeds_per_round, sel.min_seeds, sel.alpha, sel.budget, sel.correction)
     race = make_race(entries, seeds, settings)
@@ -354,6 +348,19 @@ def choose_best(opts: BestOptions, runner_factory=None, tracker_factory=None) ->
           f"report {sel_path})", flush=True)
     _register(opts, win_cfg, uri, record, pick, evaluation, name)
     return path
+
+
+def race_entries(top: list[tuple[BestPick, ChainConfig]], race_cfgs: Mapping[str, ChainConfig],
+                 data: SelectionData) -> dict[str, RaceEntry]:
+    """The race's candidates: each keyed by its trial, its cost (iterations, then fold trainings per chain under
+    the race's protocol) for the tie-break, and the search data its chains read."""
+    entries = {}
+    for p, cfg in top:
+        rc = race_cfgs[p.short_id]
+        jobs = fold_trainings(rc, data.search[_features_key(rc.features)])
+        entries[p.short_id] = RaceEntry(Candidate(p.short_id, describe(cfg), cfg.iterations, (cfg.iterations + 1) * jobs),
+                                        rc, p.objective, p.trial_id, p.run_id, data.name("search", rc))
+    return entries
 
 
 def _resources(record: SweepRecord) -> ResourceSpec:
