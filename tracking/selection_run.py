@@ -132,10 +132,12 @@ class SelectionTracker:
         return run
 
     def started(self, stage: str, key: str, name: str, seed: int, **tags: Any) -> None:
-        """A chain was handed out: its run shows RUNNING."""
+        """A chain was handed out: its run shows RUNNING (a run already FINISHED, logged by an earlier `best` of
+        the same sweep, stays as it is: the chain's numbers are the same)."""
         run = self._chain(stage, key, name, seed, tags)
-        if run.info.status != "RUNNING":
+        if run.info.status not in ("RUNNING", "FINISHED"):  # KILLED or FAILED by an interrupted `best`
             call(self.c.update_run, run.info.run_id, status="RUNNING")
+            self._chains[chain_tag(stage, key, seed)] = call(self.c.get_run, run.info.run_id)
 
     def finished(self, stage: str, key: str, name: str, seed: int, result: Mapping[str, Any], score: float,
                  **tags: Any) -> None:
