@@ -58,14 +58,12 @@ def trial_histories(c, experiment_id: str, parent_run_id: str, keys: Sequence[st
 
 
 def run_file(c, run_id: str, name: str) -> str | None:
-    """The text of artifact `name` of a run, or None if it has none."""
+    """The text of top-level artifact `name` of a run, or None if it has none (sweeps before the final exam kept
+    no `base.yaml` or `holdout.json`)."""
+    if name not in {a.path for a in call(c.list_artifacts, run_id)}:
+        return None
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            return Path(call(c.download_artifacts, run_id, name, tmp)).read_text()
-        except Exception as exc:  # absent artifact: MlflowException / OSError, depending on the store
-            if "not" in str(exc).lower() or isinstance(exc, OSError):
-                return None
-            raise
+        return Path(call(c.download_artifacts, run_id, name, tmp)).read_text()
 
 
 def tag_winner(c, winner_run_id: str, iteration: int, trial_run_ids: Sequence[str], parent_run_id: str) -> None:
