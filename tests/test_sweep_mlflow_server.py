@@ -195,7 +195,7 @@ def test_register_and_predict(sweep, capsys: pytest.CaptureFixture[str]) -> None
     assert versions[0].tags["selection_protocol"] == "refinery" and versions[0].tags["verdict"] == ev["verdict"]
     assert versions[0].tags["race_ua"].startswith(f"{ev['race']['ua']['mean']:.4f}")
     run = sweep.client.get_run(versions[0].run_id)
-    assert run.data.metrics["reevaluated_ua"] == pytest.approx(ev["ua"]["mean"], abs=1e-6)
+    assert run.data.metrics["race_ua"] == pytest.approx(ev["race"]["ua"]["mean"], abs=1e-6)
     wavs = sorted(str(p) for p in Path(yaml.safe_load((sweep.tmp / "best.yaml").read_text())["data"]).iterdir())[:2]
     capsys.readouterr()
     assert main(["predict", "models:/dsl-tiny/1", *wavs, "--tracking-uri", sweep.server.uri,
