@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.support.data import emodb_root, tiny_emodb
 from tests.support.mlflow_server import MlflowServer
-from tests.support.sweep import tiny_sweep
+from tests.support.sweep import tiny_data, tiny_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -24,26 +23,24 @@ N_TRIALS = 4
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory):
-    root = emodb_root()
-    if root is None:
-        pytest.skip("EmoDB not found (../shared/data/emodb or $DSL_EMODB): the sweep integration tests need it")
     from sweeps.cli import main
+    from tests.support import fault
 
-    base = tmp_path_factory.getbasetemp()
-    data = tiny_emodb(root, base / "tiny_emodb")
+    data, cache = tiny_data(tmp_path_factory)  # or skip: no EmoDB
     tmp = tmp_path_factory.mktemp("server_sweep")
-    raw = tiny_sweep("server_sweep", data, base / "dsl-cache", tmp / "ray_results", num_samples=N_TRIALS,
+    raw = tiny_sweep("server_sweep", data, cache, tmp / "ray_results", num_samples=N_TRIALS,
                      scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2})
+    raw["base"]["plugins"] = [fault.MODULE]  # every trial imports it: one trial fails once after iteration 0
     (tmp / "sweep.yaml").write_text(yaml.safe_dump(raw))
     marker = tmp / "failed-once"
     with MlflowServer(tmp / "mlflow") as server, pytest.MonkeyPatch.context() as mp:
         mp.setenv("DSL_PROGRESS", "0")
-        mp.setenv("DSL_SWEEP_FAIL_ONCE", str(marker))
-        mp.setenv("DSL_SWEEP_FAIL_AFTER", "0")
+        mp.setenv(fault.FAIL_ONCE, str(marker))
+        mp.setenv(fault.FAIL_AFTER, "0")
         mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         # through the real parser, so the arguments are the CLI's (every option and its default)
         rc = main(["sweep", str(tmp / "sweep.yaml"), "--tracking-uri", server.uri])
-        mp.delenv("DSL_SWEEP_FAIL_ONCE")
+        mp.delenv(fault.FAIL_ONCE)
         best_rc = main(["best", "server_sweep", "--tracking-uri", server.uri, "--out", str(tmp / "best.yaml"),
                         "--top-k", "2", "--seeds", "2"])
         from mlflow import MlflowClient

@@ -1,4 +1,5 @@
-"""`dsl-sweep best` in MLflow: the sweep's trials read back, and the selection shown as it runs.
+"""`dsl-sweep best` in MLflow: the selection shown as it runs (the sweep's trials are read back through
+`tracking.sweep_runs.SweepRun`).
 
 Under the sweep's parent run, one `selection` run (`dsl.role=selection`) holds the race and the final exam: one
 child run per chain (`dsl.role=selection_chain`, `dsl.selection_chain=<stage>/<candidate>/seed<N>`, step =
@@ -11,18 +12,42 @@ by these tags (no duplicates), and logs the chains it reads back from disk that 
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .client import call, client
-from .schema import PARENT_TAG, ROLE_TAG, flat_params, iteration_metrics
-from .sweep_runs import child_runs
+from .schema import (
+    BEST_CONFIG_TAG,
+    CANDIDATE_TAG,
+    ERROR_TAG,
+    HOLDOUT_GAIN_UA_METRIC,
+    HOLDOUT_REFERENCE_UA_METRIC,
+    HOLDOUT_TAG,
+    HOLDOUT_UA_METRIC,
+    HOLDOUT_WA_METRIC,
+    OPTIMISM_METRIC,
+    PARENT_TAG,
+    RACE_CHAINS_METRIC,
+    RACE_UA_METRIC,
+    RESUMED_TAG,
+    ROLE_SELECTION,
+    ROLE_SELECTION_CHAIN,
+    ROLE_TAG,
+    SECONDS_TAG,
+    SEED_TAG,
+    SELECTION_CHAIN_TAG,
+    SELECTION_PROTOCOL_TAG,
+    SELECTION_RUN_TAG,
+    SIGNIFICANT_TAG,
+    STAGE_TAG,
+    SURVIVORS_TAG,
+    VERDICT_TAG,
+    flat_params,
+    iteration_metrics,
+)
 
-SELECTION_ROLE = "selection"
-CHAIN_ROLE = "selection_chain"
-CHAIN_TAG = "dsl.selection_chain"
+SELECTION_ROLE, CHAIN_ROLE, CHAIN_TAG = ROLE_SELECTION, ROLE_SELECTION_CHAIN, SELECTION_CHAIN_TAG
 TAG_LIMIT = 5000  # MLflow's longest tag value
 
 
@@ -30,54 +55,19 @@ def chain_tag(stage: str, key: str, seed: int) -> str:
     return f"{stage}/{key}/seed{seed}"
 
 
-# --- the sweep's trials, read back ------------------------------------------------------------------------------
-def sweep_parent(c, name: str, shown_uri: str) -> tuple[str, str, dict[str, str]]:
-    """(experiment id, parent run id, parent params) of sweep `name`; a ConfigError naming what is missing."""
-    from dsl.config import ConfigError
-
-    from .sweep_runs import find_parent
-
-    exp = call(c.get_experiment_by_name, name)
-    if exp is None:
-        raise ConfigError(f"no MLflow experiment {name!r} at {shown_uri} (give --tracking-uri?)")
-    parent = find_parent(c, exp.experiment_id)
-    if parent is None or parent.data.tags.get(ROLE_TAG) != "parent":
-        raise ConfigError(f"experiment {name!r} has no sweep parent run")
-    return exp.experiment_id, parent.info.run_id, dict(parent.data.params)
-
-
-def trial_histories(c, experiment_id: str, parent_run_id: str, keys: Sequence[str]) -> list[dict[str, Any]]:
-    """Per trial run of the sweep: run id, name, Ray trial id, start time and each metric's history (step -> value)."""
-    out = []
-    for run in child_runs(c, experiment_id, parent_run_id):
-        rid = run.info.run_id
-        out.append({"run_id": rid, "run_name": run.info.run_name, "trial_id": run.data.tags.get("ray_trial_id", ""),
-                    "started": int(run.info.start_time or 0),
-                    "history": {k: {int(m.step): m.value for m in call(c.get_metric_history, rid, k)} for k in keys}})
-    return out
-
-
-def run_file(c, run_id: str, name: str) -> str | None:
-    """The text of top-level artifact `name` of a run, or None if it has none (sweeps before the final exam kept
-    no `base.yaml` or `holdout.json`)."""
-    if name not in {a.path for a in call(c.list_artifacts, run_id)}:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        return Path(call(c.download_artifacts, run_id, name, tmp)).read_text()
-
-
-def tag_winner(c, winner_run_id: str, iteration: int, trial_run_ids: Sequence[str], parent_run_id: str) -> None:
-    """`dsl.best` on the winning trial's run (and off the others), the winner on the parent."""
-    for rid in trial_run_ids:
-        if rid != winner_run_id:
-            try:
-                call(c.delete_tag, rid, "dsl.best")
-            except Exception:  # tag absent
-                pass
-    call(c.set_tag, winner_run_id, "dsl.best", "true")
-    call(c.set_tag, winner_run_id, "dsl.best_iteration", str(iteration))
-    call(c.set_tag, parent_run_id, "dsl.best_run_id", winner_run_id)
-    call(c.set_tag, parent_run_id, "dsl.best_iteration", str(iteration))
+def outcome_figures(sel: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    """MLflow metrics and tags of the decision (selection run and parent run) from a selection.json's content."""
+    row = next(r for r in sel["race"]["rows"] if r["key"] == sel["winner"]["key"])
+    metrics = {RACE_UA_METRIC: row["mean"] / 100.0, RACE_CHAINS_METRIC: float(sel["race"]["chains"])}
+    tags = {VERDICT_TAG: sel["race"]["verdict"]["text"], SELECTION_PROTOCOL_TAG: sel["protocol"]["name"],
+            SIGNIFICANT_TAG: str(sel["race"]["verdict"]["significant"]).lower(), BEST_CONFIG_TAG: sel["winner"]["name"]}
+    ex = sel.get("exam")
+    if ex:
+        metrics.update({HOLDOUT_UA_METRIC: ex["winner"]["ua"]["mean"], HOLDOUT_WA_METRIC: ex["winner"]["wa"]["mean"],
+                        HOLDOUT_REFERENCE_UA_METRIC: ex["reference"]["ua"]["mean"],
+                        HOLDOUT_GAIN_UA_METRIC: ex["gain_ua"]["mean"], OPTIMISM_METRIC: ex["optimism"]})
+        tags[HOLDOUT_TAG] = sel["data"]["holdout"]["how"]
+    return metrics, tags
 
 
 # --- the selection as it runs -----------------------------------------------------------------------------------
@@ -98,7 +88,7 @@ class SelectionTracker:
                      order_by=["attributes.start_time DESC"], max_results=1)
         if found:
             call(self.c.update_run, found[0].info.run_id, status="RUNNING")
-            call(self.c.set_tag, found[0].info.run_id, "dsl.resumed", "true")
+            call(self.c.set_tag, found[0].info.run_id, RESUMED_TAG, "true")
             return found[0].info.run_id
         run = call(self.c.create_run, self.experiment_id, run_name="selection",
                    tags={ROLE_TAG: SELECTION_ROLE, PARENT_TAG: self.parent_run_id})
@@ -124,8 +114,8 @@ class SelectionTracker:
         run = self._chains.get(tag)
         if run is None:
             run = call(self.c.create_run, self.experiment_id, run_name=f"{stage} {name} seed {seed}",
-                       tags={ROLE_TAG: CHAIN_ROLE, PARENT_TAG: self.run_id, CHAIN_TAG: tag, "dsl.stage": stage,
-                             "dsl.candidate": key, "dsl.seed": str(seed), **{k: str(v) for k, v in tags.items()}})
+                       tags={ROLE_TAG: CHAIN_ROLE, PARENT_TAG: self.run_id, CHAIN_TAG: tag, STAGE_TAG: stage,
+                             CANDIDATE_TAG: key, SEED_TAG: str(seed), **{k: str(v) for k, v in tags.items()}})
             self._chains[tag] = run
         return run
 
@@ -156,13 +146,13 @@ class SelectionTracker:
             call(self.c.log_batch, rid, params=params[i:i + 100])
         for i in range(0, len(metrics), 1000):
             call(self.c.log_batch, rid, metrics=metrics[i:i + 1000])
-        call(self.c.set_tag, rid, "dsl.seconds", f"{float(result.get('seconds', 0.0)):.1f}")
+        call(self.c.set_tag, rid, SECONDS_TAG, f"{float(result.get('seconds', 0.0)):.1f}")
         call(self.c.set_terminated, rid, "FINISHED")
         self._chains[chain_tag(stage, key, seed)] = call(self.c.get_run, rid)
 
     def failed(self, stage: str, key: str, name: str, seed: int, error: str) -> None:
         run = self._chain(stage, key, name, seed, {})
-        call(self.c.set_tag, run.info.run_id, "dsl.error", error[:TAG_LIMIT])
+        call(self.c.set_tag, run.info.run_id, ERROR_TAG, error[:TAG_LIMIT])
         call(self.c.set_terminated, run.info.run_id, "FAILED")
 
     def round(self, number: int, means: Mapping[str, float], alive: Sequence[str], chains: int) -> None:
@@ -172,7 +162,7 @@ class SelectionTracker:
         ms = [Metric(f"race_mean/{k}", float(v), 0, number) for k, v in means.items() if math.isfinite(v)]
         ms += [Metric("survivors", float(len(alive)), 0, number), Metric("chains", float(chains), 0, number)]
         call(self.c.log_batch, self.run_id, metrics=ms)
-        call(self.c.set_tag, self.run_id, "dsl.survivors", ",".join(alive)[:TAG_LIMIT])
+        call(self.c.set_tag, self.run_id, SURVIVORS_TAG, ",".join(alive)[:TAG_LIMIT])
 
     def outcome(self, metrics: Mapping[str, float], tags: Mapping[str, str], files: Sequence[str | Path]) -> None:
         """The verdict and the final exam: on the selection run and on the sweep's parent run, with the files."""
@@ -184,7 +174,7 @@ class SelectionTracker:
                 call(self.c.log_batch, rid, metrics=ms)
             for k, v in tags.items():
                 call(self.c.set_tag, rid, k, str(v)[:TAG_LIMIT])
-        call(self.c.set_tag, self.parent_run_id, "dsl.selection_run_id", self.run_id)
+        call(self.c.set_tag, self.parent_run_id, SELECTION_RUN_TAG, self.run_id)
         for f in files:
             call(self.c.log_artifact, self.run_id, str(f))
 

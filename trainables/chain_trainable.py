@@ -31,16 +31,11 @@ from dsl.execution.step_cache import StepCache
 from dsl.pipeline.chain import ChainState, iterate_chain, local_runner
 from dsl.pipeline.checks import check_config
 from dsl.pipeline.trial_config import trial_config
-from dsl.protocols.plans import is_leak_free
 from dsl.results.naming import run_name
-from tracking.client import TrackingUnavailable
-from tracking.schema import flat_params
-from tracking.trial_run import QUICK, NoRun, TrialRun
+from tracking.trial_run import open_trial_run
 
-from .artifacts import log_trial_artifacts
 from .checkpoint import TrialCheckpoint
 from .context import TrialContext
-from .fault import maybe_fail
 from .fold_runner import ray_runner
 from .metrics import report_metrics, seed_mean
 from .shared_data import CorpusMeta, attach, is_shared_view, select_variant
@@ -54,35 +49,6 @@ def runtime_config(cfg: ChainConfig, ctx: TrialContext) -> ChainConfig:
     `auto` would read as the CPU here (and in the step cache's key) while its folds train on the GPU."""
     gpu = {"train.device": "cuda"} if ctx.resources.gpu > 0 and cfg.train.device == "auto" else {}
     return cfg.replace(**{"train.workers": 1, "train.num_threads": ctx.resources.threads, **gpu})
-
-
-def _open_run(ctx: TrialContext, cfg: ChainConfig, overrides: Mapping[str, Any], trial_id: str,
-              known_run_id: str | None):
-    if not ctx.tracking_uri:
-        return NoRun()
-    assert ctx.experiment_id and ctx.parent_run_id
-    return TrialRun.open(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, ctx.sweep, trial_id,
-                         run_name(cfg, overrides, trial_id), known_run_id)
-
-
-def _publish(run, logged: set[int], history: list[dict], artifacts, wait: bool, refresh: bool = False) -> bool:
-    """Log the steps of `history` MLflow lacks, then the artifacts. `wait=False`: give an unreachable server
-    a few seconds and return False (the steps are logged on a later call); `wait=True`: raise
-    `TrackingUnavailable` after `$DSL_MLFLOW_TIMEOUT` seconds. `refresh` (after a call that failed): first
-    ask the server which steps it has, since a batch whose reply was lost may still have been stored."""
-    try:
-        with run.briefly(None if wait else QUICK):
-            if refresh:
-                logged.update(run.logged_steps())
-            logged.update(run.log_iterations(history, skip=logged))
-            artifacts()
-        return True
-    except TrackingUnavailable as exc:
-        if wait:
-            raise
-        missing = sorted({int(d["iteration"]) for d in history} - logged)
-        log.warning("MLflow unreachable, training on; steps %s are logged when it is back: %s", missing, exc)
-        return False
 
 
 def _restore() -> TrialCheckpoint | None:
@@ -165,7 +131,8 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
     resumed_from = state.next_iteration if state else 0
     contour = dict(saved.contour) if saved else {}
     extra = {"frames_zero_copy": float(is_shared_view(frames))}
-    run = _open_run(ctx, cfg, config, trial_id, saved.mlflow_run_id if saved else None)
+    run = open_trial_run(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, ctx.sweep, trial_id,
+                         run_name(cfg, config, trial_id), saved.mlflow_run_id if saved else None)
     cfg_dict = cfg.to_dict()  # the trial's config as checkpoints and MLflow params hold it
 
     def checkpoint(st: ChainState, seed_states: list[ChainState] | None = None) -> TrialCheckpoint:
@@ -173,24 +140,17 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
                                trial_id, list(seed_states if seed_states is not None else saved.seed_states
                                               if saved else []))
     try:
-        run.start({**flat_params(cfg_dict), "ray_trial_id": trial_id},
-                  {"dsl.resumed_from": resumed_from, "dsl.frames_zero_copy": is_shared_view(frames),
-                   "dsl.node_id": _node_id(), "dsl.protocol": cfg.protocol.name,
-                   "dsl.leak_free": str(is_leak_free(cfg.protocol.name)).lower(),
-                   "dsl.objective_seeds": ",".join(str(cfg.seed + i) for i in range(max(1, ctx.objective_seeds)))})
+        run.start(cfg_dict, trial_id, resumed_from, _node_id(), is_shared_view(frames),
+                  [cfg.seed + i for i in range(max(1, ctx.objective_seeds))])
         if resumed_from == 0:
-            with tempfile.TemporaryDirectory(prefix="dsl-cfg-") as tmp:
-                (Path(tmp) / "config.yaml").write_text(cfg.to_yaml())
-                run.log_files([str(Path(tmp) / "config.yaml")])
-        logged = run.logged_steps()
-        if state is not None:  # steps MLflow lacks: the checkpoint's history is the truth
-            logged.update(run.log_iterations(state.history, skip=logged))
+            run.log_config(cfg.to_yaml())
+        run.catch_up(state.history if state is not None else [])  # the checkpoint's history is the truth
         if state is not None and state.next_iteration > cfg.iterations:  # finished before a restore
-            log_trial_artifacts(run, checkpoint(state), finished=True)
+            run.log_artifacts(checkpoint(state), finished=True)
             tune.report({**report_metrics(state.history, cfg.iterations, resumed_from, ctx.objective), **extra})
             run.end("FINISHED")
             return
-        published, art = True, None
+        published, ckpt, finished = True, None, False
         try:
             steps = StepCache(ctx.step_cache) if ctx.step_cache else None
             for result, state, seed_states in _iterations(ctx, meta, data, run_cfg, saved, steps):
@@ -203,31 +163,22 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
                     ckpt.save(tmp)
                     tune.report({**report_metrics(history, cfg.iterations, resumed_from, ctx.objective), **extra},
                                 checkpoint=tune.Checkpoint.from_directory(tmp))
-                maybe_fail(result.iteration, trial_id)
                 finished = state.next_iteration > cfg.iterations
-                def art(c: TrialCheckpoint = ckpt, f: bool = finished) -> None:
-                    log_trial_artifacts(run, c, finished=f, plots_too=f)  # plots once, at the end
-
-                published = _publish(run, logged, history, art, wait=False, refresh=not published)
+                published = run.publish(ckpt, finished, wait=False, refresh=not published)  # plots once finished
         finally:
             release_device_memory()  # Tune may reuse this process for a trial that shares the GPU
-        if not published:  # the server was away at the last iteration: wait for it
-            _publish(run, logged, state.history, art, wait=True, refresh=True)
+        if not published and ckpt is not None:  # the server was away at the last iteration: wait for it
+            run.publish(ckpt, finished, wait=True, refresh=True)
         run.end("FINISHED")
     except SystemExit as exc:
         if exc.code not in (0, None):
-            _mark_failed(run, exc, trial_id)
+            _failed(run, exc, trial_id)
         raise  # code 0: Tune stopped the trial inside tune.report (scheduler or end of sweep): the driver ends the run
     except BaseException as exc:
-        _mark_failed(run, exc, trial_id)
+        _failed(run, exc, trial_id)
         raise
 
 
-def _mark_failed(run, exc: BaseException, trial_id: str) -> None:
+def _failed(run, exc: BaseException, trial_id: str) -> None:
     log.exception("trial %s failed", trial_id)
-    try:
-        with run.briefly(QUICK if isinstance(exc, TrackingUnavailable) else None):
-            run.set_tags({"dsl.error": f"{type(exc).__name__}: {exc}"[:5000]})
-            run.end("FAILED")
-    except Exception:  # tracking must not hide the original error
-        log.exception("could not mark the MLflow run FAILED")
+    run.fail(exc)

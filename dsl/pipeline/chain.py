@@ -54,6 +54,9 @@ __all__ = ["ChainIterator", "ChainResult", "ChainState", "FoldJob", "FoldOutput"
            "run_fold_job", "split_validation", "train_fold"]
 
 
+STATE_FORMAT = 2  # layout of a saved ChainState (1: no "format" entry)
+
+
 @dataclass
 class ChainState:
     """Everything needed to resume: the next iteration and each scope's current targets (and, where a
@@ -68,14 +71,18 @@ class ChainState:
         import json
 
         extra = {} if self.config is None else {"config": json.dumps(self.config)}
-        np.savez(Path(path), next_iteration=self.next_iteration, history=json.dumps(self.history),
+        np.savez(Path(path), format=STATE_FORMAT, next_iteration=self.next_iteration, history=json.dumps(self.history),
                  **{f"targets_{i}": t for i, t in enumerate(self.targets)}, **extra)
 
     @classmethod
     def load(cls, path: str | Path) -> ChainState:
         import json
 
+        from dsl.formats import check_format
+
         with np.load(Path(path)) as z:
+            check_format(path, int(z["format"]) if "format" in z.files else 1, STATE_FORMAT, "chain state",
+                         "resume from it", "it has no format entry (written before states carried one)")
             n = sum(1 for k in z.files if k.startswith("targets_"))
             config = json.loads(str(z["config"])) if "config" in z.files else None
             return cls(int(z["next_iteration"]), [z[f"targets_{i}"] for i in range(n)], json.loads(str(z["history"])),

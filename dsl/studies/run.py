@@ -85,10 +85,6 @@ def load_checked(cfg: ChainConfig, show_progress: bool = True) -> CorpusData:
     return data
 
 
-def write_result(result: ChainResult, out: str | Path) -> Path:
-    return write_json(result.to_dict(), out)
-
-
 def state_file(out: str | Path) -> Path:
     """Where `dsl-sweep run` keeps the chain state while its run is unfinished: `<out stem>.state.npz`."""
     p = Path(out)

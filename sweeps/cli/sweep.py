@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from tracking.client import DEFAULT_URI_TEXT
+
 HELP = "run a hyperparameter sweep from a YAML file (Ray Tune + Optuna + MLflow)"
 
 
@@ -10,7 +12,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="sweep definition YAML")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--storage-path", help="where trial checkpoints live (shared FS or s3://... on a cluster)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--tracking-uri", help=f"MLflow tracking URI (default: {DEFAULT_URI_TEXT})")
     p.add_argument("--data", help="override the corpus path of the sweep file")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep with the same Optuna study")
     p.add_argument("--trials", type=int, help="override the number of trials")

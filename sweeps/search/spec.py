@@ -33,9 +33,11 @@ from dsl.pipeline.keys import key_default, selector_registry
 from dsl.plugins import load_plugins
 from dsl.protocols.holdout import HoldoutSpec, parse_holdout
 from dsl.protocols.plans import is_leak_free, leak_free_protocols
+from dsl.runtime.paths import is_uri
 
 # ParamSpec stays importable from here too: the tuner.pkl of a sweep started before it moved names it so.
 from sweeps.search.space import ParamSpec, SearchSpace, sample_configs
+from tracking.sweep_settings import SweepSettings
 from trainables.context import ResourceSpec
 from trainables.metrics import OBJECTIVES
 
@@ -77,17 +79,18 @@ class SelectSpec:
     on fresh seeds under the leak-free `protocol` (`dsl.results.racing`: `seeds_per_round` seeds per round, tests from
     `min_seeds` shared seeds on, family-wise error `alpha` under `correction`, at most `seeds` seeds per candidate
     and `budget` chains in all), then, with a holdout, the final exam: the winner and the `reference` (overrides of
-    the sweep's base; default the rule baseline at iteration 0) on `exam_seeds` seeds, scored on the holdout."""
+    the sweep's base; default the rule baseline at iteration 0) on `exam_seeds` seeds, scored on the holdout. The
+    defaults are the logged settings' (what `best` reads for a sweep that did not log one)."""
 
-    protocol: str = "refinery"
-    top_k: int = 5
-    seeds: int = 10
+    protocol: str = SweepSettings.select_protocol
+    top_k: int = SweepSettings.select_top_k
+    seeds: int = SweepSettings.select_seeds
     seeds_per_round: int = 1
     min_seeds: int = 3
-    alpha: float = 0.05
-    budget: int | None = None
+    alpha: float = SweepSettings.select_alpha
+    budget: int | None = SweepSettings.select_budget
     correction: str = "race"
-    exam_seeds: int = 5
+    exam_seeds: int = SweepSettings.select_exam_seeds
     reference: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_REFERENCE))
 
     def problems(self) -> list[str]:
@@ -142,10 +145,10 @@ class SweepSpec:
     max_failures: int = 1
     storage_path: str = "ray_results"
     contour_utterance: int | str = 0  # utterance index or a substring of its path
-    objective: str = "final"
+    objective: str = SweepSettings.objective
     select: SelectSpec = field(default_factory=SelectSpec)
     holdout: HoldoutSpec | None = None  # utterances no trial sees: the final exam of `dsl-sweep best`
-    objective_seeds: int = 1  # chains per trial, on the same seeds for every trial; the objective is their mean
+    objective_seeds: int = SweepSettings.objective_seeds  # chains per trial on the same seeds; the objective: their mean
     step_cache: bool = True  # trials share fold trainings and scores through `<storage>/step_cache` (dsl.execution.step_cache)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -240,10 +243,10 @@ def _base_config(raw: Any, data: str | None, problems: list[str]) -> ChainConfig
     except ConfigError as exc:
         problems.append(f"base: {exc}")
         return None
-    if cfg.data and "://" not in cfg.data:
+    if cfg.data and not is_uri(cfg.data):
         cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
     for key, value in (("protocol.test_data", cfg.protocol.test_data), ("train.aux_data", cfg.train.aux_data)):
-        if value and "://" not in value:  # trials run in other directories
+        if value and not is_uri(value):  # trials run in other directories
             cfg = cfg.replace(**{key: str(Path(value).expanduser().resolve())})
     return cfg
 
@@ -327,7 +330,7 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
             problems.append(f"{k}: expected an integer >= {0 if k == 'max_failures' else 1}, got {v!r}")
     if trials is not None:
         ints["num_samples"] = trials
-    objective = str(raw.get("objective", "final"))
+    objective = str(raw.get("objective", SweepSettings.objective))
     if objective not in OBJECTIVES:
         problems.append(f"objective {objective!r} is unknown; allowed: {', '.join(OBJECTIVES)}")
     elif objective == "selected" and base is not None:

@@ -60,8 +60,11 @@ from sweeps.selection.race import (
     run_race,
     score_in_percent,
 )
-from tracking.client import check_access, client, redact_uri, resolve_tracking_uri
-from tracking.selection_run import SelectionTracker, run_file, sweep_parent, tag_winner
+from tracking.client import check_access, redact_uri, resolve_tracking_uri
+from tracking.schema import BASE_ARTIFACT, HOLDOUT_ARTIFACT, SPEC_ARTIFACT
+from tracking.selection_run import SelectionTracker, outcome_figures
+from tracking.sweep_runs import SweepRun
+from tracking.sweep_settings import SweepSettings
 from trainables.context import ResourceSpec
 
 
@@ -102,40 +105,49 @@ class SweepRecord:
     """What `best` reads of a sweep from MLflow: its parent run, files and settings."""
 
     name: str
-    experiment_id: str
-    parent_run_id: str
-    params: dict[str, str]
+    sweep: SweepRun
+    settings: SweepSettings
     raw: dict[str, Any]  # the sweep file as the sweep ran it
     base: ChainConfig | None  # the resolved base config (sweeps before the final exam did not keep it)
     holdout_text: str | None  # the holdout assignment (JSON text), if the sweep had one
 
     @property
+    def experiment_id(self) -> str:
+        return self.sweep.experiment_id
+
+    @property
+    def parent_run_id(self) -> str:
+        return self.sweep.run_id
+
+    @property
     def objective(self) -> str:
-        return self.params.get("sweep.objective", "final")
+        return self.settings.objective
 
     @property
     def objective_seeds(self) -> int:
-        return int(self.raw.get("objective_seeds") or self.params.get("sweep.objective_seeds") or 1)
+        return int(self.raw.get("objective_seeds") or self.settings.objective_seeds or 1)
 
 
-def read_sweep(c, name: str, uri: str) -> SweepRecord:
-    exp_id, rid, params = sweep_parent(c, name, redact_uri(uri))
-    raw = yaml.safe_load(run_file(c, rid, "sweep.yaml") or "") or {}
-    base_text = run_file(c, rid, "base.yaml")
-    return SweepRecord(name, exp_id, rid, params, raw, from_dict(yaml.safe_load(base_text)) if base_text else None,
-                       run_file(c, rid, "holdout.json"))
+def read_sweep(name: str, uri: str) -> SweepRecord:
+    sweep = SweepRun.find(uri, name)
+    if sweep is None:
+        raise ConfigError(f"no MLflow experiment {name!r} at {redact_uri(uri)} (give --tracking-uri?)")
+    raw = yaml.safe_load(sweep.run_file(SPEC_ARTIFACT) or "") or {}
+    base_text = sweep.run_file(BASE_ARTIFACT)
+    return SweepRecord(name, sweep, sweep.settings(), raw,
+                       from_dict(yaml.safe_load(base_text)) if base_text else None, sweep.run_file(HOLDOUT_ARTIFACT))
 
 
 def select_settings(record: SweepRecord, opts: BestOptions) -> SelectSpec:
     """The sweep file's `select:` (or, for an older sweep, its parent's params) with the command line's overrides."""
     problems: list[str] = []
     raw = record.raw.get("select")
-    if raw is None:
-        p = record.params
-        raw = {k: v for k, v in (("protocol", p.get("sweep.select_protocol")),
-                                 ("top_k", p.get("sweep.select_top_k")), ("seeds", p.get("sweep.select_seeds")))
-               if v is not None}
-        raw = {k: (v if k == "protocol" else int(v)) for k, v in raw.items()}
+    if raw is None:  # a sweep file without `select:`: what its parent run keeps
+        st = record.settings
+        raw = {"protocol": st.select_protocol, "top_k": st.select_top_k, "seeds": st.select_seeds,
+               "alpha": st.select_alpha, "exam_seeds": st.select_exam_seeds}
+        if st.select_budget is not None:
+            raw["budget"] = st.select_budget
     sel = parse_select(raw, problems)
     given = {"protocol": opts.protocol, "top_k": opts.top_k, "seeds": opts.seeds, "budget": opts.budget,
              "alpha": opts.alpha, "exam_seeds": opts.exam_seeds}
@@ -232,22 +244,6 @@ def evaluation_block(sel: Mapping[str, Any], path: Path) -> dict[str, Any]:
     return out
 
 
-def outcome_figures(sel: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
-    """MLflow metrics and tags of the decision (selection run and parent run)."""
-    row = next(r for r in sel["race"]["rows"] if r["key"] == sel["winner"]["key"])
-    metrics = {"race_ua": row["mean"] / 100.0, "race_chains": float(sel["race"]["chains"])}
-    tags = {"dsl.verdict": sel["race"]["verdict"]["text"], "dsl.selection_protocol": sel["protocol"]["name"],
-            "dsl.significant": str(sel["race"]["verdict"]["significant"]).lower(),
-            "dsl.best_config": sel["winner"]["name"]}
-    ex = sel.get("exam")
-    if ex:
-        metrics.update({"holdout_ua": ex["winner"]["ua"]["mean"], "holdout_wa": ex["winner"]["wa"]["mean"],
-                        "holdout_reference_ua": ex["reference"]["ua"]["mean"], "holdout_gain_ua": ex["gain_ua"]["mean"],
-                        "optimism": ex["optimism"]})
-        tags["dsl.holdout"] = sel["data"]["holdout"]["how"]
-    return metrics, tags
-
-
 def choose_best(opts: BestOptions, runner_factory=None, tracker_factory=None) -> Path:
     """Decide (see the module docstring); returns best.yaml's path. `runner_factory(datasets, resources, step_cache,
     holdout_text, address)` and `tracker_factory(uri, experiment_id, parent_run_id, params)` replace the Ray tasks
@@ -258,11 +254,10 @@ def choose_best(opts: BestOptions, runner_factory=None, tracker_factory=None) ->
     uri = resolve_tracking_uri(opts.tracking_uri)
     name = sweep_name(opts.sweep)
     check_access(uri)
-    c = client(uri)
-    record = read_sweep(c, name, uri)
+    record = read_sweep(name, uri)
     sel = select_settings(record, opts)
-    per_run = select_best(c, record.experiment_id, record.parent_run_id, record.objective)
-    top = distinct_top(c, per_run, sel.top_k)
+    per_run = select_best(record.sweep, record.objective)
+    top = distinct_top(record.sweep, per_run, sel.top_k)
     sweep_pr = top[0][1].protocol.name
     base_seed = (record.base or top[0][1]).seed
     print(f"sweep {name}: {len(per_run)} trials; the top {len(top)} distinct configurations by the sweep objective "
@@ -275,7 +270,7 @@ def choose_best(opts: BestOptions, runner_factory=None, tracker_factory=None) ->
         pick, cfg = top[0]
         print("--no-reeval: best.yaml is the sweep's own pick, whose score graded itself", flush=True)
         path = write_best(cfg, out)
-        tag_winner(c, pick.run_id, pick.iteration, [p.run_id for p in per_run], record.parent_run_id)
+        record.sweep.mark_best(pick.run_id, pick.iteration, [p.run_id for p in per_run])
         _register(opts, cfg, uri, record, pick, None, name)
         return path
 
@@ -343,7 +338,7 @@ def choose_best(opts: BestOptions, runner_factory=None, tracker_factory=None) ->
     finally:
         getattr(runner, "close", lambda: None)()
         tracker.close(status)
-    tag_winner(c, pick.run_id, pick.iteration, [p.run_id for p in per_run], record.parent_run_id)
+    record.sweep.mark_best(pick.run_id, pick.iteration, [p.run_id for p in per_run])
     print(f"wrote {path} (rerun the trial with: dsl-sweep run {path}) and {sel_path} (render it with: dsl-sweep "
           f"report {sel_path})", flush=True)
     _register(opts, win_cfg, uri, record, pick, evaluation, name)
@@ -371,11 +366,7 @@ def _resources(record: SweepRecord) -> ResourceSpec:
 
 def _step_cache(record: SweepRecord, sel_dir: Path) -> str:
     """The sweep's step cache (its parent run names it), else one beside the selection's results."""
-    given = record.params.get("sweep.step_cache", "")
-    if given:
-        return given
-    path = record.params.get("sweep.path") or ""
-    return str((Path(path).parent / "step_cache") if path and "://" not in path else sel_dir / "step_cache")
+    return record.settings.step_cache or str(sel_dir / "step_cache")
 
 
 def _final_exam(record: SweepRecord, sel: SelectSpec, data: SelectionData, race: Any, winner: RaceEntry,
@@ -444,14 +435,14 @@ def _register(opts: BestOptions, cfg: ChainConfig, uri: str, record: SweepRecord
               evaluation: dict | None, name: str) -> None:
     if not opts.register:
         return
-    from tracking.registry import register_final
+    from sweeps.selection.final_model import train_and_register
 
     task_args = (cfg, uri, record.experiment_id, record.parent_run_id, pick.run_id, opts.model_name or name)
     if opts.address:  # on the cluster: its data path, its GPUs; the model reaches us through MLflow
         from sweeps.cluster.cluster_task import run_on_cluster
 
-        model_uri = run_on_cluster(opts.address, register_final, (*task_args, None, evaluation),
+        model_uri = run_on_cluster(opts.address, train_and_register, (*task_args, None, evaluation),
                                    gpu=cfg.train.device != "cpu")
         print(f"trained on the cluster at {opts.address}; registered {model_uri}", flush=True)
     else:
-        register_final(*task_args, Path(opts.out).with_name(Path(opts.out).stem + "_model"), evaluation)
+        train_and_register(*task_args, Path(opts.out).with_name(Path(opts.out).stem + "_model"), evaluation)

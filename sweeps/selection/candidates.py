@@ -17,7 +17,8 @@ from dsl.config import ChainConfig, ConfigError, from_dict
 from dsl.method.schedules import schedule_alpha
 from dsl.pipeline.keys import key_applies
 from dsl.protocols.selection import rank_key
-from tracking.selection_run import run_file, trial_histories
+from tracking.schema import CONFIG_ARTIFACT, UA, WA
+from tracking.sweep_runs import SweepRun
 
 log = logging.getLogger(__name__)
 
@@ -68,37 +69,37 @@ def objective_key(objective: str) -> str:
     return "selected_ua" if objective == "selected" else "ua"
 
 
-def select_best(c, experiment_id: str, parent_run_id: str, objective: str = "final") -> list[BestPick]:
+def select_best(sweep: SweepRun, objective: str = "final") -> list[BestPick]:
     """Every trial at its last reported iteration, best first by the sweep objective there."""
     key = objective_key(objective)
     per_run: list[BestPick] = []
-    for t in trial_histories(c, experiment_id, parent_run_id, sorted({key, "wa", "ua"})):
-        hist = t["history"]
+    for t in sweep.trial_histories(sorted({key, WA, UA})):
+        hist = t.metrics
         if not hist[key]:
             continue
         last = max(hist[key])
-        per_run.append(BestPick(t["run_id"], t["run_name"], t["trial_id"], last, hist[key][last],
-                                hist["wa"].get(last, 0.0), hist["ua"].get(last, 0.0), t["started"]))
+        per_run.append(BestPick(t.run_id, t.run_name, t.trial_id, last, hist[key][last], hist[WA].get(last, 0.0),
+                                hist[UA].get(last, 0.0), t.started))
     if not per_run:
         raise ConfigError("the sweep has no trial with a finished iteration yet")
     per_run.sort(key=BestPick.key, reverse=True)
     return per_run
 
 
-def run_config(c, run_id: str) -> ChainConfig:
+def run_config(sweep: SweepRun, run_id: str) -> ChainConfig:
     """The trial's resolved config from its `config.yaml` artifact."""
-    text = run_file(c, run_id, "config.yaml")
+    text = sweep.run_file(CONFIG_ARTIFACT, run_id)
     if text is None:
-        raise ConfigError(f"MLflow run {run_id} has no config.yaml artifact")
+        raise ConfigError(f"MLflow run {run_id} has no {CONFIG_ARTIFACT} artifact")
     return from_dict(yaml.safe_load(text))
 
 
-def distinct_top(c, picks: list[BestPick], k: int) -> list[tuple[BestPick, ChainConfig]]:
+def distinct_top(sweep: SweepRun, picks: list[BestPick], k: int) -> list[tuple[BestPick, ChainConfig]]:
     """The first `k` picks whose configs (cut at their iteration) differ: a config sampled twice counts once."""
     out: list[tuple[BestPick, ChainConfig]] = []
     seen: set[str] = set()
     for pick in picks:
-        cfg, exact = at_iteration(run_config(c, pick.run_id), pick.iteration)
+        cfg, exact = at_iteration(run_config(sweep, pick.run_id), pick.iteration)
         if not exact:
             log.warning("the %s schedule of %s cannot be cut at iteration %d exactly: intermediate alphas differ",
                         cfg.labels.schedule, pick.run_name, pick.iteration)
