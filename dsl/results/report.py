@@ -16,7 +16,14 @@ from typing import Any
 from dsl.config import ConfigError
 from dsl.formats import check_format
 from dsl.results.paper_tables import sweep_figure, sweep_tables
-from dsl.results.selection_report import SELECTION_FORMAT, is_selection
+from dsl.results.selection_report import (
+    BENCHMARK_FORMAT,
+    BENCHMARK_KIND,
+    SELECTION_FORMAT,
+    benchmark_markdown,
+    is_selection,
+    is_selection_benchmark,
+)
 from dsl.results.selection_report import markdown as selection_markdown
 from dsl.results.stats import Interval, mean_interval
 from dsl.runtime.environment import describe_machine
@@ -38,6 +45,9 @@ def load_result(path: str | Path) -> dict:
     if is_selection(d):
         check_format(p, int(d.get("format", 0)), SELECTION_FORMAT, "selection", "render it")
         return d  # what `dsl-sweep best` decided: race table, verdict, final exam
+    if is_selection_benchmark(d):
+        check_format(p, int(d.get("format", 0)), BENCHMARK_FORMAT, "selection benchmark", "render it")
+        return d  # `python -m bench.selection compare --json`: strategies side by side
     if not isinstance(d, dict) or "iterations" not in d or "config" not in d:
         raise ConfigError(f"{p}: not a result of `dsl-sweep run` (no config and iterations)")
     d.setdefault("kind", "run")
@@ -201,9 +211,11 @@ def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = ()
         if r["kind"] != "study":
             raise ConfigError(f"{p}: --paired-with needs a replicate study (a `dsl-sweep run --seeds` result)")
     studies = [(p, d) for p, d in loaded if d["kind"] == "study"]
-    runs = [(p, d) for p, d in loaded if d["kind"] not in ("study", "sweep", "selection")]
+    others = ("study", "sweep", "selection", BENCHMARK_KIND)
+    runs = [(p, d) for p, d in loaded if d["kind"] not in others]
     parts = [sweep_tables(d) for _, d in loaded if d["kind"] == "sweep"]
     parts += [selection_markdown(d) for _, d in loaded if d["kind"] == "selection"]
+    parts += [benchmark_markdown(d) for _, d in loaded if d["kind"] == BENCHMARK_KIND]
     if studies:
         parts.append("Mean ± half-width of the 95 % t-interval over seeds. The gain is paired: each seed's "
                      "iteration minus the same seed's iteration 0. *Selected UA*: each outer fold's iteration "
@@ -214,7 +226,7 @@ def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = ()
                      study_table(studies, references))
     if runs:
         parts.append(run_table(runs))
-    ms = machines([d for _, d in loaded if d["kind"] != "selection"])  # a selection names its own
+    ms = machines([d for _, d in loaded if d["kind"] not in ("selection", BENCHMARK_KIND)])  # they name their own
     if ms:
         parts.append("Machines: " + "; ".join(ms) + ".")
     parts.append("Files: " + ", ".join(f"`{p}`" for p, _ in loaded) + ".")

@@ -105,3 +105,34 @@ def markdown(sel: Mapping[str, Any]) -> str:
 
 def is_selection(d: Any) -> bool:
     return isinstance(d, Mapping) and d.get("kind") == "selection" and "race" in d
+
+
+# --- the selection benchmark (`python -m bench.selection compare --json`) -------------------------------------------
+BENCHMARK_KIND = "selection-benchmark"
+BENCHMARK_FORMAT = 1
+
+
+def is_selection_benchmark(d: Any) -> bool:
+    return isinstance(d, dict) and d.get("kind") == BENCHMARK_KIND
+
+
+def benchmark_markdown(d: Mapping[str, Any]) -> str:
+    """The strategies of the selection benchmark side by side: chains after the sweep, P(within 1 point of the true
+    best), mean and 90th-percentile regret; with the grid, seeds, truth, data and machine it was measured on."""
+    seeds = list(d["seeds"])
+    means = sorted(zip(d["configs"], d["mean_ua"]), key=lambda x: -x[1])
+    lines = [f"Selection benchmark: {len(d['configs'])} configurations x {len(seeds)} seeds ({_seeds(seeds)}) on "
+             f"{d['data']}, `{d['protocol']}` (leak-free), {d['recipe']}. {d['resamples']} resamplings of the seed "
+             f"order: the first seed is the sweep, the next ones are the fresh seeds a strategy may use, and the last "
+             f"{d['truth_seeds']} are the truth (each configuration's mean over them), seen by no strategy. Regret: the "
+             "true best's UA minus the pick's, in points.", "",
+             "| strategy | chains after the sweep | P(within 1 point of the true best) | mean regret | regret, 90th "
+             "percentile |", "|---|---|---|---|---|"]
+    for r in d["rows"]:
+        lines.append(f"| {r['strategy']} | {r['chains']:.1f} | {r['p_within_1']:.2f} | {r['regret']:.2f} | "
+                     f"{r['regret_p90']:.2f} |")
+    lines += ["", f"**Goal** (a race reaches top3x5's mean regret with at most half its chains): {d['goal']}.", "",
+              "Mean UA over all seeds, best first: " + ", ".join(f"{c} {u:.1f}"
+                                                                for c, u in means[:6]) + ", ...", "",
+              "Machines: " + "; ".join(d["machines"]) + ".", "", f"Command: `{d['command']}`."]
+    return "\n".join(lines)

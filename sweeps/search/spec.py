@@ -90,11 +90,12 @@ class SelectSpec:
     alpha: float = SweepSettings.select_alpha
     budget: int | None = SweepSettings.select_budget
     correction: str = "race"
+    tie_break: str = "cheapest"  # several survivors: the cheapest, or "mean" (bench/selection.py measures both)
     exam_seeds: int = SweepSettings.select_exam_seeds
     reference: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_REFERENCE))
 
     def problems(self) -> list[str]:
-        from dsl.results.racing import CORRECTIONS
+        from dsl.results.racing import CORRECTIONS, TIE_BREAKS
 
         out = []
         if not is_leak_free(self.protocol):
@@ -111,6 +112,8 @@ class SelectSpec:
             out.append(f"select.budget: chains, an integer >= 1 (or leave it out); got {self.budget!r}")
         if self.correction not in CORRECTIONS:
             out.append(f"select.correction {self.correction!r} is unknown; allowed: {', '.join(CORRECTIONS)}")
+        if self.tie_break not in TIE_BREAKS:
+            out.append(f"select.tie_break {self.tie_break!r} is unknown; allowed: {', '.join(TIE_BREAKS)}")
         if not isinstance(self.reference, Mapping):
             out.append(f"select.reference: a mapping of config overrides of the base (e.g. {{rule: baseline, "
                        f"iterations: 0}}); got {self.reference!r}")

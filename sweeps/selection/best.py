@@ -290,7 +290,7 @@ def choose_best(opts: BestOptions, runner_factory=None, tracker_factory=None) ->
               flush=True)
     entries = race_entries(top, race_cfgs, data)
     seeds = fresh_seeds(base_seed, sel.seeds, record.objective_seeds)
-    settings = RaceSettings(sel.seeds_per_round, sel.min_seeds, sel.alpha, sel.budget, sel.correction)
+    settings = RaceSettings(sel.seeds_per_round, sel.min_seeds, sel.alpha, sel.budget, sel.correction, sel.tie_break)
     race = make_race(entries, seeds, settings)
     resources = _resources(record)
     steps = _step_cache(record, sel_dir) if opts.step_cache else ""
