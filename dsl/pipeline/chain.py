@@ -44,7 +44,7 @@ from dsl.method.rules import LabelRule, get_rule, one_hot
 from dsl.method.schedules import schedule_alpha
 from dsl.method.stages import make_stage, per_utterance, stage_input, standardised
 from dsl.plugins import load_plugins
-from dsl.protocols.plans import FoldPlan, is_leak_free, make_plan, outer_folds
+from dsl.protocols.plans import FoldPlan, make_plan, outer_folds, plan_leak_free
 from dsl.protocols.selection import reported_iteration, selected_scores
 from dsl.runtime.environment import machine_info
 from dsl.runtime.progress import progress
@@ -113,6 +113,7 @@ class IterationResult:
     selected_ua: float | None = None
     from_cache: bool = False  # every fold training and the scores were served by the step cache
     cached_folds: int = 0  # fold trainings the step cache served (stored before, or by a concurrent trial)
+    fold_trainings: int = 0  # fold trainings the iteration needs (served by the step cache or computed)
     utterances: list[dict] = field(default_factory=list, repr=False)  # corpus order: file, fold, label, predicted, proba
     posteriors: np.ndarray | None = field(default=None, repr=False)  # out-of-sample, (n_segments, K)
     utterance_predictions: np.ndarray | None = field(default=None, repr=False)
@@ -491,7 +492,8 @@ class ChainIterator:
             utterances=utterance_records(self.data.paths, self.data.labels, self.fold_of, sc.probabilities,
                                          utt_entropy),
             posteriors=eval_post, utterance_predictions=sc.predictions,
-            from_cache=scores_cached and len(book.cached) == self.n_jobs, cached_folds=len(book.cached))
+            from_cache=scores_cached and len(book.cached) == self.n_jobs, cached_folds=len(book.cached),
+            fold_trainings=self.n_jobs)
         history = self.state.history
         if val_ua is not None:
             picks, chosen = selected_scores([*history, result.to_dict()], self.data.n_classes)
@@ -567,4 +569,4 @@ def run_chain(cfg: ChainConfig, data: CorpusData, runner: Runner | None = None, 
             runner.close()  # type: ignore[attr-defined]
     n_segments = len(results[0].posteriors) if results and results[0].posteriors is not None else 0
     return ChainResult(cfg, data.label_names, results, data.n_utterances, n_segments,
-                       time.perf_counter() - start, dict(data.skipped), is_leak_free(cfg.protocol.name))
+                       time.perf_counter() - start, dict(data.skipped), plan_leak_free(cfg.protocol))
