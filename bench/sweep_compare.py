@@ -26,10 +26,11 @@ from typing import Any
 
 import yaml
 
+from tracking.schema import TRIAL_TAG
+
 from .common import REPO
 
 QUICK_SWEEP = REPO / "sweeps" / "examples" / "quick_emodb.yaml"
-CACHE_TAG = "dsl.cached_iterations"
 # --quick: the sweep's recipe reduced so 3 x 4 trials take a few minutes on 2 cores.
 QUICK_RECIPE = {"segments": {"hop": 32}, "protocol": {"folds": 2, "eval_folds": 5}, "train": {"epochs": 1, "patience": 1}}
 QUICK_ITERATIONS = {"low": 1, "high": 2}
@@ -88,23 +89,18 @@ def run_project_sweep(raw: dict, trials: int, step_cache: bool | None, workdir: 
 
 def trial_metrics(uri: str, experiment_id: str, parent_run_id: str) -> list[dict[str, Any]]:
     """Per child run: the trial's configuration (its MLflow params), per-iteration UA/WA and cached iterations."""
-    from tracking.client import client
-    from tracking.sweep_runs import child_runs
+    from tracking.sweep_runs import SweepRun
 
-    c = client(uri)
     out = []
-    for r in child_runs(c, experiment_id, parent_run_id):
-        hist = {m: {int(x.step): float(x.value) for x in c.get_metric_history(r.info.run_id, m)}
-                for m in ("ua", "wa", "cached_folds")}
-        cached = r.data.tags.get(CACHE_TAG, "")
-        out.append({"trial_id": r.data.tags.get("ray_trial_id", ""), "config": config_key(r.data.params),
-                    "ua": hist["ua"], "wa": hist["wa"], "cached_folds": int(sum(hist["cached_folds"].values())),
-                    "cached": [int(x) for x in cached.split(",") if x.strip()]})
+    for t in SweepRun(uri, experiment_id, parent_run_id).trial_histories(("ua", "wa", "cached_folds")):
+        out.append({"trial_id": t.trial_id, "config": config_key(t.params), "ua": t.metrics["ua"],
+                    "wa": t.metrics["wa"], "cached_folds": int(sum(t.metrics["cached_folds"].values())),
+                    "cached": t.cached_iterations})
     return out
 
 
 # Params that say how a trial ran, not what it computed.
-EXECUTION_PARAMS = ("ray_trial_id", "train.workers", "train.num_threads", "cache_dir", "data")
+EXECUTION_PARAMS = (TRIAL_TAG, "train.workers", "train.num_threads", "cache_dir", "data")
 
 
 def config_key(params: dict[str, str]) -> str:

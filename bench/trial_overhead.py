@@ -37,7 +37,7 @@ PHASES: dict[str, tuple[str, ...]] = {
     "mlflow: log iterations (metrics)": ("trial_run.py:log_iterations",),
     "mlflow: log files (artifacts)": ("trial_run.py:log_files",),
     "mlflow: end run": ("trial_run.py:end",),
-    "artifacts: result.json + plots (incl. their upload)": ("artifacts.py:log_trial_artifacts",),
+    "artifacts: result.json + plots (incl. their upload)": ("trial_artifacts.py:log_trial_artifacts",),
     "plots: matplotlib rendering": ("plots.py:confusion_plot", "plots.py:accuracy_plot", "plots.py:contour_plot"),
     "tune.report (incl. checkpoint upload)": ("session.py:report",),
     "checkpoint save (npz, json)": ("checkpoint.py:save",),
@@ -128,8 +128,8 @@ def run_tune_trials(data, cfg, k: int, storage: str, direct_seconds: float, log=
     """`k` trials of `cfg` (the project trainable, MLflow to SQLite, Tune settings of a sweep) one after another."""
     from ray import tune
 
-    from tracking import sweep_runs
-    from tracking.client import client
+    from tracking.sweep_runs import SweepRun
+    from tracking.sweep_settings import SweepSettings
     from trainables.context import TrialContext, TrialResources
     from trainables.fold_runner import placement
     from trainables.shared_data import with_corpus
@@ -138,9 +138,9 @@ def run_tune_trials(data, cfg, k: int, storage: str, direct_seconds: float, log=
     prof_dir.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
     t0 = time.perf_counter()
-    c = client(uri)
-    exp_id = sweep_runs.ensure_experiment(c, "bench-overhead")
-    parent = sweep_runs.open_parent(c, exp_id, "bench-overhead", f"{storage}/bench-overhead", {"bench": 1}, "", False)
+    sweep = SweepRun.open(uri, "bench-overhead", f"{storage}/bench-overhead", SweepSettings(name="bench-overhead"),
+                          cfg.to_dict(), "", False)
+    exp_id, parent = sweep.experiment_id, sweep.run_id
     mlflow_setup = time.perf_counter() - t0
     res = TrialResources(cpu=1)
     ctx = TrialContext("bench-overhead", cfg, uri, exp_id, parent, res)

@@ -105,6 +105,9 @@ class ProtocolSpec:
     test_corpus: str = ""  # cross_corpus: the test corpus's format (e.g. urdu) ...
     test_data: str = ""  # ... and its folder; the training corpus is `corpus`/`data`
     label_map: str = ""  # cross_corpus: NAME=SHARED,... on top of dsl.data.cross_corpus.SYNONYMS
+    # a holdout assignment (dsl.protocols.holdout): train on every other utterance with this protocol's own inner
+    # structure and score the held-out utterances only (the final exam of `dsl-sweep best`, `dsl-sweep run --holdout`)
+    holdout: str = ""
 
 
 @dataclass(frozen=True)

@@ -16,21 +16,17 @@ from dsl.config import ConfigError
 
 
 def export_sweep(name: str, tracking_uri: str | None) -> dict:
-    from tracking.client import call, check_access, client, redact_uri, resolve_tracking_uri
+    from tracking.client import check_access, redact_uri, resolve_tracking_uri
     from tracking.comparison import sweep_export
-    from tracking.sweep_runs import find_parent
+    from tracking.sweep_runs import SweepRun
 
     uri = resolve_tracking_uri(tracking_uri)
     check_access(uri)
-    c = client(uri)
-    exp = call(c.get_experiment_by_name, name)
-    if exp is None:
+    sweep = SweepRun.find(uri, name)
+    if sweep is None:
         raise ConfigError(f"{name}: neither a result file nor a sweep in the MLflow store {redact_uri(uri)} "
                           "(give --tracking-uri?)")
-    parent = find_parent(c, exp.experiment_id)
-    if parent is None:
-        raise ConfigError(f"experiment {name!r} has no sweep parent run")
-    return sweep_export(c, exp.experiment_id, parent.info.run_id, name)
+    return sweep_export(sweep, name)
 
 
 def resolve_results(items: Sequence[str], tracking_uri: str | None, save_sweep: str | None,

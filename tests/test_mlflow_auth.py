@@ -22,9 +22,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tests.support.data import emodb_root, tiny_emodb
 from tests.support.mlflow_server import CRED_VARS, MlflowServer
-from tests.support.sweep import tiny_sweep
+from tests.support.sweep import tiny_data, tiny_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -55,16 +54,12 @@ def files_containing(root: Path, needles: list[bytes]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def auth(tmp_path_factory: pytest.TempPathFactory):
-    root = emodb_root()
-    if root is None:
-        pytest.skip("EmoDB not found (../shared/data/emodb or $DSL_EMODB): the MLflow auth sweep test needs it")
-    base = tmp_path_factory.getbasetemp()
-    data = tiny_emodb(root, base / "tiny_emodb")
+    data, cache = tiny_data(tmp_path_factory)  # or skip: no EmoDB
     tmp = tmp_path_factory.mktemp("mlflow_auth")
     password = "pw-" + secrets.token_hex(16)
     sweeps = {}
     for name in ("auth_sweep", "auth_denied"):
-        raw = tiny_sweep(name, data, base / "dsl-cache", tmp / "ray_results", num_samples=1, max_concurrent=1,
+        raw = tiny_sweep(name, data, cache, tmp / "ray_results", num_samples=1, max_concurrent=1,
                          search={"rule": "bdsl", "iterations": 1}, sampler={"type": "grid"})
         sweeps[name] = tmp / f"{name}.yaml"
         sweeps[name].write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -72,8 +67,7 @@ def auth(tmp_path_factory: pytest.TempPathFactory):
     env = {k: v for k, v in os.environ.items() if k not in CRED_VARS and k != "RAY_ADDRESS"}
     env.update(DSL_PROGRESS="0", RAY_AUTH_MODE="disabled", RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1",
                MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
-    for k in ("DSL_SWEEP_FAIL_ONCE", "DSL_SWEEP_FAIL_AFTER", "DSL_SWEEP_VERBOSE"):
-        env.pop(k, None)
+    env.pop("DSL_SWEEP_VERBOSE", None)
     try:
         with MlflowServer(tmp / "mlflow", auth_password=password, auth_user=USER) as server:
             env["MLFLOW_TRACKING_URI"] = server.uri

@@ -41,6 +41,18 @@ def test_no_difference_ends_with_the_cheapest_and_says_so():
     assert "picking the cheapest" in verdict.text
 
 
+def test_no_difference_with_tie_break_mean_picks_the_highest_shared_mean():
+    table = _table({"a": 65.0, "b": 65.0, "c": 65.0}, 8, noise=1.5, seed=1)
+    race = Race(_cands("abc", {"a": 3, "b": 0, "c": 2}), list(range(8)), RaceSettings(min_seeds=3, tie_break="mean"))
+    verdict = race.run(lambda k, s: table[(k, s)])
+    assert not verdict.significant and len(verdict.survivors) == 3
+    shared = {k: np.mean([table[(k, s)] for s in range(8)]) for k in "abc"}
+    assert verdict.winner == max(shared, key=shared.get)
+    assert "picking the highest mean" in verdict.text
+    with pytest.raises(ValueError, match="tie_break"):
+        RaceSettings(tie_break="coin")
+
+
 def test_budget_is_never_exceeded():
     table = _table({"a": 65.0, "b": 64.5, "c": 64.0, "d": 63.5}, 30, noise=2.0, seed=2)
     race = Race(_cands("abcd"), list(range(30)), RaceSettings(min_seeds=2, budget=13))

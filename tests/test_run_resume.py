@@ -173,3 +173,24 @@ def test_killed_fold_worker_then_resume(tone_corpus, feature_cache, tmp_path, mo
         sys.modules.pop(module, None)
     _same_numbers(json.loads(out.read_text()), json.loads(ref_out.read_text()))
     assert not state.exists()
+
+
+def test_chain_state_carries_its_format(tmp_path: Path) -> None:
+    """A saved state names its format: a newer one is refused, one saved before formats loads with a warning."""
+    import numpy as np
+
+    from dsl.pipeline.chain import STATE_FORMAT
+
+    state = ChainState(2, [np.eye(3, dtype=np.float32)], [{"iteration": 0, "ua": 0.5}], {"iterations": 3})
+    state.save(tmp_path / "s.npz")
+    with np.load(tmp_path / "s.npz") as z:
+        assert int(z["format"]) == STATE_FORMAT
+        old = {k: z[k] for k in z.files if k != "format"}  # the layout before the format entry
+    back = ChainState.load(tmp_path / "s.npz")
+    assert (back.next_iteration, back.history, back.config) == (2, state.history, state.config)
+    np.savez(tmp_path / "old.npz", **old)
+    with pytest.warns(UserWarning, match="old.npz: chain state format 1 .* no format entry"):
+        assert ChainState.load(tmp_path / "old.npz").history == state.history
+    np.savez(tmp_path / "new.npz", **old, format=STATE_FORMAT + 1)
+    with pytest.raises(ValueError, match="new.npz: chain state format .* is newer"):
+        ChainState.load(tmp_path / "new.npz")

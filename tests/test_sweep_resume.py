@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.data import emodb_root, tiny_emodb
-from tests.support.sweep import tiny_sweep
+from tests.support.sweep import tiny_data, tiny_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -81,22 +80,17 @@ def _drain(proc, lines, timeout: float, log: list[str]) -> int:
 
 
 def test_interrupt_and_resume(tmp_path_factory: pytest.TempPathFactory) -> None:
-    root = emodb_root()
-    if root is None:
-        pytest.skip("EmoDB not found (../shared/data/emodb or $DSL_EMODB): the sweep integration tests need it")
     import optuna
     from mlflow import MlflowClient
 
     from sweeps.search.searcher import journal_storage
 
-    base = tmp_path_factory.getbasetemp()
-    data = tiny_emodb(root, base / "tiny_emodb")
+    data, cache = tiny_data(tmp_path_factory)  # or skip: no EmoDB
     tmp = tmp_path_factory.mktemp("resume")
-    raw = tiny_sweep("resume_sweep", data, base / "dsl-cache", tmp / "ray_results", num_samples=N_TRIALS)
+    raw = tiny_sweep("resume_sweep", data, cache, tmp / "ray_results", num_samples=N_TRIALS)
     (tmp / "sweep.yaml").write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     env = {**os.environ, "DSL_PROGRESS": "0", "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
-    env.pop("DSL_SWEEP_FAIL_ONCE", None)
     repo = Path(__file__).resolve().parents[1]
 
     log: list[str] = []

@@ -77,6 +77,7 @@ def test_finish_ends_runs_orphaned_by_a_killed_driver(tmp_path: Path, capsys: py
 
     from sweeps.search.launcher import SweepOutcome, finish
     from tracking.schema import PARENT_TAG, ROLE_TAG
+    from tracking.sweep_runs import SweepRun
 
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = c.create_experiment("s")
@@ -86,7 +87,8 @@ def test_finish_ends_runs_orphaned_by_a_killed_driver(tmp_path: Path, capsys: py
     c.set_terminated(done, "FINISHED")
     optuna.create_study(study_name="s", storage=journal_storage(tmp_path / "o.journal"))
     spec = parse_sweep({"name": "s", "base": {"preset": "cpu", "data": "/x"}, "search": {"rule": ["bdsl"]}})
-    finish(SweepOutcome(str(tmp_path), str(tmp_path / "o.journal"), exp, parent, [], False, 0, 1.0), spec, c)
+    sweep = SweepRun(f"sqlite:///{tmp_path / 'mlflow.db'}", exp, parent)
+    finish(SweepOutcome(str(tmp_path), str(tmp_path / "o.journal"), exp, parent, [], False, 0, 1.0), spec, sweep)
     assert c.get_run(orphan).info.status == "KILLED"
     assert c.get_run(done).info.status == "FINISHED"
     assert c.get_run(parent).info.status == "FINISHED"

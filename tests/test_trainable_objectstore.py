@@ -13,8 +13,7 @@ import pytest
 
 from dsl.config import ChainConfig
 from dsl.data.bundle import CorpusData
-from tests.support.data import emodb_root, tiny_emodb
-from tests.support.sweep import tiny_sweep
+from tests.support.sweep import tiny_data, tiny_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -108,18 +107,14 @@ def test_ray_fold_runner_matches_local_runner(ray_local) -> None:
 def test_sweep_with_parallel_fold_tasks(tmp_path_factory: pytest.TempPathFactory) -> None:
     import ray
 
-    root = emodb_root()
-    if root is None:
-        pytest.skip("EmoDB not found (../shared/data/emodb or $DSL_EMODB): the sweep integration tests need it")
     if ray.is_initialized():
         ray.shutdown()
     from sweeps.search.launcher import run_sweep
     from sweeps.search.spec import parse_sweep
 
-    base = tmp_path_factory.getbasetemp()
-    data = tiny_emodb(root, base / "tiny_emodb")
+    data, cache = tiny_data(tmp_path_factory)  # or skip: no EmoDB
     tmp = tmp_path_factory.mktemp("folds")
-    raw = tiny_sweep("fold_tasks", data, base / "dsl-cache", tmp / "ray_results", num_samples=1, max_concurrent=1,
+    raw = tiny_sweep("fold_tasks", data, cache, tmp / "ray_results", num_samples=1, max_concurrent=1,
                      resources={"cpu": 0.5, "fold_workers": 2, "head_cpu": 0.5},
                      search={"rule": ["bdsl"], "iterations": 0})
     with pytest.MonkeyPatch.context() as mp:

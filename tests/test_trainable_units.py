@@ -1,4 +1,4 @@
-"""Trainable building blocks without Ray: metrics, checkpoint, MLflow child-run bookkeeping, plots, faults."""
+"""Trainable building blocks without Ray: metrics, checkpoint, MLflow child-run bookkeeping, plots."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,13 +9,12 @@ import pytest
 from dsl.config import ChainConfig
 from dsl.pipeline.chain import ChainState
 from dsl.results.plots import accuracy_plot, confusion_plot, contour_plot
-from sweeps.selection.best import at_iteration
+from sweeps.selection.candidates import at_iteration
 from tests.support.mlflow_server import free_port
 from tracking.client import redact_uri
 from tracking.schema import iteration_metrics
 from tracking.trial_run import TrialRun
 from trainables.checkpoint import TrialCheckpoint
-from trainables.fault import InjectedFailure, maybe_fail
 from trainables.metrics import objective_value, report_metrics
 
 
@@ -85,7 +84,7 @@ def test_driver_logs_the_artifacts_of_a_trial_stopped_before_it_could(tmp_path: 
     TrialCheckpoint(state, run_id, {0: np.random.rand(5, 2)}, cfg, ["anger", "neutral"], "u.wav", "t1").save(
         tmp_path / "ckpt")
     trial = SimpleNamespace(checkpoint=tune.Checkpoint.from_directory(tmp_path / "ckpt"), trial_id="t1")
-    _backfill(c, run_id, trial)
+    _backfill(TrialRun(c, run_id), trial)
     top = {a.path for a in c.list_artifacts(run_id)}
     assert {"result.json", "plots"} <= top
     assert {a.path for a in c.list_artifacts(run_id, "plots")} == {
@@ -107,7 +106,6 @@ def test_a_trial_plots_once_and_the_driver_plots_a_trial_that_failed_for_good(tm
     from ray import tune
 
     from sweeps.search.callbacks import _backfill
-    from trainables.artifacts import log_trial_artifacts
 
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = c.create_run(c.create_experiment("y")).info.run_id
@@ -115,22 +113,12 @@ def test_a_trial_plots_once_and_the_driver_plots_a_trial_that_failed_for_good(tm
     ckpt = TrialCheckpoint(state, run_id, {0: np.random.rand(5, 2)}, {**ChainConfig().to_dict(), "iterations": 2},
                            ["anger", "neutral"], "u.wav", "t2")
     run = TrialRun(c, run_id)
-    run.log_iterations(state.history)
-    log_trial_artifacts(run, ckpt, finished=False, plots_too=False)
+    assert run.publish(ckpt, finished=False, wait=False)  # what a trial does after an iteration
     assert {a.path for a in c.list_artifacts(run_id)} == {"result.json"}
     ckpt.save(tmp_path / "ckpt")
-    _backfill(c, run_id, SimpleNamespace(checkpoint=tune.Checkpoint.from_directory(tmp_path / "ckpt"), trial_id="t2"))
+    _backfill(TrialRun(c, run_id), SimpleNamespace(checkpoint=tune.Checkpoint.from_directory(tmp_path / "ckpt"), trial_id="t2"))
     assert len(c.list_artifacts(run_id, "plots")) == 3
     assert [m.step for m in c.get_metric_history(run_id, "mean_fold_ua")] == [0]  # no step logged twice
-
-
-def test_fault_hook_raises_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DSL_SWEEP_FAIL_ONCE", str(tmp_path / "marker"))
-    maybe_fail(1, "t")  # not the configured iteration
-    with pytest.raises(InjectedFailure):
-        maybe_fail(0, "t")
-    maybe_fail(0, "t")  # only once
-    assert (tmp_path / "marker").read_text() == "t"
 
 
 def test_plots(tmp_path: Path) -> None:
@@ -181,17 +169,21 @@ def test_trial_run_is_found_again_and_logs_missing_steps_only(sqlite_uri: str, t
     exp = c.create_experiment("units", artifact_location=str(tmp_path / "art"))
     parent = c.create_run(exp, run_name="p", tags={"dsl.role": "parent"}).info.run_id
     run = TrialRun.open(sqlite_uri, exp, parent, "units", "abc_00001", "name")
-    assert run.start({"a": "1"}, {"dsl.resumed_from": 0}) == 1
+    assert run.start({"a": 1, "protocol": {"name": "refinery"}}, "abc_00001", 0, "node1", True) == 1
     h = [_it(0, [0.5, 0.5], 0.5), _it(1, [0.6, 0.6], 0.6)]
     assert run.log_iterations(h[:1]) == [0]
     run.end("FAILED")
     again = TrialRun.open(sqlite_uri, exp, parent, "units", "abc_00001", "name")  # a retry: same run
     assert again.run_id == run.run_id
-    assert again.start({"a": "1", "b": "2"}, {"dsl.resumed_from": 1}) == 2
+    assert again.start({"a": 1, "b": 2, "protocol": {"name": "refinery"}}, "abc_00001", 1, "node2", True) == 2
     assert again.log_iterations(h) == [1]  # step 0 exists
     assert again.log_iterations(h) == []
     hist = c.get_metric_history(run.run_id, "fold_ua/1")
     assert sorted(m.step for m in hist) == [0, 1]
+    logged = c.get_run(run.run_id).data
+    assert logged.params == {"a": "1", "b": "2", "protocol.name": "refinery", "ray_trial_id": "abc_00001"}
+    assert {k: logged.tags[k] for k in ("dsl.resumed_from", "dsl.node_id", "dsl.leak_free", "dsl.attempts")} == {
+        "dsl.resumed_from": "1", "dsl.node_id": "node2", "dsl.leak_free": "true", "dsl.attempts": "2"}
     assert c.get_run(run.run_id).info.status == "RUNNING"
     other = TrialRun.open(sqlite_uri, exp, parent, "units", "abc_00002", "name")
     assert other.run_id != run.run_id
@@ -245,16 +237,12 @@ def test_dead_tracking_server_holds_a_caller_up_for_the_timeout_only(monkeypatch
     assert time.monotonic() - t0 < 3
 
 
-class _FlakyRun:
-    """A TrialRun stand-in whose tracking server is away while `down`."""
+class _FlakyRun(TrialRun):
+    """A TrialRun whose tracking server is away while `down` (steps and artifacts are only counted)."""
 
     def __init__(self):
+        super().__init__(None, "flaky")
         self.down, self.steps, self.art = False, [], 0
-
-    def briefly(self, seconds=None):
-        from contextlib import nullcontext
-
-        return nullcontext(self)
 
     def log_iterations(self, history, skip=None):
         from tracking.client import TrackingUnavailable
@@ -265,25 +253,32 @@ class _FlakyRun:
         self.steps += new
         return new
 
+    def logged_steps(self):
+        return set(self.steps)
+
+    def log_artifacts(self, record, finished, plots_too=True):
+        self.art += 1
+
 
 def test_publish_buffers_steps_while_the_server_is_away() -> None:
+    from types import SimpleNamespace
+
     from tracking.client import TrackingUnavailable
-    from trainables.chain_trainable import _publish
 
-    run, logged, h = _FlakyRun(), set(), [_it(i, [0.5, 0.5], 0.5) for i in range(4)]
+    run, h = _FlakyRun(), [_it(i, [0.5, 0.5], 0.5) for i in range(4)]
 
-    def art():
-        run.art += 1
+    def upto(n: int):
+        return SimpleNamespace(state=SimpleNamespace(history=h[:n]))
 
-    assert _publish(run, logged, h[:1], art, wait=False)
+    assert run.publish(upto(1), False, wait=False)
     run.down = True
-    assert not _publish(run, logged, h[:2], art, wait=False)  # training goes on
-    assert not _publish(run, logged, h[:3], art, wait=False)
+    assert not run.publish(upto(2), False, wait=False)  # training goes on
+    assert not run.publish(upto(3), False, wait=False)
     with pytest.raises(TrackingUnavailable):
-        _publish(run, logged, h[:3], art, wait=True)
+        run.publish(upto(3), False, wait=True)
     run.down = False
-    assert _publish(run, logged, h, art, wait=False)
-    assert run.steps == [0, 1, 2, 3] and logged == {0, 1, 2, 3} and run.art == 2  # each step once
+    assert run.publish(upto(4), True, wait=False, refresh=True)
+    assert run.steps == [0, 1, 2, 3] and run.logged == {0, 1, 2, 3} and run.art == 2  # each step once
 
 
 def test_a_step_is_never_logged_twice_and_a_recomputed_difference_is_tagged(sqlite_uri: str, tmp_path: Path) -> None:

@@ -87,12 +87,21 @@ def client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri)
 
 
+DEFAULT_STORE = "mlflow.db"  # the SQLite file in the current directory a command tracks to by default
+DEFAULT_URI_TEXT = f"$MLFLOW_TRACKING_URI, else sqlite:///{DEFAULT_STORE} in the current directory"  # for help texts
+
+
 def resolve_tracking_uri(arg: str | None = None) -> str:
     """`--tracking-uri`, else $MLFLOW_TRACKING_URI, else an absolute SQLite file in the current directory."""
-    uri = arg or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    uri = arg or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / DEFAULT_STORE}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative: pin to the cwd now
         uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
     return uri
+
+
+def sqlite_file(uri: str) -> str | None:
+    """The file an SQLite tracking URI writes (`sqlite:///PATH`), or None for a server or other store."""
+    return uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
 
 
 def check_access(uri: str) -> None:

@@ -14,10 +14,11 @@ from typing import Any
 
 from dsl.results import plots
 
-from .client import call
-from .sweep_runs import child_runs
+from .schema import RESULT_ARTIFACT, SWEEP_SECONDS_METRIC, UA, WA
+from .sweep_runs import SweepRun
 
 FOLDER = "comparison"
+COST_KEYS = ("seconds", "fold_trainings", "cached_folds")  # per iteration; a trial's cost is their sum
 PARAM_COLUMNS = ("labels.rule", "labels.alpha", "labels.schedule", "iterations", "backbone", "train.lr",
                  "segments.hop", "protocol.name", "seed")
 
@@ -32,20 +33,17 @@ class TrialSummary:
     params: dict[str, str]
     ua: dict[int, float] = field(default_factory=dict)  # iteration -> UA
     wa: dict[int, float] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)  # seconds, fold_trainings, cached_folds: summed over iterations
 
     @property
     def last(self) -> int | None:
         return max(self.ua) if self.ua else None
 
 
-def trial_summaries(c, experiment_id: str, parent_run_id: str) -> list[TrialSummary]:
-    out = []
-    for r in child_runs(c, experiment_id, parent_run_id):
-        rid = r.info.run_id
-        hist = {k: {int(m.step): float(m.value) for m in call(c.get_metric_history, rid, k)} for k in ("ua", "wa")}
-        out.append(TrialSummary(rid, r.info.run_name or rid, r.data.tags.get("ray_trial_id", ""), r.info.status,
-                                r.data.tags.get("dsl.stopped_early") == "true", dict(r.data.params),
-                                hist["ua"], hist["wa"]))
+def trial_summaries(sweep: SweepRun) -> list[TrialSummary]:
+    out = [TrialSummary(t.run_id, t.run_name, t.trial_id, t.status, t.stopped_early, t.params, t.metrics[UA],
+                        t.metrics[WA], {k: sum(t.metrics[k].values()) for k in COST_KEYS if t.metrics[k]})
+           for t in sweep.trial_histories((UA, WA, *COST_KEYS))]
     return sorted(out, key=lambda t: -(t.ua[t.last] if t.last is not None else -1.0))
 
 
@@ -114,38 +112,37 @@ def write_comparison(trials: Sequence[TrialSummary], out: Path, title: str,
     return files
 
 
-def log_comparison(c, experiment_id: str, parent_run_id: str, title: str,
-                   importances: Mapping[str, float] | None = None, importance_note: str = "") -> list[str]:
+def log_comparison(sweep: SweepRun, title: str, importances: Mapping[str, float] | None = None,
+                   importance_note: str = "") -> list[str]:
     """Write the comparison of the parent's child runs and log it to the parent under `comparison/`."""
-    trials = trial_summaries(c, experiment_id, parent_run_id)
+    trials = trial_summaries(sweep)
     with tempfile.TemporaryDirectory(prefix="dsl-cmp-") as tmp:
         files = write_comparison(trials, Path(tmp), title, importances, importance_note)
-        for f in files:
-            call(c.log_artifact, parent_run_id, str(f), FOLDER)
+        sweep.log_files(files, FOLDER)
     return [f"{FOLDER}/{f.name}" for f in files]
 
 
 EXPORT_FORMAT = 1
 
 
-def sweep_export(c, experiment_id: str, parent_run_id: str, name: str) -> dict[str, Any]:
+def sweep_export(sweep: SweepRun, name: str) -> dict[str, Any]:
     """The sweep's trials as plain data (`kind: sweep`) for `dsl.results.paper_tables`: flat params and UA/WA per
     iteration of every child run, the protocol, seeds and data, and the machine of its first result."""
-    trials = trial_summaries(c, experiment_id, parent_run_id)
+    trials = trial_summaries(sweep)
+    settings = sweep.settings()
     first = trials[0].params if trials else {}
     from dsl.protocols.plans import is_leak_free
 
     protocol = first.get("protocol.name", "")
     environment = None
-    for t in trials:
-        try:
-            with tempfile.TemporaryDirectory(prefix="dsl-exp-") as tmp:
-                path = call(c.download_artifacts, t.run_id, "result.json", tmp)
-                environment = json.loads(Path(path).read_text()).get("environment")
+    for t in trials:  # a trial that failed before its first iteration has no result.json
+        result = sweep.trial_artifact_json(t.run_id, RESULT_ARTIFACT)
+        if result is not None:
+            environment = result.get("environment")
             break
-        except Exception:  # a trial that failed before its first iteration has no result.json
-            continue
     return {"format": EXPORT_FORMAT, "kind": "sweep", "name": name,
+            "objective_seeds": settings.objective_seeds, "holdout": settings.holdout,
+            "sweep_seconds": sweep.parent_metrics().get(SWEEP_SECONDS_METRIC),
             "protocol": {"name": protocol, "leak_free": is_leak_free(protocol) if protocol else None,
                          "folds": first.get("protocol.folds")},
             "seeds": sorted({int(t.params["seed"]) for t in trials if t.params.get("seed", "").isdigit()}),
@@ -153,4 +150,4 @@ def sweep_export(c, experiment_id: str, parent_run_id: str, name: str) -> dict[s
             "trials": [{"trial_id": t.trial_id, "run_name": t.run_name, "status": t.status,
                         "stopped_early": t.stopped_early, "params": t.params,
                         "ua": {str(i): v for i, v in sorted(t.ua.items())},
-                        "wa": {str(i): v for i, v in sorted(t.wa.items())}} for t in trials]}
+                        "wa": {str(i): v for i, v in sorted(t.wa.items())}, "cost": t.cost} for t in trials]}

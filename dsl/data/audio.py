@@ -5,7 +5,6 @@ error (`BadAudioError`) instead of one file per run.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,7 +125,3 @@ def inspect_audio(path: str | Path, min_seconds: float = 0.025) -> AudioCheck:
         return AudioCheck(str(path), problem=str(exc))
     problem, warning = check_signal(data, rate, min_seconds)
     return AudioCheck(str(path), problem, warning, rate, data.shape[1] if data.ndim == 2 else 1, data.shape[0])
-
-
-def inspect_many(paths: Iterable[str | Path], min_seconds: float = 0.025) -> list[AudioCheck]:
-    return [inspect_audio(p, min_seconds) for p in paths]

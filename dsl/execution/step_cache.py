@@ -51,12 +51,13 @@ STEP_CACHE_FORMAT = 1  # layout of an entry; part of every key, so a new layout 
 
 # Config keys that cannot change a step's numbers: a fold's targets carry the label rule and alphas (and an
 # iteration's scores depend only on its folds' outputs), the data's content hash carries the corpus, paths,
-# train.aux_data's frames and bad-file handling; the rest are execution-only settings or the length of the chain.
-# `eval.*` (test conditions) reaches a fold's key through the job's conditions, which carry their noisy frames and
-# attacks (`dsl.robustness.conditions.JobConditions.key_parts`): a run without conditions keeps its keys.
+# train.aux_data's frames and bad-file handling (a holdout's utterances are in each job's own part of the key); the
+# rest are execution-only settings or the length of the chain. `eval.*` (test conditions) reaches a fold's key
+# through the job's conditions, which carry their noisy frames and attacks
+# (`dsl.robustness.conditions.JobConditions.key_parts`): a run without conditions keeps its keys.
 _NOT_IN_KEY_PREFIXES = ("labels.", "eval.")
 _NOT_IN_KEY = ("iterations", "seeds", "data", "cache_dir", "bad_files", "corpus", "train.workers",
-               "protocol.test_data", "protocol.test_corpus", "train.aux_data")
+               "protocol.test_data", "protocol.test_corpus", "train.aux_data", "protocol.holdout")
 
 
 def _plain(obj: Any) -> Any:

@@ -44,7 +44,7 @@ from dsl.method.rules import LabelRule, get_rule, one_hot
 from dsl.method.schedules import schedule_alpha
 from dsl.method.stages import make_stage, per_utterance, stage_input, standardised
 from dsl.plugins import load_plugins
-from dsl.protocols.plans import FoldPlan, is_leak_free, make_plan, outer_folds
+from dsl.protocols.plans import FoldPlan, make_plan, outer_folds, plan_leak_free
 from dsl.protocols.selection import reported_iteration, selected_condition_scores, selected_scores
 from dsl.robustness.conditions import ChainConditions, with_summaries
 from dsl.runtime.environment import machine_info
@@ -53,6 +53,9 @@ from dsl.runtime.progress import progress
 __all__ = ["ChainIterator", "ChainResult", "ChainState", "FoldJob", "FoldOutput", "IterationResult", "LocalRunner",
            "Runner", "TrainedFold", "derive_seed", "iterate_chain", "local_runner", "normalisation_stats", "run_chain",
            "run_fold_job", "split_validation", "train_fold"]
+
+
+STATE_FORMAT = 2  # layout of a saved ChainState (1: no "format" entry)
 
 
 @dataclass
@@ -69,14 +72,18 @@ class ChainState:
         import json
 
         extra = {} if self.config is None else {"config": json.dumps(self.config)}
-        np.savez(Path(path), next_iteration=self.next_iteration, history=json.dumps(self.history),
+        np.savez(Path(path), format=STATE_FORMAT, next_iteration=self.next_iteration, history=json.dumps(self.history),
                  **{f"targets_{i}": t for i, t in enumerate(self.targets)}, **extra)
 
     @classmethod
     def load(cls, path: str | Path) -> ChainState:
         import json
 
+        from dsl.formats import check_format
+
         with np.load(Path(path)) as z:
+            check_format(path, int(z["format"]) if "format" in z.files else 1, STATE_FORMAT, "chain state",
+                         "resume from it", "it has no format entry (written before states carried one)")
             n = sum(1 for k in z.files if k.startswith("targets_"))
             config = json.loads(str(z["config"])) if "config" in z.files else None
             return cls(int(z["next_iteration"]), [z[f"targets_{i}"] for i in range(n)], json.loads(str(z["history"])),
@@ -111,6 +118,7 @@ class IterationResult:
     conditions: dict[str, dict] = field(default_factory=dict)
     from_cache: bool = False  # every fold training and the scores were served by the step cache
     cached_folds: int = 0  # fold trainings the step cache served (stored before, or by a concurrent trial)
+    fold_trainings: int = 0  # fold trainings the iteration needs (served by the step cache or computed)
     utterances: list[dict] = field(default_factory=list, repr=False)  # corpus order: file, fold, label, predicted, proba
     posteriors: np.ndarray | None = field(default=None, repr=False)  # out-of-sample, (n_segments, K)
     utterance_predictions: np.ndarray | None = field(default=None, repr=False)
@@ -560,7 +568,8 @@ class ChainIterator:
                                          utt_entropy),
             posteriors=eval_post, utterance_predictions=sc.predictions,
             conditions=self.condition_results(book, cond_scores),
-            from_cache=scores_cached and len(book.cached) == self.n_jobs, cached_folds=len(book.cached))
+            from_cache=scores_cached and len(book.cached) == self.n_jobs, cached_folds=len(book.cached),
+            fold_trainings=self.n_jobs)
         history = self.state.history
         if val_ua is not None:
             picks, chosen = selected_scores([*history, result.to_dict()], self.data.n_classes)
@@ -641,4 +650,4 @@ def run_chain(cfg: ChainConfig, data: CorpusData, runner: Runner | None = None, 
             runner.close()  # type: ignore[attr-defined]
     n_segments = len(results[0].posteriors) if results and results[0].posteriors is not None else 0
     return ChainResult(cfg, data.label_names, results, data.n_utterances, n_segments,
-                       time.perf_counter() - start, dict(data.skipped), is_leak_free(cfg.protocol.name))
+                       time.perf_counter() - start, dict(data.skipped), plan_leak_free(cfg.protocol))

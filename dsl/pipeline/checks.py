@@ -102,9 +102,30 @@ def protocol_problems(cfg: ChainConfig) -> list[str]:
         if unused:
             owners = [n for n in PROTOCOLS.names() if any(key_applies(k, {"protocol.name": n}) for k in unused)]
             p.append(f"{', '.join(unused)} apply only to protocol {', '.join(owners)}, not {pr.name!r}")
+    if pr.holdout:
+        p += holdout_problems(cfg)
     for name in ("folds", "eval_folds", "select_folds", *(("inner_folds",) if info is not None and info.nested else ())):
         if getattr(pr, name) < 2:
             p.append(f"protocol.{name} = {getattr(pr, name)}; must be >= 2")
+    return p
+
+
+def holdout_problems(cfg: ChainConfig) -> list[str]:
+    """`protocol.holdout` (the final exam's plan, `dsl.protocols.plans.holdout_plan`): a protocol it combines with,
+    no outer folds of its own, an assignment file that exists."""
+    from pathlib import Path
+
+    from dsl.protocols.plans import holdout_protocols
+
+    pr = cfg.protocol
+    p = []
+    allowed = holdout_protocols()
+    if pr.name in PROTOCOLS and pr.name not in allowed:
+        p.append(f"protocol.holdout does not combine with protocol {pr.name!r}; allowed: {', '.join(allowed)}")
+    if pr.assignment:
+        p.append("protocol.holdout and protocol.assignment exclude each other (a holdout plan has no outer folds)")
+    if not Path(pr.holdout).is_file():
+        p.append(f"protocol.holdout {pr.holdout}: no such holdout assignment file")
     return p
 
 

@@ -20,7 +20,8 @@ The procedure (a race in the spirit of F-race, Birattari et al. 2002, with paire
 - The verdict: one survivor: "X beats Y by d [lo, hi]" (Y the last one dropped, d the mean paired difference over
   their shared seeds, [lo, hi] its interval at the level the test used, so it excludes 0). Several: "no significant
   difference among X, Y, Z; picking the cheapest (fewest iterations, then fewest trainings)"; ties in cost go to the
-  higher mean.
+  higher mean. With `tie_break="mean"` it picks the highest mean over the shared seeds instead (the benchmark in
+  `bench/selection.py` measures what each choice costs in regret).
 
 Scores may be told in any order (chains of one round run concurrently) and the whole state round-trips through
 `to_dict`/`from_dict`, so an interrupted selection resumes where it stopped.
@@ -38,6 +39,7 @@ from dsl.formats import check_format
 
 RACE_FORMAT = 1
 CORRECTIONS = ("race", "look")
+TIE_BREAKS = ("cheapest", "mean")  # RaceSettings.tie_break: what a race with several survivors picks
 
 
 @dataclass(frozen=True)
@@ -60,12 +62,17 @@ class RaceSettings:
     # "look": alpha per look, Holm over the leader's comparisons only (classic racing practice: drops sooner, and
     # declares differences that are not there more often than alpha)
     correction: str = "race"
+    # several survivors at the end: "cheapest" (fewest iterations, then trainings; ties to the higher mean) or "mean"
+    # (the highest mean over the shared seeds, whatever it costs)
+    tie_break: str = "cheapest"
 
     def __post_init__(self) -> None:
         if self.seeds_per_round < 1 or self.min_seeds < 2 or not 0.0 < self.alpha < 1.0:
             raise ValueError(f"race settings: seeds_per_round >= 1, min_seeds >= 2, 0 < alpha < 1 required; got {self}")
         if self.correction not in CORRECTIONS:
             raise ValueError(f"race settings: correction {self.correction!r} is unknown; allowed: {', '.join(CORRECTIONS)}")
+        if self.tie_break not in TIE_BREAKS:
+            raise ValueError(f"race settings: tie_break {self.tie_break!r} is unknown; allowed: {', '.join(TIE_BREAKS)}")
         if self.budget is not None and self.budget < 1:
             raise ValueError(f"race settings: budget must be >= 1 chain; got {self.budget}")
 
@@ -296,10 +303,15 @@ class Race:
                         f"{last.level:.2g}: {self.correction_words()})")
             significant = last is not None
         else:
-            winner = min(self.alive, key=lambda k: (by[k].iterations, by[k].trainings, -shared_mean[k]))
             names = ", ".join(by[k].name for k in self.alive)
+            if self.settings.tie_break == "mean":
+                winner = max(self.alive, key=lambda k: shared_mean[k])
+                why = "picking the highest mean"
+            else:
+                winner = min(self.alive, key=lambda k: (by[k].iterations, by[k].trainings, -shared_mean[k]))
+                why = "picking the cheapest (fewest iterations, then fewest trainings)"
             text = (f"no significant difference among {names} (paired over seeds {', '.join(map(str, shared))}); "
-                    f"picking the cheapest (fewest iterations, then fewest trainings): {by[winner].name}")
+                    f"{why}: {by[winner].name}")
             significant = False
         if self.finished and len(self.alive) > 1:
             text += f" [race ended: {self.finished} after {self.chains} chains]"

@@ -1,4 +1,5 @@
-"""`dsl-sweep report RESULTS...`: result JSONs (single runs, replicate studies, sweep exports) as Markdown tables.
+"""`dsl-sweep report RESULTS...`: result JSONs (single runs, replicate studies, sweep exports, selections) as Markdown
+tables.
 
 The results pages under `docs/` are produced by this from the JSON files under `docs/results/`, so no
 figure is typed by hand. Every row names its protocol (and whether it is leak-free), seeds and command; the
@@ -13,8 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from dsl.config import ConfigError
+from dsl.formats import check_format
 from dsl.results.paper_tables import sweep_figure, sweep_tables
 from dsl.results.robustness_report import robustness_markdown
+from dsl.results.selection_report import (
+    BENCHMARK_FORMAT,
+    BENCHMARK_KIND,
+    SELECTION_FORMAT,
+    benchmark_markdown,
+    is_selection,
+    is_selection_benchmark,
+)
+from dsl.results.selection_report import markdown as selection_markdown
 from dsl.results.stats import Interval, mean_interval
 from dsl.runtime.environment import describe_machine
 from dsl.runtime.paths import WriteTarget, require_writable
@@ -32,6 +43,12 @@ def load_result(path: str | Path) -> dict:
         raise ConfigError(f"{p}: cannot read a result JSON: {exc}") from exc
     if isinstance(d, dict) and d.get("kind") == "sweep" and "trials" in d:
         return d  # a sweep export (`dsl-sweep report SWEEP --save-sweep`): the paper's tables
+    if is_selection(d):
+        check_format(p, int(d.get("format", 0)), SELECTION_FORMAT, "selection", "render it")
+        return d  # what `dsl-sweep best` decided: race table, verdict, final exam
+    if is_selection_benchmark(d):
+        check_format(p, int(d.get("format", 0)), BENCHMARK_FORMAT, "selection benchmark", "render it")
+        return d  # `python -m bench.selection compare --json`: strategies side by side
     if not isinstance(d, dict) or "iterations" not in d or "config" not in d:
         raise ConfigError(f"{p}: not a result of `dsl-sweep run` (no config and iterations)")
     d.setdefault("kind", "run")
@@ -195,8 +212,11 @@ def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = ()
         if r["kind"] != "study":
             raise ConfigError(f"{p}: --paired-with needs a replicate study (a `dsl-sweep run --seeds` result)")
     studies = [(p, d) for p, d in loaded if d["kind"] == "study"]
-    runs = [(p, d) for p, d in loaded if d["kind"] not in ("study", "sweep")]
+    others = ("study", "sweep", "selection", BENCHMARK_KIND)
+    runs = [(p, d) for p, d in loaded if d["kind"] not in others]
     parts = [sweep_tables(d) for _, d in loaded if d["kind"] == "sweep"]
+    parts += [selection_markdown(d) for _, d in loaded if d["kind"] == "selection"]
+    parts += [benchmark_markdown(d) for _, d in loaded if d["kind"] == BENCHMARK_KIND]
     if studies:
         parts.append("Mean ± half-width of the 95 % t-interval over seeds. The gain is paired: each seed's "
                      "iteration minus the same seed's iteration 0. *Selected UA*: each outer fold's iteration "
@@ -211,7 +231,7 @@ def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = ()
             parts.append(robust)
     if runs:
         parts.append(run_table(runs))
-    ms = machines([d for _, d in loaded])
+    ms = machines([d for _, d in loaded if d["kind"] not in ("selection", BENCHMARK_KIND)])  # they name their own
     if ms:
         parts.append("Machines: " + "; ".join(ms) + ".")
     parts.append("Files: " + ", ".join(f"`{p}`" for p, _ in loaded) + ".")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dsl.config import ChainConfig, from_dict
-from dsl.protocols.plans import is_leak_free
+from dsl.protocols.plans import plan_leak_free
 from dsl.results.stats import mean_interval, paired_gain
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def study_dict(cfg: ChainConfig, results: Sequence[Mapping[str, Any]], paths: Se
     pr = cfg.protocol
     envs = {r["environment"].get("fingerprint"): r["environment"] for r in results if "environment" in r}
     return {"format": STUDY_FORMAT, "kind": "study", "command": command,
-            "protocol": {"name": pr.name, "leak_free": is_leak_free(pr.name), "folds": pr.folds,
+            "protocol": {"name": pr.name, "leak_free": plan_leak_free(pr), "folds": pr.folds,
                          "inner_folds": pr.inner_folds, "eval_folds": pr.eval_folds},
             "seeds": [int(r["config"]["seed"]) for r in results], "environments": list(envs.values()),
             "config": {**cfg.to_dict(), "seed": None}, "label_names": results[0]["label_names"],

@@ -1,4 +1,5 @@
-"""Where the tool writes, checked before any work starts.
+"""Where the tool writes, checked before any work starts; its default cache folder; and whether a location is
+a URI (`s3://...`: a sweep's storage path may be one) or a local path.
 
 A result that cannot be written used to surface after the work that made it (a whole iteration, a
 sweep), as a traceback, with the result lost. Every command therefore names the paths it will write
@@ -49,9 +50,18 @@ class WriteTarget:
         return cls(Path(path).expanduser(), what, "dir")
 
 
+CACHE_ENV = "DSL_CACHE_DIR"
+
+
 def default_cache_dir() -> Path:
-    """The feature and step cache: `$DSL_CACHE_DIR`, else `~/.cache/dsl-sweeps`."""
-    return Path(os.environ.get("DSL_CACHE_DIR") or Path.home() / ".cache" / "dsl-sweeps")
+    """The feature and step cache (and a URI sweep's local Optuna journal): `$DSL_CACHE_DIR`, else
+    `~/.cache/dsl-sweeps`."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dsl-sweeps")
+
+
+def is_uri(location: str) -> bool:
+    """True for a URI (`s3://...`, `gs://...`, `file://...`, anything pyarrow opens), False for a local path."""
+    return "://" in location
 
 
 def _existing_ancestor(path: Path) -> Path:

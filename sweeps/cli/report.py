@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tracking.client import DEFAULT_URI_TEXT
+
 HELP = ("render result JSONs (runs, replicate studies) or a sweep's runs (the paper's tables II-IV) as Markdown "
         "tables")
 
@@ -11,8 +13,7 @@ HELP = ("render result JSONs (runs, replicate studies) or a sweep's runs (the pa
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="+", help="result JSON files of `dsl-sweep run` (with or without --seeds), "
                    "sweep exports, or a sweep name (read from MLflow)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI for a sweep name (default: $MLFLOW_TRACKING_URI, "
-                   "else sqlite:///mlflow.db)")
+    p.add_argument("--tracking-uri", help=f"MLflow tracking URI for a sweep name (default: {DEFAULT_URI_TEXT})")
     p.add_argument("--block", default="", help="with --into: fill the block whose markers carry this name "
                    "(`<!-- dsl-sweep report: begin NAME -->`), for documents with several")
     p.add_argument("--save-sweep", help="write the sweep's trials read from MLflow to this JSON (commit it: "

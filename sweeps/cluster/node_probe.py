@@ -8,43 +8,27 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 import uuid
 from pathlib import Path
 
 from dsl.config import ConfigError
+from dsl.runtime.paths import is_uri
 
 TIMEOUT_S = 20.0  # at most; less when $DSL_MLFLOW_TIMEOUT is lower
 
 
 def check_tracking(uri: str, experiment_id: str | None) -> str | None:
     """Why this machine cannot log to `uri` (search, create a run, upload an artifact), or None."""
-    from tracking.client import call, client, mlflow_timeout, redact_uri
+    from tracking.probe import tracking_problem
 
-    limit = min(TIMEOUT_S, mlflow_timeout())
-    try:
-        c = client(uri)
-        call(c.search_experiments, max_results=1, timeout=limit)
-        if experiment_id is not None:
-            run = call(c.create_run, experiment_id, run_name="preflight",
-                       tags={"dsl.role": "preflight", "dsl.node": socket.gethostname()}, timeout=limit)
-            try:
-                with tempfile.TemporaryDirectory(prefix="dsl-preflight-") as tmp:
-                    probe = Path(tmp) / "preflight.txt"
-                    probe.write_text("artifact upload check\n")
-                    call(c.log_artifact, run.info.run_id, str(probe), timeout=limit)
-            finally:
-                call(c.delete_run, run.info.run_id, timeout=limit)  # soft delete: hidden from the sweep
-    except Exception as exc:
-        return f"MLflow at {redact_uri(uri)}: {type(exc).__name__}: {redact_uri(str(exc))[:300]}"
-    return None
+    return tracking_problem(uri, experiment_id, TIMEOUT_S)
 
 
 def check_storage(root: str) -> str | None:
     """Why this machine cannot write under the sweep's storage path (a local path or a pyarrow URI), or None."""
     name = f".dsl-preflight-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     try:
-        if "://" not in root:
+        if not is_uri(root):
             d = Path(root)
             d.mkdir(parents=True, exist_ok=True)
             probe = d / name

@@ -15,9 +15,7 @@ from pathlib import Path
 
 from ray import tune
 
-
-def is_uri(root: str) -> bool:
-    return "://" in root
+from dsl.runtime.paths import is_uri
 
 
 def feature_cache_dir(configured: str, root: str, on_cluster: bool) -> str:

@@ -74,13 +74,9 @@ class ProgressPrinter(tune.Callback):
                           f"(traceback: {trial.error_file})")
 
 
-def _backfill(c, run_id: str, trial) -> None:
-    """Log the steps of the trial's latest checkpoint that its MLflow run lacks (never one it has), and its
-    artifacts when the trial could not (stopped by Tune inside `tune.report`, or failed for good: a trial
-    renders its plots only when it finishes)."""
-    from tracking.client import call
-    from tracking.trial_run import TrialRun
-    from trainables.artifacts import PLOT_DIR, log_trial_artifacts
+def _backfill(run, trial) -> None:
+    """Log the steps of the trial's latest checkpoint that its MLflow run lacks, and its artifacts when the
+    trial could not (see `tracking.trial_run.TrialRun.backfill`)."""
     from trainables.checkpoint import TrialCheckpoint
 
     ckpt = trial.checkpoint
@@ -88,14 +84,9 @@ def _backfill(c, run_id: str, trial) -> None:
         return
     with ckpt.as_directory() as d:
         saved = TrialCheckpoint.load(d)
-    run = TrialRun(c, run_id)
-    done = run.log_iterations(saved.state.history)
+    done = run.backfill(saved)
     if done:
         print(f"MLflow: logged steps {done} of {_short(trial.trial_id)} from its last checkpoint", flush=True)
-    has_plots = any(a.path == PLOT_DIR for a in call(c.list_artifacts, run_id))  # a trial plots when it finishes
-    if (done or not has_plots) and saved.config is not None:
-        iterations = int(saved.config.get("iterations", 0))
-        log_trial_artifacts(run, saved, finished=saved.state.next_iteration > iterations)
 
 
 class FinalizeRuns(tune.Callback):
@@ -105,20 +96,15 @@ class FinalizeRuns(tune.Callback):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
 
     def _end(self, trial, status: str) -> None:
-        from tracking.client import call, client
-        from tracking.schema import find_trial_run
+        from tracking.trial_run import TrialRun
 
         try:
-            c = client(self.tracking_uri)
-            run = find_trial_run(c, self.experiment_id, self.parent_run_id, trial.trial_id)
+            run = TrialRun.find(self.tracking_uri, self.experiment_id, self.parent_run_id, trial.trial_id)
             if run is None:
                 return
-            _backfill(c, run.info.run_id, trial)
+            _backfill(run, trial)
             r = trial.last_result or {}
-            if status == "FINISHED" and r.get("iteration", 0) < r.get("iterations_total", 0):
-                call(c.set_tag, run.info.run_id, "dsl.stopped_early", "true")
-            if run.info.status == "RUNNING" or (status == "FAILED" and run.info.status != "FAILED"):
-                call(c.set_terminated, run.info.run_id, status)
+            run.close(status, stopped_early=r.get("iteration", 0) < r.get("iterations_total", 0))
         except Exception as exc:  # never break the sweep over bookkeeping
             print(f"warning: could not finalise the MLflow run of {trial.trial_id}: {exc}", flush=True)
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from dsl.config import ConfigError
-from dsl.runtime.paths import default_cache_dir
+from dsl.runtime.paths import CACHE_ENV, default_cache_dir, is_uri
 from sweeps.search.spec import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -15,12 +15,12 @@ log = logging.getLogger(__name__)
 
 def storage_root(path: str) -> str:
     """Local paths become absolute (trials run in other directories); URIs (s3://...) pass through."""
-    return path if "://" in path else str(Path(path).expanduser().resolve())
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
 
 
 def journal_path(spec: SweepSpec, root: str) -> Path:
     """The Optuna journal lives next to the Tune experiment (a local cache dir for remote storage)."""
-    if "://" in root:
+    if is_uri(root):
         return default_cache_dir() / "optuna" / f"{spec.name}.journal"
     return Path(root) / spec.name / "optuna.journal"
 
@@ -65,9 +65,8 @@ def init_ray(address: str | None, verbose: bool = False) -> bool:
     import ray
 
     env = {"DSL_PROGRESS": "0", "RAY_CHDIR_TO_TRIAL_DIR": "0", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    for k in ("DSL_SWEEP_FAIL_ONCE", "DSL_SWEEP_FAIL_AFTER", "DSL_CACHE_DIR"):
-        if os.environ.get(k):
-            env[k] = os.environ[k]
+    if os.environ.get(CACHE_ENV):  # the nodes' feature cache where the driver's is
+        env[CACHE_ENV] = os.environ[CACHE_ENV]
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():

@@ -67,8 +67,7 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, driver: Driver 
 def driver_env(uri: str) -> dict[str, str]:
     env = {**os.environ, "DSL_PROGRESS": "0", "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1",
            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    for k in ("DSL_SWEEP_FAIL_ONCE", "DSL_SWEEP_FAIL_AFTER", "DSL_SWEEP_VERBOSE"):
-        env.pop(k, None)
+    env.pop("DSL_SWEEP_VERBOSE", None)
     return env
 
 
