@@ -51,13 +51,17 @@ def _run(manifest: str, cache, **extra) -> dict:
 
 
 def _moved(a: dict, b: dict, files: set[str]) -> list[str]:
-    """Which (iteration, file) predictions or probabilities differ between two results."""
+    """Which (iteration, file) predictions or probabilities differ between two results (also under any test
+    condition of `eval.*`)."""
     out = []
     for ia, ib in zip(a["iterations"], b["iterations"]):
-        for ua, ub in zip(ia["utterances"], ib["utterances"]):
+        for j, (ua, ub) in enumerate(zip(ia["utterances"], ib["utterances"])):
             assert ua["file"] == ub["file"]
             if ua["file"] in files and (ua["predicted"] != ub["predicted"] or ua["proba"] != ub["proba"]):
                 out.append(f"iteration {ia['iteration']}: {ua['file']}")
+            for name, ca in ia.get("conditions", {}).items():
+                if ua["file"] in files and "predicted" in ca and ca["predicted"][j] != ib["conditions"][name]["predicted"][j]:
+                    out.append(f"iteration {ia['iteration']}, {name}: {ua['file']}")
     return out
 
 
@@ -76,10 +80,14 @@ def _changed_fold_run(tones, cache, tmp_path, protocol: str, **extra) -> tuple[d
 
 
 ACP_STAGE = {"stage.name": "acp", "stage.epochs": 10}  # attentive correlation pooling on the segment embeddings
+# noisy and attacked test utterances (dsl.robustness): their predictions must not move either
+CONDITIONS = {"eval.noise.types": "white", "eval.noise.snr": "5", "eval.adversarial.attacks": "fgsm",
+              "eval.adversarial.eps": "0.3"}
 
 
-@pytest.mark.parametrize("protocol, stage", [("nested", {}), ("refinery", {}), ("refinery", ACP_STAGE)],
-                         ids=["nested", "refinery", "refinery-acp"])
+@pytest.mark.parametrize("protocol, stage", [("nested", {}), ("refinery", {}), ("refinery", ACP_STAGE),
+                                             ("refinery", CONDITIONS)],
+                         ids=["nested", "refinery", "refinery-acp", "refinery-conditions"])
 def test_leak_free_protocol_ignores_the_labels_of_its_test_fold(tones, feature_cache, tmp_path, protocol,
                                                                 stage) -> None:
     before, after, changed, fold = _changed_fold_run(tones, feature_cache, tmp_path, protocol, **stage)
@@ -89,6 +97,8 @@ def test_leak_free_protocol_ignores_the_labels_of_its_test_fold(tones, feature_c
     assert _moved(before, after, changed) == []
     for ib, ia in zip(before["iterations"], after["iterations"]):  # nor does the iteration picked for that fold
         assert ib["selected_iterations"][fold] == ia["selected_iterations"][fold]
+    if "eval.noise.types" in stage:
+        assert set(before["iterations"][-1]["conditions"]) == {"white_5dB", "fgsm_eps0.3", "noise_mean", "attack_mean"}
     # The change did reach the other scopes' targets (so the run really differed): some other prediction moved.
     assert _moved(before, after, {u["file"] for u in before["iterations"][0]["utterances"]} - changed)
 

@@ -112,15 +112,30 @@ SCALARS = ("wa", "ua", "selected_wa", "selected_ua", "segment_accuracy", "change
            "epochs", "seconds", "segments_per_second", "alpha", "cached_folds", "fold_trainings")
 
 
+# Per test condition (eval.noise / eval.adversarial, `dsl.robustness.conditions`): `<metric>/<condition>`, e.g.
+# `ua/white_10dB`, `selected_ua/fgsm_eps0.1`, `ua/noise_mean`.
+CONDITION_SCALARS = ("wa", "ua", "selected_wa", "selected_ua", "segment_accuracy")
+
+
+def condition_metric(metric: str, condition: str) -> str:
+    """The MLflow / `tune.report` name of `metric` under test condition `condition`."""
+    return f"{metric}/{condition}"
+
+
 def iteration_metrics(d: Mapping[str, Any]) -> dict[str, float]:
     """The flat metrics of one iteration (an `IterationResult.to_dict()`), for MLflow and `tune.report`:
-    wa, ua, mean_fold_ua, segment accuracy, changed-label share, ..., and per-fold `fold_wa/i`, `fold_ua/i`."""
+    wa, ua, mean_fold_ua, segment accuracy, changed-label share, ..., per-fold `fold_wa/i`, `fold_ua/i`, and per
+    test condition `ua/<condition>` etc. (`condition_metric`)."""
     out = {k: float(d[k]) for k in SCALARS if d.get(k) is not None and math.isfinite(float(d[k]))}
     out[STEP_KEY] = float(np.mean(d["fold_ua"]))
     out["mean_fold_wa"] = float(np.mean(d["fold_wa"]))
     for name in ("fold_wa", "fold_ua"):
         for i, v in enumerate(d[name]):
             out[f"{name}/{i}"] = float(v)
+    for condition, c in (d.get("conditions") or {}).items():
+        for k in CONDITION_SCALARS:
+            if c.get(k) is not None and math.isfinite(float(c[k])):
+                out[condition_metric(k, condition)] = float(c[k])
     for seed, v in zip(d.get("seeds") or (), d.get("seed_ua") or ()):  # objective_seeds > 1: each seed's UA
         out[f"seed_ua/{seed}"] = float(v)
     return out

@@ -18,13 +18,28 @@ from tracking.schema import iteration_metrics
 OBJECTIVES = ("final", "selected")
 
 
+def parse_objective(objective: str) -> tuple[str, str]:
+    """`final` -> ("final", ""); `selected:white_10dB` -> ("selected", "white_10dB"): the UA under a test condition
+    of `eval.*` (`dsl.robustness.conditions`), or their mean (`noise_mean`, `attack_mean`), so a sweep can search
+    for the configuration that degrades least."""
+    rule, _, condition = str(objective).partition(":")
+    return rule.strip(), condition.strip()
+
+
 def objective_value(d: Mapping[str, Any], objective: str = "final") -> float:
     """The sweep objective after iteration `d`."""
-    if objective == "selected":
-        if d.get("selected_ua") is None:
+    rule, condition = parse_objective(objective)
+    src = d
+    if condition:
+        src = (d.get("conditions") or {}).get(condition)
+        if src is None:
+            raise ValueError(f"objective {objective!r}: the run scores no test condition {condition!r} (it has: "
+                             f"{', '.join(d.get('conditions') or {}) or 'none; set eval.noise or eval.adversarial'})")
+    if rule == "selected":
+        if src.get("selected_ua") is None:
             raise ValueError("objective 'selected' needs a held-out protocol (nested, speaker, refinery)")
-        return float(d["selected_ua"])
-    return float(d["ua"])
+        return float(src["selected_ua"])
+    return float(src["ua"])
 
 
 def report_metrics(history: Sequence[Mapping[str, Any]], iterations_total: int, resumed_from: int,

@@ -52,13 +52,23 @@ class UtteranceScores:
     probabilities: np.ndarray
 
 
-def forest_proba(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray, n_classes: int,
-                 seed: int, n_jobs: int | None = None) -> np.ndarray:
-    """Class probabilities (n_test, K) of a default random forest fitted on the training rows only."""
-    rf = RandomForestClassifier(random_state=seed, n_jobs=n_jobs).fit(train_features, train_labels)
+def fit_forest(train_features: np.ndarray, train_labels: np.ndarray, seed: int,
+               n_jobs: int | None = None) -> RandomForestClassifier:
+    """A default random forest fitted on the training rows only."""
+    return RandomForestClassifier(random_state=seed, n_jobs=n_jobs).fit(train_features, train_labels)
+
+
+def forest_predict(rf: RandomForestClassifier, test_features: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class probabilities (n_test, K) of a fitted forest (classes it never saw get 0)."""
     p = np.zeros((len(test_features), n_classes), dtype=np.float32)
     p[:, rf.classes_] = rf.predict_proba(test_features)
     return p
+
+
+def forest_proba(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray, n_classes: int,
+                 seed: int, n_jobs: int | None = None) -> np.ndarray:
+    """Class probabilities (n_test, K) of a default random forest fitted on the training rows only."""
+    return forest_predict(fit_forest(train_features, train_labels, seed, n_jobs), test_features, n_classes)
 
 
 def cv_splits(labels: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:

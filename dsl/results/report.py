@@ -16,6 +16,7 @@ from typing import Any
 from dsl.config import ConfigError
 from dsl.formats import check_format
 from dsl.results.paper_tables import sweep_figure, sweep_tables
+from dsl.results.robustness_report import robustness_markdown
 from dsl.results.selection_report import (
     BENCHMARK_FORMAT,
     BENCHMARK_KIND,
@@ -224,6 +225,10 @@ def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = ()
                       ", ".join(f"`{p}`" for p in paired_with) + " (the one with the same corpus, protocol and test "
                       "corpus), seed by seed over the seeds both ran." if references else "") + "\n\n" +
                      study_table(studies, references))
+        robust = robustness_markdown([d for _, d in studies], labels_of,
+                                     [(str(p), r) for p, r in zip(paired_with, references)])
+        if robust:
+            parts.append(robust)
     if runs:
         parts.append(run_table(runs))
     ms = machines([d for _, d in loaded if d["kind"] not in ("selection", BENCHMARK_KIND)])  # they name their own
@@ -242,6 +247,8 @@ def format_study(study: Mapping[str, Any]) -> str:
     for row in study["iterations"]:
         lines.append(f"{row['iteration']:>4} {_iv(row, 'wa'):>12} {_iv(row, 'ua'):>12} {_iv(row, 'gain_ua'):>12} "
                      f"{_iv(row, 'selected_ua'):>12}")
+        for name, c in (row.get("conditions") or {}).items():  # eval.noise / eval.adversarial
+            lines.append(f"     {name:<14} UA {_iv(c, 'ua'):>12}, drop from clean {_iv(c, 'drop_ua'):>12}")
     lines.append(f"wall time per seed: {_mins(Interval.from_dict(study['seconds_per_seed']).mean)}")
     return "\n".join(lines)
 

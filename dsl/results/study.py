@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dsl.config import ChainConfig
+from dsl.config import ChainConfig, from_dict
 from dsl.protocols.plans import plan_leak_free
 from dsl.results.stats import mean_interval, paired_gain
 
@@ -46,6 +46,8 @@ def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:
     out = json.loads(json.dumps(config))
     out.pop("seeds", None)
     out.pop("cache_dir", None)
+    if not from_dict({"eval": out.get("eval") or {}}).eval.enabled:
+        out.pop("eval", None)  # off: the same numbers as a config written before eval.* existed
     for k in ("workers", "num_threads", "device"):
         out.get("train", {}).pop(k, None)
     return out
@@ -82,8 +84,31 @@ def aggregate(results: Sequence[Mapping[str, Any]]) -> list[dict]:
             row[m] = mean_interval(vals).to_dict()
             if i > 0:
                 row[f"gain_{m}"] = paired_gain(vals, [r["iterations"][0][m] for r in results]).to_dict()
+        conditions = condition_rows(its)
+        if conditions:
+            row["conditions"] = conditions
         rows.append(row)
     return rows
+
+
+def condition_rows(its: Sequence[Mapping[str, Any]]) -> dict[str, dict]:
+    """Per test condition every seed of one iteration scored (`dsl.robustness.conditions`): intervals of WA/UA (and
+    the selected figures) and the paired drop from clean speech, `drop_<m>` = the condition's minus the clean
+    figure, seed by seed (negative: it degrades)."""
+    names = [n for n in (its[0].get("conditions") or {}) if all(n in (it.get("conditions") or {}) for it in its)]
+    out: dict[str, dict] = {}
+    for name in names:
+        row: dict[str, Any] = {}
+        for m in METRICS:
+            vals = [it["conditions"][name].get(m) for it in its]
+            clean = [it.get(m) for it in its]
+            if any(v is None for v in vals):
+                continue
+            row[m] = mean_interval(vals).to_dict()
+            if all(c is not None for c in clean):
+                row[f"drop_{m}"] = paired_gain(vals, clean).to_dict()
+        out[name] = row
+    return out
 
 
 def study_dict(cfg: ChainConfig, results: Sequence[Mapping[str, Any]], paths: Sequence[Path], study_path: Path,

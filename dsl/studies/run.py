@@ -35,8 +35,11 @@ def format_row(r: IterationResult) -> str:
     """One row of the per-iteration table; `sel UA` is the validation-selected UA so far (held out only)."""
     alpha = "-" if r.alpha is None else f"{r.alpha:.2f}"
     sel = "-" if r.selected_ua is None else f"{100 * r.selected_ua:.2f}"
-    return (f"{r.iteration:>4} {alpha:>6} {100 * r.wa:>7.2f} {100 * r.ua:>7.2f} {sel:>8} {100 * r.segment_accuracy:>9.2f} "
-            f"{100 * r.changed_label_share:>9.2f} {r.epochs:>6.1f} {r.seconds:>7.1f}")
+    row = (f"{r.iteration:>4} {alpha:>6} {100 * r.wa:>7.2f} {100 * r.ua:>7.2f} {sel:>8} {100 * r.segment_accuracy:>9.2f} "
+           f"{100 * r.changed_label_share:>9.2f} {r.epochs:>6.1f} {r.seconds:>7.1f}")
+    if r.conditions:  # eval.noise / eval.adversarial
+        row += "\n     UA % under: " + ", ".join(f"{name} {100 * c['ua']:.2f}" for name, c in r.conditions.items())
+    return row
 
 
 def stage_text(cfg: ChainConfig) -> str:
@@ -63,6 +66,11 @@ def protocol_line(cfg: ChainConfig) -> str:
                 f"({pr.test_data}), shared classes only | {how.replace('per outer fold', 'by a forest CV')}")
     else:
         line = f"protocol {pr.name} ({pr.folds} folds) | {how}"
+    if cfg.eval.enabled:
+        from dsl.robustness.conditions import condition_names
+
+        line += (f" | also scored under {len(condition_names(cfg.eval))} test condition(s) "
+                 f"({', '.join(condition_names(cfg.eval))}): only test utterances are perturbed")
     if cfg.train.aux == "mtl_aug" and cfg.train.aux_data:
         line += (f" | train.aux_data: {cfg.train.aux_data} (unlabelled audio for MTL-AUG's auxiliary tasks only; no "
                  "label is read, but audio of the test utterances there makes training transductive in the audio)")

@@ -2,9 +2,10 @@
 
 A sweep file has `name`, `base` (a ChainConfig mapping, optionally `preset: cpu|paper` plus
 overrides; its `protocol` is the one the search runs under), `search` (parameters to sample),
-`objective` (`final` or `selected`: the score at a rule fixed in advance), `objective_seeds` (chains per
-trial, on the same seeds for every trial, the objective their mean), `holdout` (utterances no trial sees:
-`dsl.protocols.holdout`), `select` (how `dsl-sweep best` decides: a race of the top configurations on fresh
+`objective` (`final` or `selected`: the score at a rule fixed in advance; `selected:white_10dB` or
+`final:noise_mean`: the same under a test condition of `base.eval`, `dsl.robustness.conditions`), `objective_seeds`
+(chains per trial, on the same seeds for every trial, the objective their mean), `holdout` (utterances no trial
+sees: `dsl.protocols.holdout`), `select` (how `dsl-sweep best` decides: a race of the top configurations on fresh
 seeds under a leak-free protocol, then the final exam on the holdout), `sampler`, `scheduler`, `num_samples`,
 `max_concurrent`, `resources`, `max_failures`, `storage_path` and `plots`. Every problem is reported at once in one `ConfigError`. `seed` is not searchable: a
 sweep that picks its seed picks noise.
@@ -33,13 +34,14 @@ from dsl.pipeline.keys import key_default, selector_registry
 from dsl.plugins import load_plugins
 from dsl.protocols.holdout import HoldoutSpec, parse_holdout
 from dsl.protocols.plans import is_leak_free, leak_free_protocols
+from dsl.robustness.conditions import condition_names, summary_names
 from dsl.runtime.paths import is_uri
 
 # ParamSpec stays importable from here too: the tuner.pkl of a sweep started before it moved names it so.
 from sweeps.search.space import ParamSpec, SearchSpace, sample_configs
 from tracking.sweep_settings import SweepSettings
 from trainables.context import ResourceSpec
-from trainables.metrics import OBJECTIVES
+from trainables.metrics import OBJECTIVES, parse_objective
 
 # Short names of the search parameters -> dotted ChainConfig keys (any dotted key works too).
 ALIASES: dict[str, str] = {name: SHORT_NAMES[name] for name in (
@@ -248,7 +250,8 @@ def _base_config(raw: Any, data: str | None, problems: list[str]) -> ChainConfig
         return None
     if cfg.data and not is_uri(cfg.data):
         cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
-    for key, value in (("protocol.test_data", cfg.protocol.test_data), ("train.aux_data", cfg.train.aux_data)):
+    for key, value in (("protocol.test_data", cfg.protocol.test_data), ("train.aux_data", cfg.train.aux_data),
+                       ("eval.noise.babble_data", cfg.eval.noise.babble_data)):
         if value and not is_uri(value):  # trials run in other directories
             cfg = cfg.replace(**{key: str(Path(value).expanduser().resolve())})
     return cfg
@@ -310,6 +313,10 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
             problems.append(f"search: {', '.join(shared)}: features (but {', '.join(SEARCHABLE_FEATURES)}), corpus, "
                             "data, train.aux_data and cache_dir are shared by all trials (one feature extraction per front end); "
                             "set them in base")
+        conditions = [k for k in keys if k.startswith("eval.")]
+        if conditions:
+            problems.append(f"search: {', '.join(conditions)}: the test conditions (eval.*) are the same for all trials, "
+                            "so that their scores compare; set them in base")
         for p in params:
             if p.key in SEARCHABLE_FEATURES and p.kind not in ("categorical", "const"):
                 problems.append(f"search.{p.key}: give a list of choices (each front end is extracted once, "
@@ -334,9 +341,15 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
     if trials is not None:
         ints["num_samples"] = trials
     objective = str(raw.get("objective", SweepSettings.objective))
-    if objective not in OBJECTIVES:
-        problems.append(f"objective {objective!r} is unknown; allowed: {', '.join(OBJECTIVES)}")
-    elif objective == "selected" and base is not None:
+    rule, condition = parse_objective(objective)
+    if rule not in OBJECTIVES:
+        problems.append(f"objective {objective!r} is unknown; allowed: {', '.join(OBJECTIVES)}, optionally with "
+                        ":<test condition> (e.g. selected:white_10dB, final:noise_mean)")
+    elif condition and base is not None and condition not in (*condition_names(base.eval), *summary_names(base.eval)):
+        known = [*condition_names(base.eval), *summary_names(base.eval)]
+        problems.append(f"objective {objective!r}: no test condition {condition!r} in base.eval; "
+                        + (f"it has: {', '.join(known)}" if known else "set base.eval.noise or base.eval.adversarial"))
+    elif rule == "selected" and base is not None:
         searched = next((p for p in params if p.key == "protocol.name"), None)
         names = ([*searched.choices] if searched.kind == "categorical" else [searched.value]) if searched \
             else [base.protocol.name]

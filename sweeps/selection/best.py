@@ -298,8 +298,7 @@ def choose_best(opts: BestOptions, runner_factory=None, tracker_factory=None) ->
     print(f"chains: Ray tasks of {resources.cpu:g} CPU{f', {resources.gpu:g} GPU' if resources.gpu else ''} each "
           f"{'on the cluster at ' + address if address else 'on this machine'} | step cache "
           f"{steps or 'off'} | results {sel_dir}", flush=True)
-    key = objective_key(record.objective)
-    score = score_in_percent(key)
+    score = score_in_percent(record.objective)
     params = {"select": dataclasses.asdict(sel), "seeds": seeds, "holdout": data.assignment.spec.how
               if data.assignment else "none", "sweep_protocol": sweep_pr}
     tracker = (tracker_factory or SelectionTracker)(uri, record.experiment_id, record.parent_run_id, params)
@@ -317,7 +316,7 @@ def choose_best(opts: BestOptions, runner_factory=None, tracker_factory=None) ->
         exam = None
         if data.assignment is not None and holdout_path is not None:
             exam = _final_exam(record, sel, data, race, entries[verdict.winner], win_cfg, holdout_path, store, runner,
-                               tracker, score, key, exam_chains)
+                               tracker, score, record.objective, exam_chains)
         chains.environments.update(exam_chains.environments)
         selection = _selection_dict(record, sel, data, race, verdict, entries, exam, pick, win_cfg, sweep_pr,
                                     base_seed, chains, opts, sel_dir, time.time() - start)
@@ -371,7 +370,7 @@ def _step_cache(record: SweepRecord, sel_dir: Path) -> str:
 
 def _final_exam(record: SweepRecord, sel: SelectSpec, data: SelectionData, race: Any, winner: RaceEntry,
                 win_cfg: ChainConfig, holdout_path: Path, store: ChainStore, runner: Any, tracker: Any, score,
-                key: str, chains: ChainLog) -> dict[str, Any]:
+                objective: str, chains: ChainLog) -> dict[str, Any]:
     """The winner and the reference on the holdout (see `sweeps.selection.exam`); its summary for selection.json."""
     base = record.base or win_cfg
     ref = reference_config(base, sel.reference_overrides())
@@ -384,7 +383,7 @@ def _final_exam(record: SweepRecord, sel: SelectSpec, data: SelectionData, race:
           f"{', '.join(map(str, seeds))}: trained on the search part, scored on the holdout only", flush=True)
     results = run_exam(reqs, store, runner, tracker, score, chains=chains)
     ranking = [race.scores[winner.candidate.key][s] for s in sorted(race.scores[winner.candidate.key])]
-    return exam_summary(results, winner.candidate.key, seeds, key, ranking, describe(win_cfg), describe(ref),
+    return exam_summary(results, winner.candidate.key, seeds, objective, ranking, describe(win_cfg), describe(ref),
                         sel.reference, sel.protocol)
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -17,8 +19,9 @@ from dsl.config import ChainConfig, ConfigError, from_dict
 from dsl.method.schedules import schedule_alpha
 from dsl.pipeline.keys import key_applies
 from dsl.protocols.selection import rank_key
-from tracking.schema import CONFIG_ARTIFACT, UA, WA
+from tracking.schema import CONFIG_ARTIFACT, UA, WA, condition_metric
 from tracking.sweep_runs import SweepRun
+from trainables.metrics import parse_objective
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +68,21 @@ def at_iteration(cfg: ChainConfig, t: int) -> tuple[ChainConfig, bool]:
 
 
 def objective_key(objective: str) -> str:
-    """The metric (MLflow, and an iteration of a result JSON) that holds the sweep objective."""
-    return "selected_ua" if objective == "selected" else "ua"
+    """The MLflow metric that holds the sweep objective per iteration (`ua/white_10dB` etc. under a test condition)."""
+    rule, condition = parse_objective(objective)
+    key = "selected_ua" if rule == "selected" else "ua"
+    return condition_metric(key, condition) if condition else key
+
+
+def objective_figures(iteration: Mapping[str, Any], objective: str) -> tuple[float | None, float | None]:
+    """(the objective's UA, its WA) in one iteration of a result JSON: under the objective's test condition when it
+    names one (`final:white_10dB`), the validation-selected figures for `selected`."""
+    rule, condition = parse_objective(objective)
+    src = (iteration.get("conditions") or {}).get(condition) if condition else iteration
+    if src is None:
+        raise ValueError(f"objective {objective!r}: the chain scored no test condition {condition!r}")
+    selected = rule == "selected"
+    return src.get("selected_ua" if selected else "ua"), src.get("selected_wa" if selected else "wa")
 
 
 def select_best(sweep: SweepRun, objective: str = "final") -> list[BestPick]:

@@ -17,6 +17,7 @@ from typing import Any
 from dsl.config import ChainConfig, LabelSpec, from_dict
 from dsl.results.naming import describe
 from dsl.results.stats import mean_interval, paired_gain
+from sweeps.selection.candidates import objective_figures, objective_key
 from sweeps.selection.chains import ChainRequest, ChainStore, run_requests
 
 EXAM_STAGE = "exam"
@@ -62,21 +63,21 @@ def run_exam(requests: Sequence[ChainRequest], store: ChainStore, runner: Any, t
 
 
 def exam_summary(results: Mapping[tuple[str, int], Mapping[str, Any]], winner_key: str, seeds: Sequence[int],
-                 key: str, ranking_scores: Sequence[float], winner_name: str, reference_name: str,
+                 objective: str, ranking_scores: Sequence[float], winner_name: str, reference_name: str,
                  reference_overrides: Mapping[str, Any], protocol: str) -> dict[str, Any]:
     """The exam's figures (fractions): holdout UA/WA with 95 % intervals for both, the paired gain of the winner
     over the reference, and the optimism (ranking-stage mean minus holdout mean, both under `protocol`)."""
     ref_key = REFERENCE_KEY if any(k == REFERENCE_KEY for k, _ in results) else winner_key
 
-    def figures(k: str, metric: str) -> list[float]:
-        return [float(results[(k, s)]["iterations"][-1][metric]) for s in seeds]
+    def figures(k: str, which: int) -> list[float]:  # which: 0 the objective's UA, 1 its WA
+        return [float(objective_figures(results[(k, s)]["iterations"][-1], objective)[which]) for s in seeds]
 
-    win_ua, win_wa = figures(winner_key, key), figures(winner_key, "wa")
-    ref_ua, ref_wa = figures(ref_key, key), figures(ref_key, "wa")
+    win_ua, win_wa = figures(winner_key, 0), figures(winner_key, 1)
+    ref_ua, ref_wa = figures(ref_key, 0), figures(ref_key, 1)
     ranking = mean_interval([v / 100.0 for v in ranking_scores])
     holdout_ua = mean_interval(win_ua)
     first = results[(winner_key, seeds[0])]
-    return {"protocol": protocol, "seeds": list(seeds), "objective_key": key,
+    return {"protocol": protocol, "seeds": list(seeds), "objective_key": objective_key(objective),
             "n_holdout": sum(1 for u in first["iterations"][-1]["utterances"] if u["fold"] >= 0),
             "n_train": sum(1 for u in first["iterations"][-1]["utterances"] if u["fold"] < 0),
             "winner": {"key": winner_key, "name": winner_name, "ua": holdout_ua.to_dict(),

@@ -34,12 +34,16 @@ class RaceEntry:
     data: str = "search"  # which dataset of the runner its chains read (one per front end)
 
 
-def score_in_percent(key: str) -> Callable[[Mapping[str, Any]], float]:
-    """A chain result's score for the race: its objective at the last iteration, in percent."""
+def score_in_percent(objective: str) -> Callable[[Mapping[str, Any]], float]:
+    """A chain result's score for the race: the sweep objective (`final`, `selected`, either under a test condition)
+    at the last iteration, in percent."""
+    from sweeps.selection.candidates import objective_figures
+
     def score(result: Mapping[str, Any]) -> float:
-        value = result["iterations"][-1].get(key)
+        value = objective_figures(result["iterations"][-1], objective)[0]
         if value is None:
-            raise ValueError(f"the chain result has no {key!r} (objective 'selected' needs a held-out protocol)")
+            raise ValueError(f"the chain result has no score for objective {objective!r} ('selected' needs a "
+                             "held-out protocol)")
         return 100.0 * float(value)
     return score
 
