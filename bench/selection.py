@@ -53,6 +53,8 @@ RULES: dict[str, dict] = {
 RECIPE = {"segments.hop": 16, "protocol.name": "refinery", "protocol.folds": 3, "protocol.eval_folds": 5,
           "train.epochs": 3, "train.patience": 2}
 RESULT_FORMAT = 1
+RECIPE_TEXT = ("quick recipe: `cpu` preset, 3 outer folds, 160 ms segment hop, 3 epochs (patience 2), iteration picked "
+               "over 5 eval folds; grid: baseline T=0..2 and bdsl, wdsl a=0.2, wdsl a=0.8, gsl, hdl at T=1, 2")
 
 
 def log(*args) -> None:
@@ -270,7 +272,13 @@ def compare(out: Path, resamples: int, seed: int, truth_seeds: int, json_out: Pa
     log(f"goal (a race reaches top3x5's mean regret {ref['regret']:.2f} with at most half its {ref['chains']:.0f} "
         f"chains): {goal}")
     if json_out is not None:
-        json_out.write_text(json.dumps({"format": RESULT_FORMAT, "seeds": table.seeds, "machines": table.machines,
+        from dsl.results.selection_report import BENCHMARK_FORMAT, BENCHMARK_KIND
+
+        command = f"python -m bench.selection compare --resamples {resamples} --seed {seed} --truth-seeds {truth_seeds}"
+        json_out.write_text(json.dumps({"format": BENCHMARK_FORMAT, "kind": BENCHMARK_KIND, "command": command,
+                                        "data": "EmoDB (../shared/data/emodb, 535 utterances)",
+                                        "protocol": "refinery", "recipe": RECIPE_TEXT,
+                                        "seeds": table.seeds, "machines": table.machines,
                                         "resamples": resamples, "truth_seeds": truth_seeds, "rows": rows,
                                         "goal": goal, "configs": [table.name(i) for i in range(len(table.configs))],
                                         "mean_ua": means.tolist()}, indent=1) + "\n")

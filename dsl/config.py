@@ -110,6 +110,9 @@ class ProtocolSpec:
     test_corpus: str = ""  # cross_corpus: the test corpus's format (e.g. urdu) ...
     test_data: str = ""  # ... and its folder; the training corpus is `corpus`/`data`
     label_map: str = ""  # cross_corpus: NAME=SHARED,... on top of dsl.data.cross_corpus.SYNONYMS
+    # a holdout assignment (dsl.protocols.holdout): train on every other utterance with this protocol's own inner
+    # structure and score the held-out utterances only (the final exam of `dsl-sweep best`, `dsl-sweep run --holdout`)
+    holdout: str = ""
 
 
 OUTER_PARTITIONS = ("balanced", "stratified")  # protocol.outer; see dsl.protocols.plans
@@ -146,6 +149,42 @@ class StageSpec:
 
 
 @dataclass(frozen=True)
+class NoiseSpec:
+    """Noisy test speech (`dsl.robustness`): every scored test utterance is also scored with additive noise of each
+    type at each SNR (dB over the whole utterance), added to the waveform before the front end. Empty `types`: off.
+    `babble` mixes `babble_talkers` utterances of the folder `babble_data` (never one of a test speaker)."""
+
+    types: tuple[str, ...] = ()  # white | pink | babble (the registry dsl.robustness.noise.NOISES)
+    snr: tuple[float, ...] = (20.0, 10.0, 5.0, 0.0)
+    babble_data: str = ""  # babble: a folder of wav/flac (recursive), e.g. another corpus
+    babble_talkers: int = 5
+    seed: int = 0  # the noise of an utterance is seeded by this and its file name, not by the chain's seed
+
+
+@dataclass(frozen=True)
+class AdversarialSpec:
+    """Adversarial test inputs (`dsl.training.attacks`): FGSM or PGD against the *segment network* at test time,
+    within an L-inf ball of `eps` feature standard deviations (the fold's training statistics), untargeted against
+    the network's own predicted class (no label is read). Empty `attacks`: off."""
+
+    attacks: tuple[str, ...] = ()  # fgsm | pgd (the registry dsl.training.attacks.ATTACKS)
+    eps: tuple[float, ...] = (0.1, 0.3)
+    pgd_steps: int = 5  # pgd: steps of 2.5 eps / steps each, from the clean input (no random start)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Extra test conditions scored beside the clean test speech; training is unchanged. Off by default."""
+
+    noise: NoiseSpec = field(default_factory=NoiseSpec)
+    adversarial: AdversarialSpec = field(default_factory=AdversarialSpec)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.noise.types or self.adversarial.attacks)
+
+
+@dataclass(frozen=True)
 class ChainConfig:
     """Everything one DSL chain needs besides the audio."""
 
@@ -160,6 +199,7 @@ class ChainConfig:
     labels: LabelSpec = field(default_factory=LabelSpec)
     protocol: ProtocolSpec = field(default_factory=ProtocolSpec)
     stage: StageSpec = field(default_factory=StageSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)  # noisy and adversarial test conditions (off by default)
     cache_dir: str = ""  # "" -> $DSL_CACHE_DIR or ~/.cache/dsl-sweeps
     bad_files: str = "fail"  # fail | skip: what to do with audio that fails validation
     plugins: tuple[str, ...] = ()  # modules registering own backbones/rules, imported in every worker
@@ -310,6 +350,8 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
 def _coerce(value: Any, default: Any, where: str) -> Any:
     if where.endswith(".seeds"):  # a list of ints: YAML list, or "0,1,2" / "0-4" from a flag
         return parse_seeds(value, where)
+    if isinstance(default, tuple) and default and isinstance(default[0], float):  # numbers: list or "20,10,5"
+        return parse_numbers(value, where)
     if isinstance(default, dict):  # named numbers (labels.params)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping of parameter name -> number, got {value!r}")
@@ -346,6 +388,18 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}") from None
     return value
+
+
+def parse_numbers(value: Any, where: str) -> tuple[float, ...]:
+    """`[20, 10]`, `"20,10,-5"` or `0.1` -> (20.0, 10.0, ...), in the given order."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    try:
+        out = tuple(float(v) for v in items if not isinstance(v, bool) and (not isinstance(v, str) or v.strip()))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected a list of numbers, got {value!r}") from None
+    if not out or len(out) != len(items):
+        raise ConfigError(f"{where}: expected a list of numbers, got {value!r}")
+    return out
 
 
 def parse_seeds(value: Any, where: str = "seeds") -> tuple[int, ...]:

@@ -38,7 +38,7 @@ def test_trials_spread_over_nodes_and_share_frames(tmp_path_factory: pytest.Temp
 
         # best --register --address: the final model trains as a Ray task on the cluster, reaches MLflow
         choose_best(BestOptions(sweep="multinode", tracking_uri=uri, out=str(tmp / "best.yaml"), register=True,
-                                model_name="multinode-final", top_k=1, fresh_seeds=1, no_reeval=True,
+                                model_name="multinode-final", top_k=1, seeds=2, no_reeval=True,
                                 address=cluster.address))
 
     assert not out.interrupted and out.errors == 0, out.rows

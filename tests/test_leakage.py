@@ -54,11 +54,23 @@ def _clean(check: LeakCheck) -> None:
 LEAK_FREE = {"refinery": {"protocol.name": "refinery"},
              "nested": {"protocol.name": "nested"},
              "speaker": {"protocol.name": "speaker", "protocol.folds": 4}}  # leave-one-speaker-out
+# noisy and attacked test utterances (dsl.robustness): their predictions must not move either
+CONDITIONS = {"eval.noise.types": "white", "eval.noise.snr": "5", "eval.adversarial.attacks": "fgsm",
+              "eval.adversarial.eps": "0.3"}
 
 
 @pytest.mark.parametrize("name", list(LEAK_FREE))
 def test_leak_free_protocols_move_nothing_of_the_relabelled_fold(tones, feature_cache, name) -> None:
     _clean(_check(tones, feature_cache, **LEAK_FREE[name]))
+
+
+def test_predictions_under_test_conditions_do_not_move_either(tones, feature_cache) -> None:
+    """eval.noise / eval.adversarial: the relabelled fold's predictions under every test condition are compared
+    too (and must stay), while the other folds' move."""
+    check = _check(tones, feature_cache, **{"protocol.name": "refinery", **CONDITIONS})
+    _clean(check)
+    assert check.conditions == ["white_5dB", "fgsm_eps0.3"]
+    assert all(c.conditions_moved == 0 for c in check.iterations)
 
 
 @pytest.mark.slow
@@ -71,6 +83,7 @@ def test_leak_free_protocols_on_more_seeds(tones, feature_cache, name, seed) -> 
 PATHS = {"nested-acp": {"protocol.name": "nested", "stage.name": "acp", "stage.epochs": 5},
          "refinery-cross-fit": {"protocol.name": "refinery", "stage.fit_on": "cross_fit"},
          "nested-each-view": {"protocol.name": "nested", "stage.test_views": "each"},
+         "nested-each-view-conditions": {"protocol.name": "nested", "stage.test_views": "each", **CONDITIONS},
          "refinery-two-workers": {"protocol.name": "refinery", "train.workers": 2},
          "refinery-wdsl-3-iterations": {"protocol.name": "refinery", "iterations": 3}}
 

@@ -138,3 +138,16 @@ def test_results_written_before_the_outer_partition_and_the_agreement_existed_sa
     assert "`refinery` (outer folds stratified by label)" in text and "selector agreement %" in text
     balanced = {**study, "protocol": {**study["protocol"], "outer": "balanced"}}
     assert setting(balanced) != setting(study)
+
+
+def test_a_seed_written_before_the_outer_partition_and_stage_inputs_resumes_only_under_them() -> None:
+    """A seed file without protocol.outer (cut stratified by label) and without stage.fit_on/test_views (today's)
+    is the same config as one that names those values, and another config than the balanced default."""
+    from dsl.results.study import comparable_config
+
+    new = ChainConfig().replace(**{"protocol.name": "refinery", "protocol.outer": "stratified"}).to_dict()
+    old = json.loads(json.dumps(new))
+    del old["protocol"]["outer"], old["stage"]["fit_on"], old["stage"]["test_views"]
+    assert comparable_config(old) == comparable_config(new)
+    balanced = ChainConfig().replace(**{"protocol.name": "refinery"}).to_dict()
+    assert comparable_config(old) != comparable_config(balanced)

@@ -42,7 +42,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory):
         rc = main(["sweep", str(tmp / "sweep.yaml"), "--tracking-uri", server.uri])
         mp.delenv(fault.FAIL_ONCE)
         best_rc = main(["best", "server_sweep", "--tracking-uri", server.uri, "--out", str(tmp / "best.yaml"),
-                        "--top-k", "2", "--fresh-seeds", "2"])
+                        "--top-k", "2", "--seeds", "2"])
         from mlflow import MlflowClient
 
         c = MlflowClient(server.uri)
@@ -131,8 +131,8 @@ def test_optuna_study_matches_the_sweep(sweep) -> None:
 
 
 def test_best_yaml_is_a_reevaluated_top_config(sweep) -> None:
-    """best re-evaluates the top 2 distinct configs (by UA at each trial's last iteration) on 2 fresh seeds
-    under the leak-free `refinery` and writes the winner with the re-evaluated figures, not the sweep's."""
+    """best races the top 2 distinct configs (by UA at each trial's last iteration) on 2 fresh seeds under the
+    leak-free `refinery` and writes the winner with the race's verdict and figures, not the sweep's."""
     from dsl.config import from_dict, load_config
 
     c = sweep.client
@@ -152,11 +152,12 @@ def test_best_yaml_is_a_reevaluated_top_config(sweep) -> None:
     winner = next(run for run, cfg in configs if cfg == best)
     assert c.get_run(winner.info.run_id).data.tags.get("dsl.best") == "true"
     ev = yaml.safe_load((sweep.tmp / "best.yaml").read_text())["evaluation"]
-    assert ev["protocol"] == "refinery" and ev["leak_free"] is True and ev["seeds"] == [1, 2]
-    assert 1 <= len(ev["candidates"]) <= 2 and ev["trial_id"] == winner.data.tags["ray_trial_id"]
-    assert ev["optimism"] == pytest.approx(ev["sweep_score"] - ev["ua"]["mean"], abs=1e-5)
-    assert ev["ua"]["low"] <= ev["ua"]["mean"] <= ev["ua"]["high"]
-    assert (sweep.tmp / "best_reeval" / "candidate1.seeds" / "seed1.json").is_file()
+    assert ev["protocol"] == "refinery" and ev["leak_free"] is True and ev["race"]["seeds"] == [1, 2]
+    assert 1 <= len(ev["race"]["survivors"]) <= 2 and ev["trial_id"] == winner.data.tags["ray_trial_id"]
+    assert ev["verdict"] and ev["holdout"] is None  # the tiny sweep has no holdout: no final exam
+    assert ev["race"]["ua"]["low"] <= ev["race"]["ua"]["mean"] <= ev["race"]["ua"]["high"]
+    key = ev["trial_id"].split("_")[-1]
+    assert (sweep.tmp / "best_selection" / "race" / f"{key}.seeds" / "seed1.json").is_file()
 
 
 def test_best_yaml_reproduces_the_trial(sweep) -> None:
@@ -183,15 +184,15 @@ def test_register_and_predict(sweep, capsys: pytest.CaptureFixture[str]) -> None
         mp.setenv("DSL_PROGRESS", "0")
         assert choose_best(BestOptions(sweep="server_sweep", tracking_uri=sweep.server.uri,
                                        out=str(sweep.tmp / "best.yaml"), register=True, model_name="dsl-tiny",
-                                       top_k=2, fresh_seeds=2)) == sweep.tmp / "best.yaml"  # studies read back
+                                       top_k=2, seeds=2)) == sweep.tmp / "best.yaml"  # chains read back from disk
     versions = sweep.client.search_model_versions("name='dsl-tiny'")
     assert len(versions) == 1
     ev = yaml.safe_load((sweep.tmp / "best.yaml").read_text())["evaluation"]
-    # The registered model carries the re-evaluated figures, not the sweep's self-graded score.
-    assert versions[0].tags["reevaluation_protocol"] == "refinery"
-    assert versions[0].tags["reevaluated_ua"].startswith(f"{ev['ua']['mean']:.4f}")
+    # The registered model carries the race's figures and verdict, not the sweep's self-graded score.
+    assert versions[0].tags["selection_protocol"] == "refinery" and versions[0].tags["verdict"] == ev["verdict"]
+    assert versions[0].tags["race_ua"].startswith(f"{ev['race']['ua']['mean']:.4f}")
     run = sweep.client.get_run(versions[0].run_id)
-    assert run.data.metrics["reevaluated_ua"] == pytest.approx(ev["ua"]["mean"], abs=1e-6)
+    assert run.data.metrics["race_ua"] == pytest.approx(ev["race"]["ua"]["mean"], abs=1e-6)
     wavs = sorted(str(p) for p in Path(yaml.safe_load((sweep.tmp / "best.yaml").read_text())["data"]).iterdir())[:2]
     capsys.readouterr()
     assert main(["predict", "models:/dsl-tiny/1", *wavs, "--tracking-uri", sweep.server.uri,

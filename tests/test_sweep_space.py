@@ -158,3 +158,19 @@ def test_seed_is_not_searchable_and_selection_is_leak_free() -> None:
     raw = {"name": "t", "base": {"preset": "cpu", "data": "/x", "protocol": {"name": "refinery"}},
            "search": {"rule": ["wdsl"]}, "objective": "selected"}
     assert parse_sweep(raw).objective == "selected"
+
+
+def test_holdout_select_and_objective_seeds_are_checked_together() -> None:
+    with pytest.raises(ConfigError) as err:
+        _spec({"rule": ["wdsl"]}, holdout={"speakers": ["03"], "fraction": 0.2}, objective_seeds=0,
+              select={"budget": 0, "alpha": 1.5, "correction": "none", "reference": {"rule": "nonsense"}})
+    msg = str(err.value)
+    assert "holdout: give exactly one of speakers" in msg and "objective_seeds: an integer >= 1" in msg
+    assert "select.budget" in msg and "select.alpha" in msg and "select.correction 'none' is unknown" in msg
+    assert "select.reference: the reference config" in msg and "nonsense" in msg
+    spec = _spec({"rule": ["wdsl"]}, holdout={"speakers": ["03", "08"]}, objective_seeds=3,
+                 select={"top_k": 4, "budget": 20, "reference": {"rule": "wdsl", "alpha": 0.5, "iterations": 1}})
+    assert spec.holdout.speakers == ("03", "08") and spec.objective_seeds == 3
+    assert (spec.select.top_k, spec.select.budget, spec.select.exam_seeds) == (4, 20, 5)
+    assert spec.select.reference_overrides() == {"labels.rule": "wdsl", "labels.alpha": 0.5, "iterations": 1}
+    assert _spec({"rule": ["wdsl"]}).select.reference_overrides() == {"labels.rule": "baseline", "iterations": 0}

@@ -9,7 +9,7 @@ import pytest
 from dsl.config import ChainConfig
 from dsl.pipeline.chain import ChainState
 from dsl.results.plots import accuracy_plot, confusion_plot, contour_plot
-from sweeps.selection.best import at_iteration
+from sweeps.selection.candidates import at_iteration
 from tests.support.mlflow_server import free_port
 from tracking.client import redact_uri
 from tracking.schema import iteration_metrics

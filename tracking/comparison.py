@@ -14,10 +14,11 @@ from typing import Any
 
 from dsl.results import plots
 
-from .schema import RESULT_ARTIFACT, UA, WA
+from .schema import RESULT_ARTIFACT, SWEEP_SECONDS_METRIC, UA, WA
 from .sweep_runs import SweepRun
 
 FOLDER = "comparison"
+COST_KEYS = ("seconds", "fold_trainings", "cached_folds")  # per iteration; a trial's cost is their sum
 PARAM_COLUMNS = ("labels.rule", "labels.alpha", "labels.schedule", "iterations", "backbone", "train.lr",
                  "segments.hop", "protocol.name", "seed")
 
@@ -32,6 +33,7 @@ class TrialSummary:
     params: dict[str, str]
     ua: dict[int, float] = field(default_factory=dict)  # iteration -> UA
     wa: dict[int, float] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)  # seconds, fold_trainings, cached_folds: summed over iterations
 
     @property
     def last(self) -> int | None:
@@ -40,7 +42,8 @@ class TrialSummary:
 
 def trial_summaries(sweep: SweepRun) -> list[TrialSummary]:
     out = [TrialSummary(t.run_id, t.run_name, t.trial_id, t.status, t.stopped_early, t.params, t.metrics[UA],
-                        t.metrics[WA]) for t in sweep.trial_histories((UA, WA))]
+                        t.metrics[WA], {k: sum(t.metrics[k].values()) for k in COST_KEYS if t.metrics[k]})
+           for t in sweep.trial_histories((UA, WA, *COST_KEYS))]
     return sorted(out, key=lambda t: -(t.ua[t.last] if t.last is not None else -1.0))
 
 
@@ -126,6 +129,7 @@ def sweep_export(sweep: SweepRun, name: str) -> dict[str, Any]:
     """The sweep's trials as plain data (`kind: sweep`) for `dsl.results.paper_tables`: flat params and UA/WA per
     iteration of every child run, the protocol, seeds and data, and the machine of its first result."""
     trials = trial_summaries(sweep)
+    settings = sweep.settings()
     first = trials[0].params if trials else {}
     from dsl.protocols.plans import is_leak_free
 
@@ -137,6 +141,8 @@ def sweep_export(sweep: SweepRun, name: str) -> dict[str, Any]:
             environment = result.get("environment")
             break
     return {"format": EXPORT_FORMAT, "kind": "sweep", "name": name,
+            "objective_seeds": settings.objective_seeds, "holdout": settings.holdout,
+            "sweep_seconds": sweep.parent_metrics().get(SWEEP_SECONDS_METRIC),
             "protocol": {"name": protocol, "leak_free": is_leak_free(protocol) if protocol else None,
                          "folds": first.get("protocol.folds")},
             "seeds": sorted({int(t.params["seed"]) for t in trials if t.params.get("seed", "").isdigit()}),
@@ -144,4 +150,4 @@ def sweep_export(sweep: SweepRun, name: str) -> dict[str, Any]:
             "trials": [{"trial_id": t.trial_id, "run_name": t.run_name, "status": t.status,
                         "stopped_early": t.stopped_early, "params": t.params,
                         "ua": {str(i): v for i, v in sorted(t.ua.items())},
-                        "wa": {str(i): v for i, v in sorted(t.wa.items())}} for t in trials]}
+                        "wa": {str(i): v for i, v in sorted(t.wa.items())}, "cost": t.cost} for t in trials]}

@@ -12,19 +12,26 @@ from dsl.pipeline.model import find_model_dir
 from .client import call, client, resolve_tracking_uri
 from .schema import (
     CONFIG_ARTIFACT,
+    HOLDOUT_GAIN_UA_METRIC,
+    HOLDOUT_GAIN_UA_TAG,
+    HOLDOUT_REFERENCE_TAG,
+    HOLDOUT_TAG,
+    HOLDOUT_UA_METRIC,
+    HOLDOUT_UA_TAG,
+    HOLDOUT_WA_METRIC,
     MODEL_ARTIFACT,
     OPTIMISM_METRIC,
+    OPTIMISM_TAG,
     PARENT_TAG,
-    REEVALUATED_UA_METRIC,
-    REEVALUATED_WA_METRIC,
-    REEVALUATION_PROTOCOL_TAG,
-    REEVALUATION_SEEDS_TAG,
+    RACE_SEEDS_TAG,
+    RACE_UA_METRIC,
+    RACE_UA_TAG,
     ROLE_FINAL_MODEL,
     ROLE_TAG,
+    SELECTION_PROTOCOL_TAG,
     SOURCE_RUN_TAG,
-    VERSION_OPTIMISM_TAG,
-    VERSION_PROTOCOL_TAG,
-    VERSION_UA_TAG,
+    VERDICT_TAG,
+    VERSION_TAG_PREFIX,
 )
 
 
@@ -52,17 +59,13 @@ def register_model(directory: str | Path, features_kind: str, example_wav: str |
                                        signature=signature(label_names),
                                        input_example=input_example(example_wav))
         mlflow.log_artifact(str(directory / CONFIG_ARTIFACT))
-        if evaluation:  # the re-evaluated (leak-free, fresh-seed) figures, not the sweep's self-graded score
-            mlflow.log_metrics({REEVALUATED_UA_METRIC: evaluation["ua"]["mean"],
-                                REEVALUATED_WA_METRIC: evaluation["wa"]["mean"],
-                                OPTIMISM_METRIC: evaluation["optimism"]})
-            mlflow.set_tags({REEVALUATION_PROTOCOL_TAG: evaluation["protocol"],
-                             REEVALUATION_SEEDS_TAG: ",".join(map(str, evaluation["seeds"]))})
-    tags = {}
-    if evaluation:
-        ua = evaluation["ua"]
-        tags = {VERSION_UA_TAG: f"{ua['mean']:.4f} [{ua['low']:.4f}, {ua['high']:.4f}]",
-                VERSION_PROTOCOL_TAG: evaluation["protocol"], VERSION_OPTIMISM_TAG: f"{evaluation['optimism']:.4f}"}
+        if evaluation:  # how it was selected (the race, the final exam), not the sweep's self-graded score
+            metrics, run_tags = selection_figures(evaluation)
+            mlflow.log_metrics(metrics)
+            mlflow.set_tags(run_tags)
+    # the version carries the same figures, named without the prefix (a version's tags are its own namespace)
+    tags = {k.removeprefix(VERSION_TAG_PREFIX): v for k, v in selection_figures(evaluation)[1].items()} \
+        if evaluation else {}
     version = mlflow.register_model(info.model_uri, model_name, tags=tags or None)
     return f"models:/{model_name}/{version.version}"
 
@@ -74,3 +77,25 @@ def download_model(uri: str, tracking_uri: str | None, dst: str | Path) -> Path:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     return find_model_dir(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+
+
+def _interval_text(d: dict) -> str:
+    low, high = d.get("low"), d.get("high")
+    return f"{d['mean']:.4f}" + (f" [{low:.4f}, {high:.4f}]" if low is not None and high is not None else "")
+
+
+def selection_figures(evaluation: dict) -> tuple[dict[str, float], dict[str, str]]:
+    """Metrics and tags of a registered model from best.yaml's `evaluation:` block (`sweeps.selection.best`): the
+    race's verdict and mean, and with a holdout the final exam's UA, paired gain over the reference and optimism."""
+    race = evaluation["race"]
+    metrics = {RACE_UA_METRIC: float(race["ua"]["mean"])}
+    tags = {VERDICT_TAG: str(evaluation["verdict"])[:5000], SELECTION_PROTOCOL_TAG: str(evaluation["protocol"]),
+            RACE_UA_TAG: _interval_text(race["ua"]), RACE_SEEDS_TAG: ",".join(map(str, race["seeds"]))}
+    h = evaluation.get("holdout")
+    if h:
+        metrics.update({HOLDOUT_UA_METRIC: float(h["ua"]["mean"]), HOLDOUT_WA_METRIC: float(h["wa"]["mean"]),
+                        HOLDOUT_GAIN_UA_METRIC: float(h["gain_ua"]["mean"]), OPTIMISM_METRIC: float(h["optimism"])})
+        tags.update({HOLDOUT_UA_TAG: _interval_text(h["ua"]), HOLDOUT_GAIN_UA_TAG: _interval_text(h["gain_ua"]),
+                     HOLDOUT_TAG: f"{h['how']} ({h['utterances']} utterances), seeds {','.join(map(str, h['seeds']))}",
+                     HOLDOUT_REFERENCE_TAG: str(h["reference"]), OPTIMISM_TAG: f"{h['optimism']:.4f}"})
+    return metrics, tags

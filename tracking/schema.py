@@ -38,6 +38,7 @@ ZERO_COPY_TAG = "dsl.frames_zero_copy"  # the trial reads the frames from the ob
 NODE_ID_TAG = "dsl.node_id"  # the Ray node of this attempt
 PROTOCOL_TAG = "dsl.protocol"
 LEAK_FREE_TAG = "dsl.leak_free"
+OBJECTIVE_SEEDS_TAG = "dsl.objective_seeds"  # the seeds whose mean UA is the trial's objective (objective_seeds > 1)
 ERROR_TAG = "dsl.error"  # the exception that failed the trial
 STOPPED_EARLY_TAG = "dsl.stopped_early"  # the scheduler stopped the trial before its last iteration
 CACHED_TAG = "dsl.cached_iterations"  # iterations the step cache served whole (comma-separated; "" none)
@@ -54,19 +55,39 @@ TOP_TRIAL_TAG = "dsl.top_trial_id"  # the sweep's own (self-graded) top trial
 TRIALS_ERRORED_TAG = "dsl.trials_errored"
 BEST_RUN_TAG = "dsl.best_run_id"  # the run `dsl-sweep best` picked
 TOP_OBJECTIVE_METRIC = "top_objective"
-REEVALUATED_UA_METRIC = "reevaluated_ua"  # the winner's re-evaluated mean (also on the final-model run)
-REEVALUATED_WA_METRIC = "reevaluated_wa"
-OPTIMISM_METRIC = "optimism"  # the sweep's score of the winner minus its re-evaluated mean
+SWEEP_SECONDS_METRIC = "sweep_seconds"  # the sweep's wall time, on the parent
+SELECTION_RUN_TAG = "dsl.selection_run_id"  # the `selection` run of `dsl-sweep best`
 SETTINGS_PREFIX = "sweep."  # params: the sweep's settings (`sweep_settings.SweepSettings`)
 BASE_PREFIX = "base."  # params: the sweep's base config
 
+# --- `dsl-sweep best`: the selection run (child of the parent) and its chain runs --------------------------------
+ROLE_SELECTION, ROLE_SELECTION_CHAIN = "selection", "selection_chain"
+SELECTION_CHAIN_TAG = "dsl.selection_chain"  # <stage>/<candidate>/seed<N>: finds a chain's run again on resume
+STAGE_TAG = "dsl.stage"  # race | exam
+CANDIDATE_TAG = "dsl.candidate"
+SEED_TAG = "dsl.seed"
+SECONDS_TAG = "dsl.seconds"
+SURVIVORS_TAG = "dsl.survivors"  # the race's survivors after the last round
+# the decision, on the selection run and the parent (and, with the final model's figures, on the final-model run)
+VERDICT_TAG = "dsl.verdict"
+SELECTION_PROTOCOL_TAG = "dsl.selection_protocol"
+SIGNIFICANT_TAG = "dsl.significant"
+BEST_CONFIG_TAG = "dsl.best_config"
+HOLDOUT_TAG = "dsl.holdout"
+RACE_UA_METRIC, RACE_CHAINS_METRIC = "race_ua", "race_chains"
+HOLDOUT_UA_METRIC, HOLDOUT_WA_METRIC = "holdout_ua", "holdout_wa"
+HOLDOUT_REFERENCE_UA_METRIC, HOLDOUT_GAIN_UA_METRIC = "holdout_reference_ua", "holdout_gain_ua"
+OPTIMISM_METRIC = "optimism"  # ranking-stage score minus holdout score, within one protocol
+
 # --- the final model's run and its registered version ---------------------------------------------------------
 SOURCE_RUN_TAG = "dsl.source_run_id"  # the trial run whose config the model was trained with
-REEVALUATION_PROTOCOL_TAG = "dsl.reevaluation_protocol"
-REEVALUATION_SEEDS_TAG = "dsl.reevaluation_seeds"
-VERSION_UA_TAG = "reevaluated_ua"  # tags of the registered model version
-VERSION_PROTOCOL_TAG = "reevaluation_protocol"
-VERSION_OPTIMISM_TAG = "optimism"
+RACE_UA_TAG = "dsl.race_ua"  # the winner's race mean [interval]
+RACE_SEEDS_TAG = "dsl.race_seeds"
+HOLDOUT_UA_TAG = "dsl.holdout_ua"  # the final exam: the winner's holdout UA [interval]
+HOLDOUT_GAIN_UA_TAG = "dsl.holdout_gain_ua"  # paired gain over the reference [interval]
+HOLDOUT_REFERENCE_TAG = "dsl.holdout_reference"
+OPTIMISM_TAG = "dsl.optimism"
+VERSION_TAG_PREFIX = "dsl."  # the registered version carries the final-model run's tags without this prefix
 
 # --- a node's preflight run (deleted at once) -------------------------------------------------------------------
 NODE_TAG = "dsl.node"
@@ -76,6 +97,8 @@ CONFIG_ARTIFACT = "config.yaml"  # a trial's resolved config (and the final mode
 RESULT_ARTIFACT = "result.json"  # a trial's result JSON
 PLOT_DIR = "plots"  # a trial's plots
 SPEC_ARTIFACT = "sweep.yaml"  # the parent's sweep file
+BASE_ARTIFACT = "base.yaml"  # the parent's resolved base config (the final exam's reference is built on it)
+HOLDOUT_ARTIFACT = "holdout.json"  # the parent's copy of the holdout assignment
 TABLE_ARTIFACT = "trials.txt"  # the parent's trial table
 MODEL_ARTIFACT = "model"  # the final model's pyfunc
 
@@ -89,18 +112,35 @@ STEP_KEY = "mean_fold_ua"  # every logged iteration has it: its history gives th
 # would have preferred (`dsl.protocols.selection.selector_agreement`).
 SELECTOR_AGREEMENT = "selector_agreement"
 SCALARS = ("wa", "ua", "selected_wa", "selected_ua", SELECTOR_AGREEMENT, "segment_accuracy", "changed_label_share",
-           "target_entropy", "epochs", "seconds", "segments_per_second", "alpha", "cached_folds")
+           "target_entropy", "epochs", "seconds", "segments_per_second", "alpha", "cached_folds", "fold_trainings")
+
+
+# Per test condition (eval.noise / eval.adversarial, `dsl.robustness.conditions`): `<metric>/<condition>`, e.g.
+# `ua/white_10dB`, `selected_ua/fgsm_eps0.1`, `ua/noise_mean`.
+CONDITION_SCALARS = ("wa", "ua", "selected_wa", "selected_ua", "segment_accuracy")
+
+
+def condition_metric(metric: str, condition: str) -> str:
+    """The MLflow / `tune.report` name of `metric` under test condition `condition`."""
+    return f"{metric}/{condition}"
 
 
 def iteration_metrics(d: Mapping[str, Any]) -> dict[str, float]:
     """The flat metrics of one iteration (an `IterationResult.to_dict()`), for MLflow and `tune.report`:
-    wa, ua, mean_fold_ua, segment accuracy, changed-label share, ..., and per-fold `fold_wa/i`, `fold_ua/i`."""
+    wa, ua, mean_fold_ua, segment accuracy, changed-label share, ..., per-fold `fold_wa/i`, `fold_ua/i`, and per
+    test condition `ua/<condition>` etc. (`condition_metric`)."""
     out = {k: float(d[k]) for k in SCALARS if d.get(k) is not None and math.isfinite(float(d[k]))}
     out[STEP_KEY] = float(np.mean(d["fold_ua"]))
     out["mean_fold_wa"] = float(np.mean(d["fold_wa"]))
     for name in ("fold_wa", "fold_ua"):
         for i, v in enumerate(d[name]):
             out[f"{name}/{i}"] = float(v)
+    for condition, c in (d.get("conditions") or {}).items():
+        for k in CONDITION_SCALARS:
+            if c.get(k) is not None and math.isfinite(float(c[k])):
+                out[condition_metric(k, condition)] = float(c[k])
+    for seed, v in zip(d.get("seeds") or (), d.get("seed_ua") or ()):  # objective_seeds > 1: each seed's UA
+        out[f"seed_ua/{seed}"] = float(v)
     return out
 
 

@@ -24,12 +24,10 @@ from .schema import (
     CACHED_TAG,
     CONFIG_ARTIFACT,
     EXPERIMENT_KIND,
-    OPTIMISM_METRIC,
     ORPHAN_REASON_TAG,
     ORPHAN_TAG,
     PARENT_TAG,
     PATH_TAG,
-    REEVALUATED_UA_METRIC,
     RERUN_AS_TAG,
     RESUMED_TAG,
     ROLE_PARENT,
@@ -37,6 +35,7 @@ from .schema import (
     ROLE_TRIAL,
     SPEC_ARTIFACT,
     STOPPED_EARLY_TAG,
+    SWEEP_SECONDS_METRIC,
     SWEEP_TAG,
     TABLE_ARTIFACT,
     TOP_OBJECTIVE_METRIC,
@@ -90,14 +89,14 @@ class SweepRun:
     # --- opened by `dsl-sweep sweep`, found by `best` and `report` ------------------------------------------
     @classmethod
     def open(cls, tracking_uri: str, name: str, sweep_path: str, settings: SweepSettings, base: Mapping[str, Any],
-             spec_yaml: str, resume: bool) -> SweepRun:
+             spec_yaml: str, resume: bool, files: Mapping[str, str] | None = None) -> SweepRun:
         """The sweep's experiment (created, or restored if deleted) and its parent run: a new one holding the
-        settings and base config as params and the sweep file as an artifact, or (`resume`) the one of
-        `sweep_path`, marked RUNNING again."""
+        settings and base config as params and the sweep file (and `files`, name -> text, e.g. the holdout
+        assignment) as artifacts, or (`resume`) the one of `sweep_path`, marked RUNNING again."""
         c = client(tracking_uri)
         exp_id = ensure_experiment(c, name)
         params = {**settings.to_params(), **{BASE_PREFIX + k: v for k, v in flat_params(base).items()}}
-        run_id = open_parent(c, exp_id, name, sweep_path, params, spec_yaml, resume)
+        run_id = open_parent(c, exp_id, name, sweep_path, params, spec_yaml, resume, files)
         return cls(tracking_uri, exp_id, run_id)
 
     @classmethod
@@ -125,6 +124,10 @@ class SweepRun:
         """The sweep's settings as the parent run keeps them."""
         return SweepSettings.from_params(call(self.client.get_run, self.run_id).data.params)
 
+    def parent_metrics(self) -> dict[str, float]:
+        """The parent run's latest metrics (e.g. `sweep_seconds`, the re-evaluated and exam figures)."""
+        return dict(call(self.client.get_run, self.run_id).data.metrics)
+
     def trial_histories(self, keys: Sequence[str]) -> list[TrialHistory]:
         """Every child run with the history of each metric in `keys`."""
         c, out = self.client, []
@@ -142,6 +145,15 @@ class SweepRun:
         with tempfile.TemporaryDirectory() as tmp:
             path = call(self.client.download_artifacts, run_id, CONFIG_ARTIFACT, tmp)
             return yaml.safe_load(Path(path).read_text())
+
+    def run_file(self, name: str, run_id: str | None = None) -> str | None:
+        """The text of top-level artifact `name` of the parent (or of run `run_id`), or None if it has none
+        (sweeps before the final exam kept no `base.yaml` or `holdout.json`)."""
+        rid = run_id or self.run_id
+        if name not in {a.path for a in call(self.client.list_artifacts, rid)}:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(call(self.client.download_artifacts, rid, name, tmp)).read_text()
 
     def trial_artifact_json(self, run_id: str, name: str) -> dict[str, Any] | None:
         """A JSON artifact of a child run, or None when it has none (e.g. a trial that failed at once)."""
@@ -173,9 +185,12 @@ class SweepRun:
             call(self.client.log_artifact, self.run_id, str(p), artifact_path)
 
     def finish(self, status: str, errors: int, top_trial_id: str | None = None,
-               top_objective: float | None = None) -> None:
-        """End the parent `status` with the sweep's own top trial and its objective, and the errored count."""
+               top_objective: float | None = None, seconds: float | None = None) -> None:
+        """End the parent `status` with the sweep's own top trial and its objective, the errored count and the
+        sweep's wall time."""
         c = self.client
+        if seconds is not None:
+            call(c.log_metric, self.run_id, SWEEP_SECONDS_METRIC, seconds)
         if top_trial_id is not None and top_objective is not None:
             call(c.log_metric, self.run_id, TOP_OBJECTIVE_METRIC, top_objective)
             call(c.set_tag, self.run_id, TOP_TRIAL_TAG, top_trial_id)
@@ -201,11 +216,6 @@ class SweepRun:
         call(c.set_tag, run_id, BEST_ITERATION_TAG, str(iteration))
         call(c.set_tag, self.run_id, BEST_RUN_TAG, run_id)
         call(c.set_tag, self.run_id, BEST_ITERATION_TAG, str(iteration))
-
-    def log_reevaluation(self, ua: float, optimism: float) -> None:
-        """The winner's re-evaluated mean objective and the sweep's optimism about it, on the parent."""
-        call(self.client.log_metric, self.run_id, REEVALUATED_UA_METRIC, ua)
-        call(self.client.log_metric, self.run_id, OPTIMISM_METRIC, optimism)
 
 
 # --- the client-level operations the class binds ------------------------------------------------------------
@@ -235,9 +245,10 @@ def find_parent(c, experiment_id: str, sweep_path: str | None = None):
     return runs[0] if runs else None
 
 
-def open_parent(c, experiment_id: str, name: str, sweep_path: str, params: Mapping[str, str], spec_yaml: str,
-                resume: bool) -> str:
-    """Create the parent run (fresh sweep) or reuse it (`--resume`); marks it RUNNING."""
+def open_parent(c, experiment_id: str, name: str, sweep_path: str, params: Mapping[str, Any], spec_yaml: str,
+                resume: bool, files: Mapping[str, str] | None = None) -> str:
+    """Create the parent run (fresh sweep) or reuse it (`--resume`); marks it RUNNING. `files` (name -> text) are
+    logged as artifacts beside `sweep.yaml`."""
     run = find_parent(c, experiment_id, sweep_path) if resume else None
     if run is None:
         run = call(c.create_run, experiment_id, run_name=name,
@@ -248,8 +259,9 @@ def open_parent(c, experiment_id: str, name: str, sweep_path: str, params: Mappi
         for i in range(0, len(items), 100):
             call(c.log_batch, run.info.run_id, params=items[i:i + 100])
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / SPEC_ARTIFACT).write_text(spec_yaml)
-            call(c.log_artifact, run.info.run_id, str(Path(tmp) / SPEC_ARTIFACT))
+            for fname, text in {SPEC_ARTIFACT: spec_yaml, **(files or {})}.items():
+                (Path(tmp) / fname).write_text(text)
+                call(c.log_artifact, run.info.run_id, str(Path(tmp) / fname))
     else:
         call(c.update_run, run.info.run_id, status="RUNNING")
         call(c.set_tag, run.info.run_id, RESUMED_TAG, "true")

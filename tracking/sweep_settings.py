@@ -1,7 +1,7 @@
 """The sweep's settings as its parent run keeps them (params `sweep.*`), read back as one typed object.
 
-The driver logs them when it opens the parent run; `dsl-sweep best` reads them back to learn the objective
-and how to re-evaluate. The defaults here are the only ones: the sweep file's `select:` block takes its
+The driver logs them when it opens the parent run; `dsl-sweep best` reads them back to learn the objective,
+the holdout, the step cache and (for a sweep whose file has no `select:`) how to decide. The defaults here are the only ones: the sweep file's `select:` block takes its
 defaults from this class, and a parent run logged before a setting existed reads as that default.
 """
 from __future__ import annotations
@@ -30,9 +30,17 @@ class SweepSettings:
     objective: str = "final"  # final | selected (see trainables.metrics)
     protocol: str = ""  # the base config's protocol
     leak_free: bool = False
-    select_protocol: str = "refinery"  # how `dsl-sweep best` re-evaluates: a leak-free protocol,
-    select_top_k: int = 3  # the top k distinct configurations,
-    select_seeds: int = 5  # on this many fresh seeds
+    objective_seeds: int = 1  # chains per trial on seeds base.seed .. + n - 1; the objective is their mean
+    select_protocol: str = "refinery"  # how `dsl-sweep best` decides: a race under a leak-free protocol
+    select_top_k: int = 5  # of the top k distinct configurations,
+    select_seeds: int = 10  # on at most this many fresh seeds each,
+    select_budget: int | None = None  # at most this many chains in all,
+    select_alpha: float = 0.05  # family-wise error of its tests;
+    select_exam_seeds: int = 5  # then the final exam on this many seeds
+    holdout: str = "none"  # the holdout's rule in words (`dsl.protocols.holdout`), or none
+    holdout_utterances: int = 0
+    holdout_assignment: str = ""  # where the driver stored it (the parent run keeps a copy, holdout.json)
+    step_cache: str = ""  # the trials' step cache, which `best`'s chains share ("" off)
 
     def to_params(self) -> dict[str, str]:
         """`sweep.<field>` -> the value as MLflow keeps it (a string)."""
@@ -56,6 +64,8 @@ def _parse(raw: str, hint: Any) -> Any:
         return raw == "True"
     if hint is int:
         return int(raw)
+    if hint is float:
+        return float(raw)
     if hint == int | None:
         return None if raw == "None" else int(raw)
     return raw

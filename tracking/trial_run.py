@@ -27,6 +27,7 @@ from .schema import (
     LEAK_FREE_TAG,
     MISMATCH_TAG,
     NODE_ID_TAG,
+    OBJECTIVE_SEEDS_TAG,
     PARENT_TAG,
     PLOT_DIR,
     PROTOCOL_TAG,
@@ -94,14 +95,16 @@ class TrialRun:
         return cls(c, run.info.run_id, run.info.status)
 
     def start(self, config: Mapping[str, Any], trial_id: str, resumed_from: int, node_id: str,
-              frames_zero_copy: bool) -> int:
-        """Mark RUNNING (again), log the config's params the run lacks and this attempt's tags; returns this
-        start's number (tag `dsl.attempts`)."""
+              frames_zero_copy: bool, objective_seeds: Sequence[int] = ()) -> int:
+        """Mark RUNNING (again), log the config's params the run lacks and this attempt's tags (with the seeds
+        whose mean is the objective); returns this start's number (tag `dsl.attempts`)."""
         from mlflow.entities import Param, RunTag
 
         protocol = str((config.get("protocol") or {}).get("name", ""))
         tags = {RESUMED_FROM_TAG: resumed_from, ZERO_COPY_TAG: frames_zero_copy, NODE_ID_TAG: node_id,
                 PROTOCOL_TAG: protocol, LEAK_FREE_TAG: str(is_leak_free(protocol)).lower()}
+        if objective_seeds:
+            tags[OBJECTIVE_SEEDS_TAG] = ",".join(map(str, objective_seeds))
         params = {**flat_params(config), TRIAL_TAG: trial_id}
         self._call(self.client.update_run, self.run_id, status="RUNNING")
         data = self._call(self.client.get_run, self.run_id).data
@@ -258,7 +261,7 @@ class NoRun:
         yield self
 
     def start(self, config: Mapping[str, Any], trial_id: str, resumed_from: int, node_id: str,
-              frames_zero_copy: bool) -> int:
+              frames_zero_copy: bool, objective_seeds: Sequence[int] = ()) -> int:
         return 1
 
     def log_config(self, config_yaml: str) -> None: ...

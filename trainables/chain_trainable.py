@@ -9,13 +9,16 @@ a few seconds per iteration) and catches up when the server is back; at the end 
 missing steps from the last checkpoint. A trial that Tune stops inside `tune.report` has its last steps
 logged by the driver (`sweeps.search.callbacks.FinalizeRuns`). A retried or restored trial starts from
 `tune.get_checkpoint()`: it re-logs steps MLflow lacks from the checkpoint's history and continues at
-`next_iteration`; it never starts over.
+`next_iteration`; it never starts over. With `objective_seeds: r` the trial runs r chains in lockstep on the
+seeds base.seed .. base.seed + r - 1 (the same for every trial, so trials are compared paired) and reports, logs
+and is judged by their means (`trainables.metrics.seed_mean`); each seed's state is in the checkpoint.
 """
 from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ from tracking.trial_run import open_trial_run
 from .checkpoint import TrialCheckpoint
 from .context import TrialContext
 from .fold_runner import ray_runner
-from .metrics import report_metrics
+from .metrics import report_metrics, seed_mean
 from .shared_data import CorpusMeta, attach, is_shared_view, select_variant
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,39 @@ def _runner(ctx: TrialContext, meta: CorpusMeta, data, run_cfg: ChainConfig):
     return local_runner(data, run_cfg)
 
 
+def _iterations(ctx: TrialContext, meta: CorpusMeta, data, run_cfg: ChainConfig, saved: TrialCheckpoint | None,
+                steps: StepCache | None) -> Iterator[tuple[Any, ChainState, list[ChainState]]]:
+    """Per finished iteration: the first seed's `IterationResult` (its posteriors draw the contour), the trial's
+    state and, with `objective_seeds` > 1, each seed's chain state. Several seeds run in lockstep, one iteration
+    of each in turn (the same seeds for every trial: paired), and the trial's state holds their means
+    (`trainables.metrics.seed_mean`)."""
+    n = max(1, ctx.objective_seeds)
+    seeds = [run_cfg.seed + i for i in range(n)]
+    cfgs = [run_cfg.replace(seed=s) for s in seeds] if n > 1 else [run_cfg]
+    starts = (saved.seed_states if n > 1 else [saved.state]) if saved else [None] * n
+    runners = [_runner(ctx, meta, data, c) for c in cfgs]
+    chains = [iterate_chain(c, data, st, rn, show_progress=False, rf_jobs=ctx.resources.head_threads,
+                            step_cache=steps) for c, st, rn in zip(cfgs, starts, runners)]
+    history = list(saved.state.history) if saved and n > 1 else []
+    try:
+        while True:
+            start = time.perf_counter()  # the seeds run one after another: the iteration's time is all of theirs
+            step = [next(ch, None) for ch in chains]
+            if step[0] is None:
+                return
+            results, states = [x[0] for x in step], [x[1] for x in step]
+            if n == 1:
+                yield results[0], states[0], []
+                continue
+            history = [*history, seed_mean([r.to_dict() for r in results], seeds, time.perf_counter() - start)]
+            yield results[0], ChainState(results[0].iteration + 1, [], history), states
+    finally:
+        for ch in chains:
+            ch.close()
+        for rn in runners:
+            getattr(rn, "close", lambda: None)()
+
+
 def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, context: TrialContext,
                 variants: Mapping[Any, CorpusMeta] | None = None) -> None:
     """Function trainable: `config` holds the trial's dotted overrides of `context.base` (a ChainConfig);
@@ -99,11 +135,13 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
                          run_name(cfg, config, trial_id), saved.mlflow_run_id if saved else None)
     cfg_dict = cfg.to_dict()  # the trial's config as checkpoints and MLflow params hold it
 
-    def checkpoint(st: ChainState) -> TrialCheckpoint:
+    def checkpoint(st: ChainState, seed_states: list[ChainState] | None = None) -> TrialCheckpoint:
         return TrialCheckpoint(st, run.run_id, dict(contour), cfg_dict, list(data.label_names), utt_title,
-                               trial_id)
+                               trial_id, list(seed_states if seed_states is not None else saved.seed_states
+                                              if saved else []))
     try:
-        run.start(cfg_dict, trial_id, resumed_from, _node_id(), is_shared_view(frames))
+        run.start(cfg_dict, trial_id, resumed_from, _node_id(), is_shared_view(frames),
+                  [cfg.seed + i for i in range(max(1, ctx.objective_seeds))])
         if resumed_from == 0:
             run.log_config(cfg.to_yaml())
         run.catch_up(state.history if state is not None else [])  # the checkpoint's history is the truth
@@ -112,17 +150,15 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
             tune.report({**report_metrics(state.history, cfg.iterations, resumed_from, ctx.objective), **extra})
             run.end("FINISHED")
             return
-        runner = _runner(ctx, meta, data, run_cfg)
         published, ckpt, finished = True, None, False
         try:
             steps = StepCache(ctx.step_cache) if ctx.step_cache else None
-            for result, state in iterate_chain(run_cfg, data, state, runner, show_progress=False,  # noqa: B020
-                                               rf_jobs=ctx.resources.head_threads, step_cache=steps):
+            for result, state, seed_states in _iterations(ctx, meta, data, run_cfg, saved, steps):
                 assert result.posteriors is not None
                 contour[result.iteration] = np.asarray(result.posteriors[lo:hi], dtype=np.float32)
                 history = state.history
                 # report + checkpoint first, then MLflow: a step MLflow has is in a checkpoint Tune knows
-                ckpt = checkpoint(state)
+                ckpt = checkpoint(state, seed_states)
                 with tempfile.TemporaryDirectory(prefix="dsl-ckpt-") as tmp:
                     ckpt.save(tmp)
                     tune.report({**report_metrics(history, cfg.iterations, resumed_from, ctx.objective), **extra},
@@ -130,7 +166,6 @@ def train_chain(config: dict[str, Any], frames: np.ndarray, meta: CorpusMeta, co
                 finished = state.next_iteration > cfg.iterations
                 published = run.publish(ckpt, finished, wait=False, refresh=not published)  # plots once finished
         finally:
-            getattr(runner, "close", lambda: None)()
             release_device_memory()  # Tune may reuse this process for a trial that shares the GPU
         if not published and ckpt is not None:  # the server was away at the last iteration: wait for it
             run.publish(ckpt, finished, wait=True, refresh=True)

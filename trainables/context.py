@@ -42,3 +42,4 @@ class TrialContext:
     contour_utterance: int = 0
     objective: str = "final"  # final | selected (see trainables.metrics)
     step_cache: str = ""  # directory of the shared step cache (dsl.execution.step_cache); "" turns it off
+    objective_seeds: int = 1  # chains per trial on seeds base.seed .. base.seed + n - 1; the objective is their mean

@@ -50,6 +50,23 @@ class CorpusData:
     def speaker_ids(self) -> np.ndarray:
         return np.unique(self.speakers, return_inverse=True)[1]
 
+    def subset(self, indices: np.ndarray) -> CorpusData:
+        """The utterances at `indices` (in that order), their frames copied into a new packed array; nothing of
+        the others (frames, labels, speakers, paths) is kept. The `train.aux_data` frames stay as they are."""
+        idx = np.asarray(indices, dtype=np.int64)
+        starts, ends = self.frame_offsets[idx], self.frame_offsets[idx + 1]
+        lengths = ends - starts
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        frames = np.empty((int(offsets[-1]) + 1, *self.frames.shape[1:]), dtype=self.frames.dtype)
+        for i, (a, b) in enumerate(zip(starts, ends)):
+            frames[offsets[i]:offsets[i + 1]] = self.frames[a:b]
+        frames[-1] = self.frames[-1]  # the padding row
+        return CorpusData(frames=frames, frame_offsets=offsets, labels=np.asarray(self.labels)[idx].copy(),
+                          speakers=np.asarray(self.speakers)[idx].copy(), label_names=self.label_names,
+                          paths=tuple(self.paths[int(i)] for i in idx), skipped=dict(self.skipped),
+                          layers=self.layers, aux_frames=self.aux_frames, aux_offsets=self.aux_offsets)
+
 
 def load_corpus_for(cfg: ChainConfig) -> tuple[Corpus, dict[str, str]]:
     """The config's corpus; under `bad_files: skip`, unlabelled or missing files are left out and returned."""

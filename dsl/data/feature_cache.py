@@ -3,7 +3,8 @@
 Layout under the cache directory:
   corpora/<key>/frames.npy   one contiguous float32 (total_frames + 1, width) array (last row: padding)
   corpora/<key>/index.json   frame offsets per utterance, paths, feature spec, stacked layers per frame
-  files/<ab>/<filekey>.npy   per-file features, so a failed or interrupted extraction keeps what it did
+  files/<ab>/<filekey>.npy   per-file features, so a failed or interrupted extraction keeps what it did; also
+                             the features of changed waveforms (noisy test speech, `variant_key`)
 
 `<key>` hashes the file list (absolute path, size, mtime) and the features' identity (the spec; for SSL
 features also the checkpoint's fingerprint, `dsl.data.frontend.feature_identity`). Every entry is
@@ -31,7 +32,8 @@ from dsl.runtime.notes import add_note
 from dsl.runtime.paths import NotWritableError, WriteTarget, check_writable, default_cache_dir
 from dsl.runtime.progress import progress
 
-__all__ = ["FrameStore", "corpus_key", "default_cache_dir", "extract_corpus", "file_key", "load_cached"]
+__all__ = ["FrameStore", "corpus_key", "default_cache_dir", "extract_corpus", "file_entry", "file_fingerprint", "file_key",
+           "load_cached", "load_file_entry", "save_file_entry", "variant_key"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ class FrameStore:
         return self.frames[self.offsets[u]:self.offsets[u + 1]]
 
 
-def _file_fingerprint(path: Path) -> list:
+def file_fingerprint(path: Path) -> list:
+    """What identifies a file's content cheaply: its absolute path, size and modification time."""
     st = path.stat()
     return [str(path.resolve()), st.st_size, st.st_mtime_ns]
 
@@ -64,12 +67,33 @@ def _digest(obj: object) -> str:
 def corpus_key(paths: Sequence[str | Path], spec: FeatureSpec, identity: dict | None = None) -> str:
     """Hash of the file list (paths, sizes, mtimes) and the features' identity (`feature_identity(spec)`)."""
     ident = feature_identity(spec) if identity is None else identity
-    return _digest({"files": [_file_fingerprint(Path(p)) for p in paths], "spec": ident})
+    return _digest({"files": [file_fingerprint(Path(p)) for p in paths], "spec": ident})
 
 
 def file_key(path: Path, spec: FeatureSpec, identity: dict | None = None) -> str:
     ident = feature_identity(spec) if identity is None else identity
-    return _digest({"file": _file_fingerprint(path), "spec": ident})
+    return _digest({"file": file_fingerprint(path), "spec": ident})
+
+
+def variant_key(path: Path, spec: FeatureSpec, variant: dict, identity: dict | None = None) -> str:
+    """Key of a per-file entry computed from a changed waveform; `variant` says how (e.g. the noise added, with the
+    fingerprints of any other files it reads), so each variant is cached beside the clean features."""
+    ident = feature_identity(spec) if identity is None else identity
+    return _digest({"file": file_fingerprint(path), "spec": ident, "variant": variant})
+
+
+def file_entry(key: str, cache_dir: Path) -> Path:
+    """Where the per-file entry `key` lives (`files/<ab>/<key>.npy`)."""
+    return cache_dir / "files" / key[:2] / f"{key}.npy"
+
+
+def load_file_entry(key: str, cache_dir: Path) -> np.ndarray | None:
+    path = file_entry(key, cache_dir)
+    return np.load(path) if path.exists() else None
+
+
+def save_file_entry(key: str, cache_dir: Path, features: np.ndarray) -> None:
+    _atomic_save_npy(file_entry(key, cache_dir), features)
 
 
 def _atomic_save_npy(target: Path, array: np.ndarray) -> None:
@@ -118,9 +142,9 @@ def extract_corpus(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: st
     per_file: list[np.ndarray | None] = [None] * len(paths)
     todo: list[int] = []
     for i, p in enumerate(paths):
-        f = cache_dir / "files" / (k := file_key(p, spec, ident))[:2] / f"{k}.npy"
-        if f.exists():
-            per_file[i] = np.load(f)
+        cached_file = load_file_entry(file_key(p, spec, ident), cache_dir)
+        if cached_file is not None:
+            per_file[i] = cached_file
         else:
             todo.append(i)
     unwritable = check_writable([WriteTarget.dir(cache_dir, "feature cache")])
@@ -144,8 +168,7 @@ def extract_corpus(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: st
                 except BadAudioError as exc:
                     problems.update(exc.problems)
             for i, feats in zip(idx, compute_features(signals, spec) if signals else []):
-                k = file_key(paths[i], spec, ident)
-                _atomic_save_npy(cache_dir / "files" / k[:2] / f"{k}.npy", feats)
+                save_file_entry(file_key(paths[i], spec, ident), cache_dir, feats)
                 per_file[i] = feats
                 saved += 1
             bar.update(len(todo[start:start + chunk]))

@@ -22,9 +22,12 @@ from dsl.execution.fold_output import FoldOutput
 from dsl.execution.step_claims import StepClaim, StepElsewhere, run_claimed
 from dsl.method.stages import stage_input
 from dsl.plugins import load_plugins
+from dsl.robustness.conditions import JobConditions
+from dsl.training.attacks import attack
 from dsl.training.train import (
     FitStats,
     SegmentBatcher,
+    autocast_for,
     fit,
     predict_proba,
     predict_with_embeddings,
@@ -49,13 +52,16 @@ class FoldJob:
     targets: np.ndarray  # (n_training_segments, K): the rows of `train_utterances`' segments, in that order
     seed: int
     claim: StepClaim | None = None  # with a step cache: train only under this claim (`dsl.execution.step_claims`)
+    conditions: JobConditions | None = None  # eval.noise / eval.adversarial: scored utterances also perturbed
 
     @classmethod
     def of(cls, iteration: int, scope: int, fold: int, train_utterances: np.ndarray, predict_utterances: np.ndarray,
-           targets: np.ndarray, seed: int, segments: SegmentIndex) -> FoldJob:
+           targets: np.ndarray, seed: int, segments: SegmentIndex,
+           conditions: JobConditions | None = None) -> FoldJob:
         """A job from the targets of every segment: it keeps only its training segments' rows."""
         return cls(iteration, scope, fold, train_utterances, predict_utterances,
-                   np.ascontiguousarray(targets[segments.of_utterances(train_utterances)]), seed)
+                   np.ascontiguousarray(targets[segments.of_utterances(train_utterances)]), seed,
+                   conditions=conditions)
 
 
 @dataclass
@@ -221,7 +227,39 @@ def _train_and_predict(job: FoldJob, data: CorpusData, cfg: ChainConfig, segment
     else:
         post = predict_proba(fold.model, fold.batcher, fold.rows[pr_seg], spec)
     s = fold.stats
-    return FoldOutput(post, s.epochs, s.best_epoch, s.seconds, s.segments_per_second, emb)
+    names, cond_post, cond_emb = (), None, None
+    if job.conditions is not None:
+        names = job.conditions.names
+        cond_post, cond_emb = predict_conditions(fold, job.conditions, seg, cfg, emb is not None)
+    return FoldOutput(post, s.epochs, s.best_epoch, s.seconds, s.segments_per_second, emb, names, cond_post, cond_emb)
+
+
+def predict_conditions(fold: TrainedFold, conditions: JobConditions, seg: SegmentIndex, cfg: ChainConfig,
+                       embeddings: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The fold network's outputs on its scored utterances under each condition, stacked in `conditions.names`
+    order: noisy frames normalised with the fold's training statistics, and attacks on the clean segments."""
+    spec = with_resolved_precision(cfg).train
+    device = fold.rows.device
+
+    def outputs(batcher: SegmentBatcher, rows: torch.Tensor, perturb=None) -> tuple[np.ndarray, np.ndarray | None]:
+        if embeddings:
+            return predict_with_embeddings(fold.model, batcher, rows, spec, perturb)
+        return predict_proba(fold.model, batcher, rows, spec, perturb), None
+
+    results = []
+    for _, frames, offsets in conditions.noisy:  # the same utterances, so the same segments as the clean ones
+        noisy = SegmentBatcher(torch.from_numpy(np.ascontiguousarray(frames)).to(device), cfg.train.channels_last,
+                               fold.mean, fold.std)
+        rows = torch.from_numpy(build_segments(offsets, cfg.segments, warn=False).rows.astype(np.int64)).to(device)
+        results.append(outputs(noisy, rows))
+    clean_rows = fold.rows[torch.from_numpy(seg.of_utterances(conditions.utterances)).to(device)]
+    autocast = autocast_for(device, spec)
+    for a in conditions.attacks:
+        results.append(outputs(fold.batcher, clean_rows,
+                               lambda model, x, a=a: attack(model, x, a.attack, a.eps, conditions.pgd_steps, autocast)))
+    post = np.stack([p for p, _ in results]).astype(np.float32)
+    emb = np.stack([compact(e) for _, e in results]) if embeddings else None
+    return post, emb
 
 
 def compact(embeddings: np.ndarray) -> np.ndarray:

@@ -51,10 +51,13 @@ STEP_CACHE_FORMAT = 1  # layout of an entry; part of every key, so a new layout 
 
 # Config keys that cannot change a step's numbers: a fold's targets carry the label rule and alphas (and an
 # iteration's scores depend only on its folds' outputs), the data's content hash carries the corpus, paths,
-# train.aux_data's frames and bad-file handling; the rest are execution-only settings or the length of the chain.
-_NOT_IN_KEY_PREFIXES = ("labels.",)
+# train.aux_data's frames and bad-file handling (a holdout's utterances are in each job's own part of the key); the
+# rest are execution-only settings or the length of the chain. `eval.*` (test conditions) reaches a fold's key
+# through the job's conditions, which carry their noisy frames and attacks
+# (`dsl.robustness.conditions.JobConditions.key_parts`): a run without conditions keeps its keys.
+_NOT_IN_KEY_PREFIXES = ("labels.", "eval.")
 _NOT_IN_KEY = ("iterations", "seeds", "data", "cache_dir", "bad_files", "corpus", "train.workers",
-               "protocol.test_data", "protocol.test_corpus", "train.aux_data")
+               "protocol.test_data", "protocol.test_corpus", "train.aux_data", "protocol.holdout")
 
 
 def _plain(obj: Any) -> Any:
@@ -146,10 +149,12 @@ class StepKeys:
                    _hash("scores", *common, config_fingerprint(cfg, for_folds=False)))
 
     def fold(self, iteration: int, seed: int, train_utterances: np.ndarray, predict_utterances: np.ndarray,
-             train_targets: np.ndarray) -> str:
-        """Key of one fold training: the chain's parts and the job's (its targets' rows it trains on)."""
+             train_targets: np.ndarray, conditions: Sequence[Any] = ()) -> str:
+        """Key of one fold training: the chain's parts and the job's (its targets' rows it trains on, and the test
+        conditions it scores, if any: an output without them is never served to a job that asks for them)."""
         return _hash(self.folds, int(iteration), int(seed), np.asarray(train_utterances, dtype=np.int64),
-                     np.asarray(predict_utterances, dtype=np.int64), np.asarray(train_targets, dtype=np.float32))
+                     np.asarray(predict_utterances, dtype=np.int64), np.asarray(train_targets, dtype=np.float32),
+                     *conditions)
 
     def scores_of(self, fold_keys: Sequence[str]) -> str:
         """Key of an iteration's scores: the chain's parts and its fold trainings' keys, in plan order."""
@@ -239,22 +244,38 @@ class StepCache:
 
     # iteration scores -----------------------------------------------------------------------------------
     def get_scores(self, key: str):
-        """The cached (UtteranceScores, per-scope validation UA or None) of an iteration, or None."""
+        """The cached (UtteranceScores, per-scope validation UA or None, {condition: UtteranceScores}) of an
+        iteration, or None."""
         from dsl.method.evaluate import UtteranceScores
 
         entry = self._read("scores", key)
         if entry is None:
             return None
         meta, arrays = entry
-        sc = UtteranceScores(**meta["scores"], predictions=arrays["predictions"], probabilities=arrays["probabilities"])
-        return sc, meta["val_ua"]
 
-    def put_scores(self, key: str, sc, val_ua: list[float] | None):
-        """Store an iteration's scores; returns the stored ones (another writer's if it was first)."""
-        plain = {k: v for k, v in dataclasses.asdict(sc).items() if k not in ("predictions", "probabilities")}
-        self._write("scores", key, {"scores": plain, "val_ua": val_ua, "written": time.time()},
-                    {"predictions": np.asarray(sc.predictions), "probabilities": np.asarray(sc.probabilities)})
-        return self.get_scores(key) or (sc, val_ua)
+        def scores_of(plain: dict, prefix: str) -> UtteranceScores:
+            return UtteranceScores(**plain, predictions=arrays[f"{prefix}predictions"],
+                                   probabilities=arrays[f"{prefix}probabilities"])
+
+        conditions = {name: scores_of(plain, f"condition.{name}.") for name, plain in meta.get("conditions", {}).items()}
+        return scores_of(meta["scores"], ""), meta["val_ua"], conditions
+
+    def put_scores(self, key: str, sc, val_ua: list[float] | None, conditions: dict | None = None):
+        """Store an iteration's scores (and those under its test conditions); returns the stored ones (another
+        writer's if it was first)."""
+        conditions = dict(conditions or {})
+        arrays: dict[str, np.ndarray] = {}
+
+        def plain(scores, prefix: str) -> dict:
+            arrays[f"{prefix}predictions"] = np.asarray(scores.predictions)
+            arrays[f"{prefix}probabilities"] = np.asarray(scores.probabilities)
+            return {k: v for k, v in dataclasses.asdict(scores).items() if k not in ("predictions", "probabilities")}
+
+        meta = {"scores": plain(sc, ""), "val_ua": val_ua, "written": time.time()}
+        if conditions:
+            meta["conditions"] = {name: plain(c, f"condition.{name}.") for name, c in conditions.items()}
+        self._write("scores", key, meta, arrays)
+        return self.get_scores(key) or (sc, val_ua, conditions)
 
     def prune_temporaries(self, older_than_s: float = 3600.0) -> int:
         """Remove `.tmp-*` files of writers killed more than `older_than_s` ago; returns how many."""

@@ -58,10 +58,10 @@ def fit_forest(train_features: np.ndarray, train_labels: np.ndarray, seed: int,
     return RandomForestClassifier(random_state=seed, n_jobs=n_jobs).fit(train_features, train_labels)
 
 
-def forest_predict(rf: RandomForestClassifier, features: np.ndarray, n_classes: int) -> np.ndarray:
-    """(n, K) class probabilities of a fitted forest (zero for classes its training rows lacked)."""
-    p = np.zeros((len(features), n_classes), dtype=np.float32)
-    p[:, rf.classes_] = rf.predict_proba(features)
+def forest_predict(rf: RandomForestClassifier, test_features: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class probabilities (n_test, K) of a fitted forest (classes it never saw get 0)."""
+    p = np.zeros((len(test_features), n_classes), dtype=np.float32)
+    p[:, rf.classes_] = rf.predict_proba(test_features)
     return p
 
 

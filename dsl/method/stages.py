@@ -28,7 +28,7 @@ utterance, and a mean of several networks' posteriors is smoother than any one o
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +77,28 @@ class UtteranceStage(ABC):
                   views: Sequence[Sequence[np.ndarray]], seed: int) -> np.ndarray:
         """Fit on the `train` utterances; (n_test, K) probabilities of the test utterances, given as one or
         more `views` (the same utterances, in the same order, through different fold networks)."""
+
+    def fit_proba_many(self, train: Sequence[np.ndarray], labels: np.ndarray,
+                       tests: Mapping[str, Sequence[Sequence[np.ndarray]]], seed: int) -> dict[str, np.ndarray]:
+        """`fit_proba` for several test sets at once (e.g. the clean test utterances and the same utterances under
+        each test condition): one fit, then each set's probabilities. This default fits once per set (the same
+        fit each time: same data, same seed); stages override it to fit once."""
+        return {name: self.fit_proba(train, labels, views, seed) for name, views in tests.items()}
+
+    def cross_validated_many(self, X: Sequence[np.ndarray], labels: np.ndarray, folds: int, seed: int,
+                             groups: np.ndarray | None, conditions: Mapping[str, Sequence[np.ndarray]]
+                             ) -> dict[str, np.ndarray]:
+        """Per condition, out-of-fold probabilities of every utterance under it (`conditions[name][j]`: utterance
+        j's vectors under the condition), each from the stage fitted on the clean vectors of the other CV folds:
+        the same fits, splits and seeds as `cross_validated_proba`."""
+        labels = np.asarray(labels)
+        out = {name: np.zeros((len(labels), self.n_classes), dtype=np.float32) for name in conditions}
+        for i, (tr, te) in enumerate(cv_splits(labels, folds, seed, groups)):
+            many = self.fit_proba_many([X[j] for j in tr], labels[tr],
+                                       {name: [[c[j] for j in te]] for name, c in conditions.items()}, seed + i)
+            for name, proba in many.items():
+                out[name][te] = proba
+        return out
 
     def cross_validated_proba(self, X: Sequence[np.ndarray], labels: np.ndarray, folds: int, seed: int,
                               groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -160,14 +182,21 @@ class ForestStage(UtteranceStage):
         return []
 
     def fit_proba(self, train, labels, views, seed):
-        rf = fit_forest(utterance_statistics(train), labels, seed, self.n_jobs)
+        return self.fit_proba_many(train, labels, {"": views}, seed)[""]
+
+    def fit_proba_many(self, train, labels, tests, seed):
+        forest = fit_forest(utterance_statistics(train), labels, seed, self.n_jobs)
+        return {name: self._predict(forest, views) for name, views in tests.items()}
+
+    def _predict(self, forest, views) -> np.ndarray:
+        """One test set's probabilities: from the mean view, or (`test_views: each`) the mean of each view's."""
         if self.spec.test_views == "each" and len(views) > 1:
             proba = np.zeros((len(views[0]), self.n_classes), dtype=np.float32)
             for v in views:  # in view (fold) order: the sum does not depend on completion order
-                proba += forest_predict(rf, utterance_statistics(v), self.n_classes) / len(views)
+                proba += forest_predict(forest, utterance_statistics(v), self.n_classes) / len(views)
             return proba
-        test = views[0] if len(views) == 1 else mean_view(views)
-        return forest_predict(rf, utterance_statistics(test), self.n_classes)
+        return forest_predict(forest, utterance_statistics(views[0] if len(views) == 1 else mean_view(views)),
+                              self.n_classes)
 
     def cross_validated_proba(self, X, labels, folds, seed, groups=None):  # the statistics once, not per fold
         return cross_validated_proba(utterance_statistics(X), labels, self.n_classes, folds, seed, groups,
@@ -200,21 +229,27 @@ class ACPStage(UtteranceStage):
                    batch_size=s.batch_size, weight_decay=s.weight_decay, seed=seed, num_threads=self.num_threads)
 
     def fit_proba(self, train, labels, views, seed):
+        return self.fit_proba_many(train, labels, {"": views}, seed)[""]
+
+    def fit_proba_many(self, train, labels, tests, seed):
         acp = self.model(seed).fit(train, labels)
-        proba = np.zeros((len(views[0]), self.n_classes), dtype=np.float32)
-        for v in views:
-            proba += acp.predict_proba(v) / len(views)
-        return proba
+        out = {}
+        for name, views in tests.items():
+            out[name] = np.zeros((len(views[0]), self.n_classes), dtype=np.float32)
+            for v in views:
+                out[name] += acp.predict_proba(v) / len(views)
+        return out
 
 
 def make_stage(spec: StageSpec, n_classes: int, n_jobs: int | None = None, num_threads: int = 0) -> UtteranceStage:
     return STAGES.get(spec.name).cls(spec, n_classes, n_jobs, num_threads)
 
 
-def standardised(x: np.ndarray, n_reference: int) -> np.ndarray:
-    """float32 `x` standardised per column with the mean/std of its first `n_reference` rows."""
+def standardised(x: np.ndarray, n_reference: int, reference: np.ndarray | None = None) -> np.ndarray:
+    """float32 `x` standardised per column with the mean/std of the first `n_reference` rows of `reference`
+    (default: of `x` itself; a network's perturbed outputs take the statistics of its clean ones)."""
     x = np.asarray(x, dtype=np.float32)
-    ref = x[:n_reference]
+    ref = (x if reference is None else np.asarray(reference, dtype=np.float32))[:n_reference]
     return (x - ref.mean(axis=0)) / np.maximum(ref.std(axis=0), 1e-6)
 
 

@@ -55,14 +55,15 @@ from dsl.method.stages import make_stage, per_utterance, stage_input, standardis
 from dsl.plugins import load_plugins
 from dsl.protocols.plans import (
     FoldPlan,
-    is_leak_free,
     make_plan,
     outer_folds,
     outer_partition,
+    plan_leak_free,
     speaker_folds,
     stratified_folds,
 )
-from dsl.protocols.selection import reported_iteration, selected_scores, selector_agreement
+from dsl.protocols.selection import reported_iteration, selected_condition_scores, selected_scores, selector_agreement
+from dsl.robustness.conditions import ChainConditions, with_summaries
 from dsl.runtime.environment import machine_info
 from dsl.runtime.progress import progress
 
@@ -130,8 +131,13 @@ class IterationResult:
     selected_ua: float | None = None
     # held out: share of outer folds whose pick has the best outer-test UA of iterations 0..this (ties agree)
     selector_agreement: float | None = None
+    # eval.noise / eval.adversarial: per test condition (`dsl.robustness.conditions`) wa, ua, fold_wa, fold_ua,
+    # confusion, segment_accuracy, per-utterance `predicted` (corpus order) and, held out, selected_wa/ua at the
+    # iterations the clean validation picked; plus `noise_mean` / `attack_mean`
+    conditions: dict[str, dict] = field(default_factory=dict)
     from_cache: bool = False  # every fold training and the scores were served by the step cache
     cached_folds: int = 0  # fold trainings the step cache served (stored before, or by a concurrent trial)
+    fold_trainings: int = 0  # fold trainings the iteration needs (served by the step cache or computed)
     utterances: list[dict] = field(default_factory=list, repr=False)  # corpus order: file, fold, label, predicted, proba
     posteriors: np.ndarray | None = field(default=None, repr=False)  # out-of-sample, (n_segments, K)
     utterance_predictions: np.ndarray | None = field(default=None, repr=False)
@@ -246,6 +252,7 @@ class ChainIterator:
     books: dict[int, _Iteration]  # iterations with jobs submitted and not yet finished
     cache: StepCache | None  # serves and keeps fold trainings and scores (see `dsl.execution.step_cache`)
     keys: StepKeys | None  # the key parts fixed for this chain (with a cache)
+    conditions: ChainConditions | None  # eval.*: the test conditions every fold job also scores its test utterances in
 
     def __init__(self, cfg: ChainConfig, data: CorpusData, state: ChainState | None = None,
                  runner: Runner | None = None, show_progress: bool = True, rf_jobs: int | None = None,
@@ -278,6 +285,8 @@ class ChainIterator:
         self.pending = {}
         self.waiting = set()
         self.books = {}
+        self.conditions = (ChainConditions(cfg, data.paths, data.speakers, self.fold_of, show_progress)
+                           if cfg.eval.enabled and self.first <= self.last else None)
 
     def __iter__(self) -> Iterator[tuple[IterationResult, ChainState]]:
         """Run iterations `first .. last`, yielding each result and the state after it."""
@@ -369,16 +378,21 @@ class ChainIterator:
         return scope.needs(f) if f < len(scope.folds) else list(range(len(scope.folds)))
 
     def job(self, it: int, s: int, f: int, targets: np.ndarray) -> FoldJob:
-        """Fold `f` of scope `s` in iteration `it`: it predicts its fold and the scope's test utterances; a
-        cross-fit job (f beyond the folds) trains on one half of the scope's training utterances and predicts
-        the other. The job carries only its training segments' targets."""
+        """Fold `f` of scope `s` in iteration `it`: it predicts its fold and the scope's test utterances (also under
+        the test conditions of `eval.*`); a cross-fit job (f beyond the folds) trains on one half of the scope's
+        training utterances and predicts the other (clean only: it feeds the stage's training vectors). The job
+        carries only its training segments' targets."""
         scope, n_folds = self.plan.scopes[s], len(self.plan.scopes[s].folds)
+        conditions = None
         if f < n_folds:
             train, predict = scope.job_train(f), np.concatenate([scope.folds[f], scope.test])
+            if self.conditions is not None:  # the utterances it scores: its scope's test set, or its held-out fold
+                conditions = self.conditions.for_job(scope.test if len(scope.test) else scope.folds[f])
         else:
             predict = self.stage_folds[s][f - n_folds]
             train = np.setdiff1d(scope.train, predict)
-        return FoldJob.of(it, s, f, train, predict, targets, derive_seed(self.cfg.seed, it, s, f), self.seg)
+        return FoldJob.of(it, s, f, train, predict, targets, derive_seed(self.cfg.seed, it, s, f), self.seg,
+                          conditions=conditions)
 
     def plan_order(self) -> list[tuple[int, int]]:
         """Every (scope, job) of an iteration, in plan order (sums and keys never depend on completion order)."""
@@ -404,8 +418,11 @@ class ChainIterator:
         if self.cache is None or self.keys is None:
             return None
         key = book.keys[(s, f)] = self.keys.fold(job.iteration, job.seed, job.train_utterances,
-                                                  job.predict_utterances, job.targets)
+                                                  job.predict_utterances, job.targets,
+                                                  job.conditions.key_parts() if job.conditions is not None else ())
         out = self.cache.get_fold(key)
+        if out is not None and job.conditions is not None and out.condition_names != job.conditions.names:
+            out = None  # (cannot happen with the conditions in the key; a clean-only output never stands in)
         if out is None:
             book.jobs[(s, f)] = dataclasses.replace(job, claim=claim_of(self.cache, key))
             return None
@@ -512,29 +529,70 @@ class ChainIterator:
             train.update(per_utterance(vectors(f, len(self.seg.of_utterances(half))), offsets, half))
         return train, views
 
-    def stage_scores(self, book: _Iteration) -> tuple[UtteranceScores, list[float] | None]:
-        """Utterance scores of the configured utterance stage (`dsl.method.stages`), and under a held-out plan each
-        scope's validation UA (a CV of the stage over its training utterances), which picks its iteration."""
+    def condition_vectors(self, book: _Iteration, s: int) -> list[dict[str, dict[int, np.ndarray]]]:
+        """Per fold network of scope `s` (in fold order), per test condition, its segment vectors of the utterances it
+        scores under that condition (`dsl.robustness.conditions`), by utterance; embeddings standardised with the
+        statistics of the same network's clean out-of-fold segments."""
+        scope, offsets = self.plan.scopes[s], self.seg.offsets
+        embedding = stage_input(self.cfg.stage) == "embedding"
+        out = []
+        for f, fold in enumerate(scope.folds):
+            o, n = book.outputs[(s, f)], len(self.fold_segments[s][f])
+            if o.condition_posteriors is None or (embedding and o.condition_embeddings is None):
+                raise RuntimeError(f"fold job ({book.it}, {s}, {f}) returned no outputs under the test conditions")
+            scored = scope.test if len(scope.test) else fold
+            per_condition = {}
+            for c, name in enumerate(o.condition_names):
+                x = standardised(o.condition_embeddings[c], n, o.embeddings) if embedding else o.condition_posteriors[c]
+                per_condition[name] = per_utterance(x, offsets, scored)
+            out.append(per_condition)
+        return out
+
+    def stage_scores(self, book: _Iteration) -> tuple[UtteranceScores, list[float] | None, dict[str, UtteranceScores]]:
+        """Utterance scores of the configured utterance stage (`dsl.method.stages`), under a held-out plan each
+        scope's validation UA (a CV of the stage over its training utterances), which picks its iteration, and the
+        scores under each test condition: the same fitted stage (trained on clean training utterances) scores the
+        perturbed test utterances."""
         labels, k, cfg = self.data.labels, self.data.n_classes, self.cfg
         stage = make_stage(cfg.stage, k, self.rf_jobs, cfg.train.num_threads)
+        names = self.conditions.names if self.conditions is not None else ()
         if self.plan.held_out:  # each scope's stage sees only its training utterances; their CV picks the iteration
             proba = np.zeros((self.data.n_utterances, k), dtype=np.float32)
+            cond_proba = {name: np.zeros_like(proba) for name in names}
             val_ua: list[float] = []
             for s, scope in enumerate(self.plan.scopes):
                 vectors, views = self.segment_vectors(book, s)
                 train = [vectors[int(u)] for u in scope.train]
-                proba[scope.test] = stage.fit_proba(train, labels[scope.train], views, cfg.seed + s)
+                tests = {"": views}
+                if names:
+                    per_fold = self.condition_vectors(book, s)
+                    tests.update({name: [list(v[name].values()) for v in per_fold] for name in names})
+                many = stage.fit_proba_many(train, labels[scope.train], tests, cfg.seed + s)
+                proba[scope.test] = many.pop("")
+                for name, p in many.items():
+                    cond_proba[name][scope.test] = p
                 groups = self.groups[scope.train] if self.groups is not None else None
                 val_ua.append(stage.validation_ua(train, labels[scope.train], cfg.protocol.select_folds,
                                                   cfg.seed + s, groups))
-            return scores(labels, proba, self.fold_of, k), val_ua
+            return (scores(labels, proba, self.fold_of, k), val_ua,
+                    {name: scores(labels, p, self.fold_of, k) for name, p in cond_proba.items()})
         # transductive: the stage is cross-validated over all utterances, as in the paper
         vectors, _ = self.segment_vectors(book, 0)
         every = [vectors[u] for u in range(self.data.n_utterances)]
         proba, stage_fold = stage.cross_validated_proba(every, labels, cfg.protocol.eval_folds, cfg.seed, self.groups)
-        return scores(labels, proba, stage_fold, k), None
+        conditions = {}
+        if names:
+            merged: dict[str, dict[int, np.ndarray]] = {name: {} for name in names}
+            for per_condition in self.condition_vectors(book, 0):
+                for name in names:
+                    merged[name].update(per_condition[name])
+            many = stage.cross_validated_many(every, labels, cfg.protocol.eval_folds, cfg.seed, self.groups,
+                                              {name: [merged[name][u] for u in range(self.data.n_utterances)]
+                                               for name in names})
+            conditions = {name: scores(labels, p, stage_fold, k) for name, p in many.items()}
+        return scores(labels, proba, stage_fold, k), None, conditions
 
-    def scores(self, book: _Iteration) -> tuple[UtteranceScores, list[float] | None, bool]:
+    def scores(self, book: _Iteration) -> tuple[UtteranceScores, list[float] | None, dict[str, UtteranceScores], bool]:
         """`stage_scores`, through the step cache when there is one; True when the cache served them."""
         if self.cache is None or self.keys is None:
             return (*self.stage_scores(book), False)
@@ -543,10 +601,30 @@ class ChainIterator:
             return (*hit, True)
         return (*self.cache.put_scores(key, *self.stage_scores(book)), False)
 
+    def condition_results(self, book: _Iteration, conditions: dict[str, UtteranceScores]) -> dict[str, dict]:
+        """What a result records per test condition (before the selected scores, which need the history)."""
+        if not conditions:
+            return {}
+        seg = self.seg
+        k = self.data.n_classes
+        post = {name: np.zeros((seg.n_segments, k), dtype=np.float32) for name in conditions}
+        for s, scope in enumerate(self.plan.scopes):  # each scored segment: the mean over the networks that score it
+            for f in range(len(scope.folds)):
+                out = book.outputs[(s, f)]
+                idx = self.test_segments[s] if len(scope.test) else self.fold_segments[s][f]
+                share = 1.0 / len(scope.folds) if len(scope.test) else 1.0
+                for c, name in enumerate(out.condition_names):
+                    post[name][idx] += out.condition_posteriors[c] * share
+        right = {name: (np.argmax(p, axis=1) == self.seg_labels)[self.scored_segments] for name, p in post.items()}
+        return {name: {"wa": sc.wa, "ua": sc.ua, "fold_wa": sc.fold_wa, "fold_ua": sc.fold_ua,
+                       "confusion": sc.confusion, "segment_accuracy": float(np.mean(right[name])),
+                       "predicted": [int(v) for v in sc.predictions]}
+                for name, sc in conditions.items()}
+
     def finish(self, book: _Iteration, since: float) -> tuple[IterationResult, ChainState]:
         """Score a finished iteration; the state after it carries its next targets and the history."""
         _, eval_post = self.posteriors(book)
-        sc, val_ua, scores_cached = self.scores(book)
+        sc, val_ua, cond_scores, scores_cached = self.scores(book)
         outputs = [book.outputs[(s, f)] for s, scope in enumerate(self.plan.scopes) for f in range(len(scope.folds))]
         changed, entropy, utt_entropy = book.label_stats  # type: ignore[misc]
         result = IterationResult(
@@ -560,13 +638,20 @@ class ChainIterator:
                                          utt_entropy),
             posteriors=eval_post, utterance_predictions=sc.predictions,
             utterance_probabilities=np.asarray(sc.probabilities, dtype=np.float32),
-            from_cache=scores_cached and len(book.cached) == self.n_jobs, cached_folds=len(book.cached))
+            conditions=self.condition_results(book, cond_scores),
+            from_cache=scores_cached and len(book.cached) == self.n_jobs, cached_folds=len(book.cached),
+            fold_trainings=self.n_jobs)
         history = self.state.history
         if val_ua is not None:
             so_far = [*history, result.to_dict()]
             picks, chosen = selected_scores(so_far, self.data.n_classes)
             result.selected_iterations, result.selected_wa, result.selected_ua = picks, chosen.wa, chosen.ua
             result.selector_agreement = selector_agreement(so_far)
+            for name, entry in result.conditions.items():  # at the same picks: no condition chooses anything
+                picked = selected_condition_scores(so_far, name, self.data.n_classes)
+                entry["selected_wa"], entry["selected_ua"] = picked.wa, picked.ua
+        if result.conditions:
+            result.conditions = with_summaries(result.conditions)
         return result, ChainState(book.it + 1, book.next_targets, [*history, result.to_dict()])
 
 
@@ -638,4 +723,4 @@ def run_chain(cfg: ChainConfig, data: CorpusData, runner: Runner | None = None, 
             runner.close()  # type: ignore[attr-defined]
     n_segments = len(results[0].posteriors) if results and results[0].posteriors is not None else 0
     return ChainResult(cfg, data.label_names, results, data.n_utterances, n_segments,
-                       time.perf_counter() - start, dict(data.skipped), is_leak_free(cfg.protocol.name))
+                       time.perf_counter() - start, dict(data.skipped), plan_leak_free(cfg.protocol))

@@ -48,6 +48,7 @@ def config_problems(cfg: ChainConfig) -> list[str]:
     p += train_problems(cfg)
     p += feature_problems(cfg)
     p += stage_problems(cfg)
+    p += eval_problems(cfg)
     if cfg.segments.length < 1 or cfg.segments.hop < 1:
         p.append(f"segments.length and segments.hop must be >= 1; got {cfg.segments}")
     if cfg.bad_files not in ("fail", "skip"):
@@ -105,9 +106,30 @@ def protocol_problems(cfg: ChainConfig) -> list[str]:
 
     if pr.outer not in OUTER_PARTITIONS:
         p.append(f"protocol.outer {pr.outer!r} is unknown; allowed: {', '.join(OUTER_PARTITIONS)}")
+    if pr.holdout:
+        p += holdout_problems(cfg)
     for name in ("folds", "eval_folds", "select_folds", *(("inner_folds",) if info is not None and info.nested else ())):
         if getattr(pr, name) < 2:
             p.append(f"protocol.{name} = {getattr(pr, name)}; must be >= 2")
+    return p
+
+
+def holdout_problems(cfg: ChainConfig) -> list[str]:
+    """`protocol.holdout` (the final exam's plan, `dsl.protocols.plans.holdout_plan`): a protocol it combines with,
+    no outer folds of its own, an assignment file that exists."""
+    from pathlib import Path
+
+    from dsl.protocols.plans import holdout_protocols
+
+    pr = cfg.protocol
+    p = []
+    allowed = holdout_protocols()
+    if pr.name in PROTOCOLS and pr.name not in allowed:
+        p.append(f"protocol.holdout does not combine with protocol {pr.name!r}; allowed: {', '.join(allowed)}")
+    if pr.assignment:
+        p.append("protocol.holdout and protocol.assignment exclude each other (a holdout plan has no outer folds)")
+    if not Path(pr.holdout).is_file():
+        p.append(f"protocol.holdout {pr.holdout}: no such holdout assignment file")
     return p
 
 
@@ -175,6 +197,38 @@ def stage_problems(cfg: ChainConfig) -> list[str]:
     if "stage.input" in stage.keys and st.input not in stage.inputs:
         p.append(f"stage.input {st.input!r} is unknown; allowed: {', '.join(stage.inputs)}")
     return p + stage.cls.spec_problems(st)
+
+
+def eval_problems(cfg: ChainConfig) -> list[str]:
+    """Problems of the test conditions (`eval.noise`, `eval.adversarial`)."""
+    from pathlib import Path
+
+    from dsl.robustness.conditions import condition_names, needs_speech
+    from dsl.robustness.noise import NOISES
+    from dsl.training.attacks import ATTACKS
+
+    noise, adv = cfg.eval.noise, cfg.eval.adversarial
+    p = [_unknown("eval.noise.types", t, NOISES) for t in noise.types if t not in NOISES]
+    p += [_unknown("eval.adversarial.attacks", a, ATTACKS) for a in adv.attacks if a not in ATTACKS]
+    if needs_speech(noise):
+        if not noise.babble_data:
+            p.append(f"eval.noise.types {', '.join(t for t in noise.types if NOISES[t].needs_speech)} needs "
+                     "eval.noise.babble_data (a folder of speech to make it of, e.g. another corpus)")
+        elif not Path(noise.babble_data).expanduser().is_dir():
+            p.append(f"eval.noise.babble_data {noise.babble_data!r}: not a folder")
+        if noise.babble_talkers < 1:
+            p.append(f"eval.noise.babble_talkers = {noise.babble_talkers}; must be >= 1")
+    elif noise.babble_data and not any(t not in NOISES for t in noise.types):
+        p.append("eval.noise.babble_data given but no noise type in eval.noise.types is made of speech (babble)")
+    if any(e < 0 for e in adv.eps):
+        p.append(f"eval.adversarial.eps {list(adv.eps)}: must be >= 0 (feature standard deviations)")
+    if adv.pgd_steps < 1:
+        p.append(f"eval.adversarial.pgd_steps = {adv.pgd_steps}; must be >= 1")
+    names = condition_names(cfg.eval)
+    if len(set(names)) != len(names):
+        p.append(f"eval: repeated test conditions {sorted({n for n in names if names.count(n) > 1})} (an SNR, eps or "
+                 "type given twice)")
+    return p
 
 
 def data_problems(cfg: ChainConfig, labels: np.ndarray, speakers: np.ndarray, label_names: tuple[str, ...]) -> list[str]:

@@ -144,7 +144,10 @@ def leak_free_protocols() -> tuple[str, ...]:
 
 def outer_partition(spec: ProtocolSpec) -> str:
     """How the outer folds of a run with `spec` were cut, as results name it: `balanced` (label-free),
-    `stratified` (by label), `assignment` (a stored file) or `test corpus` (cross_corpus)."""
+    `stratified` (by label), `assignment` (a stored file), `test corpus` (cross_corpus) or `holdout` (one
+    scored fold, `protocol.holdout`)."""
+    if spec.holdout:
+        return "holdout"
     if spec.name == "cross_corpus":
         return "test corpus"
     return "assignment" if spec.assignment else spec.outer
@@ -158,6 +161,12 @@ def make_plan(labels: np.ndarray, speakers: np.ndarray, spec: ProtocolSpec, seed
     if spec.outer not in OUTER_PARTITIONS:
         raise ConfigError(f"protocol.outer {spec.outer!r} is unknown; allowed: {', '.join(OUTER_PARTITIONS)}")
     speakers = np.asarray(speakers)
+    if spec.holdout:  # `outer` is the holdout (see `outer_folds`): one scope, scored on it only
+        if outer is None or len(outer) != 1:
+            raise ConfigError("protocol.holdout: the held-out utterances are needed (dsl.protocols.holdout)")
+        plan = holdout_plan(np.asarray(labels), speakers, spec, seed, outer[0])
+        _check_held_out(plan, len(labels))
+        return plan
     if outer is None and spec.outer == "balanced":
         outer = (balanced_speaker_folds(speakers, spec.folds, seed) if info.grouped
                  else balanced_folds([str(i) for i in range(len(labels))] if files is None else files,
@@ -167,6 +176,42 @@ def make_plan(labels: np.ndarray, speakers: np.ndarray, spec: ProtocolSpec, seed
     if info.leak_free:
         _check_held_out(plan, len(labels))
     return plan
+
+
+def holdout_protocols() -> tuple[str, ...]:
+    """The protocols a holdout plan combines with: every one that needs no keys of its own (not cross_corpus)."""
+    return tuple(n for n in PROTOCOLS.names() if not PROTOCOLS[n].needs)
+
+
+def holdout_plan(labels: np.ndarray, speakers: np.ndarray, spec: ProtocolSpec, seed: int,
+                 test: np.ndarray) -> FoldPlan:
+    """One scope: train on every utterance outside the holdout `test` with the protocol's own inner structure, read
+    from its facts (`ProtocolInfo`): a nested protocol's inner folds (`protocol.inner_folds`), a transductive one's
+    folds (`protocol.folds`), both grouped by speaker when the protocol is; a leak-free protocol without inner folds
+    (refinery) relabels its training utterances in-sample. Only the holdout is scored. The holdout's labels reach
+    neither targets, nor normalisation, early stopping, forest or the choice of iteration, whichever the protocol,
+    so the plan is leak-free (and `partial`: the training utterances are not scored)."""
+    if spec.name not in holdout_protocols():
+        raise ConfigError(f"protocol.holdout does not combine with protocol {spec.name!r}; allowed: "
+                          f"{', '.join(holdout_protocols())}")
+    info = PROTOCOLS[spec.name]
+    in_sample = info.leak_free and not info.nested
+    test = np.sort(np.asarray(test, dtype=np.int64))
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    if in_sample:
+        folds: tuple[np.ndarray, ...] = (train,)
+    else:
+        k = spec.inner_folds if info.nested else spec.folds
+        inner = (speaker_folds(labels[train], speakers[train], k, seed + 1000) if info.grouped
+                 else stratified_folds(labels[train], k, seed + 1000))
+        folds = tuple(train[f] for f in inner)
+    return FoldPlan(spec.name, (Scope(train, folds, test, in_sample=in_sample),), info.grouped, leak_free=True,
+                    partial=True)
+
+
+def plan_leak_free(spec: ProtocolSpec) -> bool:
+    """Whether a chain's scores are leak-free: its protocol is, or it scores a holdout only."""
+    return bool(spec.holdout) or is_leak_free(spec.name)
 
 
 def _check_held_out(plan: FoldPlan, n: int) -> None:
@@ -323,7 +368,12 @@ def cross_corpus(labels, speakers, spec, seed, outer=None) -> FoldPlan:
 
 
 def outer_folds(spec: ProtocolSpec, paths: tuple[str, ...] | list[str]) -> tuple[np.ndarray, ...] | None:
-    """Outer folds fixed before any label is read: a stored assignment, or (cross_corpus) the test corpus."""
+    """Outer folds fixed before any label is read: the holdout (`protocol.holdout`), a stored assignment, or
+    (cross_corpus) the test corpus."""
+    if spec.holdout:
+        from dsl.protocols.holdout import load_holdout
+
+        return (load_holdout(spec.holdout).indices(paths),)
     if spec.name == "cross_corpus":
         from dsl.data.cross_corpus import test_utterances
 

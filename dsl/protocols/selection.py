@@ -56,6 +56,19 @@ def selector_agreement(history: Sequence[Mapping[str, Any]]) -> float:
     return float(np.mean(agree))
 
 
+def selected_condition_scores(history: Sequence[Mapping[str, Any]], condition: str, n_classes: int) -> UtteranceScores:
+    """The scores under test condition `condition` (`dsl.robustness.conditions`) at the iterations the clean
+    validation picks (`select_iterations`): nothing is chosen by looking at the perturbed test utterances."""
+    picks = select_iterations(history)
+    by_it = {int(e["iteration"]): e for e in history}
+    labels, fold_of, _ = utterance_arrays(history[-1])
+    chosen = np.asarray(history[-1]["conditions"][condition]["predicted"], dtype=np.int64)
+    for s, it in enumerate(picks):
+        pred = np.asarray(by_it[it]["conditions"][condition]["predicted"], dtype=np.int64)
+        chosen[fold_of == s] = pred[fold_of == s]
+    return scores(labels, np.eye(n_classes, dtype=np.float32)[chosen], fold_of, n_classes)
+
+
 def reported_iteration(entry: Mapping[str, Any]) -> dict[str, float]:
     """The headline figures of a chain after `entry`: the selected ones if it has them, else its own."""
     if entry.get("selected_ua") is not None:

@@ -66,9 +66,28 @@ def _markdown(cols: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def sweep_header(export: Mapping[str, Any]) -> str:
     pr = export.get("protocol") or {}
     leak = pr.get("leak_free")
+    n_seeds = int(export.get("objective_seeds") or 1)
+    first = (export.get("seeds") or [0])[0]
+    seeds = (f"seeds {', '.join(str(first + i) for i in range(n_seeds))} per trial (objective: their mean)"
+             if n_seeds > 1 else f"seed(s) {', '.join(map(str, export.get('seeds', []))) or '?'}")
+    holdout = f" | holdout: {export['holdout']}" if export.get("holdout") not in (None, "none") else ""
     return (f"Sweep `{export['name']}`: {len(export['trials'])} trials | protocol {pr.get('name', '?')}, leak_free: "
-            f"{'unknown' if leak is None else str(leak).lower()} | folds {pr.get('folds', '?')} | seed(s) "
-            f"{', '.join(map(str, export.get('seeds', []))) or '?'} | data {export.get('data', '?')}")
+            f"{'unknown' if leak is None else str(leak).lower()} | folds {pr.get('folds', '?')} | {seeds} | data "
+            f"{export.get('data', '?')}{holdout}" + cost_line(export))
+
+
+def cost_line(export: Mapping[str, Any]) -> str:
+    """What the sweep cost: fold trainings needed, served by the step cache and computed; the trials' summed time
+    and the sweep's wall time (exports written before these were logged have none)."""
+    costs = [t.get("cost") or {} for t in export["trials"]]
+    if not any("fold_trainings" in c for c in costs):
+        return ""
+    need = int(sum(c.get("fold_trainings", 0) for c in costs))
+    served = int(sum(c.get("cached_folds", 0) for c in costs))
+    wall = export.get("sweep_seconds")
+    return (f"\n\nCost: {need} fold trainings, {served} served by the step cache, {need - served} computed; the "
+            f"trials' iterations took {sum(c.get('seconds', 0.0) for c in costs) / 60:.1f} min in all"
+            + (f", the sweep {wall / 60:.1f} min of wall time" if wall else "") + ".")
 
 
 def sweep_tables(export: Mapping[str, Any]) -> str:
@@ -104,5 +123,7 @@ def sweep_figure(export: Mapping[str, Any], path: str | Path) -> Path:
     machine = (export.get("environment") or {}).get("fingerprint", "?")
     title = (f"{export['name']}: UA per iteration, mean over each rule's trials\n{pr.get('name', '?')} (leak_free: "
              f"{str(pr.get('leak_free')).lower()}), {pr.get('folds', '?')} folds, seed(s) "
-             f"{','.join(map(str, export.get('seeds', [])))}, {export.get('data', '?').split(' ')[0]}, machine {machine}")
+             f"{','.join(map(str, export.get('seeds', [])))}, {export.get('data', '?').split(' ')[0]}"
+             f"{' without the holdout (' + export['holdout'] + ')' if export.get('holdout') not in (None, 'none') else ''}"
+             f", machine {machine}")
     return trials_plot(series, path, title)

@@ -1,4 +1,5 @@
-"""`dsl-sweep report RESULTS...`: result JSONs (single runs, replicate studies, sweep exports) as Markdown tables.
+"""`dsl-sweep report RESULTS...`: result JSONs (single runs, replicate studies, sweep exports, selections) as Markdown
+tables.
 
 The results pages under `docs/` are produced by this from the JSON files under `docs/results/`, so no
 figure is typed by hand. Every row names its protocol (and whether it is leak-free, and how its outer folds
@@ -14,8 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from dsl.config import ConfigError
+from dsl.formats import check_format
 from dsl.results.paper_tables import sweep_figure, sweep_tables
+from dsl.results.robustness_report import robustness_markdown
+from dsl.results.selection_report import (
+    BENCHMARK_FORMAT,
+    BENCHMARK_KIND,
+    SELECTION_FORMAT,
+    benchmark_markdown,
+    is_selection,
+    is_selection_benchmark,
+)
+from dsl.results.selection_report import markdown as selection_markdown
 from dsl.results.stats import Interval, mean_interval
+from dsl.results.study import outer_of
 from dsl.runtime.environment import describe_machine
 from dsl.runtime.paths import WriteTarget, require_writable
 
@@ -32,6 +45,12 @@ def load_result(path: str | Path) -> dict:
         raise ConfigError(f"{p}: cannot read a result JSON: {exc}") from exc
     if isinstance(d, dict) and d.get("kind") == "sweep" and "trials" in d:
         return d  # a sweep export (`dsl-sweep report SWEEP --save-sweep`): the paper's tables
+    if is_selection(d):
+        check_format(p, int(d.get("format", 0)), SELECTION_FORMAT, "selection", "render it")
+        return d  # what `dsl-sweep best` decided: race table, verdict, final exam
+    if is_selection_benchmark(d):
+        check_format(p, int(d.get("format", 0)), BENCHMARK_FORMAT, "selection benchmark", "render it")
+        return d  # `python -m bench.selection compare --json`: strategies side by side
     if not isinstance(d, dict) or "iterations" not in d or "config" not in d:
         raise ConfigError(f"{p}: not a result of `dsl-sweep run` (no config and iterations)")
     d.setdefault("kind", "run")
@@ -54,18 +73,8 @@ def _with_agreement(study: dict, path: Path) -> list[dict]:
     return aggregate([json.loads(f.read_text()) for f in files])
 
 
-def outer_of(d: Mapping[str, Any]) -> str:
-    """How a result's outer folds were cut (`dsl.protocols.plans.outer_partition`); results written before
-    `protocol.outer` existed were cut stratified by label."""
-    given = d.get("protocol", {}).get("outer") or (d.get("config") or {}).get("protocol", {}).get("outer")
-    if given:
-        return "assignment" if given == "balanced" and d["config"]["protocol"].get("assignment") else given
-    cfg = (d.get("config") or {}).get("protocol", {})
-    return "test corpus" if cfg.get("name") == "cross_corpus" else ("assignment" if cfg.get("assignment") else
-                                                                    "stratified")
-
-
-OUTER_NOTES = {"stratified": "outer folds stratified by label", "assignment": "outer folds from a file"}
+OUTER_NOTES = {"stratified": "outer folds stratified by label", "assignment": "outer folds from a file",
+               "holdout": "scored on a holdout"}
 
 
 def study_from_disk(folder: Path) -> dict:
@@ -78,6 +87,8 @@ def study_from_disk(folder: Path) -> dict:
         raise ConfigError(f"{folder}: no seed<N>.json results in this folder")
     runs = [load_result(f) for f in files]
     cfg = from_dict({**runs[0]["config"], "seed": 0})
+    if "outer" not in (runs[0]["config"].get("protocol") or {}):  # written before protocol.outer: cut by label
+        cfg = cfg.replace(**{"protocol.outer": "stratified"})
     study = study_dict(cfg.replace(seeds=[int(r["config"]["seed"]) for r in runs]), runs, files,
                        folder.parent / (folder.name[:-len(".seeds")] + ".json"), runs[0].get("command", ""))
     study["command"] = (study["command"] + f"  # {len(runs)} seed(s) on disk so far").strip()
@@ -270,8 +281,11 @@ def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = ()
         if r["kind"] != "study":
             raise ConfigError(f"{p}: --paired-with needs a replicate study (a `dsl-sweep run --seeds` result)")
     studies = [(p, d) for p, d in loaded if d["kind"] == "study"]
-    runs = [(p, d) for p, d in loaded if d["kind"] not in ("study", "sweep")]
+    others = ("study", "sweep", "selection", BENCHMARK_KIND)
+    runs = [(p, d) for p, d in loaded if d["kind"] not in others]
     parts = [sweep_tables(d) for _, d in loaded if d["kind"] == "sweep"]
+    parts += [selection_markdown(d) for _, d in loaded if d["kind"] == "selection"]
+    parts += [benchmark_markdown(d) for _, d in loaded if d["kind"] == BENCHMARK_KIND]
     if studies:
         which = "the same iteration" if same_iteration else "iteration 0"
         parts.append("Mean ± half-width of the 95 % t-interval over seeds. The gain is paired: each seed's "
@@ -283,9 +297,13 @@ def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = ()
                       ", ".join(f"`{p}`" for p in paired_with) + " (the one with the same corpus, protocol, test "
                       "corpus and outer partition), seed by seed over the seeds both ran." if references else "")
                      + "\n\n" + study_table(studies, references, same_iteration))
+        robust = robustness_markdown([d for _, d in studies], labels_of,
+                                     [(str(p), r) for p, r in zip(paired_with, references)])
+        if robust:
+            parts.append(robust)
     if runs:
         parts.append(run_table(runs))
-    ms = machines([d for _, d in loaded])
+    ms = machines([d for _, d in loaded if d["kind"] not in ("selection", BENCHMARK_KIND)])  # they name their own
     if ms:
         parts.append("Machines: " + "; ".join(ms) + ".")
     parts.append("Files: " + ", ".join(f"`{p}`" for p, _ in loaded) + ".")
@@ -301,6 +319,8 @@ def format_study(study: Mapping[str, Any]) -> str:
     for row in study["iterations"]:
         lines.append(f"{row['iteration']:>4} {_iv(row, 'wa'):>12} {_iv(row, 'ua'):>12} {_iv(row, 'gain_ua'):>12} "
                      f"{_iv(row, 'selected_ua'):>12}")
+        for name, c in (row.get("conditions") or {}).items():  # eval.noise / eval.adversarial
+            lines.append(f"     {name:<14} UA {_iv(c, 'ua'):>12}, drop from clean {_iv(c, 'drop_ua'):>12}")
     lines.append(f"wall time per seed: {_mins(Interval.from_dict(study['seconds_per_seed']).mean)}")
     return "\n".join(lines)
 

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dsl.config import ChainConfig
-from dsl.protocols.plans import is_leak_free, outer_partition
+from dsl.config import ChainConfig, from_dict
+from dsl.protocols.plans import outer_partition, plan_leak_free
 from dsl.protocols.selection import selector_agreement
 from dsl.results.stats import mean_interval, paired_gain
 
@@ -48,6 +48,13 @@ def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:
     out = json.loads(json.dumps(config))
     out.pop("seeds", None)
     out.pop("cache_dir", None)
+    if not from_dict({"eval": out.get("eval") or {}}).eval.enabled:
+        out.pop("eval", None)  # off: the same numbers as a config written before eval.* existed
+    if isinstance(out.get("protocol"), dict):  # written before protocol.outer: its outer folds were cut by label
+        out["protocol"].setdefault("outer", "stratified")
+    if isinstance(out.get("stage"), dict):  # written before the stage inputs had keys: today's
+        out["stage"].setdefault("fit_on", "in_sample")
+        out["stage"].setdefault("test_views", "mean")
     for k in ("workers", "num_threads", "device"):
         out.get("train", {}).pop(k, None)
     return out
@@ -66,6 +73,21 @@ def finished_seed(cfg: ChainConfig, path: Path) -> dict | None:
         log.warning("%s holds another config: the seed is run again and the file replaced", path)
         return None
     return done
+
+
+def outer_of(d: Mapping[str, Any]) -> str:
+    """How a result's outer folds were cut (`dsl.protocols.plans.outer_partition`); results written before
+    `protocol.outer` existed were cut stratified by label (unless a holdout, an assignment or a test corpus
+    fixed them)."""
+    given = d.get("protocol", {}).get("outer")
+    cfg = (d.get("config") or {}).get("protocol", {})
+    if cfg.get("holdout"):
+        return "holdout"
+    given = given or cfg.get("outer")
+    if given:
+        return "assignment" if given == "balanced" and cfg.get("assignment") else given
+    return "test corpus" if cfg.get("name") == "cross_corpus" else ("assignment" if cfg.get("assignment") else
+                                                                    "stratified")
 
 
 def _value(result: Mapping[str, Any], i: int, metric: str) -> Any:
@@ -93,8 +115,31 @@ def aggregate(results: Sequence[Mapping[str, Any]]) -> list[dict]:
             row[m] = mean_interval(vals).to_dict()
             if i > 0 and m in GAIN_METRICS:
                 row[f"gain_{m}"] = paired_gain(vals, [r["iterations"][0][m] for r in results]).to_dict()
+        conditions = condition_rows(its)
+        if conditions:
+            row["conditions"] = conditions
         rows.append(row)
     return rows
+
+
+def condition_rows(its: Sequence[Mapping[str, Any]]) -> dict[str, dict]:
+    """Per test condition every seed of one iteration scored (`dsl.robustness.conditions`): intervals of WA/UA (and
+    the selected figures) and the paired drop from clean speech, `drop_<m>` = the condition's minus the clean
+    figure, seed by seed (negative: it degrades)."""
+    names = [n for n in (its[0].get("conditions") or {}) if all(n in (it.get("conditions") or {}) for it in its)]
+    out: dict[str, dict] = {}
+    for name in names:
+        row: dict[str, Any] = {}
+        for m in METRICS:
+            vals = [it["conditions"][name].get(m) for it in its]
+            clean = [it.get(m) for it in its]
+            if any(v is None for v in vals):
+                continue
+            row[m] = mean_interval(vals).to_dict()
+            if all(c is not None for c in clean):
+                row[f"drop_{m}"] = paired_gain(vals, clean).to_dict()
+        out[name] = row
+    return out
 
 
 def study_dict(cfg: ChainConfig, results: Sequence[Mapping[str, Any]], paths: Sequence[Path], study_path: Path,
@@ -102,7 +147,7 @@ def study_dict(cfg: ChainConfig, results: Sequence[Mapping[str, Any]], paths: Se
     pr = cfg.protocol
     envs = {r["environment"].get("fingerprint"): r["environment"] for r in results if "environment" in r}
     return {"format": STUDY_FORMAT, "kind": "study", "command": command,
-            "protocol": {"name": pr.name, "leak_free": is_leak_free(pr.name), "outer": outer_partition(pr),
+            "protocol": {"name": pr.name, "leak_free": plan_leak_free(pr), "outer": outer_partition(pr),
                          "folds": pr.folds,
                          "inner_folds": pr.inner_folds, "eval_folds": pr.eval_folds},
             "seeds": [int(r["config"]["seed"]) for r in results], "environments": list(envs.values()),

@@ -6,8 +6,8 @@ The test that can see a violation, whatever its path: run the chain twice on a s
 the second time with the labels of one outer test fold rotated (class k -> k + 1 mod K; for the speaker
 protocol that fold is a held-out speaker, for cross_corpus the test corpus), and compare, per iteration,
 everything the run says about those utterances: their outer fold, predicted class, the stage's probabilities
-and the networks' segment posteriors (all bit for bit, unrounded), and their fold's validation UA and
-selected iteration. Any difference is a leak (exit 1, naming the first utterance that moved). The
+and the networks' segment posteriors (all bit for bit, unrounded), their predicted class under each test
+condition (`eval.noise`, `eval.adversarial`), and their fold's validation UA and selected iteration. Any difference is a leak (exit 1, naming the first utterance that moved). The
 perturbation must also be seen to work: the other folds' predictions must move (their training labels
 changed); a plan with one scored fold (cross_corpus) instead gets a control run that relabels training
 utterances and must move the test fold's predictions. A check that sees nothing move anywhere proves
@@ -52,13 +52,16 @@ class Snapshot:
     segments: np.ndarray  # the networks' segment posteriors the scores are taken from, float32
     val_ua: list[float] | None  # held out: per scope
     selected: list[int] | None  # held out: per scope
+    conditions: dict[str, np.ndarray] = field(default_factory=dict)  # eval.*: per test condition, predicted
 
 
 def snapshot(r: IterationResult) -> Snapshot:
     assert r.utterance_probabilities is not None and r.posteriors is not None and r.utterance_predictions is not None
     return Snapshot(r.iteration, np.array([u["fold"] for u in r.utterances], dtype=np.int64),
                     np.asarray(r.utterance_predictions), np.asarray(r.utterance_probabilities),
-                    np.asarray(r.posteriors), r.val_ua, r.selected_iterations)
+                    np.asarray(r.posteriors), r.val_ua, r.selected_iterations,
+                    {name: np.asarray(c["predicted"], dtype=np.int64) for name, c in r.conditions.items()
+                     if "predicted" in c})
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class IterationCheck:
     max_segment_change: float
     val_ua_moved: bool | None  # the validation UA of their scope(s) (None: transductive, there is none)
     pick_moved: bool | None  # the iteration selected for their scope(s)
+    conditions_moved: int  # relabelled utterances whose prediction under any test condition moved
     others_moved: int  # scored utterances outside the relabelled fold whose prediction or probabilities moved
     n_others: int
     first: str | None  # the first relabelled utterance (or score) that moved, and how
@@ -82,7 +86,7 @@ class IterationCheck:
     @property
     def leaked(self) -> bool:
         return bool(self.fold_moved or self.predicted_moved or self.proba_moved or self.segments_moved
-                    or self.val_ua_moved or self.pick_moved)
+                    or self.conditions_moved or self.val_ua_moved or self.pick_moved)
 
 
 def _same(a: Sequence[Any] | None, b: Sequence[Any] | None, scopes: Sequence[int]) -> bool | None:
@@ -103,10 +107,16 @@ def compare(base: Sequence[Snapshot], after: Sequence[Snapshot], perturbed: np.n
     for a, b in zip(base, after, strict=True):
         if a.iteration != b.iteration or a.proba.shape != b.proba.shape or a.segments.shape != b.segments.shape:
             raise ValueError(f"iteration {a.iteration} vs {b.iteration}: the runs cover different utterances")
+        if sorted(a.conditions) != sorted(b.conditions):
+            raise ValueError(f"iteration {a.iteration}: the runs were scored under different test conditions")
         fold = a.fold != b.fold
         pred = a.predicted != b.predicted
         dp = np.abs(a.proba.astype(np.float64) - b.proba.astype(np.float64)).max(axis=1)
         proba = np.any(a.proba != b.proba, axis=1)
+        cond = {name: a.conditions[name] != b.conditions[name] for name in a.conditions}
+        cond_any = np.zeros(len(files), dtype=bool)
+        for moved in cond.values():
+            cond_any |= moved
         seg_diff = np.any(a.segments != b.segments, axis=1)
         seg = np.zeros(len(files), dtype=bool)
         np.logical_or.at(seg, segment_utterance, seg_diff)
@@ -117,11 +127,13 @@ def compare(base: Sequence[Snapshot], after: Sequence[Snapshot], perturbed: np.n
         pick_moved = None if not held_out else not _same(a.selected, b.selected, scopes)
         others = ~perturbed & (a.fold >= 0)
         first = None
-        for u in np.flatnonzero(perturbed & (fold | pred | proba | seg)):
+        for u in np.flatnonzero(perturbed & (fold | pred | proba | seg | cond_any)):
             what = [f"outer fold {a.fold[u]} -> {b.fold[u]}"] if fold[u] else []
             what += [f"predicted {a.predicted[u]} -> {b.predicted[u]}"] if pred[u] else []
             what += [f"probabilities moved by up to {dp[u]:.3g}"] if proba[u] else []
             what += [f"segment posteriors moved by up to {ds[u]:.3g}"] if seg[u] else []
+            what += [f"predicted under {name} {a.conditions[name][u]} -> {b.conditions[name][u]}"
+                     for name, moved in cond.items() if moved[u]]
             first = f"{Path(files[u]).name}: {', '.join(what)}"
             break
         if first is None and val_moved:
@@ -133,7 +145,8 @@ def compare(base: Sequence[Snapshot], after: Sequence[Snapshot], perturbed: np.n
         out.append(IterationCheck(
             a.iteration, int(perturbed.sum()), int((perturbed & fold).sum()), int((perturbed & pred).sum()),
             int((perturbed & proba).sum()), float(dp[perturbed].max(initial=0.0)), int((perturbed & seg).sum()),
-            float(ds[perturbed].max(initial=0.0)), val_moved, pick_moved, int((others & (pred | proba)).sum()),
+            float(ds[perturbed].max(initial=0.0)), val_moved, pick_moved, int((perturbed & cond_any).sum()),
+            int((others & (pred | proba)).sum()),
             int(others.sum()), first))
     return out
 
@@ -148,6 +161,7 @@ class LeakCheck:
     subset: str  # which utterances the check ran on
     relabelled: list[str]  # file names of the relabelled fold
     iterations: list[IterationCheck]
+    conditions: list[str] = field(default_factory=list)  # the test conditions (eval.*) compared too
     control_moved: int | None = None  # one-fold plans: relabelled-fold utterances the control run moved
     seconds: list[float] = field(default_factory=list)  # per run
 
@@ -172,12 +186,16 @@ class LeakCheck:
 
     def format(self) -> str:
         yes = {None: "-", True: "MOVED", False: "same"}
+        cond = bool(self.conditions)  # a column for the predictions under the test conditions, when there are any
         lines = [f"{'iter':>4} {'fold':>5} {'pred':>5} {'proba':>5} {'max Δp':>9} {'segs':>5} {'max Δseg':>9} "
-                 f"{'val UA':>6} {'pick':>6} | other folds moved"]
+                 + (f"{'cond':>5} " if cond else "") + f"{'val UA':>6} {'pick':>6} | other folds moved"]
         for c in self.iterations:
             lines.append(f"{c.iteration:>4} {c.fold_moved:>5} {c.predicted_moved:>5} {c.proba_moved:>5} "
                          f"{c.max_proba_change:>9.2g} {c.segments_moved:>5} {c.max_segment_change:>9.2g} "
-                         f"{yes[c.val_ua_moved]:>6} {yes[c.pick_moved]:>6} | {c.others_moved}/{c.n_others}")
+                         + (f"{c.conditions_moved:>5} " if cond else "")
+                         + f"{yes[c.val_ua_moved]:>6} {yes[c.pick_moved]:>6} | {c.others_moved}/{c.n_others}")
+        if cond:
+            lines.append(f"cond: relabelled utterances whose prediction moved under any of {', '.join(self.conditions)}")
         n = len(self.relabelled)
         if self.control_moved is not None:
             lines.append(f"control run (training labels rotated): {self.control_moved}/{n} test utterances moved")
@@ -189,7 +207,8 @@ class LeakCheck:
         else:
             seen = (f"the control run moved {self.control_moved}" if self.control_moved is not None else
                     f"up to {max(c.others_moved for c in self.iterations)} utterances of the other folds moved")
-            lines.append(f"clean: no outer fold, prediction, probability, segment posterior, validation UA or "
+            lines.append(f"clean: no outer fold, prediction, probability, segment posterior, "
+                         f"{'prediction under a test condition, ' if cond else ''}validation UA or "
                          f"selected iteration of the {n} relabelled utterances moved at any iteration, while {seen} "
                          "(exit 0)")
         return "\n".join(lines)
@@ -277,7 +296,8 @@ def leakcheck(cfg: ChainConfig, data: CorpusData, subset: str = "", step_cache: 
         on_run(f"outer fold {fold0} relabelled", t1)
     checks = compare(base, after, mask, files, seg_utt)
     check = LeakCheck(cfg.protocol.name, is_leak_free(cfg.protocol.name), outer_partition(cfg.protocol), subset,
-                      [Path(files[u]).name for u in np.flatnonzero(mask)], checks, seconds=[t0, t1])
+                      [Path(files[u]).name for u in np.flatnonzero(mask)], checks, list(base[0].conditions),
+                      seconds=[t0, t1])
     if not (scored & ~mask).any():  # one scored fold: relabel every other never-scored (training) utterance
         train = np.flatnonzero(~scored)[::2]
         if not len(train):

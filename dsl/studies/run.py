@@ -18,7 +18,7 @@ from dsl.data.segments import build_segments
 from dsl.execution.step_cache import StepCache
 from dsl.pipeline.chain import ChainResult, ChainState, IterationResult, iterate_chain, run_chain
 from dsl.pipeline.checks import check_config, check_data
-from dsl.protocols.plans import is_leak_free, outer_partition
+from dsl.protocols.plans import outer_partition, plan_leak_free
 from dsl.results.study import comparable_config, seeds_dir, write_json
 from dsl.runtime.environment import machine_info
 from dsl.runtime.notes import add_note
@@ -35,8 +35,11 @@ def format_row(r: IterationResult) -> str:
     """One row of the per-iteration table; `sel UA` is the validation-selected UA so far (held out only)."""
     alpha = "-" if r.alpha is None else f"{r.alpha:.2f}"
     sel = "-" if r.selected_ua is None else f"{100 * r.selected_ua:.2f}"
-    return (f"{r.iteration:>4} {alpha:>6} {100 * r.wa:>7.2f} {100 * r.ua:>7.2f} {sel:>8} {100 * r.segment_accuracy:>9.2f} "
-            f"{100 * r.changed_label_share:>9.2f} {r.epochs:>6.1f} {r.seconds:>7.1f}")
+    row = (f"{r.iteration:>4} {alpha:>6} {100 * r.wa:>7.2f} {100 * r.ua:>7.2f} {sel:>8} {100 * r.segment_accuracy:>9.2f} "
+           f"{100 * r.changed_label_share:>9.2f} {r.epochs:>6.1f} {r.seconds:>7.1f}")
+    if r.conditions:  # eval.noise / eval.adversarial
+        row += "\n     UA % under: " + ", ".join(f"{name} {100 * c['ua']:.2f}" for name, c in r.conditions.items())
+    return row
 
 
 def stage_text(cfg: ChainConfig) -> str:
@@ -44,7 +47,7 @@ def stage_text(cfg: ChainConfig) -> str:
     what a held-out scope's stage trains and predicts on (`stage.fit_on`, `stage.test_views`)."""
     st = cfg.stage
     text = st.name if st.name != "acp" else f"acp ({st.input}, eps {st.epsilon:g}, dim {st.dim})"
-    if is_leak_free(cfg.protocol.name):
+    if plan_leak_free(cfg.protocol):
         text += f" (fit_on {st.fit_on}, test_views {st.test_views if st.name == 'forest' else 'each'})"
     return text
 
@@ -55,23 +58,33 @@ def outer_text(pr) -> str:
     return {"balanced": "outer folds balanced by file or speaker identity and the seed, no label read",
             "stratified": "outer folds stratified by label: every label is read, the test folds' too",
             "assignment": f"outer folds from {pr.assignment}",
-            "test corpus": "outer fold: the test corpus"}[how]
+            "test corpus": "outer fold: the test corpus",
+            "holdout": f"one scored fold: the holdout {pr.holdout}"}[how]
 
 
 def protocol_line(cfg: ChainConfig) -> str:
     """How to read the numbers: the protocol, and whether test labels can reach them."""
     pr = cfg.protocol
-    if is_leak_free(pr.name):
+    if plan_leak_free(pr):
         how = ("leak_free: true; each utterance is scored by a forest and networks that never saw its label, "
                "and the reported iteration is picked per outer fold on its training utterances")
     else:
         how = ("leak_free: false (transductive): test-fold labels reach later iterations' targets and the "
                "forest is cross-validated over all utterances; the reported iteration is the final one")
-    if pr.name == "cross_corpus":
+    if pr.holdout:
+        line = (f"protocol {pr.name}, final exam on the holdout {pr.holdout}: trained on every other utterance with "
+                f"{pr.name}'s inner structure, scored on the held-out utterances only | leak_free: true; no held-out "
+                "label reaches targets, forest or the choice of iteration")
+    elif pr.name == "cross_corpus":
         line = (f"protocol cross_corpus: trained on {cfg.corpus} ({cfg.data}), tested on {pr.test_corpus} "
                 f"({pr.test_data}), shared classes only | {how.replace('per outer fold', 'by a forest CV')}")
     else:
         line = f"protocol {pr.name} ({pr.folds} folds; {outer_text(pr)}) | {how}"
+    if cfg.eval.enabled:
+        from dsl.robustness.conditions import condition_names
+
+        line += (f" | also scored under {len(condition_names(cfg.eval))} test condition(s) "
+                 f"({', '.join(condition_names(cfg.eval))}): only test utterances are perturbed")
     if cfg.train.aux == "mtl_aug" and cfg.train.aux_data:
         line += (f" | train.aux_data: {cfg.train.aux_data} (unlabelled audio for MTL-AUG's auxiliary tasks only; no "
                  "label is read, but audio of the test utterances there makes training transductive in the audio)")
@@ -192,7 +205,7 @@ def run_resumable(cfg: ChainConfig, data: CorpusData, out: str | Path, resume: b
 
     def result_so_far() -> ChainResult:
         return ChainResult(cfg, data.label_names, list(results), data.n_utterances, n_segments,
-                           earlier + time.perf_counter() - start, dict(data.skipped), is_leak_free(cfg.protocol.name),
+                           earlier + time.perf_counter() - start, dict(data.skipped), plan_leak_free(cfg.protocol),
                            environment, command)
 
     kept = len(results)
@@ -260,10 +273,32 @@ def _print_reported(result: ChainResult, path: Path, seconds: float) -> None:
           f"utterances, {result.n_segments} segments | {seconds:.0f} s | result: {path}", flush=True)
 
 
-def outputs_of(cfg: ChainConfig, out: str | Path, step_cache: str = "") -> list[WriteTarget]:
+def resolve_holdout(cfg: ChainConfig, holdout: str, out: str | Path) -> ChainConfig:
+    """`--holdout FILE_OR_SPEC`: a stored assignment file as it is, or a rule (YAML, e.g. `{speakers: ['03']}`)
+    applied to the corpus once and stored beside the result (`<out stem>.holdout.json`, or the rule's own
+    `assignment` path), so a rerun reads the same split."""
+    if not holdout:
+        return cfg
+    if Path(holdout).is_file():
+        return cfg.replace(**{"protocol.holdout": str(Path(holdout).resolve())})
+    from dsl.protocols.holdout import make_holdout, parse_holdout
+
+    spec = parse_holdout(holdout, where="--holdout")
+    path = Path(spec.assignment or Path(out).with_name(Path(out).stem + ".holdout.json")).resolve()
+    corpus, _ = load_corpus_for(cfg)
+    made = make_holdout(spec, corpus.paths, corpus.speakers, corpus.labels, path)
+    print(f"holdout: {spec.how}: {len(made.files)} of {len(corpus)} utterances | assignment {path}", flush=True)
+    return cfg.replace(**{"protocol.holdout": str(path)})
+
+
+def outputs_of(cfg: ChainConfig, out: str | Path, step_cache: str = "", holdout: str = "") -> list[WriteTarget]:
     """What `run_to_file` writes: the result (and beside it the chain state and plots), a study's seed files,
-    the step cache. The feature cache is checked where it is known whether it must be written."""
+    the step cache, a holdout rule's assignment. The feature cache is checked where it is known whether it must
+    be written."""
     targets = [WriteTarget.file(out, "--out")]
+    if holdout and not Path(holdout).is_file():
+        targets.append(WriteTarget.file(Path(out).with_name(Path(out).stem + ".holdout.json"),
+                                        "the holdout assignment"))
     if cfg.seeds:
         targets.append(WriteTarget.dir(seeds_dir(out), "the study's seed folder"))
     if step_cache:
@@ -273,16 +308,18 @@ def outputs_of(cfg: ChainConfig, out: str | Path, step_cache: str = "") -> list[
 
 def run_to_file(config_path: str | None, preset: str | None, overrides: Mapping[str, Any], out: str,
                 quiet: bool = False, command: str = "", seed_jobs: int = 0, resume: bool = False,
-                step_cache: str = "") -> ChainResult | dict:
+                step_cache: str = "", holdout: str = "") -> ChainResult | dict:
     """`dsl-sweep run`: one chain (its `ChainResult`) or, with seeds, a replicate study (its dict), written to
     `out` as it goes, with a per-iteration table on stdout; `step_cache` (a directory) reuses the fold trainings
-    and scores an earlier run with the same data, recipe, code and machine computed. Every path it writes is
-    checked before any work starts."""
+    and scores an earlier run with the same data, recipe, code and machine computed; `holdout` (an assignment
+    file or a rule) trains on the rest and scores the held-out utterances only. Every path it writes is checked
+    before any work starts."""
     cfg = load_config(config_path, preset, overrides)
     if not cfg.data:
         raise ConfigError("no data path: give --data DIR (or `data:` in the config file)")
-    require_writable(outputs_of(cfg, out, step_cache))
+    require_writable(outputs_of(cfg, out, step_cache, holdout))
     steps = StepCache(step_cache) if step_cache else None
+    cfg = resolve_holdout(cfg, holdout, out)
     seeds = f"seeds {', '.join(map(str, cfg.seeds))}" if cfg.seeds else f"seed {cfg.seed}"
     print(f"corpus {cfg.corpus} at {cfg.data} | backbone {cfg.backbone} | rule {cfg.labels.rule} "
           f"| stage {stage_text(cfg)} | iterations {cfg.iterations} | {seeds}\n{protocol_line(cfg)}", flush=True)

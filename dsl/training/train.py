@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,24 +91,34 @@ def _autocast(device: torch.device, spec: TrainSpec):
     return torch.autocast("cpu", enabled=False)
 
 
+Perturb = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (model in eval mode, input batch) -> changed batch
+
+
 @torch.no_grad()
-def predict_proba(model: nn.Module, batcher: SegmentBatcher, rows: torch.Tensor, spec: TrainSpec) -> np.ndarray:
-    """Softmax posteriors (n, K) in large batches."""
-    return _predict(model, batcher, rows, spec, embeddings=False)[0]
+def predict_proba(model: nn.Module, batcher: SegmentBatcher, rows: torch.Tensor, spec: TrainSpec,
+                  perturb: Perturb | None = None) -> np.ndarray:
+    """Softmax posteriors (n, K) in large batches; with `perturb`, of each input batch as it changes it (an
+    attack, `dsl.training.attacks`), in the same batches as the clean prediction."""
+    return _predict(model, batcher, rows, spec, embeddings=False, perturb=perturb)[0]
 
 
 @torch.no_grad()
 def predict_with_embeddings(model: nn.Module, batcher: SegmentBatcher, rows: torch.Tensor,
-                            spec: TrainSpec) -> tuple[np.ndarray, np.ndarray]:
+                            spec: TrainSpec, perturb: Perturb | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Posteriors (n, K) and the segment embeddings (n, E) of the same forward passes: the input of the
     backbone's classifier (`dsl.training.backbones.captured_embeddings`), as float32."""
-    post, emb = _predict(model, batcher, rows, spec, embeddings=True)
+    post, emb = _predict(model, batcher, rows, spec, embeddings=True, perturb=perturb)
     assert emb is not None
     return post, emb
 
 
+def autocast_for(device: torch.device, spec: TrainSpec) -> Callable[[], Any]:
+    """A factory of the autocast context that training and prediction use on `device` (for attacks)."""
+    return lambda: _autocast(device, spec)
+
+
 def _predict(model: nn.Module, batcher: SegmentBatcher, rows: torch.Tensor, spec: TrainSpec,
-             embeddings: bool) -> tuple[np.ndarray, np.ndarray | None]:
+             embeddings: bool, perturb: Perturb | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     from contextlib import nullcontext
 
     from dsl.training.backbones import captured_embeddings
@@ -116,8 +128,12 @@ def _predict(model: nn.Module, batcher: SegmentBatcher, rows: torch.Tensor, spec
     out, emb = [], []
     with captured_embeddings(model) if embeddings else nullcontext([]) as kept:
         for i in range(0, len(rows), spec.eval_batch_size):
+            x = batcher(rows[i:i + spec.eval_batch_size])
+            if perturb is not None:
+                x = perturb(model, x)
+                kept.clear()  # the attack's own forward passes were captured too
             with _autocast(device, spec):
-                logits = model(batcher(rows[i:i + spec.eval_batch_size]))
+                logits = model(x)
             out.append(torch.softmax(logits.float(), dim=1).cpu())
             if embeddings:
                 emb.append(kept.pop().float().cpu())

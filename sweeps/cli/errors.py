@@ -30,6 +30,7 @@ TOOL_ERRORS: dict[str, int] = {
     "dsl.data.audio:BadAudioError": EXIT_INPUT,
     "tracking.client:TrackingUnavailable": EXIT_INPUT,
     "dsl.execution.fold_runners:FoldWorkerError": EXIT_WORKER,
+    "sweeps.selection.chains:ChainFailed": EXIT_WORKER,  # a chain of `best` failed; the finished ones are kept
 }
 
 _OS_HINTS = {

@@ -105,6 +105,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-cache", default="", metavar="DIR",
                    help="reuse fold trainings and scores kept in DIR by earlier runs with the same data, recipe, "
                         "code and machine, and keep this run's there (off by default)")
+    p.add_argument("--holdout", metavar="FILE_OR_SPEC",
+                   help="final exam: train on every utterance outside a holdout (with the protocol's own inner "
+                        "structure) and score the held-out ones only; a holdout assignment JSON, or a rule such as "
+                        "\"{speakers: ['03', '08']}\", \"{speaker_fraction: 0.2}\" or \"{fraction: 0.2, seed: 0}\" "
+                        "(stored once as <out stem>.holdout.json)")
     add_run_flags(p)
 
 
@@ -112,5 +117,6 @@ def handle(args: argparse.Namespace) -> int:
     from dsl.studies.run import run_to_file
 
     run_to_file(args.config, args.preset, overrides_from(args), args.out, quiet=args.quiet,
-                command=args.command_line, seed_jobs=args.seed_jobs, resume=args.resume, step_cache=args.step_cache)
+                command=args.command_line, seed_jobs=args.seed_jobs, resume=args.resume, step_cache=args.step_cache,
+                holdout=args.holdout or "")
     return 0

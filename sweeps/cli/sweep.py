@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="override the corpus path of the sweep file")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep with the same Optuna study")
     p.add_argument("--trials", type=int, help="override the number of trials")
+    p.add_argument("--objective-seeds", type=int, metavar="R",
+                   help="run every trial on the same R seeds and judge it by their mean (overrides objective_seeds)")
     p.add_argument("--no-step-cache", action="store_true",
                    help="compute every trial's chain in full (default: trials share fold trainings and scores "
                         "through <storage>/step_cache)")
@@ -27,7 +29,7 @@ def handle(args: argparse.Namespace) -> int:
 
     outcome = launch_sweep(args.file, data=args.data, storage_path=args.storage_path, trials=args.trials,
                            step_cache=False if args.no_step_cache else None, address=args.address,
-                           tracking_uri=args.tracking_uri, resume=args.resume)
+                           tracking_uri=args.tracking_uri, resume=args.resume, objective_seeds=args.objective_seeds)
     if outcome.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_PROBLEMS if outcome.errors else 0

@@ -19,6 +19,7 @@ import yaml
 from dsl.config import ConfigError, FeatureSpec
 from dsl.data.bundle import CorpusData, load_corpus_for, prepare_data
 from dsl.pipeline.checks import check_data
+from dsl.protocols.holdout import HoldoutAssignment, describe_split, make_holdout, split
 from dsl.protocols.plans import is_leak_free
 from dsl.results.naming import describe
 from dsl.runtime.paths import WriteTarget, default_cache_dir, is_uri, require_writable
@@ -30,6 +31,7 @@ from sweeps.search.spec import SweepSpec, load_sweep
 from sweeps.search.trial_table import TrialRow, best_row, format_table, rows_from_results
 from sweeps.search.tuner import build_tuner, num_trials
 from tracking.client import check_access, redact_uri, resolve_tracking_uri, sqlite_file
+from tracking.schema import BASE_ARTIFACT, HOLDOUT_ARTIFACT
 from tracking.sweep_runs import SweepRun
 from tracking.sweep_settings import SweepSettings
 from trainables.context import TrialContext
@@ -60,22 +62,50 @@ def contour_index(data: CorpusData, which: int | str) -> int:
         return which % data.n_utterances
     hits = [i for i, p in enumerate(data.paths) if str(which) in p]
     if not hits:
-        raise ConfigError(f"plots.contour_utterance: no utterance path contains {which!r}")
+        raise ConfigError(f"plots.contour_utterance: no utterance path the search sees contains {which!r} (an "
+                          "utterance of the holdout is never shown to a trial)")
     return hits[0]
 
 
-def load_feature_data(spec: SweepSpec, cache_dir: str | None = None,
-                      shared_cache: str | None = None) -> dict[FeatureSpec, CorpusData]:
+def load_data(spec: SweepSpec, cache_dir: str | None = None, shared_cache: str | None = None,
+              holdout: HoldoutAssignment | None = None) -> CorpusData:
+    """The base config's corpus and features (see `load_feature_data`)."""
+    return next(iter(load_feature_data(spec, cache_dir, shared_cache, holdout).values()))
+
+
+def holdout_path(spec: SweepSpec, root: str) -> Path:
+    """Where the sweep's holdout assignment is stored: `holdout.assignment`, else next to the Tune experiment
+    (`<storage>/<name>/holdout.json`), or next to the Optuna journal when the storage is a URI."""
+    assert spec.holdout is not None
+    if spec.holdout.assignment:
+        return Path(spec.holdout.assignment).expanduser().resolve()
+    if "://" in root:
+        return journal_path(spec, root).with_name(f"{spec.name}.holdout.json")
+    return Path(root) / spec.name / "holdout.json"
+
+
+def sweep_holdout(spec: SweepSpec, root: str) -> HoldoutAssignment | None:
+    """The sweep's holdout assignment, made once (before any trial) and read back on every later start."""
+    if spec.holdout is None:
+        return None
+    corpus, _ = load_corpus_for(spec.base)
+    return make_holdout(spec.holdout, corpus.paths, corpus.speakers, corpus.labels, holdout_path(spec, root))
+
+
+def load_feature_data(spec: SweepSpec, cache_dir: str | None = None, shared_cache: str | None = None,
+                      holdout: HoldoutAssignment | None = None) -> dict[FeatureSpec, CorpusData]:
     """Parse the corpus, check the base and the spec's sampled trial configs fit it, extract/load the features of
     every front end the search can pick once, the base's first (into `cache_dir`, default the base config's;
-    mirrored to the URI `shared_cache` when given)."""
+    mirrored to the URI `shared_cache` when given). With a `holdout`, what is returned (and checked) is the search
+    part alone: the held-out utterances' frames, labels and speakers never reach a trial."""
     from dsl.data.feature_cache import corpus_key
     from sweeps.cluster.shared_storage import pull_dir, push_dir
 
     base = spec.base if cache_dir is None else spec.base.replace(cache_dir=cache_dir)
     corpus, _ = load_corpus_for(base)
+    seen = ~holdout.mask(corpus.paths) if holdout is not None else np.ones(len(corpus), dtype=bool)
     for cfg in (base, *spec.samples):
-        check_data(cfg, corpus.labels, np.asarray(corpus.speakers), corpus.label_names)
+        check_data(cfg, corpus.labels[seen], np.asarray(corpus.speakers)[seen], corpus.label_names)
     out: dict[FeatureSpec, CorpusData] = {}
     for features in feature_variants(spec.space):
         fcfg = dataclasses.replace(base, features=features)
@@ -86,21 +116,38 @@ def load_feature_data(spec: SweepSpec, cache_dir: str | None = None,
             if pull_dir(f"{shared_cache}/corpora/{key}", entry):
                 print(f"features: pulled from {shared_cache}/corpora/{key}", flush=True)
         out[features] = prepare_data(fcfg, corpus, show_progress=os.environ.get("DSL_PROGRESS", "1") != "0")
+        if holdout is not None:
+            out[features] = split(out[features], holdout)[0]
         if shared_cache and entry is not None and entry.exists() and push_dir(entry, f"{shared_cache}/corpora/{key}"):
             print(f"features: kept under the storage path, {shared_cache}/corpora/{key}", flush=True)
     return out
 
 
-def sweep_settings(spec: SweepSpec, n: int) -> SweepSettings:
+def sweep_settings(spec: SweepSpec, n: int, holdout: HoldoutAssignment | None = None,
+                   step_cache: str = "") -> SweepSettings:
     """What the parent run keeps of the sweep (and `dsl-sweep best` reads back)."""
+    sel = spec.select
     return SweepSettings(name=spec.name, num_samples=n, max_concurrent=spec.max_concurrent,
                          sampler=spec.sampler.type, sampler_seed=spec.sampler.seed,
                          scheduler=spec.scheduler.type if spec.scheduler else "none",
                          max_failures=spec.max_failures, resources=str(spec.resources),
                          search=", ".join(p.key for p in spec.search), objective=spec.objective,
                          protocol=spec.base.protocol.name, leak_free=is_leak_free(spec.base.protocol.name),
-                         select_protocol=spec.select.protocol, select_top_k=spec.select.top_k,
-                         select_seeds=spec.select.seeds)
+                         objective_seeds=spec.objective_seeds, select_protocol=sel.protocol,
+                         select_top_k=sel.top_k, select_seeds=sel.seeds, select_budget=sel.budget,
+                         select_alpha=sel.alpha, select_exam_seeds=sel.exam_seeds,
+                         holdout=holdout.spec.how if holdout else "none",
+                         holdout_utterances=len(holdout.files) if holdout else 0,
+                         holdout_assignment=holdout.path if holdout else "", step_cache=step_cache)
+
+
+def parent_files(spec: SweepSpec, holdout: HoldoutAssignment | None) -> dict[str, str]:
+    """What the parent run keeps besides the sweep file, for `dsl-sweep best`: the resolved base config (its
+    reference is built on it) and the holdout assignment."""
+    files = {BASE_ARTIFACT: spec.base.to_yaml()}
+    if holdout is not None:
+        files[HOLDOUT_ARTIFACT] = Path(holdout.path).read_text()
+    return files
 
 
 def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | None = None,
@@ -133,15 +180,20 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
           f"{' | resuming' if resume else ''}", flush=True)
 
     check_access(uri)  # a server that refuses us fails here, before data, Ray and training
+    holdout = sweep_holdout(spec, root)
     variants = load_feature_data(spec, feature_cache_dir(spec.base.cache_dir, root, on_cluster) or None,
-                                 f"{root}/dsl-cache" if is_uri(root) else None)
+                                 f"{root}/dsl-cache" if is_uri(root) else None, holdout)
     data = next(iter(variants.values()))
+    if holdout is not None:
+        print(f"{describe_split(holdout)}; no trial, scheduler rung or sampler update sees them (they are the final "
+              "exam of `dsl-sweep best`)", flush=True)
+    steps = step_cache_dir(spec, root)
     for features, d in variants.items():
         print(f"corpus {spec.base.corpus} ({features.kind} features): {d.n_utterances} utterances, "
               f"{d.frames.shape[0]} frames ({d.frames.nbytes / 2**20:.0f} MiB, shared through the object store)",
               flush=True)
-    sweep = SweepRun.open(uri, spec.name, exp_path, sweep_settings(spec, n), spec.base.to_dict(),
-                          yaml.safe_dump(spec.raw, sort_keys=False), resume)
+    sweep = SweepRun.open(uri, spec.name, exp_path, sweep_settings(spec, n, holdout, steps), spec.base.to_dict(),
+                          yaml.safe_dump(spec.raw, sort_keys=False), resume, parent_files(spec, holdout))
     exp_id, parent = sweep.experiment_id, sweep.run_id
     print(f"MLflow UI: {sweep.ui_link()}", flush=True)
     verbose = quiet_ray()
@@ -150,10 +202,9 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
         cluster_preflight(uri, placement(spec.resources).bundles, remote=on_cluster)
         if on_cluster:  # from every node: the tracking server takes a run and an artifact, storage is writable
             node_preflight(uri, exp_id, root)
-        steps = step_cache_dir(spec, root)
         print(f"step cache: {steps or 'off'}", flush=True)
         ctx = TrialContext(spec.name, spec.base, uri, exp_id, parent, spec.resources,
-                           contour_index(data, spec.contour_utterance), spec.objective, steps)
+                           contour_index(data, spec.contour_utterance), spec.objective, steps, spec.objective_seeds)
         from ray import tune
 
         trainable = tune.with_resources(with_corpus(train_chain, data, variants=variants, context=ctx),
@@ -212,7 +263,7 @@ def finish(outcome: SweepOutcome, spec: SweepSpec, sweep: SweepRun) -> None:
     compare_trials(sweep, spec, study)
     top = best if best is not None and best.objective is not None else None
     sweep.finish("KILLED" if outcome.interrupted else "FINISHED", outcome.errors,
-                 top.trial_id if top else None, top.objective if top else None)
+                 top.trial_id if top else None, top.objective if top else None, outcome.seconds)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(study_counts(study).items()))
     print(f"\n{table}\n\nOptuna study {spec.name}: {len(study.trials)} trials ({counts}) | "
           f"{outcome.seconds / 60:.1f} min", flush=True)
@@ -222,8 +273,9 @@ def finish(outcome: SweepOutcome, spec: SweepSpec, sweep: SweepRun) -> None:
               f"objective ({spec.objective} UA) {100 * best.objective:.2f} % at iteration {best.iteration}, WA "
               f"{100 * (best.wa or 0):.2f} % | protocol {pr}, leak_free: {str(is_leak_free(pr)).lower()}, seed "
               f"{spec.base.seed}\nthis score graded itself (the search chose it on the same folds and seed); "
-              f"re-evaluate the top {spec.select.top_k} on {spec.select.seeds} fresh seeds under "
-              f"{spec.select.protocol} with: dsl-sweep best {spec.name} --out best.yaml", flush=True)
+              f"race the top {spec.select.top_k} on up to {spec.select.seeds} fresh seeds under "
+              f"{spec.select.protocol}{' and sit the final exam on the holdout' if spec.holdout else ''} with: "
+              f"dsl-sweep best {spec.name} --out best.yaml", flush=True)
     if outcome.interrupted:
         print(f"sweep interrupted: continue it with --resume (state in {outcome.experiment_path})", flush=True)
 
@@ -252,11 +304,12 @@ def sweep_outputs(spec: SweepSpec, root: str, tracking_uri: str) -> list[WriteTa
 
 def launch_sweep(file: str, data: str | None = None, storage_path: str | None = None, trials: int | None = None,
                  step_cache: bool | None = None, address: str | None = None, tracking_uri: str | None = None,
-                 resume: bool = False) -> SweepOutcome:
+                 resume: bool = False, objective_seeds: int | None = None) -> SweepOutcome:
     """`dsl-sweep sweep FILE`: load the sweep definition (the arguments override its data path, storage path,
-    number of trials and step cache) and run or resume it. `trials` is ignored with `resume`."""
+    number of trials, step cache and seeds per trial) and run or resume it. `trials` is ignored with `resume`."""
     if resume and trials:
         print("note: --trials is ignored with --resume (the sweep keeps its number of trials)", flush=True)
         trials = None
-    spec = load_sweep(file, data=data, trials=trials, storage_path=storage_path, step_cache=step_cache)
+    spec = load_sweep(file, data=data, trials=trials, storage_path=storage_path, step_cache=step_cache,
+                      objective_seeds=objective_seeds)
     return run_sweep(spec, address=address, tracking_uri=tracking_uri, resume=resume, trials=trials)

@@ -2,10 +2,12 @@
 
 A sweep file has `name`, `base` (a ChainConfig mapping, optionally `preset: cpu|paper` plus
 overrides; its `protocol` is the one the search runs under), `search` (parameters to sample),
-`objective` (`final` or `selected`: the score at a rule fixed in advance), `select` (how `dsl-sweep
-best` re-evaluates the top configurations: a leak-free protocol, how many, on how many fresh seeds),
-`sampler`, `scheduler`, `num_samples`, `max_concurrent`, `resources`, `max_failures`, `storage_path`
-and `plots`. Every problem is reported at once in one `ConfigError`. `seed` is not searchable: a
+`objective` (`final` or `selected`: the score at a rule fixed in advance; `selected:white_10dB` or
+`final:noise_mean`: the same under a test condition of `base.eval`, `dsl.robustness.conditions`), `objective_seeds`
+(chains per trial, on the same seeds for every trial, the objective their mean), `holdout` (utterances no trial
+sees: `dsl.protocols.holdout`), `select` (how `dsl-sweep best` decides: a race of the top configurations on fresh
+seeds under a leak-free protocol, then the final exam on the holdout), `sampler`, `scheduler`, `num_samples`,
+`max_concurrent`, `resources`, `max_failures`, `storage_path` and `plots`. Every problem is reported at once in one `ConfigError`. `seed` is not searchable: a
 sweep that picks its seed picks noise.
 """
 from __future__ import annotations
@@ -30,14 +32,16 @@ from dsl.config import (
 from dsl.pipeline.checks import check_config
 from dsl.pipeline.keys import key_default, selector_registry
 from dsl.plugins import load_plugins
+from dsl.protocols.holdout import HoldoutSpec, parse_holdout
 from dsl.protocols.plans import is_leak_free, leak_free_protocols
+from dsl.robustness.conditions import condition_names, summary_names
 from dsl.runtime.paths import is_uri
 
 # ParamSpec stays importable from here too: the tuner.pkl of a sweep started before it moved names it so.
 from sweeps.search.space import ParamSpec, SearchSpace, sample_configs
 from tracking.sweep_settings import SweepSettings
 from trainables.context import ResourceSpec
-from trainables.metrics import OBJECTIVES
+from trainables.metrics import OBJECTIVES, parse_objective
 
 # Short names of the search parameters -> dotted ChainConfig keys (any dotted key works too).
 ALIASES: dict[str, str] = {name: SHORT_NAMES[name] for name in (
@@ -48,7 +52,7 @@ ALIASES: dict[str, str] = {name: SHORT_NAMES[name] for name in (
 SEARCHABLE_FEATURES = ("features.kind", "features.ssl_model", "features.ssl_layer", "features.ssl_layer_sum")
 UNSEARCHABLE = ("seed", "seeds")  # replicates are for re-evaluation, not for the search to pick
 TOP_KEYS = ("name", "base", "search", "objective", "select", "sampler", "scheduler", "num_samples", "max_concurrent",
-            "resources", "max_failures", "storage_path", "plots", "step_cache")
+            "resources", "max_failures", "storage_path", "plots", "step_cache", "holdout", "objective_seeds")
 SAMPLERS = ("tpe", "random", "grid")
 SCHEDULERS = ("asha", "none")
 METRIC = "objective"  # what the searcher and the scheduler maximise (trainables.metrics.objective_value)
@@ -73,12 +77,63 @@ class SchedulerSpec:
 
 @dataclass(frozen=True)
 class SelectSpec:
-    """How `dsl-sweep best` re-evaluates: the `top_k` configurations on `seeds` fresh seeds under `protocol`.
-    The defaults are the logged settings' (what `best` reads for a sweep that did not log one)."""
+    """How `dsl-sweep best` decides (`sweeps.selection.best`): a race of the sweep's `top_k` distinct configurations
+    on fresh seeds under the leak-free `protocol` (`dsl.results.racing`: `seeds_per_round` seeds per round, tests from
+    `min_seeds` shared seeds on, family-wise error `alpha` under `correction`, at most `seeds` seeds per candidate
+    and `budget` chains in all), then, with a holdout, the final exam: the winner and the `reference` (overrides of
+    the sweep's base; default the rule baseline at iteration 0) on `exam_seeds` seeds, scored on the holdout. The
+    defaults are the logged settings' (what `best` reads for a sweep that did not log one)."""
 
     protocol: str = SweepSettings.select_protocol
     top_k: int = SweepSettings.select_top_k
     seeds: int = SweepSettings.select_seeds
+    seeds_per_round: int = 1
+    min_seeds: int = 3
+    alpha: float = SweepSettings.select_alpha
+    budget: int | None = SweepSettings.select_budget
+    correction: str = "race"
+    tie_break: str = "cheapest"  # several survivors: the cheapest, or "mean" (bench/selection.py measures both)
+    exam_seeds: int = SweepSettings.select_exam_seeds
+    reference: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_REFERENCE))
+
+    def problems(self) -> list[str]:
+        from dsl.results.racing import CORRECTIONS, TIE_BREAKS
+
+        out = []
+        if not is_leak_free(self.protocol):
+            out.append(f"select.protocol {self.protocol!r} is not a leak-free protocol; allowed: "
+                       f"{', '.join(leak_free_protocols())}")
+        ints = {"top_k": 1, "seeds": 2, "seeds_per_round": 1, "min_seeds": 2, "exam_seeds": 2}
+        for k, least in ints.items():
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < least:
+                out.append(f"select.{k}: {k} >= {least} (an integer) required; got {v!r}")
+        if not isinstance(self.alpha, (int, float)) or not 0.0 < self.alpha < 1.0:
+            out.append(f"select.alpha: a number in (0, 1) required; got {self.alpha!r}")
+        if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 1):
+            out.append(f"select.budget: chains, an integer >= 1 (or leave it out); got {self.budget!r}")
+        if self.correction not in CORRECTIONS:
+            out.append(f"select.correction {self.correction!r} is unknown; allowed: {', '.join(CORRECTIONS)}")
+        if self.tie_break not in TIE_BREAKS:
+            out.append(f"select.tie_break {self.tie_break!r} is unknown; allowed: {', '.join(TIE_BREAKS)}")
+        if not isinstance(self.reference, Mapping):
+            out.append(f"select.reference: a mapping of config overrides of the base (e.g. {{rule: baseline, "
+                       f"iterations: 0}}); got {self.reference!r}")
+        return out
+
+    def reference_overrides(self) -> dict[str, Any]:
+        """The reference's overrides of the base as dotted config keys (short names such as `rule` allowed)."""
+        return {ALIASES.get(str(k), str(k)): v for k, v in self.reference.items()}
+
+
+DEFAULT_REFERENCE = {"rule": "baseline", "iterations": 0}
+
+
+def parse_select(raw: Any, problems: list[str]) -> SelectSpec:
+    """The `select:` mapping; problems are appended (with the key), a default spec returned on error."""
+    sel = _sub(SelectSpec, raw, "select", problems)
+    problems.extend(sel.problems())
+    return sel
 
 
 @dataclass(frozen=True)
@@ -97,6 +152,8 @@ class SweepSpec:
     contour_utterance: int | str = 0  # utterance index or a substring of its path
     objective: str = SweepSettings.objective
     select: SelectSpec = field(default_factory=SelectSpec)
+    holdout: HoldoutSpec | None = None  # utterances no trial sees: the final exam of `dsl-sweep best`
+    objective_seeds: int = SweepSettings.objective_seeds  # chains per trial on the same seeds; the objective: their mean
     step_cache: bool = True  # trials share fold trainings and scores through `<storage>/step_cache` (dsl.execution.step_cache)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -193,7 +250,8 @@ def _base_config(raw: Any, data: str | None, problems: list[str]) -> ChainConfig
         return None
     if cfg.data and not is_uri(cfg.data):
         cfg = cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
-    for key, value in (("protocol.test_data", cfg.protocol.test_data), ("train.aux_data", cfg.train.aux_data)):
+    for key, value in (("protocol.test_data", cfg.protocol.test_data), ("train.aux_data", cfg.train.aux_data),
+                       ("eval.noise.babble_data", cfg.eval.noise.babble_data)):
         if value and not is_uri(value):  # trials run in other directories
             cfg = cfg.replace(**{key: str(Path(value).expanduser().resolve())})
     return cfg
@@ -222,8 +280,10 @@ def _sub(cls: type, raw: Any, where: str, problems: list[str], rename: Mapping[s
 
 
 def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | None = None,
-                storage_path: str | None = None, step_cache: bool | None = None) -> SweepSpec:
-    """Validate a sweep mapping; `data`, `trials`, `storage_path` and `step_cache` override the file."""
+                storage_path: str | None = None, step_cache: bool | None = None,
+                objective_seeds: int | None = None) -> SweepSpec:
+    """Validate a sweep mapping; `data`, `trials`, `storage_path`, `step_cache` and `objective_seeds` override the
+    file."""
     problems: list[str] = []
     if not isinstance(raw, Mapping):
         raise ConfigError("sweep file: expected a mapping at the top level")
@@ -253,6 +313,10 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
             problems.append(f"search: {', '.join(shared)}: features (but {', '.join(SEARCHABLE_FEATURES)}), corpus, "
                             "data, train.aux_data and cache_dir are shared by all trials (one feature extraction per front end); "
                             "set them in base")
+        conditions = [k for k in keys if k.startswith("eval.")]
+        if conditions:
+            problems.append(f"search: {', '.join(conditions)}: the test conditions (eval.*) are the same for all trials, "
+                            "so that their scores compare; set them in base")
         for p in params:
             if p.key in SEARCHABLE_FEATURES and p.kind not in ("categorical", "const"):
                 problems.append(f"search.{p.key}: give a list of choices (each front end is extracted once, "
@@ -277,9 +341,15 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
     if trials is not None:
         ints["num_samples"] = trials
     objective = str(raw.get("objective", SweepSettings.objective))
-    if objective not in OBJECTIVES:
-        problems.append(f"objective {objective!r} is unknown; allowed: {', '.join(OBJECTIVES)}")
-    elif objective == "selected" and base is not None:
+    rule, condition = parse_objective(objective)
+    if rule not in OBJECTIVES:
+        problems.append(f"objective {objective!r} is unknown; allowed: {', '.join(OBJECTIVES)}, optionally with "
+                        ":<test condition> (e.g. selected:white_10dB, final:noise_mean)")
+    elif condition and base is not None and condition not in (*condition_names(base.eval), *summary_names(base.eval)):
+        known = [*condition_names(base.eval), *summary_names(base.eval)]
+        problems.append(f"objective {objective!r}: no test condition {condition!r} in base.eval; "
+                        + (f"it has: {', '.join(known)}" if known else "set base.eval.noise or base.eval.adversarial"))
+    elif rule == "selected" and base is not None:
         searched = next((p for p in params if p.key == "protocol.name"), None)
         names = ([*searched.choices] if searched.kind == "categorical" else [searched.value]) if searched \
             else [base.protocol.name]
@@ -287,17 +357,28 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
         if transductive:
             problems.append(f"objective 'selected' needs a leak-free search protocol ({', '.join(leak_free_protocols())}); "
                             f"{'search.protocol' if searched else 'base.protocol.name'} has {', '.join(transductive)}")
-    select = _sub(SelectSpec, raw.get("select"), "select", problems)
-    if not is_leak_free(select.protocol):
-        problems.append(f"select.protocol {select.protocol!r} is not a leak-free protocol; allowed: "
-                        f"{', '.join(leak_free_protocols())}")
-    if select.top_k < 1 or select.seeds < 2:
-        problems.append(f"select: top_k >= 1 and seeds >= 2 (for an interval) required; got {select}")
+    select = parse_select(raw.get("select"), problems)
+    holdout = None
+    if raw.get("holdout") is not None:
+        try:
+            holdout = parse_holdout(raw["holdout"])
+        except ConfigError as exc:
+            problems.append(str(exc))
+    objective_seeds = raw.get("objective_seeds", 1) if objective_seeds is None else objective_seeds
+    if not isinstance(objective_seeds, int) or isinstance(objective_seeds, bool) or objective_seeds < 1:
+        problems.append(f"objective_seeds: an integer >= 1 (chains per trial, the same seeds for every trial) "
+                        f"required; got {objective_seeds!r}")
     use_cache = raw.get("step_cache", True) if step_cache is None else step_cache
     if not isinstance(use_cache, bool):
         problems.append(f"step_cache: expected true or false, got {use_cache!r}")
     plots = raw.get("plots") or {}
     contour = plots.get("contour_utterance", 0) if isinstance(plots, Mapping) else 0
+    if base is not None and isinstance(select.reference, Mapping):
+        try:
+            check_config(base.replace(**select.reference_overrides()))
+        except (ConfigError, KeyError, TypeError) as exc:
+            problems.append(f"select.reference: the reference config (the base with {dict(select.reference)}) is "
+                            f"invalid: {exc}")
     spec = None
     if not problems and base is not None:
         spec = SweepSpec(name=name, base=base, search=tuple(params), sampler=sampler, scheduler=scheduler,
@@ -305,8 +386,8 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
                          num_samples_given="num_samples" in raw or trials is not None,
                          resources=resources, max_failures=ints["max_failures"],
                          storage_path=str(storage_path or raw.get("storage_path") or "ray_results"),
-                         contour_utterance=contour, objective=objective, select=select,
-                         step_cache=bool(use_cache), raw=dict(raw))
+                         contour_utterance=contour, objective=objective, select=select, holdout=holdout,
+                         objective_seeds=int(objective_seeds), step_cache=bool(use_cache), raw=dict(raw))
         problems.extend(space_problems(spec))
     if problems:
         raise ConfigError("invalid sweep definition:\n  " + "\n  ".join(problems))
@@ -337,12 +418,13 @@ def space_problems(spec: SweepSpec) -> list[str]:
 
 
 def load_sweep(path: str | Path, data: str | None = None, trials: int | None = None,
-               storage_path: str | None = None, step_cache: bool | None = None) -> SweepSpec:
+               storage_path: str | None = None, step_cache: bool | None = None,
+               objective_seeds: int | None = None) -> SweepSpec:
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read sweep file: {exc}") from exc
-    return parse_sweep(raw or {}, data, trials, storage_path, step_cache)
+    return parse_sweep(raw or {}, data, trials, storage_path, step_cache, objective_seeds)
 
 
 __all__ = ["ALIASES", "METRIC", "MODE", "ParamSpec", "ResourceSpec", "SamplerSpec", "SchedulerSpec", "SelectSpec",
