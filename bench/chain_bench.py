@@ -110,8 +110,8 @@ def profile_one_fold(data, cfg, shrink: dict | None = None) -> dict:
     seg = build_segments(data.frame_offsets, cfg.segments, warn=False)
     plan = make_plan(data.labels, data.speakers, cfg.protocol, cfg.seed)
     scope, fold = plan.scopes[0], plan.scopes[0].folds[0]
-    job = FoldJob(0, 0, 0, np.setdiff1d(scope.train, fold), np.concatenate([fold, scope.test]),
-                  one_hot(data.labels[seg.utt], data.n_classes), derive_seed(cfg.seed, 0, 0, 0))
+    job = FoldJob.of(0, 0, 0, np.setdiff1d(scope.train, fold), np.concatenate([fold, scope.test]),
+                     one_hot(data.labels[seg.utt], data.n_classes), derive_seed(cfg.seed, 0, 0, 0), seg)
     out = {}
     for name, fn, threads in (("project", lambda: run_fold_job(job, data, cfg, seg), cfg.train.num_threads or None),
                               ("plain", lambda: plain_fit_predict(job, data, plain_config(cfg).replace(**(shrink or {})), seg), None)):

@@ -43,6 +43,7 @@ def plain_fit_predict(job, data, cfg, seg, batch_size: int = PLAIN_BATCH):
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
+    from dsl.execution.fold_job import training_rows
     from dsl.pipeline.chain import FoldOutput, normalisation_stats, split_validation
     from dsl.training.backbones import create_backbone
     from dsl.training.train import soft_cross_entropy
@@ -52,9 +53,10 @@ def plain_fit_predict(job, data, cfg, seg, batch_size: int = PLAIN_BATCH):
     frames = (np.asarray(data.frames) - mean) / std
     tr_seg, va_seg = seg.of_utterances(train_utts), seg.of_utterances(val_utts)
     pr_seg = seg.of_utterances(job.predict_utterances)
-    targets = np.ascontiguousarray(job.targets, dtype=np.float32)
-    train_ds = TensorDataset(_tensor(frames, seg.rows[tr_seg]), torch.from_numpy(targets[tr_seg]))
-    val_ds = TensorDataset(_tensor(frames, seg.rows[va_seg]), torch.from_numpy(targets[va_seg]))
+    targets = np.ascontiguousarray(job.targets, dtype=np.float32)  # the training segments' rows
+    row_of = training_rows(seg, job)
+    train_ds = TensorDataset(_tensor(frames, seg.rows[tr_seg]), torch.from_numpy(targets[row_of[tr_seg]]))
+    val_ds = TensorDataset(_tensor(frames, seg.rows[va_seg]), torch.from_numpy(targets[row_of[va_seg]]))
     pred_x = _tensor(frames, seg.rows[pr_seg])
     del frames
 

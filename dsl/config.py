@@ -94,10 +94,15 @@ class LabelSpec:
 @dataclass(frozen=True)
 class ProtocolSpec:
     """Fold plan (see `dsl.protocols.plans`): `stratified` (the paper's, transductive), `speaker_transductive`, or
-    the leak-free `nested`, `speaker` (nested, grouped by speaker), `refinery` and `cross_corpus`."""
+    the leak-free `nested`, `speaker` (nested, grouped by speaker), `refinery` and `cross_corpus`.
+
+    `outer` says how the outer folds are cut when no `assignment` fixes them: `balanced` (a function of file
+    or speaker identity and the seed only, so no label can move an utterance between folds) or `stratified`
+    (by label, as before `outer` existed: a relabelled test fold changes the partition)."""
 
     name: str = "stratified"
     folds: int = 5  # outer folds of the held-out protocols
+    outer: str = "balanced"  # balanced | stratified: how the outer folds are cut (see dsl.protocols.plans)
     inner_folds: int = 3  # nested and speaker only
     eval_folds: int = 10  # random-forest CV over utterances (transductive protocols)
     select_folds: int = 5  # forest CV over a scope's training utterances that picks its iteration (held out)
@@ -110,14 +115,29 @@ class ProtocolSpec:
     holdout: str = ""
 
 
+OUTER_PARTITIONS = ("balanced", "stratified")  # protocol.outer; see dsl.protocols.plans
+STAGE_FIT_ON = ("in_sample", "cross_fit")  # stage.fit_on: what an in-sample (refinery) scope's stage trains on
+STAGE_TEST_VIEWS = ("mean", "each")  # stage.test_views: how the forest reads a test utterance's fold networks
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """The utterance stage that turns out-of-sample segment outputs into utterance labels (`dsl.method.stages`):
     `forest` (the paper's random forest on 8 statistics per class of segment posteriors) or `acp`
-    (attentive correlation pooling, `dsl.method.acp`, on segment embeddings or posteriors). Every key but `name`
-    applies to `acp` only; it trains per scope per iteration on a few hundred utterances (seconds on a CPU)."""
+    (attentive correlation pooling, `dsl.method.acp`, on segment embeddings or posteriors). `fit_on` (every
+    stage) and `test_views` (the forest) say which segment outputs a held-out scope's stage trains and predicts
+    on, so that both are of one kind (see `dsl.method.stages`); the other keys but `name` apply to `acp` only,
+    which trains per scope per iteration on a few hundred utterances (seconds on a CPU)."""
 
     name: str = "forest"  # dsl.method.stages.STAGES
+    # in-sample scopes (refinery): in_sample = the scope's own network's posteriors of the utterances it trained
+    # on; cross_fit = two extra networks per scope and iteration, each trained on half of the scope's training
+    # utterances, predict the other half, and the stage and the iteration selector read those
+    fit_on: str = "in_sample"
+    # forest, test utterances seen by several fold networks (nested, speaker, cross_corpus): mean = it reads the
+    # mean of their posteriors; each = it reads each network's posteriors and averages its probabilities (as the
+    # acp stage always does), like the single network's posteriors it trains on
+    test_views: str = "mean"
     input: str = "embedding"  # acp: embedding (the backbone's penultimate layer) | posterior
     epsilon: float = 0.1  # acp: label smoothing of its cross-entropy
     dim: int = 32  # acp: channels after the learned projection; the correlation matrix is dim x dim

@@ -54,7 +54,8 @@ def resolve_results(items: Sequence[str], tracking_uri: str | None, save_sweep: 
 
 def report_sweep_runs(items: Sequence[str], out: str | None = None, figure: str | None = None,
                       into: str | None = None, command: str = "", tracking_uri: str | None = None,
-                      save_sweep: str | None = None, block: str = "", paired_with: Sequence[str] = ()) -> str:
+                      save_sweep: str | None = None, block: str = "", paired_with: Sequence[str] = (),
+                      same_iteration: bool = False) -> str:
     """`dsl-sweep report`: sweep names among `items` are read from their MLflow runs (exported to JSON, kept in
     `save_sweep` when given), files pass through; all are rendered by `report_result_files`."""
     from dsl.results.report import report_outputs, report_result_files
@@ -64,4 +65,4 @@ def report_sweep_runs(items: Sequence[str], out: str | None = None, figure: str 
                       *([WriteTarget.file(save_sweep, "--save-sweep")] if save_sweep else [])])
     with tempfile.TemporaryDirectory(prefix="dsl-report-") as tmp:
         return report_result_files(resolve_results(items, tracking_uri, save_sweep, tmp), out, figure, into,
-                                   command, block, paired_with)
+                                   command, block, paired_with, same_iteration)

@@ -87,7 +87,7 @@ def test_fold_jobs_return_embeddings_only_for_the_acp_stage(tone_corpus, feature
 
     seg = build_segments(data.frame_offsets, cfg.segments, warn=False)
     utts = np.arange(data.n_utterances)
-    job = FoldJob(0, 0, 0, utts[::2], utts[1::2], one_hot(data.labels[seg.utt], 3), 7)
+    job = FoldJob.of(0, 0, 0, utts[::2], utts[1::2], one_hot(data.labels[seg.utt], 3), 7, seg)
     forest = run_fold_job(job, data, cfg)
     acp = pickle.loads(pickle.dumps(run_fold_job(job, data, cfg.replace(**{"stage.name": "acp"}))))  # as between processes
     assert forest.embeddings is None

@@ -77,7 +77,7 @@ def test_real_speech_chain_via_cli(emodb_subset, feature_cache, tmp_path, capsys
     result = json.loads(out.read_text())
     assert [r["iteration"] for r in result["iterations"]] == [0, 1]
     assert result["n_utterances"] == 42 and result["label_names"][0] == "anger"
-    assert result["protocol"] == {"name": "stratified", "leak_free": False, "folds": 3, "inner_folds": 3,
+    assert result["protocol"] == {"name": "stratified", "leak_free": False, "outer": "balanced", "folds": 3, "inner_folds": 3,
                                   "eval_folds": 3, "seed": 0}
     assert result["environment"]["torch"] and result["environment"]["fingerprint"]
     assert result["command"].startswith("dsl-sweep run --preset cpu")

@@ -84,3 +84,18 @@ def test_trains_on_one_corpus_and_scores_only_the_other_without_reading_its_labe
         assert len(pa) == 12 and pa == pb
         assert a["selected_iterations"] == b["selected_iterations"]
     assert res2["iterations"][-1]["ua"] < res["iterations"][-1]["ua"]  # ... while the scores see the swap
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_leakcheck_rotates_the_test_corpus_labels_and_nothing_of_it_moves(corpora, seed) -> None:
+    """`dsl.studies.leakcheck` on cross_corpus: the relabelled fold is the whole test corpus, so a control run
+    (every other training utterance relabelled) must move its predictions instead of other folds."""
+    from dsl.studies.leakcheck import leakcheck
+
+    src, tgt, _, cache = corpora
+    cfg = _cfg(src, tgt, cache, seed=seed, **{"train.epochs": 2, "protocol.select_folds": 2})
+    check = leakcheck(cfg, prepare_data(cfg, show_progress=False))
+    assert len(check.relabelled) == 12 and check.leak_free
+    assert check.exit_code == 0, check.format()
+    assert check.control_moved and check.control_moved > 0

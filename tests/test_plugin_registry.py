@@ -145,7 +145,7 @@ def test_builtin_entries_carry_their_facts() -> None:
     assert PROTOCOLS["cross_corpus"].needs == ("protocol.test_corpus", "protocol.test_data")
     assert [n for n in PROTOCOLS.names() if PROTOCOLS[n].nested] == ["cross_corpus", "nested", "speaker"]
     assert STAGES["forest"].final_model and not STAGES["acp"].final_model
-    assert "stage.dim" in STAGES["acp"].keys and not STAGES["forest"].keys
+    assert "stage.dim" in STAGES["acp"].keys and STAGES["forest"].keys == ("stage.test_views",)
     assert stage_input(ChainConfig().stage) == "posterior"
     assert stage_input(ChainConfig().replace(**{"stage.name": "acp"}).stage) == "embedding"
     # The one key_applies reads the declarations: schedules own their alpha keys, aux tasks and stages theirs.

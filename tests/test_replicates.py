@@ -113,3 +113,41 @@ def test_paired_against_pairs_rows_with_the_reference_baseline_by_seed() -> None
     assert diff is not None and diff.n == 3
     assert sorted(round(v, 6) for v in diff.values) == [0.02, 0.05, 0.06]
     assert paired_against(study([7, 8], [0.5, 0.5]), {"ua": {"values": [0.5, 0.5]}}, reference) is None
+    same = {"seeds": [0, 1], "iterations": [{"iteration": 0, "ua": {"values": [0.5, 0.5]}},
+                                            {"iteration": 1, "ua": {"values": [0.6, 0.7]}}]}
+    mine = {"iteration": 1, "ua": {"values": [0.65, 0.7]}}
+    assert sorted(round(v, 6) for v in paired_against(same, mine, same, same_iteration=True).values) == [0.0, 0.05]
+    assert paired_against(same, {"iteration": 2, "ua": {"values": [0.6, 0.6]}}, same, same_iteration=True) is None
+
+
+def test_results_written_before_the_outer_partition_and_the_agreement_existed_say_so() -> None:
+    """The committed refinery study (stratified outer folds, no `outer` key, no selector agreement): the report
+    names its partition, computes the agreement from its seed files, and does not pair it with a balanced one."""
+    from pathlib import Path
+
+    from dsl.results.report import outer_of, setting
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "results" / "emodb_cpu_refinery.json"
+    if not path.is_file():
+        pytest.skip(f"{path} is not in this checkout")
+    study = load_result(path)
+    assert outer_of(study) == "stratified" and "outer" not in study["protocol"]
+    assert study["iterations"][0]["selector_agreement"]["mean"] == 1.0
+    assert 0.0 <= study["iterations"][1]["selector_agreement"]["mean"] <= 1.0
+    text = markdown([path])
+    assert "`refinery` (outer folds stratified by label)" in text and "selector agreement %" in text
+    balanced = {**study, "protocol": {**study["protocol"], "outer": "balanced"}}
+    assert setting(balanced) != setting(study)
+
+
+def test_a_seed_written_before_the_outer_partition_and_stage_inputs_resumes_only_under_them() -> None:
+    """A seed file without protocol.outer (cut stratified by label) and without stage.fit_on/test_views (today's)
+    is the same config as one that names those values, and another config than the balanced default."""
+    from dsl.results.study import comparable_config
+
+    new = ChainConfig().replace(**{"protocol.name": "refinery", "protocol.outer": "stratified"}).to_dict()
+    old = json.loads(json.dumps(new))
+    del old["protocol"]["outer"], old["stage"]["fit_on"], old["stage"]["test_views"]
+    assert comparable_config(old) == comparable_config(new)
+    balanced = ChainConfig().replace(**{"protocol.name": "refinery"}).to_dict()
+    assert comparable_config(old) != comparable_config(balanced)

@@ -30,6 +30,11 @@ def test_iteration_metrics_are_flat() -> None:
     assert m["mean_fold_ua"] == pytest.approx(0.6)
     assert m["fold_ua/0"] == 0.5 and m["fold_ua/1"] == 0.7 and m["fold_wa/1"] == 0.6
     assert "alpha" not in iteration_metrics(_it(0, [0.5, 0.5], 0.5))  # None is not a metric
+    from tracking.schema import SELECTOR_AGREEMENT
+
+    assert SELECTOR_AGREEMENT not in m  # transductive: no selector
+    held_out = {**_it(1, [0.5, 0.7], 0.6), "val_ua": [0.6, 0.6], "selector_agreement": 0.5}
+    assert iteration_metrics(held_out)[SELECTOR_AGREEMENT] == 0.5
 
 
 def test_objective_is_the_last_iteration_not_a_running_maximum() -> None:

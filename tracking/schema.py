@@ -108,8 +108,11 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # --- the metrics of one iteration ------------------------------------------------------------------------------
 UA, WA = "ua", "wa"
 STEP_KEY = "mean_fold_ua"  # every logged iteration has it: its history gives the steps already logged
-SCALARS = ("wa", "ua", "selected_wa", "selected_ua", "segment_accuracy", "changed_label_share", "target_entropy",
-           "epochs", "seconds", "segments_per_second", "alpha", "cached_folds", "fold_trainings")
+# Held-out protocols: share of outer folds whose validation-selected iteration is the one their test fold
+# would have preferred (`dsl.protocols.selection.selector_agreement`).
+SELECTOR_AGREEMENT = "selector_agreement"
+SCALARS = ("wa", "ua", "selected_wa", "selected_ua", SELECTOR_AGREEMENT, "segment_accuracy", "changed_label_share",
+           "target_entropy", "epochs", "seconds", "segments_per_second", "alpha", "cached_folds", "fold_trainings")
 
 
 # Per test condition (eval.noise / eval.adversarial, `dsl.robustness.conditions`): `<metric>/<condition>`, e.g.

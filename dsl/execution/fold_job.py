@@ -1,7 +1,9 @@
 """One fold training: a fresh network on the job's training utterances, posteriors for its held-out ones.
 
 A `FoldJob` carries everything that decides its result (utterances, targets, seed), so runners may
-execute jobs in any order, process or machine and get the same numbers.
+execute jobs in any order, process or machine and get the same numbers. It carries the targets of its
+training segments only: no label of an utterance it predicts travels with it, so a plugin backbone,
+augmentation or loss that reads beyond its training rows finds nothing to read.
 """
 from __future__ import annotations
 
@@ -47,10 +49,19 @@ class FoldJob:
     fold: int
     train_utterances: np.ndarray  # training utterances (the validation split is carved from them)
     predict_utterances: np.ndarray  # held-out fold, then the scope's test utterances
-    targets: np.ndarray  # (n_segments, K) targets; only rows of training segments are read
+    targets: np.ndarray  # (n_training_segments, K): the rows of `train_utterances`' segments, in that order
     seed: int
     claim: StepClaim | None = None  # with a step cache: train only under this claim (`dsl.execution.step_claims`)
     conditions: JobConditions | None = None  # eval.noise / eval.adversarial: scored utterances also perturbed
+
+    @classmethod
+    def of(cls, iteration: int, scope: int, fold: int, train_utterances: np.ndarray, predict_utterances: np.ndarray,
+           targets: np.ndarray, seed: int, segments: SegmentIndex,
+           conditions: JobConditions | None = None) -> FoldJob:
+        """A job from the targets of every segment: it keeps only its training segments' rows."""
+        return cls(iteration, scope, fold, train_utterances, predict_utterances,
+                   np.ascontiguousarray(targets[segments.of_utterances(train_utterances)]), seed,
+                   conditions=conditions)
 
 
 @dataclass
@@ -156,6 +167,17 @@ def unlabelled_segments(data: CorpusData, cfg: ChainConfig, mean: np.ndarray, st
             torch.from_numpy(seg.rows.astype(np.int64)).to(device))
 
 
+def training_rows(seg: SegmentIndex, job: FoldJob) -> np.ndarray:
+    """Per segment of the corpus, its row in `job.targets` (-1: not a training segment of the job)."""
+    train_seg = seg.of_utterances(job.train_utterances)
+    if len(job.targets) != len(train_seg):
+        raise ValueError(f"fold job ({job.iteration}, {job.scope}, {job.fold}): {len(job.targets)} target rows for "
+                         f"{len(train_seg)} training segments; build jobs with FoldJob.of")
+    row_of = np.full(seg.n_segments, -1, dtype=np.int64)
+    row_of[train_seg] = np.arange(len(train_seg))
+    return row_of
+
+
 def train_fold(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: SegmentIndex | None = None) -> TrainedFold:
     """Train one fresh network on the job's training utterances (frames are normalised per batch, so the
     corpus stays shared between folds, processes and trials instead of being copied per fold)."""
@@ -171,10 +193,11 @@ def train_fold(job: FoldJob, data: CorpusData, cfg: ChainConfig, segments: Segme
     tr_seg, va_seg = seg.of_utterances(train_utts), seg.of_utterances(val_utts)
     rows = torch.from_numpy(seg.rows.astype(np.int64)).to(device)
     targets = torch.from_numpy(np.ascontiguousarray(job.targets, dtype=np.float32))
+    row_of = training_rows(seg, job)
     tr_t, va_t = torch.from_numpy(tr_seg).to(device), torch.from_numpy(va_seg).to(device)
     aux_batcher, aux_rows = unlabelled_segments(data, cfg, mean, std, device)
-    model, stats = fit(cfg.backbone, data.n_classes, batcher, rows[tr_t], targets[tr_seg].to(device),
-                       rows[va_t], targets[va_seg].to(device), cfg.train, job.seed, data.layers,
+    model, stats = fit(cfg.backbone, data.n_classes, batcher, rows[tr_t], targets[row_of[tr_seg]].to(device),
+                       rows[va_t], targets[row_of[va_seg]].to(device), cfg.train, job.seed, data.layers,
                        aux_batcher, aux_rows)
     return TrainedFold(model, stats, batcher, rows, mean, std)
 

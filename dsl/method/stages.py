@@ -21,7 +21,9 @@ the fold networks' spaces; each network's vectors are standardised per channel w
 its own out-of-fold segments (no labels, no test utterance) to align at least their scales. A test
 utterance is seen by every fold network of its scope: its embeddings are NOT averaged across networks
 (meaningless between spaces); the ACP predicts from each network's view and its probabilities are
-averaged. The forest averages the posteriors instead, which share the class space.
+averaged. The forest reads the mean of the posteriors (`stage.test_views: mean`, they share the class
+space) or, like the ACP, each network's view (`each`): it trains on one network's posteriors per
+utterance, and a mean of several networks' posteriors is smoother than any one of them.
 """
 from __future__ import annotations
 
@@ -166,17 +168,35 @@ def register_stage(name: str, *, inputs: tuple[str, ...] = ("posterior",), keys:
     return STAGES.decorator(make)
 
 
-@register_stage("forest", final_model=True)
+@register_stage("forest", final_model=True, keys=("stage.test_views",))
 class ForestStage(UtteranceStage):
-    """The paper's stage: statistics of the posteriors (averaged over fold networks) -> random forest."""
+    """The paper's stage: statistics of the posteriors -> random forest; a test utterance's fold networks are
+    averaged before the statistics (`stage.test_views: mean`) or its probabilities after (`each`)."""
+
+    @classmethod
+    def spec_problems(cls, spec: StageSpec) -> list[str]:
+        from dsl.config import STAGE_TEST_VIEWS
+
+        if spec.test_views not in STAGE_TEST_VIEWS:
+            return [f"stage.test_views {spec.test_views!r} is unknown; allowed: {', '.join(STAGE_TEST_VIEWS)}"]
+        return []
 
     def fit_proba(self, train, labels, views, seed):
         return self.fit_proba_many(train, labels, {"": views}, seed)[""]
 
     def fit_proba_many(self, train, labels, tests, seed):
         forest = fit_forest(utterance_statistics(train), labels, seed, self.n_jobs)
-        return {name: forest_predict(forest, utterance_statistics(views[0] if len(views) == 1 else mean_view(views)),
-                                     self.n_classes) for name, views in tests.items()}
+        return {name: self._predict(forest, views) for name, views in tests.items()}
+
+    def _predict(self, forest, views) -> np.ndarray:
+        """One test set's probabilities: from the mean view, or (`test_views: each`) the mean of each view's."""
+        if self.spec.test_views == "each" and len(views) > 1:
+            proba = np.zeros((len(views[0]), self.n_classes), dtype=np.float32)
+            for v in views:  # in view (fold) order: the sum does not depend on completion order
+                proba += forest_predict(forest, utterance_statistics(v), self.n_classes) / len(views)
+            return proba
+        return forest_predict(forest, utterance_statistics(views[0] if len(views) == 1 else mean_view(views)),
+                              self.n_classes)
 
     def cross_validated_proba(self, X, labels, folds, seed, groups=None):  # the statistics once, not per fold
         return cross_validated_proba(utterance_statistics(X), labels, self.n_classes, folds, seed, groups,

@@ -11,6 +11,15 @@ How an iteration is scored depends on the fold plan (`dsl.protocols.plans`) and 
 plan cross-validates one stage over all utterances; a held-out plan trains one stage per scope on the
 scope's training utterances, predicts its test utterances, and picks each scope's iteration by a CV of
 the stage over its training utterances (`dsl.protocols.selection`), so no scored label reaches its score.
+
+What the stage trains on should be what it predicts on. A refinery scope's one network relabels the
+utterances it trained on, so its posteriors of them are in-sample (confident) while those of the test
+utterances are not; with `stage.fit_on: cross_fit` two more networks per scope and iteration, each trained
+on one half of the scope's training utterances (with the same targets), predict the other half, and the
+stage and the iteration selector read these out-of-sample posteriors instead (`ChainIterator.stage_folds`;
+they never change a target). A nested scope's stage trains on single inner networks' posteriors; with
+`stage.test_views: each` the forest predicts from each inner network's posteriors of a test utterance and
+averages its probabilities, instead of reading their mean.
 """
 from __future__ import annotations
 
@@ -23,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsl.config import ChainConfig
+from dsl.config import ChainConfig, ConfigError
 from dsl.data.bundle import CorpusData
 from dsl.data.segments import SegmentIndex, build_segments
 from dsl.execution.fold_job import (
@@ -44,8 +53,16 @@ from dsl.method.rules import LabelRule, get_rule, one_hot
 from dsl.method.schedules import schedule_alpha
 from dsl.method.stages import make_stage, per_utterance, stage_input, standardised
 from dsl.plugins import load_plugins
-from dsl.protocols.plans import FoldPlan, make_plan, outer_folds, plan_leak_free
-from dsl.protocols.selection import reported_iteration, selected_condition_scores, selected_scores
+from dsl.protocols.plans import (
+    FoldPlan,
+    make_plan,
+    outer_folds,
+    outer_partition,
+    plan_leak_free,
+    speaker_folds,
+    stratified_folds,
+)
+from dsl.protocols.selection import reported_iteration, selected_condition_scores, selected_scores, selector_agreement
 from dsl.robustness.conditions import ChainConditions, with_summaries
 from dsl.runtime.environment import machine_info
 from dsl.runtime.progress import progress
@@ -112,6 +129,8 @@ class IterationResult:
     selected_iterations: list[int] | None = None  # held out: per scope, the iteration val_ua picks so far
     selected_wa: float | None = None
     selected_ua: float | None = None
+    # held out: share of outer folds whose pick has the best outer-test UA of iterations 0..this (ties agree)
+    selector_agreement: float | None = None
     # eval.noise / eval.adversarial: per test condition (`dsl.robustness.conditions`) wa, ua, fold_wa, fold_ua,
     # confusion, segment_accuracy, per-utterance `predicted` (corpus order) and, held out, selected_wa/ua at the
     # iterations the clean validation picked; plus `noise_mean` / `attack_mean`
@@ -122,13 +141,14 @@ class IterationResult:
     utterances: list[dict] = field(default_factory=list, repr=False)  # corpus order: file, fold, label, predicted, proba
     posteriors: np.ndarray | None = field(default=None, repr=False)  # out-of-sample, (n_segments, K)
     utterance_predictions: np.ndarray | None = field(default=None, repr=False)
+    utterance_probabilities: np.ndarray | None = field(default=None, repr=False)  # the stage's, unrounded (n, K)
 
     @property
     def mean_fold_ua(self) -> float:
         return float(np.mean(self.fold_ua))
 
     def to_dict(self) -> dict:
-        skip = {"posteriors", "utterance_predictions"}
+        skip = {"posteriors", "utterance_predictions", "utterance_probabilities"}
         return {k: v for k, v in self.__dict__.items() if k not in skip}
 
 
@@ -215,6 +235,7 @@ class ChainIterator:
     scored_segments: np.ndarray  # segments of utterances that are scored (fold >= 0)
     groups: np.ndarray | None  # speaker ids when the stage's CV must keep speakers apart
     fold_segments: list[list[np.ndarray]]  # per scope, per fold: its segments (where its targets change)
+    stage_folds: list[tuple[np.ndarray, ...]]  # per scope: the cross-fit halves of `stage.fit_on: cross_fit`, or ()
     test_segments: list[np.ndarray]  # per scope: the segments of its test utterances
     rule: LabelRule  # turns a fold's posteriors into its segments' next targets
     runner: Runner  # trains the fold jobs
@@ -225,7 +246,7 @@ class ChainIterator:
     last: int  # the last iteration of the chain (`cfg.iterations`)
     concurrent: bool  # the runner's jobs run beside this thread (`SubmittingRunner.concurrent`), not in it
     pipelined: bool  # a fold of iteration t+1 may start while iteration t still runs (a concurrent runner)
-    n_jobs: int  # fold trainings per iteration, over all scopes
+    n_jobs: int  # fold trainings per iteration, over all scopes (label folds, then cross-fit halves)
     pending: dict[Future, tuple[int, int, int]]  # running jobs -> (iteration, scope, fold)
     waiting: set[tuple[int, int, int]]  # jobs another process computes: their entries are awaited in the cache
     books: dict[int, _Iteration]  # iterations with jobs submitted and not yet finished
@@ -243,7 +264,7 @@ class ChainIterator:
         self.seg = build_segments(data.frame_offsets, cfg.segments, warn=False)  # `prepare_data` names them
         self.seg_labels = data.labels[self.seg.utt]
         outer = outer_folds(cfg.protocol, data.paths)
-        self.plan = make_plan(data.labels, data.speakers, cfg.protocol, cfg.seed, outer)
+        self.plan = make_plan(data.labels, data.speakers, cfg.protocol, cfg.seed, outer, data.paths)
         self.fold_of = self.plan.outer_fold(data.n_utterances)
         # segments of scored utterances: all, except a cross-corpus training corpus (only ever trained on)
         self.scored_segments = self.fold_of[self.seg.utt] >= 0
@@ -255,11 +276,12 @@ class ChainIterator:
         self.groups = data.speaker_ids() if self.plan.speaker_grouped else None
         self.fold_segments = [[self.seg.of_utterances(fold) for fold in scope.folds] for scope in self.plan.scopes]
         self.test_segments = [self.seg.of_utterances(scope.test) for scope in self.plan.scopes]
+        self.stage_folds = self.cross_fit_halves()
         self.submit = submitter(self.runner)
         self.first, self.last = self.state.next_iteration, cfg.iterations
         self.concurrent = self.submit is not None and getattr(self.runner, "concurrent", True)
         self.pipelined = self.concurrent and self.rule.local and self.last > self.first
-        self.n_jobs = sum(len(scope.folds) for scope in self.plan.scopes)
+        self.n_jobs = sum(self.jobs_of(s) for s in range(len(self.plan.scopes)))
         self.pending = {}
         self.waiting = set()
         self.books = {}
@@ -327,19 +349,58 @@ class ChainIterator:
         book.label_stats = _label_stats(targets, self.plan, self.seg, self.seg_labels)
         return book
 
-    def job(self, it: int, s: int, f: int, targets: np.ndarray) -> FoldJob:
-        """Fold `f` of scope `s` in iteration `it`: it predicts its fold and the scope's test utterances."""
+    def cross_fit_halves(self) -> list[tuple[np.ndarray, ...]]:
+        """Per scope, the two halves of its training utterances whose networks feed its stage under
+        `stage.fit_on: cross_fit` (in-sample scopes only; () elsewhere). Cut like inner folds: stratified by
+        the scope's own training labels (grouped by speaker when the plan is), seeded per scope."""
+        if self.cfg.stage.fit_on != "cross_fit":
+            return [() for _ in self.plan.scopes]
+        if not any(scope.in_sample for scope in self.plan.scopes):
+            raise ConfigError(f"stage.fit_on: cross_fit applies to in-sample scopes (refinery); protocol "
+                              f"{self.cfg.protocol.name!r}'s stages already train on out-of-fold posteriors")
+        labels, speakers, out = self.data.labels, self.data.speakers, []
+        for s, scope in enumerate(self.plan.scopes):
+            seed = self.cfg.seed + 2000 + s
+            halves = (() if not scope.in_sample else
+                      speaker_folds(labels[scope.train], speakers[scope.train], 2, seed) if self.plan.speaker_grouped
+                      else stratified_folds(labels[scope.train], 2, seed))
+            out.append(tuple(scope.train[h] for h in halves))
+        return out
+
+    def jobs_of(self, s: int) -> int:
+        """Fold trainings of scope `s` per iteration: its folds (which update targets), then its cross-fit halves."""
+        return len(self.plan.scopes[s].folds) + len(self.stage_folds[s])
+
+    def needs(self, s: int, f: int) -> list[int]:
+        """Jobs of the previous iteration whose targets job `f` of scope `s` trains on (a cross-fit half trains
+        on targets that the scope's folds set)."""
         scope = self.plan.scopes[s]
+        return scope.needs(f) if f < len(scope.folds) else list(range(len(scope.folds)))
+
+    def job(self, it: int, s: int, f: int, targets: np.ndarray) -> FoldJob:
+        """Fold `f` of scope `s` in iteration `it`: it predicts its fold and the scope's test utterances (also under
+        the test conditions of `eval.*`); a cross-fit job (f beyond the folds) trains on one half of the scope's
+        training utterances and predicts the other (clean only: it feeds the stage's training vectors). The job
+        carries only its training segments' targets."""
+        scope, n_folds = self.plan.scopes[s], len(self.plan.scopes[s].folds)
         conditions = None
-        if self.conditions is not None:  # the utterances this job scores: its scope's test set, or its held-out fold
-            conditions = self.conditions.for_job(scope.test if len(scope.test) else scope.folds[f])
-        return FoldJob(it, s, f, scope.job_train(f), np.concatenate([scope.folds[f], scope.test]), targets,
-                       derive_seed(self.cfg.seed, it, s, f), conditions=conditions)
+        if f < n_folds:
+            train, predict = scope.job_train(f), np.concatenate([scope.folds[f], scope.test])
+            if self.conditions is not None:  # the utterances it scores: its scope's test set, or its held-out fold
+                conditions = self.conditions.for_job(scope.test if len(scope.test) else scope.folds[f])
+        else:
+            predict = self.stage_folds[s][f - n_folds]
+            train = np.setdiff1d(scope.train, predict)
+        return FoldJob.of(it, s, f, train, predict, targets, derive_seed(self.cfg.seed, it, s, f), self.seg,
+                          conditions=conditions)
+
+    def plan_order(self) -> list[tuple[int, int]]:
+        """Every (scope, job) of an iteration, in plan order (sums and keys never depend on completion order)."""
+        return [(s, f) for s in range(len(self.plan.scopes)) for f in range(self.jobs_of(s))]
 
     def start_iteration(self, book: _Iteration, targets: list[np.ndarray]) -> None:
         """Submit the iteration's jobs that are not running yet (all of them unless pipelined) and not cached."""
-        todo = [(s, f) for s, scope in enumerate(self.plan.scopes) for f in range(len(scope.folds))
-                if (s, f) not in book.submitted]
+        todo = [(s, f) for s, f in self.plan_order() if (s, f) not in book.submitted]
         for s, f in todo:
             if (cached := self.cached_output(book, s, f, self.job(book.it, s, f, targets[s]))) is not None:
                 self.track(book, s, f, cached)
@@ -356,9 +417,8 @@ class ChainIterator:
         book.jobs[(s, f)] = job
         if self.cache is None or self.keys is None:
             return None
-        train_rows = job.targets[self.seg.of_utterances(job.train_utterances)]
         key = book.keys[(s, f)] = self.keys.fold(job.iteration, job.seed, job.train_utterances,
-                                                  job.predict_utterances, train_rows,
+                                                  job.predict_utterances, job.targets,
                                                   job.conditions.key_parts() if job.conditions is not None else ())
         out = self.cache.get_fold(key)
         if out is not None and job.conditions is not None and out.condition_names != job.conditions.names:
@@ -402,6 +462,8 @@ class ChainIterator:
         if self.cache is not None and (s, f) not in book.cached:
             out = self.cache.put_fold(book.keys[(s, f)], out)  # the stored one: equal for every reader
         book.outputs[(s, f)] = out
+        if f >= len(self.plan.scopes[s].folds):  # a cross-fit half feeds the stage only
+            return
         idx = self.fold_segments[s][f]
         q = out.posteriors[:len(idx)]
         book.next_targets[s][idx] = self.rule(q, self.y[idx], self.seg.utt[idx], alpha=book.next_alpha,
@@ -415,12 +477,11 @@ class ChainIterator:
         if book.it + 1 not in self.books:
             self.books[book.it + 1] = self.new_book(book.it + 1, book.next_targets)
         nxt = self.books[book.it + 1]
-        n_folds = len(self.plan.scopes[s].folds)
-        for g in range(n_folds):
-            needed_done = all((s, h) in book.outputs for h in self.plan.scopes[s].needs(g))
+        for g in range(self.jobs_of(s)):
+            needed_done = all((s, h) in book.outputs for h in self.needs(s, g))
             if (s, g) not in nxt.submitted and needed_done:
                 # The job reads only the rows of the folds it needs, and those rows are final.
-                job = self.job(nxt.it, s, g, book.next_targets[s].copy())
+                job = self.job(nxt.it, s, g, book.next_targets[s])  # the job copies its rows
                 self.track(nxt, s, g, self.cached_output(nxt, s, g, job) or self.start_job(nxt.jobs[(s, g)]))
 
     def posteriors(self, book: _Iteration) -> tuple[list[np.ndarray], np.ndarray]:
@@ -445,17 +506,27 @@ class ChainIterator:
         Posteriors as they are; embeddings standardised per network over its out-of-fold segments."""
         scope, offsets = self.plan.scopes[s], self.seg.offsets
         embedding = stage_input(self.cfg.stage) == "embedding"
+        cross_fit = bool(self.stage_folds[s])  # the training vectors come from the cross-fit halves instead
         train: dict[int, np.ndarray] = {}
         views: list[list[np.ndarray]] = []
-        for f, fold in enumerate(scope.folds):  # in fold order, so the views' order does not depend on completion
-            out, n = book.outputs[(s, f)], len(self.fold_segments[s][f])
+
+        def vectors(f: int, n: int) -> np.ndarray:
+            out = book.outputs[(s, f)]
             if embedding and out.embeddings is None:
                 raise RuntimeError(f"fold job ({book.it}, {s}, {f}) returned no embeddings for stage.input: "
                                    "embedding (a runner built for another config?)")
-            x = standardised(out.embeddings, n) if embedding else out.posteriors
-            train.update(per_utterance(x[:n], offsets, fold))
+            return standardised(out.embeddings, n) if embedding else out.posteriors
+
+        for f, fold in enumerate(scope.folds):  # in fold order, so the views' order does not depend on completion
+            n = len(self.fold_segments[s][f])
+            x = vectors(f, n)
+            if not cross_fit:
+                train.update(per_utterance(x[:n], offsets, fold))
             if len(scope.test):
                 views.append(list(per_utterance(x[n:], offsets, scope.test).values()))
+        for c, half in enumerate(self.stage_folds[s]):
+            f = len(scope.folds) + c
+            train.update(per_utterance(vectors(f, len(self.seg.of_utterances(half))), offsets, half))
         return train, views
 
     def condition_vectors(self, book: _Iteration, s: int) -> list[dict[str, dict[int, np.ndarray]]]:
@@ -525,8 +596,7 @@ class ChainIterator:
         """`stage_scores`, through the step cache when there is one; True when the cache served them."""
         if self.cache is None or self.keys is None:
             return (*self.stage_scores(book), False)
-        order = [(s, f) for s, scope in enumerate(self.plan.scopes) for f in range(len(scope.folds))]
-        key = self.keys.scores_of([book.keys[sf] for sf in order])
+        key = self.keys.scores_of([book.keys[sf] for sf in self.plan_order()])
         if (hit := self.cache.get_scores(key)) is not None:
             return (*hit, True)
         return (*self.cache.put_scores(key, *self.stage_scores(book)), False)
@@ -567,15 +637,18 @@ class ChainIterator:
             utterances=utterance_records(self.data.paths, self.data.labels, self.fold_of, sc.probabilities,
                                          utt_entropy),
             posteriors=eval_post, utterance_predictions=sc.predictions,
+            utterance_probabilities=np.asarray(sc.probabilities, dtype=np.float32),
             conditions=self.condition_results(book, cond_scores),
             from_cache=scores_cached and len(book.cached) == self.n_jobs, cached_folds=len(book.cached),
             fold_trainings=self.n_jobs)
         history = self.state.history
         if val_ua is not None:
-            picks, chosen = selected_scores([*history, result.to_dict()], self.data.n_classes)
+            so_far = [*history, result.to_dict()]
+            picks, chosen = selected_scores(so_far, self.data.n_classes)
             result.selected_iterations, result.selected_wa, result.selected_ua = picks, chosen.wa, chosen.ua
+            result.selector_agreement = selector_agreement(so_far)
             for name, entry in result.conditions.items():  # at the same picks: no condition chooses anything
-                picked = selected_condition_scores([*history, result.to_dict()], name, self.data.n_classes)
+                picked = selected_condition_scores(so_far, name, self.data.n_classes)
                 entry["selected_wa"], entry["selected_ua"] = picked.wa, picked.ua
         if result.conditions:
             result.conditions = with_summaries(result.conditions)
@@ -620,7 +693,7 @@ class ChainResult:
     def to_dict(self) -> dict:
         pr = self.config.protocol
         return {"format": RESULT_FORMAT, "kind": "run", "command": self.command,
-                "protocol": {"name": pr.name, "leak_free": self.leak_free, "folds": pr.folds,
+                "protocol": {"name": pr.name, "leak_free": self.leak_free, "outer": outer_partition(pr), "folds": pr.folds,
                              "inner_folds": pr.inner_folds, "eval_folds": pr.eval_folds, "seed": self.config.seed},
                 "environment": self.environment, "config": self.config.to_dict(),
                 "label_names": list(self.label_names), "n_utterances": self.n_utterances,

@@ -102,6 +102,10 @@ def protocol_problems(cfg: ChainConfig) -> list[str]:
         if unused:
             owners = [n for n in PROTOCOLS.names() if any(key_applies(k, {"protocol.name": n}) for k in unused)]
             p.append(f"{', '.join(unused)} apply only to protocol {', '.join(owners)}, not {pr.name!r}")
+    from dsl.config import OUTER_PARTITIONS
+
+    if pr.outer not in OUTER_PARTITIONS:
+        p.append(f"protocol.outer {pr.outer!r} is unknown; allowed: {', '.join(OUTER_PARTITIONS)}")
     if pr.holdout:
         p += holdout_problems(cfg)
     for name in ("folds", "eval_folds", "select_folds", *(("inner_folds",) if info is not None and info.nested else ())):
@@ -184,8 +188,12 @@ def stage_problems(cfg: ChainConfig) -> list[str]:
     st = cfg.stage
     if st.name not in STAGES:
         return [_unknown("stage.name", st.name, STAGES)]
+    from dsl.config import STAGE_FIT_ON
+
     stage = STAGES[st.name]
     p = []
+    if st.fit_on not in STAGE_FIT_ON:
+        p.append(f"stage.fit_on {st.fit_on!r} is unknown; allowed: {', '.join(STAGE_FIT_ON)}")
     if "stage.input" in stage.keys and st.input not in stage.inputs:
         p.append(f"stage.input {st.input!r} is unknown; allowed: {', '.join(stage.inputs)}")
     return p + stage.cls.spec_problems(st)

@@ -107,7 +107,7 @@ class EmotionModel:
         forest = RandomForestClassifier(random_state=cfg.seed).fit(utterance_features(last.posteriors, seg.offsets),
                                                                    data.labels)
         utts = np.arange(data.n_utterances)  # one network on every utterance (validation split as in each fold)
-        job = FoldJob(cfg.iterations, 0, -1, utts, utts[:0], targets, derive_seed(cfg.seed, cfg.iterations, 10_000))
+        job = FoldJob.of(cfg.iterations, 0, -1, utts, utts[:0], targets, derive_seed(cfg.seed, cfg.iterations, 10_000), seg)
         fold = train_fold(job, data, cfg, seg)
         self.cfg, self.label_names = cfg, tuple(data.label_names)
         self.network, self.mean, self.std, self.forest = fold.model.cpu().eval(), fold.mean, fold.std, forest

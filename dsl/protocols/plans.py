@@ -11,23 +11,33 @@ utterances. Two kinds of plan:
   them. Results carry `leak_free: false`.
 - *held out* (`nested`, `speaker`, `refinery`): every utterance is the test utterance of exactly one
   scope, and nothing that produces its score (targets, normalisation, early stopping, forest, choice
-  of iteration) ever reads its label. Results carry `leak_free: true`; `tests/test_leakage.py`
-  changes the labels of one outer test fold and checks that none of its predictions move.
+  of iteration) ever reads its label. Results carry `leak_free: true`; `dsl-sweep leakcheck`
+  (`dsl.studies.leakcheck`, and `tests/test_leakage.py` through it) changes the labels of one outer test fold
+  and checks that nothing of its predictions moves.
 
 `refinery` costs what `stratified` costs: per outer fold one model per iteration, trained on the
 outer training utterances, which then relabels the utterances it was trained on (in-sample, as in
 Label Refinery) and predicts the outer test fold (`Scope.in_sample`).
+
+The outer partition (`protocol.outer`) reads no label by default (`balanced`): utterance-level plans cut a
+seeded order of the utterances, keyed by file name, into folds of equal size; speaker-grouped plans deal
+speakers, in a seeded order, to the fold with the fewest utterances so far (`balanced_folds`,
+`balanced_speaker_folds`). So relabelling a test fold cannot move an utterance between folds, and a leak test
+need not fix the plan first. `outer: stratified` keeps the label-stratified split (`stratified_folds`,
+`speaker_folds`); results name the partition (`outer_partition`). Inner folds (nested, speaker) stay
+stratified: they read only their scope's own training labels.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dsl.config import ConfigError, ProtocolSpec
+from dsl.config import OUTER_PARTITIONS, ConfigError, ProtocolSpec
 from dsl.registry import Registry, first_line, owned_keys
 
 
@@ -80,8 +90,8 @@ class ProtocolInfo:
     """A fold plan and its facts.
 
     `leak_free`: no score reads its utterance's label (`make_plan` checks the held-out half of that promise,
-    `tests/test_leakage.py` all of it); `grouped`: folds are grouped by speaker (the corpus needs as many
-    speakers as folds); `nested`: each outer training set gets inner folds (`protocol.inner_folds`, which
+    `dsl-sweep leakcheck` all of it); `grouped`: folds are grouped by speaker (the corpus needs as many
+    speakers as folds, and the balanced outer partition deals speakers, not utterances); `nested`: each outer training set gets inner folds (`protocol.inner_folds`, which
     stays a key of every protocol: configs set it once for all);
     `transductive_twin`: the protocol the final model's chain runs on all utterances (no test set; a
     transductive protocol is its own twin); `keys`: the `protocol.*` keys that apply only under it;
@@ -111,10 +121,13 @@ def register_protocol(name: str, *, leak_free: bool = False, grouped: bool = Fal
                       description: str = "") -> Callable[[PlanFn], PlanFn]:
     """Register a plan function `(labels, speakers, spec, seed, outer) -> FoldPlan` with its facts (`ProtocolInfo`).
 
-    `outer` is a fixed outer partition (from `protocol.assignment`) or None. Registering with
+    `outer` is the outer partition the plan must use: a stored assignment (`protocol.assignment`), the test
+    corpus (cross_corpus) or, under `protocol.outer: balanced` (the default), the label-free balanced
+    partition: of speakers for a `grouped` protocol, else of utterances. It is None only under
+    `protocol.outer: stratified`, where the plan cuts its own (label-stratified) outer folds. Registering with
     `leak_free=True` is a promise that `make_plan` checks in part (every utterance is the test of exactly
-    one scope that does not train on it) and `tests/test_leakage.py` checks end to end; such a protocol
-    names the transductive protocol the final model trains with (`transductive_twin`).
+    one scope that does not train on it) and `dsl-sweep leakcheck` (`dsl.studies.leakcheck`) checks end to
+    end; such a protocol names the transductive protocol the final model trains with (`transductive_twin`).
     """
     keys = owned_keys("protocol", name, (*keys, *(k for k in needs if k not in keys)), "protocol.")
     return PROTOCOLS.decorator(lambda fn: ProtocolInfo(name, fn, leak_free, description or first_line(fn.__doc__),
@@ -129,16 +142,36 @@ def leak_free_protocols() -> tuple[str, ...]:
     return tuple(n for n in PROTOCOLS.names() if PROTOCOLS[n].leak_free)
 
 
+def outer_partition(spec: ProtocolSpec) -> str:
+    """How the outer folds of a run with `spec` were cut, as results name it: `balanced` (label-free),
+    `stratified` (by label), `assignment` (a stored file), `test corpus` (cross_corpus) or `holdout` (one
+    scored fold, `protocol.holdout`)."""
+    if spec.holdout:
+        return "holdout"
+    if spec.name == "cross_corpus":
+        return "test corpus"
+    return "assignment" if spec.assignment else spec.outer
+
+
 def make_plan(labels: np.ndarray, speakers: np.ndarray, spec: ProtocolSpec, seed: int,
-              outer: tuple[np.ndarray, ...] | None = None) -> FoldPlan:
+              outer: tuple[np.ndarray, ...] | None = None, files: Sequence[str] | None = None) -> FoldPlan:
+    """The protocol's plan. Without a fixed `outer` and under `protocol.outer: balanced`, the outer folds are
+    the balanced partition of `files` (file names; default: the utterances' positions) or of `speakers`."""
     info = PROTOCOLS.get(spec.name)
+    if spec.outer not in OUTER_PARTITIONS:
+        raise ConfigError(f"protocol.outer {spec.outer!r} is unknown; allowed: {', '.join(OUTER_PARTITIONS)}")
+    speakers = np.asarray(speakers)
     if spec.holdout:  # `outer` is the holdout (see `outer_folds`): one scope, scored on it only
         if outer is None or len(outer) != 1:
             raise ConfigError("protocol.holdout: the held-out utterances are needed (dsl.protocols.holdout)")
-        plan = holdout_plan(np.asarray(labels), np.asarray(speakers), spec, seed, outer[0])
+        plan = holdout_plan(np.asarray(labels), speakers, spec, seed, outer[0])
         _check_held_out(plan, len(labels))
         return plan
-    plan = info.fn(np.asarray(labels), np.asarray(speakers), spec, seed, outer)
+    if outer is None and spec.outer == "balanced":
+        outer = (balanced_speaker_folds(speakers, spec.folds, seed) if info.grouped
+                 else balanced_folds([str(i) for i in range(len(labels))] if files is None else files,
+                                     spec.folds, seed))
+    plan = info.fn(np.asarray(labels), speakers, spec, seed, outer)
     plan = FoldPlan(plan.protocol, plan.scopes, plan.speaker_grouped, info.leak_free, plan.partial)
     if info.leak_free:
         _check_held_out(plan, len(labels))
@@ -191,6 +224,38 @@ def _check_held_out(plan: FoldPlan, n: int) -> None:
             raise ValueError(f"protocol {plan.protocol!r} is registered leak-free but a scope trains on its test set")
 
 
+def _order_key(seed: int, name: str) -> bytes:
+    return hashlib.blake2b(f"{seed}\x00{name}".encode(), digest_size=16).digest()
+
+
+def balanced_folds(files: Sequence[str], k: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Held-out index arrays of `k` folds of equal size (within one) that read no label: the utterances in an
+    order set by a hash of the seed and each file's base name, cut into `k` runs. So the partition depends on
+    which files there are and the seed, not on their labels or listing order."""
+    names = [Path(str(f)).name for f in files]
+    if k > len(names):
+        raise ValueError(f"{k} folds but only {len(names)} utterances")
+    order = sorted(range(len(names)), key=lambda i: (_order_key(seed, names[i]), i))
+    return tuple(np.sort(np.asarray(part, dtype=np.int64)) for part in np.array_split(np.asarray(order), k))
+
+
+def balanced_speaker_folds(speakers: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Held-out index arrays of `k` speaker-disjoint folds that read no label: speakers, in an order set by a
+    hash of the seed and their names, each go to the fold with the fewest utterances so far (one speaker per
+    fold when `k` is the number of speakers: leave-one-speaker-out)."""
+    names, inverse, counts = np.unique(np.asarray(speakers).astype(str), return_inverse=True, return_counts=True)
+    if k > len(names):
+        raise ValueError(f"{k} folds but only {len(names)} speakers under the speaker protocol")
+    load = np.zeros(k, dtype=np.int64)
+    fold_of_speaker = np.zeros(len(names), dtype=np.int64)
+    for i in sorted(range(len(names)), key=lambda i: (_order_key(seed, str(names[i])), i)):
+        f = int(np.argmin(load))  # the first fold with the fewest utterances: every fold gets one before a second
+        fold_of_speaker[i] = f
+        load[f] += counts[i]
+    fold = fold_of_speaker[inverse]
+    return tuple(np.flatnonzero(fold == f) for f in range(k))
+
+
 def stratified_folds(labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, ...]:
     """Held-out index arrays of a shuffled stratified K-fold."""
     from sklearn.model_selection import StratifiedKFold  # here: `dsl-sweep --help` lists the protocols
@@ -235,6 +300,7 @@ def load_assignment(path: str | Path, files: tuple[str, ...] | list[str]) -> tup
 
 
 def _outer(labels, speakers, spec, seed, outer, grouped: bool) -> tuple[np.ndarray, ...]:
+    """The given outer partition, else (`protocol.outer: stratified`) the label-stratified one."""
     if outer is not None:
         return outer
     return speaker_folds(labels, speakers, spec.folds, seed) if grouped else stratified_folds(labels, spec.folds, seed)
@@ -267,7 +333,7 @@ def _nested(name, labels, speakers, spec, seed, outer, grouped: bool) -> FoldPla
 
 @register_protocol("nested", leak_free=True, nested=True, transductive_twin="stratified")
 def nested(labels, speakers, spec, seed, outer=None) -> FoldPlan:
-    """Outer stratified folds; within each outer training set an inner K-fold chain and a forest."""
+    """Outer folds; within each outer training set an inner stratified K-fold chain and a forest."""
     return _nested("nested", labels, speakers, spec, seed, outer, False)
 
 

@@ -2,8 +2,10 @@
 
 Choosing the best iteration by the same score that is reported grades itself. So:
 - under a held-out (leak-free) protocol each scope picks its iteration by `val_ua`, a forest CV over the
-  scope's own training utterances, and the *selected* score pools the outer test predictions of those
-  picks (`selected_scores`); no test label is read;
+  scope's own training utterances (under refinery with `stage.fit_on: cross_fit`, over out-of-sample
+  posteriors of them), and the *selected* score pools the outer test predictions of those picks
+  (`selected_scores`); no test label is read. `selector_agreement` says afterwards how often the pick was
+  the iteration the outer test fold would have preferred;
 - under a transductive protocol there is no clean validation set, so the reported iteration is the
   final one (`reported_iteration`).
 `rank_key` is the single order used to compare (trial, iteration) records everywhere (sweep table,
@@ -42,6 +44,16 @@ def selected_scores(history: Sequence[Mapping[str, Any]], n_classes: int) -> tup
         _, _, p = utterance_arrays(by_it[it])
         chosen[fold_of == s] = p[fold_of == s]
     return picks, scores(labels, chosen, fold_of, n_classes)
+
+
+def selector_agreement(history: Sequence[Mapping[str, Any]]) -> float:
+    """Share of outer folds whose selected iteration (`select_iterations` over `history`) has the best outer-test
+    UA of the iterations in `history` for that fold (a tie with the best agrees): how well the selector, which
+    reads no test label, follows the test folds. Needs `fold_ua` per scope, i.e. a held-out plan."""
+    picks = select_iterations(history)
+    by_it = {int(e["iteration"]): e for e in history}
+    agree = [by_it[it]["fold_ua"][s] >= max(e["fold_ua"][s] for e in history) for s, it in enumerate(picks)]
+    return float(np.mean(agree))
 
 
 def selected_condition_scores(history: Sequence[Mapping[str, Any]], condition: str, n_classes: int) -> UtteranceScores:

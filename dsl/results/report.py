@@ -2,8 +2,9 @@
 tables.
 
 The results pages under `docs/` are produced by this from the JSON files under `docs/results/`, so no
-figure is typed by hand. Every row names its protocol (and whether it is leak-free), seeds and command; the
-machines the numbers came from are listed under the table.
+figure is typed by hand. Every row names its protocol (and whether it is leak-free, and how its outer folds
+were cut when not label-free), seeds and command; the machines the numbers came from are listed under the
+table. Results written before `protocol.outer` existed were cut stratified by label, and say so.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from dsl.results.selection_report import (
 )
 from dsl.results.selection_report import markdown as selection_markdown
 from dsl.results.stats import Interval, mean_interval
+from dsl.results.study import outer_of
 from dsl.runtime.environment import describe_machine
 from dsl.runtime.paths import WriteTarget, require_writable
 
@@ -54,7 +56,25 @@ def load_result(path: str | Path) -> dict:
     d.setdefault("kind", "run")
     if "protocol" not in d:  # written before format 2: the protocol is in the config, leak-freedom unknown
         d["protocol"] = {"name": d["config"]["protocol"]["name"], "leak_free": None}
+    if d["kind"] == "study" and d["protocol"].get("leak_free") and not any(
+            "selector_agreement" in row for row in d["iterations"]):
+        d["iterations"] = _with_agreement(d, p)
     return d
+
+
+def _with_agreement(study: dict, path: Path) -> list[dict]:
+    """A study written before selector agreement existed, aggregated again from its seed files (which hold
+    what it is computed from); as it is when they are not beside it."""
+    from dsl.results.study import aggregate
+
+    files = [path.parent / f for f in study.get("seed_files", [])]
+    if not files or not all(f.is_file() for f in files):
+        return study["iterations"]
+    return aggregate([json.loads(f.read_text()) for f in files])
+
+
+OUTER_NOTES = {"stratified": "outer folds stratified by label", "assignment": "outer folds from a file",
+               "holdout": "scored on a holdout"}
 
 
 def study_from_disk(folder: Path) -> dict:
@@ -67,6 +87,8 @@ def study_from_disk(folder: Path) -> dict:
         raise ConfigError(f"{folder}: no seed<N>.json results in this folder")
     runs = [load_result(f) for f in files]
     cfg = from_dict({**runs[0]["config"], "seed": 0})
+    if "outer" not in (runs[0]["config"].get("protocol") or {}):  # written before protocol.outer: cut by label
+        cfg = cfg.replace(**{"protocol.outer": "stratified"})
     study = study_dict(cfg.replace(seeds=[int(r["config"]["seed"]) for r in runs]), runs, files,
                        folder.parent / (folder.name[:-len(".seeds")] + ".json"), runs[0].get("command", ""))
     study["command"] = (study["command"] + f"  # {len(runs)} seed(s) on disk so far").strip()
@@ -84,8 +106,13 @@ def methods_of(config: Mapping[str, Any]) -> list[str]:
     aux = (config.get("train") or {}).get("aux", "none")
     if aux != "none":
         out.append(AUX_TASKS[aux].title if aux in AUX_TASKS and AUX_TASKS[aux].title else aux)
-    if (config.get("stage") or {}).get("name", "forest") != "forest":
-        out.append(f"{config['stage']['name'].upper()} stage")
+    stage = config.get("stage") or {}
+    if stage.get("name", "forest") != "forest":
+        out.append(f"{stage['name'].upper()} stage")
+    if stage.get("fit_on", "in_sample") != "in_sample":
+        out.append("stage fit on cross-fit halves")
+    if stage.get("test_views", "mean") != "mean":
+        out.append("stage on each test view")
     return out
 
 
@@ -132,21 +159,29 @@ def _mins(seconds: float) -> str:
 
 
 def paired_against(study: Mapping[str, Any], row: Mapping[str, Any], reference: Mapping[str, Any],
-                   key: str = "ua") -> Interval | None:
-    """`row`'s `key` minus the reference study's iteration 0, seed by seed over the seeds both ran (as
-    fractions; None when they share fewer than two seeds)."""
+                   key: str = "ua", same_iteration: bool = False) -> Interval | None:
+    """`row`'s `key` minus the reference study's iteration 0 (`same_iteration`: its iteration of `row`'s
+    number), seed by seed over the seeds both ran (as fractions; one shared seed gives the difference without
+    an interval; None when they share no seed or the reference lacks the iteration or the figure)."""
+    if key not in row:
+        return None
+    ref_row = next((r for r in reference["iterations"] if r["iteration"] == row["iteration"]), None) \
+        if same_iteration else reference["iterations"][0]
+    if ref_row is None or key not in ref_row:
+        return None
     mine = dict(zip(study["seeds"], row[key]["values"]))
-    base = dict(zip(reference["seeds"], reference["iterations"][0][key]["values"]))
+    base = dict(zip(reference["seeds"], ref_row[key]["values"]))
     shared = [s for s in mine if s in base]
-    if len(shared) < 2:
+    if not shared:
         return None
     return mean_interval([mine[s] - base[s] for s in shared])
 
 
-def setting(study: Mapping[str, Any]) -> tuple[str, str, str]:
-    """What a baseline must share with a study to be paired with it: corpus, protocol, test corpus."""
+def setting(study: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """What a baseline must share with a study to be paired with it: corpus, protocol, test corpus and outer
+    partition (otherwise the same seed cuts other folds)."""
     cfg = study["config"]
-    return cfg["corpus"], cfg["protocol"]["name"], cfg["protocol"].get("test_corpus", "")
+    return cfg["corpus"], cfg["protocol"]["name"], cfg["protocol"].get("test_corpus", ""), outer_of(study)
 
 
 def reference_for(study: Mapping[str, Any], references: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -154,41 +189,75 @@ def reference_for(study: Mapping[str, Any], references: Sequence[Mapping[str, An
     return next((r for r in references if setting(r) == setting(study)), None)
 
 
+def _agreement(row: Mapping[str, Any]) -> str:
+    """Selector agreement in %, mean ± half-width over seeds ('–' for transductive results)."""
+    if "selector_agreement" not in row:
+        return "–"
+    iv = Interval.from_dict(row["selector_agreement"])
+    return iv.format()
+
+
+def _difference(diff: Interval | None) -> str:
+    if diff is None:
+        return "–"
+    return diff.format() + (" (1 seed)" if diff.n == 1 else "")
+
+
 def study_table(studies: Sequence[tuple[str, Mapping[str, Any]]],
-                references: Sequence[Mapping[str, Any]] = ()) -> str:
+                references: Sequence[Mapping[str, Any]] = (), same_iteration: bool = False) -> str:
     """One row per study iteration; with `references` (baseline studies), also each row's UA minus the
-    iteration 0 of the reference in the same setting (corpus, protocol, test corpus), paired by seed: how a
-    method compares with the baseline on the same folds and seeds."""
-    ref_head, ref_rule = (" UA vs baseline (paired) |", "---|") if references else ("", "")
+    iteration 0 of the reference in the same setting (corpus, protocol, test corpus, outer partition), paired by
+    seed: how a method compares with the baseline on the same folds and seeds. `same_iteration` pairs each row
+    with the reference's iteration of the same number instead, and adds the selected UA's difference; a
+    reference listed among `studies` too then gets `reference` in those columns, so the table pairs, row under
+    row, e.g. today's stage inputs (the reference) with the matched ones."""
+    ref_head, ref_rule = "", ""
+    if references:
+        ref_head, ref_rule = ((" UA vs reference, same iteration (paired) | selected UA vs reference (paired) |",
+                               "---|---|") if same_iteration else (" UA vs baseline (paired) |", "---|"))
     head = (f"| protocol | leak-free | labels | WA % | UA % | UA gain vs iter. 0 (paired) |{ref_head} selected UA % | "
-            "wall time / seed | seeds | command |")
-    lines = [head, "|---|---|---|---|---|---|" + ref_rule + "---|---|---|---|"]
+            "selector agreement % | wall time / seed | seeds | command |")
+    lines = [head, "|---|---|---|---|---|---|" + ref_rule + "---|---|---|---|---|"]
     for _, st in studies:
         secs = Interval.from_dict(st["seconds_per_seed"])
         for i, row in enumerate(st["iterations"]):
             ref = ""
             reference = reference_for(st, references)
             if references:
-                diff = paired_against(st, row, reference) if reference is not None else None
-                ref = f" {diff.format() if diff is not None else '–'} |"
-            corpus, protocol, test = setting(st)
-            where = f"`{protocol}`" + (f" {corpus} → {test}" if test else "")
+                keys = ("ua", "selected_ua") if same_iteration else ("ua",)
+                for key in keys:
+                    if same_iteration and reference is not None and reference == st:  # itself: 0 at every seed
+                        ref += " reference |"
+                        continue
+                    diff = paired_against(st, row, reference, key, same_iteration) if reference is not None else None
+                    ref += f" {_difference(diff)} |"
+            corpus, protocol, test, outer = setting(st)
+            where = (f"`{protocol}`" + (f" {corpus} → {test}" if test else "")
+                     + (f" ({OUTER_NOTES[outer]})" if outer in OUTER_NOTES else ""))
             lines.append(
                 f"| {where} | {_leak(st)} | {labels_of(st['config'], row)} | {_iv(row, 'wa')} | "
-                f"{_iv(row, 'ua')} | {_iv(row, 'gain_ua')} |{ref} {_iv(row, 'selected_ua')} | "
+                f"{_iv(row, 'ua')} | {_iv(row, 'gain_ua')} |{ref} {_iv(row, 'selected_ua')} | {_agreement(row)} | "
                 f"{_mins(secs.mean) if i == 0 else ''} | {','.join(map(str, st['seeds'])) if i == 0 else ''} | "
                 f"{'`' + st['command'] + '`' if i == 0 and st.get('command') else ''} |")
     return "\n".join(lines)
 
 
 def run_table(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
-    lines = ["| protocol | leak-free | seed | labels | WA % | UA % | selected UA % | wall time | command |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    from dsl.protocols.selection import selector_agreement
+
+    lines = ["| protocol | leak-free | seed | labels | WA % | UA % | selected UA % | selector agreement % | wall time "
+             "| command |", "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in runs:
+        outer = outer_of(r)
+        where = f"`{r['protocol']['name']}`" + (f" ({OUTER_NOTES[outer]})" if outer in OUTER_NOTES else "")
         for i, it in enumerate(r["iterations"]):
             sel = f"{100 * it['selected_ua']:.1f}" if it.get("selected_ua") is not None else "–"
-            lines.append(f"| `{r['protocol']['name']}` | {_leak(r)} | {r['config']['seed']} | {labels_of(r['config'], it)} | "
-                         f"{100 * it['wa']:.1f} | {100 * it['ua']:.1f} | {sel} | "
+            agree = it.get("selector_agreement")
+            if agree is None and it.get("val_ua") is not None:  # written before it existed: from the history
+                agree = selector_agreement(r["iterations"][:i + 1])
+            agree_text = "–" if agree is None else f"{100 * agree:.0f}"
+            lines.append(f"| {where} | {_leak(r)} | {r['config']['seed']} | {labels_of(r['config'], it)} | "
+                         f"{100 * it['wa']:.1f} | {100 * it['ua']:.1f} | {sel} | {agree_text} | "
                          f"{_mins(r['seconds']) if i == 0 else ''} | "
                          f"{'`' + r['command'] + '`' if i == 0 and r.get('command') else ''} |")
     return "\n".join(lines)
@@ -202,10 +271,10 @@ def machines(results: Sequence[Mapping[str, Any]]) -> list[str]:
     return [f"`{k}`: {v}" for k, v in seen.items()]
 
 
-def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = ()) -> str:
+def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = (), same_iteration: bool = False) -> str:
     """Tables of every study and every run among `paths`, then the machines they ran on; `paired_with`
-    (baseline studies) adds each study row's UA difference from the iteration 0 of the baseline run in the
-    same setting, paired by seed."""
+    (baseline studies) adds each study row's UA difference from the iteration 0 (`same_iteration`: the same
+    iteration) of the baseline run in the same setting, paired by seed."""
     loaded = [(str(p), load_result(p)) for p in paths]
     references = [load_result(p) for p in paired_with]
     for p, r in zip(paired_with, references):
@@ -218,13 +287,16 @@ def markdown(paths: Sequence[str | Path], paired_with: Sequence[str | Path] = ()
     parts += [selection_markdown(d) for _, d in loaded if d["kind"] == "selection"]
     parts += [benchmark_markdown(d) for _, d in loaded if d["kind"] == BENCHMARK_KIND]
     if studies:
+        which = "the same iteration" if same_iteration else "iteration 0"
         parts.append("Mean ± half-width of the 95 % t-interval over seeds. The gain is paired: each seed's "
                      "iteration minus the same seed's iteration 0. *Selected UA*: each outer fold's iteration "
-                     "picked on its own training utterances (leak-free protocols only)." +
-                     (" *UA vs baseline*: each row's UA minus iteration 0 of " +
-                      ", ".join(f"`{p}`" for p in paired_with) + " (the one with the same corpus, protocol and test "
-                      "corpus), seed by seed over the seeds both ran." if references else "") + "\n\n" +
-                     study_table(studies, references))
+                     "picked on its own training utterances (leak-free protocols only). *Selector agreement*: the "
+                     "share of outer folds whose picked iteration has the best outer-test UA among iterations 0 to "
+                     "this one (ties agree; 100 % at iteration 0)." +
+                     (f" *vs reference/baseline*: each row's figure minus {which} of " +
+                      ", ".join(f"`{p}`" for p in paired_with) + " (the one with the same corpus, protocol, test "
+                      "corpus and outer partition), seed by seed over the seeds both ran." if references else "")
+                     + "\n\n" + study_table(studies, references, same_iteration))
         robust = robustness_markdown([d for _, d in studies], labels_of,
                                      [(str(p), r) for p, r in zip(paired_with, references)])
         if robust:
@@ -292,11 +364,12 @@ def report_outputs(out: str | None = None, figure: str | None = None, into: str 
 
 def report_result_files(paths: Sequence[str], out: str | None = None, figure: str | None = None,
                         into: str | None = None, command: str = "", block: str = "",
-                        paired_with: Sequence[str] = ()) -> str:
+                        paired_with: Sequence[str] = (), same_iteration: bool = False) -> str:
     """`dsl-sweep report FILE...`: the Markdown tables of result files (runs, studies, sweep exports), also
-    written to `out`, spliced into `into`, with a UA figure when asked; returns the Markdown."""
+    written to `out`, spliced into `into`, with a UA figure when asked; returns the Markdown. `same_iteration`:
+    see `markdown`."""
     require_writable(report_outputs(out, figure, into))
-    text = markdown(paths, paired_with)
+    text = markdown(paths, paired_with, same_iteration)
     if figure:
         from dsl.results.plots import study_plot
 

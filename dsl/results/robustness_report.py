@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from dsl.results.stats import Interval, mean_interval
+from dsl.results.study import outer_of
 
 Column = tuple[str, Mapping[str, Any], Mapping[str, Any]]  # (label, study, iteration row)
 
@@ -109,14 +110,16 @@ def group_table(cols: Sequence[Column], reference: Mapping[str, Any] | None, ref
     return "\n".join(lines)
 
 
-def _setting(study: Mapping[str, Any]) -> tuple[str, str, str]:
+def _setting(study: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """Corpus, protocol, test corpus and outer partition: a baseline in another is never paired (other folds)."""
     cfg = study["config"]
-    return cfg["corpus"], cfg["protocol"]["name"], cfg["protocol"].get("test_corpus", "")
+    return cfg["corpus"], cfg["protocol"]["name"], cfg["protocol"].get("test_corpus", ""), outer_of(study)
 
 
 def robustness_markdown(studies: Sequence[Mapping[str, Any]], labels_of,
                         references: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> str:
-    """Both tables for the studies scored under test conditions, per setting (corpus, protocol, test corpus); ""
+    """Both tables for the studies scored under test conditions, per setting (corpus, protocol, test corpus, outer
+    partition); ""
     if none is."""
     scored = [st for st in studies if has_conditions(st)]
     settings = list(dict.fromkeys(_setting(st) for st in scored))

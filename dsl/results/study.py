@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from dsl.config import ChainConfig, from_dict
-from dsl.protocols.plans import plan_leak_free
+from dsl.protocols.plans import outer_partition, plan_leak_free
+from dsl.protocols.selection import selector_agreement
 from dsl.results.stats import mean_interval, paired_gain
 
 log = logging.getLogger(__name__)
 STUDY_FORMAT = 1
-METRICS = ("wa", "ua", "selected_wa", "selected_ua")
+METRICS = ("wa", "ua", "selected_wa", "selected_ua", "selector_agreement")
+GAIN_METRICS = ("wa", "ua", "selected_wa", "selected_ua")  # paired gains over iteration 0 (the agreement is 1 there)
 
 
 def seeds_dir(study_path: str | Path) -> Path:
@@ -48,6 +50,11 @@ def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:
     out.pop("cache_dir", None)
     if not from_dict({"eval": out.get("eval") or {}}).eval.enabled:
         out.pop("eval", None)  # off: the same numbers as a config written before eval.* existed
+    if isinstance(out.get("protocol"), dict):  # written before protocol.outer: its outer folds were cut by label
+        out["protocol"].setdefault("outer", "stratified")
+    if isinstance(out.get("stage"), dict):  # written before the stage inputs had keys: today's
+        out["stage"].setdefault("fit_on", "in_sample")
+        out["stage"].setdefault("test_views", "mean")
     for k in ("workers", "num_threads", "device"):
         out.get("train", {}).pop(k, None)
     return out
@@ -68,6 +75,30 @@ def finished_seed(cfg: ChainConfig, path: Path) -> dict | None:
     return done
 
 
+def outer_of(d: Mapping[str, Any]) -> str:
+    """How a result's outer folds were cut (`dsl.protocols.plans.outer_partition`); results written before
+    `protocol.outer` existed were cut stratified by label (unless a holdout, an assignment or a test corpus
+    fixed them)."""
+    given = d.get("protocol", {}).get("outer")
+    cfg = (d.get("config") or {}).get("protocol", {})
+    if cfg.get("holdout"):
+        return "holdout"
+    given = given or cfg.get("outer")
+    if given:
+        return "assignment" if given == "balanced" and cfg.get("assignment") else given
+    return "test corpus" if cfg.get("name") == "cross_corpus" else ("assignment" if cfg.get("assignment") else
+                                                                    "stratified")
+
+
+def _value(result: Mapping[str, Any], i: int, metric: str) -> Any:
+    """Iteration `i`'s `metric`; a held-out result written before selector agreement existed gets it from its
+    history (the validation UAs and outer-fold UAs it holds)."""
+    it = result["iterations"][i]
+    if metric == "selector_agreement" and it.get(metric) is None and it.get("val_ua") is not None:
+        return selector_agreement(result["iterations"][:i + 1])
+    return it.get(metric)
+
+
 def aggregate(results: Sequence[Mapping[str, Any]]) -> list[dict]:
     """Per iteration present in every seed: intervals of WA/UA (and the selected figures, where held out) and
     paired gains over iteration 0."""
@@ -78,11 +109,11 @@ def aggregate(results: Sequence[Mapping[str, Any]]) -> list[dict]:
         row: dict[str, Any] = {"iteration": its[0]["iteration"], "alpha": its[0].get("alpha"),
                                "seconds": mean_interval([it["seconds"] for it in its]).to_dict()}
         for m in METRICS:
-            vals = [it.get(m) for it in its]
+            vals = [_value(r, i, m) for r in results]
             if any(v is None for v in vals):
                 continue
             row[m] = mean_interval(vals).to_dict()
-            if i > 0:
+            if i > 0 and m in GAIN_METRICS:
                 row[f"gain_{m}"] = paired_gain(vals, [r["iterations"][0][m] for r in results]).to_dict()
         conditions = condition_rows(its)
         if conditions:
@@ -116,7 +147,8 @@ def study_dict(cfg: ChainConfig, results: Sequence[Mapping[str, Any]], paths: Se
     pr = cfg.protocol
     envs = {r["environment"].get("fingerprint"): r["environment"] for r in results if "environment" in r}
     return {"format": STUDY_FORMAT, "kind": "study", "command": command,
-            "protocol": {"name": pr.name, "leak_free": plan_leak_free(pr), "folds": pr.folds,
+            "protocol": {"name": pr.name, "leak_free": plan_leak_free(pr), "outer": outer_partition(pr),
+                         "folds": pr.folds,
                          "inner_folds": pr.inner_folds, "eval_folds": pr.eval_folds},
             "seeds": [int(r["config"]["seed"]) for r in results], "environments": list(envs.values()),
             "config": {**cfg.to_dict(), "seed": None}, "label_names": results[0]["label_names"],

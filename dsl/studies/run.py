@@ -18,7 +18,7 @@ from dsl.data.segments import build_segments
 from dsl.execution.step_cache import StepCache
 from dsl.pipeline.chain import ChainResult, ChainState, IterationResult, iterate_chain, run_chain
 from dsl.pipeline.checks import check_config, check_data
-from dsl.protocols.plans import plan_leak_free
+from dsl.protocols.plans import outer_partition, plan_leak_free
 from dsl.results.study import comparable_config, seeds_dir, write_json
 from dsl.runtime.environment import machine_info
 from dsl.runtime.notes import add_note
@@ -43,9 +43,23 @@ def format_row(r: IterationResult) -> str:
 
 
 def stage_text(cfg: ChainConfig) -> str:
-    """The utterance stage as the run's header names it, e.g. `forest` or `acp (embedding, eps 0.1, dim 32)`."""
+    """The utterance stage as the run's header names it, e.g. `forest` or `acp (embedding, eps 0.1, dim 32)`, with
+    what a held-out scope's stage trains and predicts on (`stage.fit_on`, `stage.test_views`)."""
     st = cfg.stage
-    return st.name if st.name != "acp" else f"acp ({st.input}, eps {st.epsilon:g}, dim {st.dim})"
+    text = st.name if st.name != "acp" else f"acp ({st.input}, eps {st.epsilon:g}, dim {st.dim})"
+    if plan_leak_free(cfg.protocol):
+        text += f" (fit_on {st.fit_on}, test_views {st.test_views if st.name == 'forest' else 'each'})"
+    return text
+
+
+def outer_text(pr) -> str:
+    """How the run's outer folds are cut, in the words of its header."""
+    how = outer_partition(pr)
+    return {"balanced": "outer folds balanced by file or speaker identity and the seed, no label read",
+            "stratified": "outer folds stratified by label: every label is read, the test folds' too",
+            "assignment": f"outer folds from {pr.assignment}",
+            "test corpus": "outer fold: the test corpus",
+            "holdout": f"one scored fold: the holdout {pr.holdout}"}[how]
 
 
 def protocol_line(cfg: ChainConfig) -> str:
@@ -65,7 +79,7 @@ def protocol_line(cfg: ChainConfig) -> str:
         line = (f"protocol cross_corpus: trained on {cfg.corpus} ({cfg.data}), tested on {pr.test_corpus} "
                 f"({pr.test_data}), shared classes only | {how.replace('per outer fold', 'by a forest CV')}")
     else:
-        line = f"protocol {pr.name} ({pr.folds} folds) | {how}"
+        line = f"protocol {pr.name} ({pr.folds} folds; {outer_text(pr)}) | {how}"
     if cfg.eval.enabled:
         from dsl.robustness.conditions import condition_names
 

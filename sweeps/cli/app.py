@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from sweeps.cli.errors import run_handled
 
 # The commands, in the order `dsl-sweep --help` lists them: each is the module sweeps/cli/<name>.py.
-COMMANDS = ("run", "validate", "sweep", "best", "report", "agreement", "predict")
+COMMANDS = ("run", "validate", "sweep", "best", "report", "agreement", "leakcheck", "predict")
 
 
 def version_text() -> str:

@@ -20,8 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "`dsl-sweep report FILE` renders the same tables)")
     p.add_argument("--paired-with", metavar="STUDY", action="append", default=[],
                    help="a replicate study whose iteration 0 is the baseline (repeatable: one per corpus/protocol/"
-                        "test corpus): each study row in that setting also gets its UA minus that baseline, paired "
-                        "by seed (method comparisons on the same folds and seeds)")
+                        "test corpus/outer partition): each study row in that setting also gets its UA minus that "
+                        "baseline, paired by seed (method comparisons on the same folds and seeds)")
+    p.add_argument("--same-iteration", action="store_true",
+                   help="with --paired-with: pair each row with the reference's iteration of the same number "
+                        "(not its iteration 0), for UA and selected UA: a change that is not a DSL iteration, such "
+                        "as the stage input, on the same folds and seeds")
     p.add_argument("--out", help="also write the Markdown here")
     p.add_argument("--figure", help="plot UA per iteration to this PNG (studies: mean and 95 %% interval; a "
                    "sweep: mean per rule)")
@@ -34,6 +38,7 @@ def handle(args: argparse.Namespace) -> int:
 
     text = report_sweep_runs(args.results, out=args.out, figure=args.figure, into=args.into,
                              command=args.command_line, tracking_uri=args.tracking_uri, save_sweep=args.save_sweep,
-                             block=args.block, paired_with=args.paired_with)
+                             block=args.block, paired_with=args.paired_with,
+                             same_iteration=args.same_iteration)
     print(text, end="")
     return 0
