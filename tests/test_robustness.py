@@ -4,6 +4,7 @@ the objective, the metrics and the report. Synthetic tones and segments: seconds
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -196,7 +197,7 @@ def test_eval_config_lists_checks_and_off_by_default() -> None:
         load_config(overrides={"eval.noise.snr": "loud"})
 
 
-def test_objective_metrics_and_summaries() -> None:
+def test_objective_metrics_and_summaries(tmp_path: Path) -> None:
     from sweeps.search.spec import parse_sweep
     from tracking.schema import iteration_metrics
     from trainables.metrics import objective_value
@@ -223,8 +224,12 @@ def test_objective_metrics_and_summaries() -> None:
     import yaml
 
     example = Path(__file__).parents[1] / "sweeps" / "examples" / "robust_emodb.yaml"
-    spec = parse_sweep(yaml.safe_load(example.read_text()), data="/data/emodb")
-    assert spec.objective == "selected:noise_mean" and Path(spec.base.eval.noise.babble_data).is_absolute()
+    raw = yaml.safe_load(example.read_text())
+    babble = tmp_path / "urdu"  # the example names ../shared/data/urdu, which a machine without the data lacks
+    babble.mkdir()
+    raw["base"]["eval"]["noise"]["babble_data"] = os.path.relpath(babble)
+    spec = parse_sweep(raw, data="/data/emodb")
+    assert spec.objective == "selected:noise_mean" and spec.base.eval.noise.babble_data == str(babble.resolve())
 
 
 def _fake_seed(cfg: ChainConfig, seed: int, clean: float, white: float, it: int = 0) -> dict:

@@ -29,7 +29,7 @@ from dsl.config import (
     from_dict,
     load_config,
 )
-from dsl.pipeline.checks import check_config
+from dsl.pipeline.checks import check_config, config_problems
 from dsl.pipeline.keys import key_default, selector_registry
 from dsl.plugins import load_plugins
 from dsl.protocols.holdout import HoldoutSpec, parse_holdout
@@ -374,11 +374,16 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
     plots = raw.get("plots") or {}
     contour = plots.get("contour_utterance", 0) if isinstance(plots, Mapping) else 0
     if base is not None and isinstance(select.reference, Mapping):
+        # only what the reference's overrides break: the base's own problems (e.g. a data folder absent on this
+        # machine) are the base's, reported where the base is checked
         try:
-            check_config(base.replace(**select.reference_overrides()))
+            ref_problems = config_problems(base.replace(**select.reference_overrides()))
         except (ConfigError, KeyError, TypeError) as exc:
+            ref_problems = [str(exc)]
+        new = [q for q in ref_problems if q not in config_problems(base)]
+        if new:
             problems.append(f"select.reference: the reference config (the base with {dict(select.reference)}) is "
-                            f"invalid: {exc}")
+                            "invalid: " + "; ".join(new))
     spec = None
     if not problems and base is not None:
         spec = SweepSpec(name=name, base=base, search=tuple(params), sampler=sampler, scheduler=scheduler,
