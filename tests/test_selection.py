@@ -151,3 +151,23 @@ def test_the_final_exam_table_reports_the_holdout_the_paired_gain_and_the_optimi
     path = tmp_path / "selection.json"
     path.write_text(json.dumps({"format": SELECTION_FORMAT, "kind": "selection", **sel}))
     assert text in report_markdown([path])
+
+
+def test_a_lone_candidate_wins_without_a_race_and_without_optimism(tmp_path: Path) -> None:
+    """A sweep with one distinct configuration: no race chain runs, so no race interval and no optimism; the exam
+    still reports the holdout figures and the registered model gets no race figures it does not have."""
+    from sweeps.selection.best import _interval
+    from tracking.registry import selection_figures
+
+    assert _interval([]) is None
+    seeds = [1, 2, 3]
+    holdout = {("a", s): 0.60 + 0.01 * s for s in seeds} | {(REFERENCE_KEY, s): 0.58 + 0.01 * s for s in seeds}
+    results = {k: _result(ChainRequest("exam", k[0], k[0], k[1], BASE.replace(seed=k[1])), v)
+               for k, v in holdout.items()}
+    exam = exam_summary(results, "a", seeds, "final", [], "config a", "small_cnn baseline T=0",
+                        {"rule": "baseline", "iterations": 0}, "refinery")
+    assert exam["optimism"] is None and exam["winner"]["ranking_ua"] is None
+    assert exam["gain_ua"]["mean"] == pytest.approx(0.02)
+    metrics, tags = selection_figures({"verdict": "config a is the only candidate", "protocol": "refinery",
+                                       "race": {"seeds": [], "ua": None}, "holdout": None})
+    assert metrics == {} and "dsl.race_ua" not in tags and tags["dsl.verdict"].endswith("only candidate")

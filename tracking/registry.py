@@ -88,14 +88,20 @@ def selection_figures(evaluation: dict) -> tuple[dict[str, float], dict[str, str
     """Metrics and tags of a registered model from best.yaml's `evaluation:` block (`sweeps.selection.best`): the
     race's verdict and mean, and with a holdout the final exam's UA, paired gain over the reference and optimism."""
     race = evaluation["race"]
-    metrics = {RACE_UA_METRIC: float(race["ua"]["mean"])}
-    tags = {VERDICT_TAG: str(evaluation["verdict"])[:5000], SELECTION_PROTOCOL_TAG: str(evaluation["protocol"]),
-            RACE_UA_TAG: _interval_text(race["ua"]), RACE_SEEDS_TAG: ",".join(map(str, race["seeds"]))}
+    tags = {VERDICT_TAG: str(evaluation["verdict"])[:5000], SELECTION_PROTOCOL_TAG: str(evaluation["protocol"])}
+    metrics = {}
+    if race.get("ua"):  # a lone candidate wins without racing: no race figures
+        metrics[RACE_UA_METRIC] = float(race["ua"]["mean"])
+        tags.update({RACE_UA_TAG: _interval_text(race["ua"]), RACE_SEEDS_TAG: ",".join(map(str, race["seeds"]))})
     h = evaluation.get("holdout")
     if h:
         metrics.update({HOLDOUT_UA_METRIC: float(h["ua"]["mean"]), HOLDOUT_WA_METRIC: float(h["wa"]["mean"]),
-                        HOLDOUT_GAIN_UA_METRIC: float(h["gain_ua"]["mean"]), OPTIMISM_METRIC: float(h["optimism"])})
+                        HOLDOUT_GAIN_UA_METRIC: float(h["gain_ua"]["mean"])})
+        if h.get("optimism") is not None:
+            metrics[OPTIMISM_METRIC] = float(h["optimism"])
         tags.update({HOLDOUT_UA_TAG: _interval_text(h["ua"]), HOLDOUT_GAIN_UA_TAG: _interval_text(h["gain_ua"]),
                      HOLDOUT_TAG: f"{h['how']} ({h['utterances']} utterances), seeds {','.join(map(str, h['seeds']))}",
-                     HOLDOUT_REFERENCE_TAG: str(h["reference"]), OPTIMISM_TAG: f"{h['optimism']:.4f}"})
+                     HOLDOUT_REFERENCE_TAG: str(h["reference"])})
+        if h.get("optimism") is not None:
+            tags[OPTIMISM_TAG] = f"{h['optimism']:.4f}"
     return metrics, tags

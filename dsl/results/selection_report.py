@@ -69,7 +69,8 @@ def exam_table(sel: Mapping[str, Any]) -> str:
             f"ranking-stage UA % (race, `{ex['protocol']}`) | optimism, points |")
     lines = [head, "|---|---|---|---|---|---|---|",
              f"| {w['name']} | winner | {iv(w['ua']).format()} | {iv(w['wa']).format()} | {iv(ex['gain_ua']).format()} "
-             f"| {iv(w['ranking_ua']).format()} | {100 * ex['optimism']:+.1f} |"]
+             f"| {iv(w['ranking_ua']).format() if w.get('ranking_ua') else '–'} | "
+             f"{'–' if ex['optimism'] is None else format(100 * ex['optimism'], '+.1f')} |"]
     if not ref.get("same_as_winner"):
         lines.append(f"| {ref['name']} | reference | {iv(ref['ua']).format()} | {iv(ref['wa']).format()} | – | – | – |")
     else:

@@ -214,7 +214,10 @@ def load_selection_data(configs: list[ChainConfig], holdout_path: Path | None, s
     return SelectionData(search, full, names, assignment)
 
 
-def _interval(values: list[float]) -> dict[str, Any]:
+def _interval(values: list[float]) -> dict[str, Any] | None:
+    """Mean and 95 % interval; None without values (a lone candidate wins without a race: it runs no chain)."""
+    if not values:
+        return None
     iv = mean_interval(values)
     return {"mean": round(iv.mean, 6), "low": iv.low, "high": iv.high, "n": iv.n}
 
@@ -240,7 +243,7 @@ def evaluation_block(sel: Mapping[str, Any], path: Path) -> dict[str, Any]:
         out["holdout"] = {"how": sel["data"]["holdout"]["how"], "utterances": ex["n_holdout"], "seeds": ex["seeds"],
                           "protocol": ex["protocol"], "ua": iv(ex["winner"]["ua"]), "wa": iv(ex["winner"]["wa"]),
                           "reference": ex["reference"]["name"], "reference_ua": iv(ex["reference"]["ua"]),
-                          "gain_ua": iv(ex["gain_ua"]), "optimism": round(ex["optimism"], 6)}
+                          "gain_ua": iv(ex["gain_ua"]), "optimism": None if ex["optimism"] is None else round(ex["optimism"], 6)}
     return out
 
 

@@ -74,16 +74,17 @@ def exam_summary(results: Mapping[tuple[str, int], Mapping[str, Any]], winner_ke
 
     win_ua, win_wa = figures(winner_key, 0), figures(winner_key, 1)
     ref_ua, ref_wa = figures(ref_key, 0), figures(ref_key, 1)
-    ranking = mean_interval([v / 100.0 for v in ranking_scores])
+    # a lone candidate wins without a race: no ranking-stage score, so no optimism
+    ranking = mean_interval([v / 100.0 for v in ranking_scores]) if ranking_scores else None
     holdout_ua = mean_interval(win_ua)
     first = results[(winner_key, seeds[0])]
     return {"protocol": protocol, "seeds": list(seeds), "objective_key": objective_key(objective),
             "n_holdout": sum(1 for u in first["iterations"][-1]["utterances"] if u["fold"] >= 0),
             "n_train": sum(1 for u in first["iterations"][-1]["utterances"] if u["fold"] < 0),
             "winner": {"key": winner_key, "name": winner_name, "ua": holdout_ua.to_dict(),
-                       "wa": mean_interval(win_wa).to_dict(), "ranking_ua": ranking.to_dict()},
+                       "wa": mean_interval(win_wa).to_dict(), "ranking_ua": ranking.to_dict() if ranking else None},
             "reference": {"name": reference_name, "overrides": dict(reference_overrides),
                           "same_as_winner": ref_key == winner_key,
                           "ua": mean_interval(ref_ua).to_dict(), "wa": mean_interval(ref_wa).to_dict()},
             "gain_ua": paired_gain(win_ua, ref_ua).to_dict(), "gain_wa": paired_gain(win_wa, ref_wa).to_dict(),
-            "optimism": ranking.mean - holdout_ua.mean}
+            "optimism": ranking.mean - holdout_ua.mean if ranking else None}
