@@ -31,6 +31,7 @@ TOOL_ERRORS: dict[str, int] = {
     "tracking.client:TrackingUnavailable": EXIT_INPUT,
     "dsl.execution.fold_runners:FoldWorkerError": EXIT_WORKER,
     "sweeps.selection.chains:ChainFailed": EXIT_WORKER,  # a chain of `best` failed; the finished ones are kept
+    "sweeps.search.tuner:TrialWorkerKilled": EXIT_WORKER,  # Ray killed trial workers past the sweep's restores
 }
 
 _OS_HINTS = {

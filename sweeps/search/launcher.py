@@ -29,7 +29,7 @@ from sweeps.search.session import check_resumable, init_ray, journal_path, quiet
 from sweeps.search.space import enumerate_grid, feature_variants
 from sweeps.search.spec import SweepSpec, load_sweep
 from sweeps.search.trial_table import TrialRow, best_row, format_table, rows_from_results
-from sweeps.search.tuner import build_tuner, num_trials
+from sweeps.search.tuner import build_tuner, fit_with_restores, num_trials
 from tracking.client import check_access, redact_uri, resolve_tracking_uri, sqlite_file
 from tracking.schema import BASE_ARTIFACT, HOLDOUT_ARTIFACT
 from tracking.sweep_runs import SweepRun
@@ -210,8 +210,9 @@ def run_sweep(spec: SweepSpec, address: str | None = None, tracking_uri: str | N
         trainable = tune.with_resources(with_corpus(train_chain, data, variants=variants, context=ctx),
                                         placement(ctx.resources))
         callbacks = [ProgressPrinter(spec.base, n), FinalizeRuns(uri, exp_id, parent), *([mirror] if mirror else [])]
-        tuner = build_tuner(spec, trainable, root, journal, n, grid, callbacks, resume, verbose)
-        results = tuner.fit()
+        results = fit_with_restores(
+            lambda again: build_tuner(spec, trainable, root, journal, n, grid, callbacks, again, verbose),
+            resume, max(1, spec.max_failures), exp_path, say=lambda line: print(line, flush=True))
         rows = rows_from_results(results, spec.base)
     except BaseException:  # a broken sweep must not leave its parent run RUNNING
         sweep.fail()
