@@ -151,3 +151,18 @@ def test_a_seed_written_before_the_outer_partition_and_stage_inputs_resumes_only
     assert comparable_config(old) == comparable_config(new)
     balanced = ChainConfig().replace(**{"protocol.name": "refinery"}).to_dict()
     assert comparable_config(old) != comparable_config(balanced)
+
+
+def test_a_seed_written_before_a_key_was_added_resumes_and_a_changed_value_does_not() -> None:
+    """A key added since (here `protocol.holdout`, whose default keeps the earlier behaviour) is read as its
+    default, so an upgrade that only adds keys does not rerun finished seeds; a set value still counts."""
+    from dsl.results.study import comparable_config
+
+    new = ChainConfig().replace(**{"protocol.name": "refinery"}).to_dict()
+    old = json.loads(json.dumps(new))
+    del old["protocol"]["holdout"]
+    assert comparable_config(old) == comparable_config(new)
+    held = ChainConfig().replace(**{"protocol.name": "refinery", "protocol.holdout": "h.json"}).to_dict()
+    assert comparable_config(old) != comparable_config(held)
+    gone = {**old, "a_key_since_removed": 1}
+    assert comparable_config(gone) != comparable_config(new)

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dsl.config import ChainConfig, from_dict
+from dsl.config import ChainConfig, ConfigError, from_dict
 from dsl.protocols.plans import outer_partition, plan_leak_free
 from dsl.protocols.selection import selector_agreement
 from dsl.results.stats import mean_interval, paired_gain
@@ -44,17 +44,27 @@ def write_json(obj: Any, path: str | Path) -> Path:
 
 
 def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a config that decide a seed's numbers (execution-only settings are left out)."""
+    """The parts of a config that decide a seed's numbers (execution-only settings are left out).
+
+    A key written before it existed takes its default, which keeps the earlier behaviour, except where the
+    default changed: outer folds were cut by label before `protocol.outer`, and the stage inputs were
+    `in_sample`/`mean` before their keys. So a finished seed is read back after an upgrade that only added keys.
+    """
     out = json.loads(json.dumps(config))
-    out.pop("seeds", None)
-    out.pop("cache_dir", None)
-    if not from_dict({"eval": out.get("eval") or {}}).eval.enabled:
-        out.pop("eval", None)  # off: the same numbers as a config written before eval.* existed
-    if isinstance(out.get("protocol"), dict):  # written before protocol.outer: its outer folds were cut by label
+    if isinstance(out.get("protocol"), dict):
         out["protocol"].setdefault("outer", "stratified")
-    if isinstance(out.get("stage"), dict):  # written before the stage inputs had keys: today's
+    if isinstance(out.get("stage"), dict):
         out["stage"].setdefault("fit_on", "in_sample")
         out["stage"].setdefault("test_views", "mean")
+    out.pop("seeds", None)
+    try:
+        out = from_dict(out).to_dict()
+    except ConfigError:  # a key since removed or renamed: compared as written (the seed is run again)
+        pass
+    if not from_dict({"eval": out.get("eval") or {}}).eval.enabled:
+        out.pop("eval", None)  # off: the same numbers as a config written before eval.* existed
+    out.pop("seeds", None)
+    out.pop("cache_dir", None)
     for k in ("workers", "num_threads", "device"):
         out.get("train", {}).pop(k, None)
     return out
