@@ -105,7 +105,7 @@ def collect(seeds: Sequence[int], data: str, out: Path, step_cache: str, rules: 
             if path.is_file():
                 done = json.loads(path.read_text())
                 longer = {**done.get("config", {}), "iterations": cfg.iterations}  # a longer chain holds this one
-                if done.get("config", {}).get("iterations", -1) >= cfg.iterations and longer == comparable_config(
+                if done.get("config", {}).get("iterations", -1) >= cfg.iterations and comparable_config(longer) == comparable_config(
                         cfg.to_dict()):
                     continue
                 log(f"{path}: holds another config; running it again")
