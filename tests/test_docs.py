@@ -32,6 +32,11 @@ def prose(text: str) -> str:
     return CODE_SPAN.sub("", FENCE.sub("", text))
 
 
+def headings(text: str) -> list[str]:
+    """A page's headings, code spans kept (they are part of the anchor), code blocks left out."""
+    return HEADING.findall(FENCE.sub("", text))
+
+
 def links(text: str) -> list[str]:
     """Relative link targets of a Markdown text (web addresses and in-page anchors left out)."""
     return [t for t in LINK.findall(prose(text)) if not re.match(r"[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")]
@@ -60,6 +65,7 @@ def test_helpers_find_links_and_anchors() -> None:
     assert links(text + "```\n[d](block.md)\n```\n") == ["docs/a.md#x-y", "results/f.png"]
     assert slug("Shared chain steps: the step cache") == "shared-chain-steps-the-step-cache"
     assert slug("Selection: `dsl-sweep best`") == "selection-dsl-sweep-best"
+    assert [slug(h) for h in headings("## Stage (`a` and `b`)\n```\n# not a heading\n```\n")] == ["stage-a-and-b"]
 
 
 @pytest.mark.parametrize("page", pages(), ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -76,7 +82,7 @@ def test_every_relative_link_points_to_a_committed_file(page: Path) -> None:
             continue
         if rel not in committed:
             bad.append(f"{target}: {rel} is not a committed file")
-        elif anchor and file.suffix == ".md" and anchor not in {slug(h) for h in HEADING.findall(prose(file.read_text()))}:
+        elif anchor and file.suffix == ".md" and anchor not in {slug(h) for h in headings(file.read_text())}:
             bad.append(f"{target}: {rel} has no heading with the anchor #{anchor}")
     assert not bad, f"{page.relative_to(ROOT)}: " + "; ".join(bad)
 
