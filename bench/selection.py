@@ -105,8 +105,8 @@ def collect(seeds: Sequence[int], data: str, out: Path, step_cache: str, rules: 
             if path.is_file():
                 done = json.loads(path.read_text())
                 longer = {**done.get("config", {}), "iterations": cfg.iterations}  # a longer chain holds this one
-                if done.get("config", {}).get("iterations", -1) >= cfg.iterations and comparable_config(longer) == comparable_config(
-                        cfg.to_dict()):
+                holds_it = comparable_config(longer) == comparable_config(cfg.to_dict())
+                if done.get("config", {}).get("iterations", -1) >= cfg.iterations and holds_it:
                     continue
                 log(f"{path}: holds another config; running it again")
             if data_bundle is None:

@@ -56,7 +56,6 @@ def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("stage"), dict):
         out["stage"].setdefault("fit_on", "in_sample")
         out["stage"].setdefault("test_views", "mean")
-    out.pop("seeds", None)
     try:
         out = from_dict(out).to_dict()
     except ConfigError:  # a key since removed or renamed: compared as written (the seed is run again)

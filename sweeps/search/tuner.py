@@ -43,8 +43,6 @@ def build_tuner(spec: SweepSpec, trainable, exp_root: str, journal: Path, n: int
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
 
 
-
-
 # Ray errors that Tune's actor manager (ray.air.execution._internal.actor_manager, Ray 2.60) does not route to
 # its trial-failure path: it raises `RuntimeError("Caught unexpected exception: ...")` from them and the whole
 # `fit()` ends, so `max_failures` never applies. Seen when Ray's memory monitor killed a starting trial.
