@@ -97,11 +97,10 @@ def selection_figures(evaluation: dict) -> tuple[dict[str, float], dict[str, str
     if h:
         metrics.update({HOLDOUT_UA_METRIC: float(h["ua"]["mean"]), HOLDOUT_WA_METRIC: float(h["wa"]["mean"]),
                         HOLDOUT_GAIN_UA_METRIC: float(h["gain_ua"]["mean"])})
-        if h.get("optimism") is not None:
-            metrics[OPTIMISM_METRIC] = float(h["optimism"])
         tags.update({HOLDOUT_UA_TAG: _interval_text(h["ua"]), HOLDOUT_GAIN_UA_TAG: _interval_text(h["gain_ua"]),
                      HOLDOUT_TAG: f"{h['how']} ({h['utterances']} utterances), seeds {','.join(map(str, h['seeds']))}",
                      HOLDOUT_REFERENCE_TAG: str(h["reference"])})
-        if h.get("optimism") is not None:
+        if h.get("optimism") is not None:  # none for a lone candidate: it ran no race
+            metrics[OPTIMISM_METRIC] = float(h["optimism"])
             tags[OPTIMISM_TAG] = f"{h['optimism']:.4f}"
     return metrics, tags

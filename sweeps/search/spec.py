@@ -380,7 +380,8 @@ def parse_sweep(raw: Mapping[str, Any], data: str | None = None, trials: int | N
             ref_problems = config_problems(base.replace(**select.reference_overrides()))
         except (ConfigError, KeyError, TypeError) as exc:
             ref_problems = [str(exc)]
-        new = [q for q in ref_problems if q not in config_problems(base)]
+        base_problems = set(config_problems(base))
+        new = [q for q in ref_problems if q not in base_problems]
         if new:
             problems.append(f"select.reference: the reference config (the base with {dict(select.reference)}) is "
                             "invalid: " + "; ".join(new))
